@@ -1,0 +1,12 @@
+//! Common types of streamhub: identifiers, the media model, codec bitstream helpers and the
+//! claims of the tokens every node verifies. Pure code: no sockets, no storage, no HTTP.
+
+pub mod aac;
+pub mod auth;
+pub mod h264;
+pub mod id;
+pub mod media;
+pub mod ttl;
+
+pub use id::{AppName, NameError, RoomName};
+pub use media::{CodecConfig, Frame, MediaEvent, RoomMedia, TrackId, TrackInfo};
