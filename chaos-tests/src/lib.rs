@@ -1,0 +1,1 @@
+//! Multi-process cluster harness (grows with the cluster and chaos issues).
