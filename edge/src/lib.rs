@@ -1,0 +1,3 @@
+//! streamhub playback side: HLS packaging (CMAF) and serving.
+
+pub mod hls;
