@@ -61,7 +61,10 @@ mod tests {
 
     #[test]
     fn refuses_short_and_reserved() {
-        assert_eq!(AudioSpecificConfig::parse(&[0x12]), Err(AacError::Truncated));
+        assert_eq!(
+            AudioSpecificConfig::parse(&[0x12]),
+            Err(AacError::Truncated)
+        );
         assert_eq!(
             AudioSpecificConfig::parse(&[0x17, 0x90]),
             Err(AacError::Frequency(15))

@@ -94,10 +94,8 @@ mod tests {
     fn round_trip_uses_livekit_claim_names() {
         let t = mint(&claims(FAR), b"secret");
         let payload = t.split('.').nth(1).unwrap();
-        let json = String::from_utf8(
-            base64_decode(payload).expect("payload is base64url"),
-        )
-        .unwrap();
+        let json =
+            String::from_utf8(base64_decode(payload).expect("payload is base64url")).unwrap();
         assert!(json.contains("\"roomJoin\":true"), "{json}");
         assert!(json.contains("\"canPublish\":true"), "{json}");
         assert_eq!(verify(&t, "ak_1", b"secret").unwrap(), claims(FAR));

@@ -39,7 +39,7 @@ impl AvcConfig {
         let level = get(3)?;
         let nal_length_size = (get(4)? & 0x03) + 1;
         let mut at = 5;
-        let mut read_list = |count: usize, at: &mut usize| -> Result<Vec<Bytes>, H264Error> {
+        let read_list = |count: usize, at: &mut usize| -> Result<Vec<Bytes>, H264Error> {
             let mut out = Vec::with_capacity(count);
             for _ in 0..count {
                 let len = u16::from_be_bytes([get(*at)?, get(*at + 1)?]) as usize;

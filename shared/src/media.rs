@@ -211,7 +211,7 @@ mod bytes_b64 {
     }
 
     fn unhex(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         (0..s.len())

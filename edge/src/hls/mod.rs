@@ -219,7 +219,8 @@ impl HlsRegistry {
 
     /// A publisher started `app/room`: returns its room, reusing the existing one after a
     /// reconnect (numbering continues, the next segment is a discontinuity). Spawn
-    /// [`run_packager`] for it right away: the packager belongs to the session started here.
+    /// [`run_packager`] for it with `room.session()` read right after this call: the packager
+    /// belongs to the session started here, and a stale one can no longer write.
     pub fn start(&self, app: &AppName, room: &RoomName) -> Arc<HlsRoom> {
         let room = self
             .rooms()
@@ -262,8 +263,7 @@ impl HlsRegistry {
 /// ended on `Closed`. Lost frames (`Lagged`) drop the open segment and resume at the next
 /// keyframe with a discontinuity.
 #[tracing::instrument(skip_all, fields(session))]
-pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>) {
-    let session = room.session();
+pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, session: u64) {
     tracing::Span::current().record("session", session);
     let mut packager = Packager::new(room, session);
     loop {
@@ -375,7 +375,11 @@ mod tests {
         let room = registry.start(&app, &name);
         let mut media = RoomMedia::new();
         media.set_tracks(vec![video(), audio()]);
-        let task = tokio::spawn(run_packager(media.subscribe(), room.clone()));
+        let task = tokio::spawn(run_packager(
+            media.subscribe(),
+            room.clone(),
+            room.session(),
+        ));
         for frame in stream(7, 25) {
             media.push(frame);
         }
@@ -402,7 +406,11 @@ mod tests {
             let room = registry.start(&app, &name);
             let mut media = RoomMedia::new();
             media.set_tracks(vec![video(), audio()]);
-            let task = tokio::spawn(run_packager(media.subscribe(), room.clone()));
+            let task = tokio::spawn(run_packager(
+                media.subscribe(),
+                room.clone(),
+                room.session(),
+            ));
             for frame in stream(5, 25) {
                 media.push(frame);
             }
@@ -440,7 +448,11 @@ mod tests {
         let mut published = room.subscribe();
         let mut media = RoomMedia::new();
         media.set_tracks(vec![video(), audio()]);
-        let task = tokio::spawn(run_packager(media.subscribe(), room.clone()));
+        let task = tokio::spawn(run_packager(
+            media.subscribe(),
+            room.clone(),
+            room.session(),
+        ));
         let frames = stream(40, 25);
         let split = frames.iter().position(|f| f.dts >= 5 * 90_000).unwrap();
         for frame in &frames[..split] {

@@ -1,0 +1,149 @@
+//! Apps (tenants): create, list, read, rename, delete.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use streamhub_cluster::state::{App, Command};
+use streamhub_shared::AppName;
+
+use super::{data, data_with, ApiError, Json, Principal};
+use crate::credentials::{random_hex, random_token, unix_now_ms};
+use crate::node::NodeCtx;
+
+/// Body of `POST /apps`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateApp {
+    name: String,
+    display_name: Option<String>,
+}
+
+/// Body of `PATCH /apps/:app`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateApp {
+    display_name: Option<String>,
+}
+
+/// An app as the API shows it (the signing secret is never shown).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppView {
+    name: AppName,
+    display_name: Option<String>,
+    key_id: String,
+    created_at_ms: u64,
+}
+
+impl From<&App> for AppView {
+    fn from(a: &App) -> Self {
+        Self {
+            name: a.name.clone(),
+            display_name: a.display_name.clone(),
+            key_id: a.key_id.clone(),
+            created_at_ms: a.created_at_ms,
+        }
+    }
+}
+
+fn check_display_name(d: &Option<String>) -> Result<(), ApiError> {
+    match d {
+        Some(s) if s.chars().count() > 128 => Err(ApiError::BadRequest(
+            "displayName must be at most 128 characters".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /apps`.
+pub async fn create(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Json(req): Json<CreateApp>,
+) -> Result<Response, ApiError> {
+    who.check_global()?;
+    let name = AppName::new(req.name)?;
+    check_display_name(&req.display_name)?;
+    let app = App {
+        name: name.clone(),
+        display_name: req.display_name,
+        key_id: random_token("ak_", 16),
+        secret: random_hex(32),
+        created_at_ms: unix_now_ms(),
+    };
+    ctx.write(Command::CreateApp(app.clone())).await?;
+    Ok(data_with(StatusCode::CREATED, AppView::from(&app)))
+}
+
+/// `GET /apps`: every app, or the key's own app for an app-scoped key.
+pub async fn list(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let apps: Vec<AppView> = ctx.raft.read(|s| {
+        s.apps
+            .values()
+            .filter(|a| who.scope().is_none_or(|x| x == &a.name))
+            .map(AppView::from)
+            .collect()
+    });
+    Ok(data(apps))
+}
+
+/// Parses the `:app` path segment and checks the caller may touch it.
+pub fn authorize_app(who: &Principal, app: &str) -> Result<AppName, ApiError> {
+    let app = AppName::new(app)?;
+    who.check_app(&app)?;
+    Ok(app)
+}
+
+/// The app record, or 404.
+pub fn load_app(ctx: &NodeCtx, app: &AppName) -> Result<App, ApiError> {
+    ctx.raft
+        .read(|s| s.apps.get(app).cloned())
+        .ok_or_else(|| ApiError::NotFound(format!("app {app}")))
+}
+
+/// `GET /apps/:app`.
+pub async fn get(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path(app): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    Ok(data(AppView::from(&load_app(&ctx, &app)?)))
+}
+
+/// `PATCH /apps/:app`.
+pub async fn update(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path(app): Path<String>,
+    Json(req): Json<UpdateApp>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    check_display_name(&req.display_name)?;
+    ctx.write(Command::UpdateApp {
+        name: app.clone(),
+        display_name: req.display_name,
+    })
+    .await?;
+    Ok(data(AppView::from(&load_app(&ctx, &app)?)))
+}
+
+/// `DELETE /apps/:app`: removes the app, its ingresses and app keys, and ends its live rooms.
+pub async fn delete(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path(app): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    who.check_global()?;
+    ctx.write(Command::DeleteApp { name: app.clone() }).await?;
+    let ended = ctx.rooms.revoke_app(&app);
+    tracing::info!(%app, ended, "app deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

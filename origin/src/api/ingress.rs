@@ -1,0 +1,148 @@
+//! Ingresses: stream keys that let an encoder publish into a room. The key is shown once;
+//! deleting the ingress revokes the key at once and drops a live publisher.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use streamhub_cluster::state::{Command, Ingress, IngressKind};
+use streamhub_shared::{AppName, RoomName};
+
+use super::apps::{authorize_app, load_app};
+use super::{data, data_with, ApiError, Json, Principal};
+use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
+use crate::node::NodeCtx;
+
+/// Body of `POST /apps/:app/ingress`.
+#[derive(Debug, Deserialize)]
+pub struct CreateIngress {
+    #[serde(rename = "type")]
+    kind: String,
+    room: String,
+    name: Option<String>,
+}
+
+/// An ingress as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressView {
+    ingress_id: String,
+    #[serde(rename = "type")]
+    kind: IngressKind,
+    app: AppName,
+    room: RoomName,
+    room_name: String,
+    name: Option<String>,
+    url: String,
+    live: bool,
+    created_at_ms: u64,
+}
+
+fn view(ctx: &NodeCtx, i: &Ingress) -> IngressView {
+    IngressView {
+        ingress_id: i.id.clone(),
+        kind: i.kind,
+        app: i.app.clone(),
+        room: i.room.clone(),
+        room_name: format!("{}-{}", i.app, i.room),
+        name: i.name.clone(),
+        url: ctx.rtmp_url(),
+        live: ctx
+            .rooms
+            .list(Some(&i.app))
+            .iter()
+            .any(|r| r.ingress_id == i.id),
+        created_at_ms: i.created_at_ms,
+    }
+}
+
+/// `POST /apps/:app/ingress` -> `{ingressId, url, streamKey, roomName}`.
+pub async fn create(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path(app): Path<String>,
+    Json(req): Json<CreateIngress>,
+) -> Result<Response, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    if req.kind != "rtmp" {
+        return Err(ApiError::BadRequest(format!(
+            "ingress type {:?} is not supported by this node (supported: rtmp)",
+            req.kind
+        )));
+    }
+    let room = RoomName::new(req.room)?;
+    if req.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
+        return Err(ApiError::BadRequest(
+            "name must be at most 128 characters".into(),
+        ));
+    }
+    load_app(&ctx, &app)?;
+    let stream_key = random_token("rk_", 32);
+    let ingress = Ingress {
+        id: format!("in_{}", random_hex(8)),
+        app,
+        room,
+        name: req.name,
+        kind: IngressKind::Rtmp,
+        key_hash: sha256_hex(&stream_key),
+        created_at_ms: unix_now_ms(),
+    };
+    ctx.write(Command::CreateIngress(ingress.clone())).await?;
+    let mut body = serde_json::to_value(view(&ctx, &ingress))
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["streamKey"] = serde_json::Value::String(stream_key);
+    Ok(data_with(StatusCode::CREATED, body))
+}
+
+/// `GET /apps/:app/ingress`.
+pub async fn list(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path(app): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    load_app(&ctx, &app)?;
+    let all: Vec<Ingress> = ctx.raft.read(|s| {
+        s.ingresses
+            .values()
+            .filter(|i| i.app == app)
+            .cloned()
+            .collect()
+    });
+    Ok(data(all.iter().map(|i| view(&ctx, i)).collect::<Vec<_>>()))
+}
+
+fn find(ctx: &NodeCtx, app: &AppName, id: &str) -> Result<Ingress, ApiError> {
+    ctx.raft
+        .read(|s| s.ingresses.get(id).filter(|i| &i.app == app).cloned())
+        .ok_or_else(|| ApiError::NotFound(format!("ingress {id}")))
+}
+
+/// `GET /apps/:app/ingress/:id`.
+pub async fn get(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    Ok(data(view(&ctx, &find(&ctx, &app, &id)?)))
+}
+
+/// `DELETE /apps/:app/ingress/:id`: revokes the key and drops its live publisher.
+pub async fn delete(
+    State(ctx): State<Arc<NodeCtx>>,
+    who: Principal,
+    Path((app, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    ctx.write(Command::DeleteIngress {
+        app: app.clone(),
+        id: id.clone(),
+    })
+    .await?;
+    let dropped = ctx.rooms.revoke_ingress(&id);
+    tracing::info!(%app, ingress = %id, dropped, "ingress deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,54 @@
+//! The REST API under `/api/v1`.
+
+mod apps;
+mod auth;
+mod error;
+mod ingress;
+mod keys;
+mod rooms;
+mod tokens;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+pub use auth::Principal;
+pub use error::{data, data_with, ApiError, Json};
+
+use crate::node::NodeCtx;
+
+/// Largest JSON body the API accepts.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The `/api/v1` routes.
+pub fn router(ctx: Arc<NodeCtx>) -> Router {
+    let v1 = Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/api-keys", post(keys::create).get(keys::list))
+        .route("/api-keys/{id}", axum::routing::delete(keys::delete))
+        .route("/apps", post(apps::create).get(apps::list))
+        .route(
+            "/apps/{app}",
+            get(apps::get).patch(apps::update).delete(apps::delete),
+        )
+        .route("/apps/{app}/tokens", post(tokens::mint))
+        .route(
+            "/apps/{app}/ingress",
+            post(ingress::create).get(ingress::list),
+        )
+        .route(
+            "/apps/{app}/ingress/{id}",
+            get(ingress::get).delete(ingress::delete),
+        )
+        .route("/apps/{app}/rooms", get(rooms::list))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(ctx);
+    Router::new().nest("/api/v1", v1)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("route".into())
+}

@@ -1,0 +1,113 @@
+//! First-start setup: the admin account, and a `demo` app with an RTMP ingress so a new node can
+//! be pushed to and watched right away. Secrets are printed once and stored only as hashes.
+
+use streamhub_cluster::state::{AdminUser, App, Command, Ingress, IngressKind};
+use streamhub_shared::{AppName, RoomName};
+
+use crate::credentials::{hash_password, random_hex, random_token, sha256_hex, unix_now_ms};
+use crate::node::NodeCtx;
+
+/// What the first start created, for the banner.
+#[derive(Debug, Default)]
+pub struct FirstStart {
+    /// The generated admin password, if ADMIN_PASS was not given.
+    pub admin_password: Option<String>,
+    /// The demo ingress's stream key.
+    pub demo_stream_key: Option<String>,
+}
+
+/// Name of the app created on first start.
+pub const DEMO_APP: &str = "demo";
+/// Room of the demo ingress.
+pub const DEMO_ROOM: &str = "main";
+
+/// Creates the admin (from `ADMIN_USER`/`ADMIN_PASS`, or a generated password) and the demo app,
+/// once. Later starts change nothing.
+pub async fn first_start(
+    ctx: &NodeCtx,
+    admin_user: &str,
+    admin_pass: Option<&str>,
+) -> anyhow::Result<FirstStart> {
+    let mut out = FirstStart::default();
+    if ctx.raft.read(|s| s.admin.is_some()) {
+        return Ok(out);
+    }
+    let password = match admin_pass {
+        Some(p) => p.to_string(),
+        None => {
+            let p = random_token("", 20);
+            out.admin_password = Some(p.clone());
+            p
+        }
+    };
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(&password)).await?;
+    ctx.write(Command::BootstrapAdmin(AdminUser {
+        username: admin_user.to_string(),
+        password_hash,
+    }))
+    .await
+    .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    let app = AppName::new(DEMO_APP)?;
+    if ctx.raft.read(|s| s.apps.is_empty()) {
+        let key = random_token("rk_", 32);
+        ctx.write(Command::CreateApp(App {
+            name: app.clone(),
+            display_name: Some("Demo".into()),
+            key_id: random_token("ak_", 16),
+            secret: random_hex(32),
+            created_at_ms: unix_now_ms(),
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap demo app: {e}"))?;
+        ctx.write(Command::CreateIngress(Ingress {
+            id: format!("in_{}", random_hex(8)),
+            app,
+            room: RoomName::new(DEMO_ROOM)?,
+            name: Some("demo".into()),
+            kind: IngressKind::Rtmp,
+            key_hash: sha256_hex(&key),
+            created_at_ms: unix_now_ms(),
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap demo ingress: {e}"))?;
+        out.demo_stream_key = Some(key);
+    }
+    Ok(out)
+}
+
+/// The start-up banner: where the API is, how to push, where to watch.
+pub fn banner(ctx: &NodeCtx, first: &FirstStart, admin_user: &str) -> String {
+    let base = ctx.settings.public_base();
+    let rtmp = ctx.rtmp_url();
+    let key = first
+        .demo_stream_key
+        .clone()
+        .unwrap_or_else(|| "<streamKey>".into());
+    let mut s = format!(
+        "\nstreamhub origin {name} (region {region}) is ready\n\
+         \n  dashboard/API  {base}/api/v1   (health: {base}/healthz, metrics: {base}/metrics)\n",
+        name = ctx.settings.node_name,
+        region = ctx.settings.region,
+    );
+    match &first.admin_password {
+        Some(p) => {
+            s += &format!(
+                "  admin login    {admin_user} / {p}   (shown once; only its hash is stored)\n"
+            )
+        }
+        None => {
+            s += &format!(
+                "  admin login    {admin_user} (password from ADMIN_PASS or the first start)\n"
+            )
+        }
+    }
+    s += &format!(
+        "\n  push (RTMP)    {rtmp}/{key}\n  \
+         e.g.           ffmpeg -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine -c:v libx264 -preset veryfast -g 60 -c:a aac -f flv {rtmp}/{key}\n  \
+         watch (HLS)    {base}/hls/{DEMO_APP}/{DEMO_ROOM}/index.m3u8   (ffplay or any HLS player)\n"
+    );
+    if first.demo_stream_key.is_none() {
+        s += "  (stream keys are shown once; create one: POST /api/v1/apps/:app/ingress {\"type\":\"rtmp\",\"room\":\"main\"})\n";
+    }
+    s
+}

@@ -1,0 +1,256 @@
+//! Configuration of an origin node: CLI flags, `STREAMHUB_*` environment variables and an
+//! optional TOML file, merged in that order of precedence, then validated into [`Settings`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Flags and file keys of `streamhub-origin`. Every field is optional here; defaults are applied
+/// by [`OriginArgs::into_settings`].
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(name = "streamhub-origin", version, about = "streamhub origin node")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OriginArgs {
+    /// TOML file with any of these settings (flags and env override it).
+    #[arg(long, env = "STREAMHUB_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Where Raft state, secrets and certificates live [default: ./data].
+    #[arg(long, env = "STREAMHUB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address: API, HLS, dashboard [default: 0.0.0.0:3020].
+    #[arg(long, env = "STREAMHUB_HTTP")]
+    pub http: Option<SocketAddr>,
+    /// RTMP listen address [default: 0.0.0.0:1935].
+    #[arg(long, env = "STREAMHUB_RTMP")]
+    pub rtmp: Option<SocketAddr>,
+    /// Public base URL of this node, used in playUrl/embedUrl [default: http://<host>:<http port>].
+    #[arg(long, env = "STREAMHUB_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Readable node name such as origin-eu-1 [default: the hostname].
+    #[arg(long, env = "STREAMHUB_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Region label of this node [default: local].
+    #[arg(long, env = "STREAMHUB_REGION")]
+    pub region: Option<String>,
+    /// HLS target segment duration in seconds [default: 2].
+    #[arg(long, env = "STREAMHUB_HLS_TARGET_SECS")]
+    pub hls_target_secs: Option<f64>,
+    /// Log filter, as RUST_LOG [default: info].
+    #[arg(long, env = "STREAMHUB_LOG")]
+    pub log: Option<String>,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Checked settings of a node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub http: SocketAddr,
+    pub rtmp: SocketAddr,
+    /// Public base URL without a trailing slash.
+    pub public_url: url::Url,
+    pub node_name: String,
+    pub region: String,
+    pub hls_target: Duration,
+    pub log: String,
+}
+
+impl OriginArgs {
+    /// Reads the TOML file named by `--config` (if any) under the flags.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let cli = OriginArgs::parse();
+        let file = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => OriginArgs::default(),
+        };
+        cli.merge(file).into_settings()
+    }
+
+    fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Fields set in `self` win over those of `file`.
+    pub fn merge(self, file: OriginArgs) -> OriginArgs {
+        OriginArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            http: self.http.or(file.http),
+            rtmp: self.rtmp.or(file.rtmp),
+            public_url: self.public_url.or(file.public_url),
+            node_id: self.node_id.or(file.node_id),
+            region: self.region.or(file.region),
+            hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
+            log: self.log.or(file.log),
+        }
+    }
+
+    /// Applies defaults and validates.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let http = self.http.unwrap_or(([0, 0, 0, 0], 3020).into());
+        let rtmp = self.rtmp.unwrap_or(([0, 0, 0, 0], 1935).into());
+        let node_name = match self.node_id {
+            Some(n) => n,
+            None => hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "origin".into()),
+        };
+        validate_label("node-id", &node_name)?;
+        let region = self.region.unwrap_or_else(|| "local".into());
+        validate_label("region", &region)?;
+        let public_url = parse_public_url(self.public_url.as_deref(), http)?;
+        let secs = self.hls_target_secs.unwrap_or(2.0);
+        if !(0.5..=30.0).contains(&secs) {
+            return Err(ConfigError::Invalid {
+                field: "hls-target-secs",
+                reason: format!("{secs} is outside 0.5..=30"),
+            });
+        }
+        Ok(Settings {
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            http,
+            rtmp,
+            public_url,
+            node_name,
+            region,
+            hls_target: Duration::from_secs_f64(secs),
+            log: self.log.unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+fn validate_label(field: &'static str, s: &str) -> Result<(), ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            reason: format!("{s:?} must be 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.'"),
+        })
+    }
+}
+
+fn parse_public_url(given: Option<&str>, http: SocketAddr) -> Result<url::Url, ConfigError> {
+    let text = match given {
+        Some(s) => s.trim_end_matches('/').to_string(),
+        None => {
+            let host = if http.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                match http.ip() {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                }
+            };
+            format!("http://{host}:{}", http.port())
+        }
+    };
+    let url = url::Url::parse(&text).map_err(|e| ConfigError::Invalid {
+        field: "public-url",
+        reason: format!("{text:?}: {e}"),
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::Invalid {
+            field: "public-url",
+            reason: format!("{text:?} must be an http(s) URL with a host"),
+        });
+    }
+    Ok(url)
+}
+
+impl Settings {
+    /// Public base URL as text, without a trailing slash.
+    pub fn public_base(&self) -> String {
+        self.public_url.as_str().trim_end_matches('/').to_string()
+    }
+
+    /// Host part of the public URL (what RTMP and WS URLs use).
+    pub fn public_host(&self) -> String {
+        self.public_url
+            .host_str()
+            .unwrap_or("127.0.0.1")
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let s = OriginArgs {
+            node_id: Some("origin-eu-1".into()),
+            ..Default::default()
+        }
+        .into_settings()
+        .unwrap();
+        assert_eq!(s.http.port(), 3020);
+        assert_eq!(s.rtmp.port(), 1935);
+        assert_eq!(s.data_dir, PathBuf::from("data"));
+        assert_eq!(s.public_base(), "http://127.0.0.1:3020");
+        assert_eq!(s.hls_target, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn flags_override_file_and_file_rejects_unknown_keys() {
+        let file: OriginArgs =
+            toml::from_str("http = \"127.0.0.1:9000\"\nregion = \"eu\"\n").unwrap();
+        let cli = OriginArgs {
+            region: Some("us".into()),
+            node_id: Some("n1".into()),
+            ..Default::default()
+        };
+        let s = cli.merge(file).into_settings().unwrap();
+        assert_eq!(s.http.port(), 9000);
+        assert_eq!(s.region, "us");
+        assert!(toml::from_str::<OriginArgs>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn refuses_bad_values() {
+        let bad_url = OriginArgs {
+            public_url: Some("ftp://x".into()),
+            node_id: Some("n".into()),
+            ..Default::default()
+        };
+        assert!(bad_url.into_settings().is_err());
+        let bad_node = OriginArgs {
+            node_id: Some("a b".into()),
+            ..Default::default()
+        };
+        assert!(bad_node.into_settings().is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! The streamhub origin: ingest, the REST API and tenant state, wired into one node.
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod credentials;
+pub mod metrics;
+pub mod node;
+pub mod rooms;
+pub mod rtmp;

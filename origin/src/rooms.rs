@@ -1,0 +1,305 @@
+//! Live rooms on this node: who publishes where, and the media each publisher produces.
+//!
+//! One `Mutex` guards the map; it is never held across `.await`. A [`Publisher`] is the handle an
+//! ingest session holds: dropping it (or the room being taken over or revoked) ends the room.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use streamhub_shared::media::{Frame, RoomMedia, TrackInfo};
+use streamhub_shared::{AppName, RoomName};
+use tokio_util::sync::CancellationToken;
+
+/// The protocol a publisher speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Rtmp,
+}
+
+impl Protocol {
+    /// Every protocol, for metrics that list each one even at zero.
+    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp];
+
+    /// Label used in metrics and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Rtmp => "rtmp",
+        }
+    }
+}
+
+/// What a publisher asks for: a room, on behalf of an ingress (stream key).
+#[derive(Debug, Clone)]
+pub struct PublishClaim {
+    pub app: AppName,
+    pub room: RoomName,
+    /// The ingress whose key was presented; the same ingress may take its room over.
+    pub ingress_id: String,
+    pub protocol: Protocol,
+    pub remote: SocketAddr,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("unknown or revoked stream key")]
+    UnknownKey,
+    #[error("room {app}/{room} is already live from another publisher")]
+    RoomBusy { app: AppName, room: RoomName },
+}
+
+/// Called when a room starts so playback (the HLS packager) can attach to it.
+pub trait RoomObserver: Send + Sync + 'static {
+    /// A publisher started `app/room`; `takeover` is true when it replaced a previous session.
+    fn room_started(&self, app: &AppName, room: &RoomName, publisher: &Publisher, takeover: bool);
+}
+
+#[derive(Debug)]
+struct LiveRoom {
+    session: u64,
+    ingress_id: String,
+    protocol: Protocol,
+    started_at: SystemTime,
+    cancel: CancellationToken,
+    tracks: Arc<Mutex<Vec<TrackInfo>>>,
+    stats: Arc<PublishStats>,
+}
+
+/// Counters of one publisher, read by the rooms API.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    pub bytes_in: std::sync::atomic::AtomicU64,
+    pub frames_in: std::sync::atomic::AtomicU64,
+    /// Payload bytes per track id (ids beyond the array are counted in `bytes_in` only).
+    pub by_track: [std::sync::atomic::AtomicU64; 8],
+}
+
+/// A snapshot of one live room for the API.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomSummary {
+    pub app: AppName,
+    pub room: RoomName,
+    pub protocol: Protocol,
+    pub ingress_id: String,
+    pub started_at: SystemTime,
+    pub tracks: Vec<TrackInfo>,
+    pub bytes_in: u64,
+    /// Payload bytes received per track, indexed like `tracks`.
+    pub bytes_by_track: Vec<u64>,
+}
+
+/// The live rooms of this node.
+pub struct Rooms {
+    live: Mutex<HashMap<(AppName, RoomName), LiveRoom>>,
+    next_session: std::sync::atomic::AtomicU64,
+    observer: Arc<dyn RoomObserver>,
+}
+
+impl Rooms {
+    /// An empty registry that tells `observer` about every room that starts.
+    pub fn new(observer: Arc<dyn RoomObserver>) -> Arc<Self> {
+        Arc::new(Self {
+            live: Mutex::new(HashMap::new()),
+            next_session: 1.into(),
+            observer,
+        })
+    }
+
+    /// Claims a room. The same ingress takes its room over at once (the old session is cancelled);
+    /// any other publisher for a live room is refused.
+    pub fn start_publish(self: &Arc<Self>, claim: PublishClaim) -> Result<Publisher, PublishError> {
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = (claim.app.clone(), claim.room.clone());
+        let cancel = CancellationToken::new();
+        let tracks = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(PublishStats::default());
+        let mut live = self.live.lock().expect("rooms lock");
+        let takeover = match live.get(&key) {
+            Some(old) if old.ingress_id != claim.ingress_id => {
+                return Err(PublishError::RoomBusy {
+                    app: claim.app,
+                    room: claim.room,
+                })
+            }
+            Some(old) => {
+                old.cancel.cancel();
+                true
+            }
+            None => false,
+        };
+        live.insert(
+            key,
+            LiveRoom {
+                session,
+                ingress_id: claim.ingress_id.clone(),
+                protocol: claim.protocol,
+                started_at: SystemTime::now(),
+                cancel: cancel.clone(),
+                tracks: tracks.clone(),
+                stats: stats.clone(),
+            },
+        );
+        let publisher = Publisher {
+            rooms: self.clone(),
+            app: claim.app.clone(),
+            room: claim.room.clone(),
+            session,
+            media: RoomMedia::new(),
+            cancel,
+            tracks,
+            stats,
+        };
+        // Under the rooms lock, so observers see sessions of a room in the order they won it.
+        // The observer must not block or take this lock (it only starts tasks).
+        self.observer
+            .room_started(&claim.app, &claim.room, &publisher, takeover);
+        drop(live);
+        Ok(publisher)
+    }
+
+    /// Ends every live session published with `ingress_id` (its key was revoked).
+    pub fn revoke_ingress(&self, ingress_id: &str) -> usize {
+        let live = self.live.lock().expect("rooms lock");
+        let mut n = 0;
+        for r in live.values().filter(|r| r.ingress_id == ingress_id) {
+            r.cancel.cancel();
+            n += 1;
+        }
+        n
+    }
+
+    /// Ends every live session of `app` (the app was deleted).
+    pub fn revoke_app(&self, app: &AppName) -> usize {
+        let live = self.live.lock().expect("rooms lock");
+        let mut n = 0;
+        for ((a, _), r) in live.iter() {
+            if a == app {
+                r.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The live rooms of `app` (all apps when `None`).
+    pub fn list(&self, app: Option<&AppName>) -> Vec<RoomSummary> {
+        let live = self.live.lock().expect("rooms lock");
+        let mut out: Vec<RoomSummary> = live
+            .iter()
+            .filter(|((a, _), _)| app.is_none_or(|x| x == a))
+            .map(|((a, r), l)| {
+                let tracks = l.tracks.lock().expect("tracks lock").clone();
+                let bytes_by_track = tracks
+                    .iter()
+                    .map(|t| {
+                        l.stats
+                            .by_track
+                            .get(t.id as usize)
+                            .map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+                    })
+                    .collect();
+                RoomSummary {
+                    app: a.clone(),
+                    room: r.clone(),
+                    protocol: l.protocol,
+                    ingress_id: l.ingress_id.clone(),
+                    started_at: l.started_at,
+                    tracks,
+                    bytes_in: l.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes_by_track,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.app, &a.room).cmp(&(&b.app, &b.room)));
+        out
+    }
+
+    /// Number of live publishers per protocol.
+    pub fn publishers_by_protocol(&self) -> HashMap<Protocol, usize> {
+        let live = self.live.lock().expect("rooms lock");
+        let mut out = HashMap::new();
+        for r in live.values() {
+            *out.entry(r.protocol).or_insert(0) += 1;
+        }
+        out
+    }
+
+    fn finish(&self, app: &AppName, room: &RoomName, session: u64) {
+        let mut live = self.live.lock().expect("rooms lock");
+        let key = (app.clone(), room.clone());
+        if live.get(&key).is_some_and(|r| r.session == session) {
+            live.remove(&key);
+        }
+    }
+}
+
+/// The handle of a live publishing session. Dropping it ends the room.
+pub struct Publisher {
+    rooms: Arc<Rooms>,
+    app: AppName,
+    room: RoomName,
+    session: u64,
+    media: RoomMedia,
+    cancel: CancellationToken,
+    tracks: Arc<Mutex<Vec<TrackInfo>>>,
+    stats: Arc<PublishStats>,
+}
+
+impl Publisher {
+    /// The room's app.
+    pub fn app(&self) -> &AppName {
+        &self.app
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &RoomName {
+        &self.room
+    }
+
+    /// Publishes the track catalog (codec configs).
+    pub fn set_tracks(&self, tracks: Vec<TrackInfo>) {
+        *self.tracks.lock().expect("tracks lock") = tracks.clone();
+        self.media.set_tracks(tracks);
+    }
+
+    /// Sends one frame to every consumer of the room.
+    pub fn push(&mut self, frame: Frame) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats
+            .bytes_in
+            .fetch_add(frame.data.len() as u64, Relaxed);
+        self.stats.frames_in.fetch_add(1, Relaxed);
+        if let Some(c) = self.stats.by_track.get(frame.track as usize) {
+            c.fetch_add(frame.data.len() as u64, Relaxed);
+        }
+        self.media.push(frame);
+    }
+
+    /// The media of this session, for consumers to subscribe to.
+    pub fn media(&self) -> &RoomMedia {
+        &self.media
+    }
+
+    /// Resolves when this session must stop: taken over, its key revoked, or the node stopping.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
+    /// True once the session must stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.rooms.finish(&self.app, &self.room, self.session);
+    }
+}
