@@ -67,6 +67,93 @@ pub struct Ingress {
     pub created_at_ms: u64,
 }
 
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Origin,
+    Edge,
+}
+
+/// Load a node reports in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLoad {
+    pub rooms: u32,
+    pub publishers: u32,
+    pub viewers: u32,
+    pub egress_bps: u64,
+    /// CPU use of the node's process, in percent of one core.
+    pub cpu: f32,
+}
+
+impl Eq for NodeLoad {}
+
+/// A node of the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Readable, unique name (`origin-eu-1`); the certificate's CN.
+    pub name: String,
+    /// Numeric id used by Raft (derived from the name).
+    pub id: u64,
+    pub role: NodeRole,
+    pub region: String,
+    pub http_url: String,
+    pub rtmp_url: Option<String>,
+    pub cluster_addr: String,
+    pub version: String,
+    pub load: NodeLoad,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+/// One node's heartbeat inside a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub node: String,
+    pub load: NodeLoad,
+}
+
+/// Which origin holds a live room, under a lease renewed by that origin's heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub app: AppName,
+    pub room: RoomName,
+    /// Name of the origin holding the room.
+    pub node: String,
+    /// Grows each time the room changes hands; a node holding an older epoch has lost the room.
+    pub epoch: u64,
+    pub lease_ms: u64,
+    pub lease_until_ms: u64,
+    pub since_ms: u64,
+}
+
+/// A token that lets a new node join the cluster (only its SHA-256 is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinToken {
+    pub id: String,
+    pub hash: String,
+    pub expires_at_ms: u64,
+    pub created_at_ms: u64,
+}
+
+/// The cluster's certificate authority, replicated so any origin can admit nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Key of a room in the placement table.
+pub fn room_key(app: &AppName, room: &RoomName) -> String {
+    format!("{app}/{room}")
+}
+
 /// A change to the tenant state: the payload of a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -91,6 +178,36 @@ pub enum Command {
         app: AppName,
         id: String,
     },
+    /// Stores the cluster CA once (first start of the first origin).
+    InitCluster(ClusterCa),
+    CreateJoinToken(JoinToken),
+    /// Adds a node to the registry; refused if the name is taken.
+    RegisterNode(NodeRecord),
+    /// Forgets a node and releases the rooms it held.
+    RemoveNode {
+        name: String,
+    },
+    /// Heartbeats of one or more nodes at `at_ms`: updates their load and renews their leases.
+    Heartbeats {
+        at_ms: u64,
+        beats: Vec<Heartbeat>,
+    },
+    /// `node` claims `app/room` at `at_ms`: granted if free, already its own, or the holder's
+    /// lease has expired (then with a higher epoch).
+    ClaimRoom {
+        app: AppName,
+        room: RoomName,
+        node: String,
+        at_ms: u64,
+        lease_ms: u64,
+    },
+    /// `node` gives up `app/room` if it still holds it at `epoch`.
+    ReleaseRoom {
+        app: AppName,
+        room: RoomName,
+        node: String,
+        epoch: u64,
+    },
 }
 
 /// The result of applying one command.
@@ -106,6 +223,10 @@ pub enum CommandResponse {
     NotFound {
         what: String,
     },
+    /// A room claim was granted at this epoch.
+    Claimed { epoch: u64 },
+    /// A room claim was refused: another node holds a live lease.
+    Busy { node: String, epoch: u64 },
 }
 
 /// Everything the control plane knows about tenants.
@@ -116,6 +237,19 @@ pub struct TenantState {
     pub apps: BTreeMap<AppName, App>,
     pub api_keys: BTreeMap<String, ApiKey>,
     pub ingresses: BTreeMap<String, Ingress>,
+    #[serde(default)]
+    pub cluster_ca: Option<ClusterCa>,
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    /// The node registry, by node name.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Room placement, by [`room_key`].
+    #[serde(default)]
+    pub placements: BTreeMap<String, Placement>,
+    /// Highest placement epoch ever granted: epochs never repeat, so fencing by epoch is safe.
+    #[serde(default)]
+    pub last_epoch: u64,
 }
 
 impl TenantState {
@@ -177,7 +311,129 @@ impl TenantState {
                 }
                 _ => not_found(format!("ingress {id}")),
             },
+            Command::InitCluster(ca) => {
+                if self.cluster_ca.is_some() {
+                    return exists("cluster CA");
+                }
+                self.cluster_ca = Some(ca.clone());
+                CommandResponse::Ok
+            }
+            Command::CreateJoinToken(t) => {
+                self.join_tokens.retain(|_, old| old.expires_at_ms > t.created_at_ms);
+                self.join_tokens.insert(t.id.clone(), t.clone());
+                CommandResponse::Ok
+            }
+            Command::RegisterNode(n) => self.register_node(n),
+            Command::RemoveNode { name } => {
+                if self.nodes.remove(name).is_none() {
+                    return not_found(format!("node {name}"));
+                }
+                self.placements.retain(|_, p| &p.node != name);
+                CommandResponse::Ok
+            }
+            Command::Heartbeats { at_ms, beats } => {
+                self.heartbeats(*at_ms, beats);
+                CommandResponse::Ok
+            }
+            Command::ClaimRoom {
+                app,
+                room,
+                node,
+                at_ms,
+                lease_ms,
+            } => self.claim_room(app, room, node, *at_ms, *lease_ms),
+            Command::ReleaseRoom {
+                app,
+                room,
+                node,
+                epoch,
+            } => {
+                let key = room_key(app, room);
+                match self.placements.get(&key) {
+                    Some(p) if &p.node == node && p.epoch == *epoch => {
+                        self.placements.remove(&key);
+                        CommandResponse::Ok
+                    }
+                    _ => not_found(format!("placement of {key} by {node}@{epoch}")),
+                }
+            }
         }
+    }
+
+    fn register_node(&mut self, n: &NodeRecord) -> CommandResponse {
+        if let Some(old) = self.nodes.get(&n.name) {
+            return exists(format!("node {} (registered at {})", old.name, old.cluster_addr));
+        }
+        if let Some(old) = self.nodes.values().find(|o| o.id == n.id) {
+            return exists(format!("node id {} (used by {})", n.id, old.name));
+        }
+        self.nodes.insert(n.name.clone(), n.clone());
+        CommandResponse::Ok
+    }
+
+    fn heartbeats(&mut self, at_ms: u64, beats: &[Heartbeat]) {
+        for beat in beats {
+            if let Some(n) = self.nodes.get_mut(&beat.node) {
+                n.load = beat.load.clone();
+                n.last_heartbeat_ms = n.last_heartbeat_ms.max(at_ms);
+            }
+            for p in self.placements.values_mut().filter(|p| p.node == beat.node) {
+                p.lease_until_ms = p.lease_until_ms.max(at_ms + p.lease_ms);
+            }
+        }
+    }
+
+    fn claim_room(
+        &mut self,
+        app: &AppName,
+        room: &RoomName,
+        node: &str,
+        at_ms: u64,
+        lease_ms: u64,
+    ) -> CommandResponse {
+        let key = room_key(app, room);
+        let epoch = match self.placements.get(&key) {
+            Some(p) if p.node == node => p.epoch,
+            Some(p) if p.lease_until_ms > at_ms => {
+                return CommandResponse::Busy {
+                    node: p.node.clone(),
+                    epoch: p.epoch,
+                }
+            }
+            _ => {
+                self.last_epoch += 1;
+                self.last_epoch
+            }
+        };
+        let since_ms = match self.placements.get(&key) {
+            Some(p) if p.node == node => p.since_ms,
+            _ => at_ms,
+        };
+        self.placements.insert(
+            key,
+            Placement {
+                app: app.clone(),
+                room: room.clone(),
+                node: node.to_string(),
+                epoch,
+                lease_ms,
+                lease_until_ms: at_ms + lease_ms,
+                since_ms,
+            },
+        );
+        CommandResponse::Claimed { epoch }
+    }
+
+    /// The placement of a room, if any.
+    pub fn placement(&self, app: &AppName, room: &RoomName) -> Option<&Placement> {
+        self.placements.get(&room_key(app, room))
+    }
+
+    /// The join token whose secret hashes to `hash`, if it is still valid at `now_ms`.
+    pub fn join_token_by_hash(&self, hash: &str, now_ms: u64) -> Option<&JoinToken> {
+        self.join_tokens
+            .values()
+            .find(|t| t.hash == hash && t.expires_at_ms > now_ms)
     }
 
     fn delete_app(&mut self, name: &AppName) -> CommandResponse {
@@ -337,5 +593,117 @@ mod tests {
             s2.apply(c);
         }
         assert_eq!(s1, s2);
+    }
+
+    fn node(name: &str, id: u64) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            id,
+            role: NodeRole::Origin,
+            region: "eu".into(),
+            http_url: format!("http://{name}"),
+            rtmp_url: None,
+            cluster_addr: format!("{name}:4433"),
+            version: "0".into(),
+            load: NodeLoad::default(),
+            registered_at_ms: 0,
+            last_heartbeat_ms: 0,
+        }
+    }
+
+    fn claim(node: &str, at_ms: u64) -> Command {
+        Command::ClaimRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: node.into(),
+            at_ms,
+            lease_ms: 10_000,
+        }
+    }
+
+    #[test]
+    fn node_names_and_ids_are_unique() {
+        let mut s = TenantState::default();
+        assert_eq!(s.apply(&Command::RegisterNode(node("o1", 1))), CommandResponse::Ok);
+        assert!(matches!(
+            s.apply(&Command::RegisterNode(node("o1", 2))),
+            CommandResponse::Exists { .. }
+        ));
+        assert!(matches!(
+            s.apply(&Command::RegisterNode(node("o2", 1))),
+            CommandResponse::Exists { .. }
+        ));
+        assert_eq!(s.nodes.len(), 1);
+    }
+
+    #[test]
+    fn placement_lease_fences_and_expires() {
+        let mut s = TenantState::default();
+        s.apply(&Command::RegisterNode(node("x", 1)));
+        s.apply(&Command::RegisterNode(node("y", 2)));
+        assert_eq!(s.apply(&claim("x", 1_000)), CommandResponse::Claimed { epoch: 1 });
+        // Re-claim by the holder keeps the epoch.
+        assert_eq!(s.apply(&claim("x", 2_000)), CommandResponse::Claimed { epoch: 1 });
+        // Another node is refused while the lease is live...
+        assert_eq!(
+            s.apply(&claim("y", 5_000)),
+            CommandResponse::Busy { node: "x".into(), epoch: 1 }
+        );
+        // ...heartbeats renew it...
+        s.apply(&Command::Heartbeats {
+            at_ms: 9_000,
+            beats: vec![Heartbeat { node: "x".into(), load: NodeLoad::default() }],
+        });
+        assert!(matches!(s.apply(&claim("y", 15_000)), CommandResponse::Busy { .. }));
+        assert_eq!(s.nodes["x"].last_heartbeat_ms, 9_000);
+        // ...and once it expires, y takes the room with a higher epoch.
+        assert_eq!(s.apply(&claim("y", 19_001)), CommandResponse::Claimed { epoch: 2 });
+        // x's stale release does nothing.
+        let stale = Command::ReleaseRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: "x".into(),
+            epoch: 1,
+        };
+        assert!(matches!(s.apply(&stale), CommandResponse::NotFound { .. }));
+        assert_eq!(s.placements["a/r"].node, "y");
+        // Epochs never repeat, even after a release.
+        let release = Command::ReleaseRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: "y".into(),
+            epoch: 2,
+        };
+        assert_eq!(s.apply(&release), CommandResponse::Ok);
+        assert_eq!(s.apply(&claim("x", 30_000)), CommandResponse::Claimed { epoch: 3 });
+    }
+
+    #[test]
+    fn removing_a_node_releases_its_rooms() {
+        let mut s = TenantState::default();
+        s.apply(&Command::RegisterNode(node("x", 1)));
+        s.apply(&claim("x", 1_000));
+        let rm = Command::RemoveNode { name: "x".into() };
+        assert_eq!(s.apply(&rm), CommandResponse::Ok);
+        assert!(s.placements.is_empty());
+        assert!(s.nodes.is_empty());
+    }
+
+    #[test]
+    fn join_tokens_expire_and_are_pruned() {
+        let mut s = TenantState::default();
+        let t = |id: &str, created: u64, expires: u64| {
+            Command::CreateJoinToken(JoinToken {
+                id: id.into(),
+                hash: format!("h{id}"),
+                expires_at_ms: expires,
+                created_at_ms: created,
+            })
+        };
+        s.apply(&t("1", 0, 100));
+        assert!(s.join_token_by_hash("h1", 50).is_some());
+        assert!(s.join_token_by_hash("h1", 100).is_none());
+        s.apply(&t("2", 200, 300));
+        assert!(!s.join_tokens.contains_key("1"), "expired token pruned");
     }
 }

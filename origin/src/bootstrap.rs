@@ -103,7 +103,7 @@ pub fn banner(ctx: &NodeCtx, first: &FirstStart, admin_user: &str) -> String {
     }
     s += &format!(
         "\n  push (RTMP)    {rtmp}/{key}\n  \
-         e.g.           ffmpeg -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine -c:v libx264 -preset veryfast -g 60 -c:a aac -f flv {rtmp}/{key}\n  \
+         e.g.           ffmpeg -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine -c:v libx264 -preset veryfast -pix_fmt yuv420p -g 60 -c:a aac -f flv {rtmp}/{key}\n  \
          watch (HLS)    {base}/hls/{DEMO_APP}/{DEMO_ROOM}/index.m3u8   (ffplay or any HLS player)\n"
     );
     if first.demo_stream_key.is_none() {

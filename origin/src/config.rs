@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+/// Log filter when none is given: our crates at info, chatty dependencies at warn.
+pub const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn";
+
 /// Flags and file keys of `streamhub-origin`. Every field is optional here; defaults are applied
 /// by [`OriginArgs::into_settings`].
 #[derive(Debug, Default, Clone, Parser, Deserialize)]
@@ -39,7 +42,7 @@ pub struct OriginArgs {
     /// HLS target segment duration in seconds [default: 2].
     #[arg(long, env = "STREAMHUB_HLS_TARGET_SECS")]
     pub hls_target_secs: Option<f64>,
-    /// Log filter, as RUST_LOG [default: info].
+    /// Log filter, as RUST_LOG [default: info,openraft=warn,sled=warn].
     #[arg(long, env = "STREAMHUB_LOG")]
     pub log: Option<String>,
 }
@@ -142,7 +145,7 @@ impl OriginArgs {
             node_name,
             region,
             hls_target: Duration::from_secs_f64(secs),
-            log: self.log.unwrap_or_else(|| "info".into()),
+            log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),
         })
     }
 }

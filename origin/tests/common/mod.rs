@@ -78,7 +78,7 @@ impl Origin {
             .arg("origin-test-1")
             .env("ADMIN_USER", ADMIN_USER)
             .env("ADMIN_PASS", ADMIN_PASS)
-            .env("STREAMHUB_LOG", "info,streamhub_origin=debug")
+            .env("STREAMHUB_LOG", "info,openraft=warn,streamhub_origin=debug")
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
