@@ -1,4 +1,6 @@
-//! The streamhub control plane: the tenant state machine and the Raft group that replicates it.
+//! The streamhub control plane: the tenant state machine, the Raft group that replicates it, and
+//! the inter-node QUIC transport both run over.
 
 pub mod raft;
 pub mod state;
+pub mod transport;

@@ -224,9 +224,14 @@ pub enum CommandResponse {
         what: String,
     },
     /// A room claim was granted at this epoch.
-    Claimed { epoch: u64 },
+    Claimed {
+        epoch: u64,
+    },
     /// A room claim was refused: another node holds a live lease.
-    Busy { node: String, epoch: u64 },
+    Busy {
+        node: String,
+        epoch: u64,
+    },
 }
 
 /// Everything the control plane knows about tenants.
@@ -319,7 +324,8 @@ impl TenantState {
                 CommandResponse::Ok
             }
             Command::CreateJoinToken(t) => {
-                self.join_tokens.retain(|_, old| old.expires_at_ms > t.created_at_ms);
+                self.join_tokens
+                    .retain(|_, old| old.expires_at_ms > t.created_at_ms);
                 self.join_tokens.insert(t.id.clone(), t.clone());
                 CommandResponse::Ok
             }
@@ -362,7 +368,10 @@ impl TenantState {
 
     fn register_node(&mut self, n: &NodeRecord) -> CommandResponse {
         if let Some(old) = self.nodes.get(&n.name) {
-            return exists(format!("node {} (registered at {})", old.name, old.cluster_addr));
+            return exists(format!(
+                "node {} (registered at {})",
+                old.name, old.cluster_addr
+            ));
         }
         if let Some(old) = self.nodes.values().find(|o| o.id == n.id) {
             return exists(format!("node id {} (used by {})", n.id, old.name));
@@ -624,7 +633,10 @@ mod tests {
     #[test]
     fn node_names_and_ids_are_unique() {
         let mut s = TenantState::default();
-        assert_eq!(s.apply(&Command::RegisterNode(node("o1", 1))), CommandResponse::Ok);
+        assert_eq!(
+            s.apply(&Command::RegisterNode(node("o1", 1))),
+            CommandResponse::Ok
+        );
         assert!(matches!(
             s.apply(&Command::RegisterNode(node("o1", 2))),
             CommandResponse::Exists { .. }
@@ -641,23 +653,41 @@ mod tests {
         let mut s = TenantState::default();
         s.apply(&Command::RegisterNode(node("x", 1)));
         s.apply(&Command::RegisterNode(node("y", 2)));
-        assert_eq!(s.apply(&claim("x", 1_000)), CommandResponse::Claimed { epoch: 1 });
+        assert_eq!(
+            s.apply(&claim("x", 1_000)),
+            CommandResponse::Claimed { epoch: 1 }
+        );
         // Re-claim by the holder keeps the epoch.
-        assert_eq!(s.apply(&claim("x", 2_000)), CommandResponse::Claimed { epoch: 1 });
+        assert_eq!(
+            s.apply(&claim("x", 2_000)),
+            CommandResponse::Claimed { epoch: 1 }
+        );
         // Another node is refused while the lease is live...
         assert_eq!(
             s.apply(&claim("y", 5_000)),
-            CommandResponse::Busy { node: "x".into(), epoch: 1 }
+            CommandResponse::Busy {
+                node: "x".into(),
+                epoch: 1
+            }
         );
         // ...heartbeats renew it...
         s.apply(&Command::Heartbeats {
             at_ms: 9_000,
-            beats: vec![Heartbeat { node: "x".into(), load: NodeLoad::default() }],
+            beats: vec![Heartbeat {
+                node: "x".into(),
+                load: NodeLoad::default(),
+            }],
         });
-        assert!(matches!(s.apply(&claim("y", 15_000)), CommandResponse::Busy { .. }));
+        assert!(matches!(
+            s.apply(&claim("y", 15_000)),
+            CommandResponse::Busy { .. }
+        ));
         assert_eq!(s.nodes["x"].last_heartbeat_ms, 9_000);
         // ...and once it expires, y takes the room with a higher epoch.
-        assert_eq!(s.apply(&claim("y", 19_001)), CommandResponse::Claimed { epoch: 2 });
+        assert_eq!(
+            s.apply(&claim("y", 19_001)),
+            CommandResponse::Claimed { epoch: 2 }
+        );
         // x's stale release does nothing.
         let stale = Command::ReleaseRoom {
             app: AppName::new("a").unwrap(),
@@ -675,7 +705,10 @@ mod tests {
             epoch: 2,
         };
         assert_eq!(s.apply(&release), CommandResponse::Ok);
-        assert_eq!(s.apply(&claim("x", 30_000)), CommandResponse::Claimed { epoch: 3 });
+        assert_eq!(
+            s.apply(&claim("x", 30_000)),
+            CommandResponse::Claimed { epoch: 3 }
+        );
     }
 
     #[test]

@@ -8,9 +8,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-use streamhub_cluster::raft::{node_id_from_name, RaftNode};
+use streamhub_cluster::raft::{node_id_from_name, RaftNode, Start};
 use streamhub_cluster::state::{App, Command, CommandResponse};
+use streamhub_cluster::transport::{Endpoint, NodeIdentity};
 use streamhub_shared::AppName;
+use tokio_util::sync::CancellationToken;
 
 const DIR_ENV: &str = "STREAMHUB_TEST_RAFT_WRITER_DIR";
 const ACKS_BEFORE_KILL: usize = 100;
@@ -25,6 +27,17 @@ fn app(name: &str) -> App {
     }
 }
 
+/// A loopback cluster endpoint with a throwaway CA: a single voter never dials anyone.
+fn endpoint() -> Endpoint {
+    let (identity, _ca) = NodeIdentity::bootstrap("test", "origin-1", "origin").expect("identity");
+    Endpoint::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &identity,
+        CancellationToken::new(),
+    )
+    .expect("bind")
+}
+
 /// The writer: writes apps forever, printing `ack <name>` after each acknowledged write.
 #[tokio::test]
 #[ignore = "run as a child process by kill9_keeps_acknowledged_writes"]
@@ -32,9 +45,15 @@ async fn writer_process() {
     let Ok(dir) = std::env::var(DIR_ENV) else {
         return;
     };
-    let node = RaftNode::open(dir.as_ref(), node_id_from_name("w"), "127.0.0.1:1".into())
-        .await
-        .expect("open");
+    let node = RaftNode::open(
+        dir.as_ref(),
+        node_id_from_name("w"),
+        "127.0.0.1:1".into(),
+        endpoint(),
+        Start::Bootstrap,
+    )
+    .await
+    .expect("open");
     let mut out = std::io::stdout().lock();
     for i in 0.. {
         let name = format!("app-{i}");
@@ -79,9 +98,15 @@ async fn kill9_keeps_acknowledged_writes() {
     );
     child.wait().expect("reap writer");
 
-    let node = RaftNode::open(dir.path(), node_id_from_name("w"), "127.0.0.1:1".into())
-        .await
-        .expect("reopen after kill");
+    let node = RaftNode::open(
+        dir.path(),
+        node_id_from_name("w"),
+        "127.0.0.1:1".into(),
+        endpoint(),
+        Start::Bootstrap,
+    )
+    .await
+    .expect("reopen after kill");
     let missing: Vec<&String> = node.read(|s| {
         acked
             .iter()

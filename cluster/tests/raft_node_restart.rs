@@ -4,9 +4,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use openraft::ServerState;
-use streamhub_cluster::raft::{node_id_from_name, RaftNode};
+use streamhub_cluster::raft::{node_id_from_name, RaftNode, Start};
 use streamhub_cluster::state::{App, Command, CommandResponse};
+use streamhub_cluster::transport::{Endpoint, NodeIdentity};
 use streamhub_shared::AppName;
+use tokio_util::sync::CancellationToken;
 
 const NODE: &str = "origin-1";
 const ADDR: &str = "127.0.0.1:4433";
@@ -21,10 +23,27 @@ fn app(name: &str) -> App {
     }
 }
 
+/// A loopback cluster endpoint with a throwaway CA: a single voter never dials anyone.
+fn endpoint() -> Endpoint {
+    let (identity, _ca) = NodeIdentity::bootstrap("test", "origin-1", "origin").expect("identity");
+    Endpoint::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &identity,
+        CancellationToken::new(),
+    )
+    .expect("bind")
+}
+
 async fn open(dir: &Path) -> RaftNode {
-    RaftNode::open(dir, node_id_from_name(NODE), ADDR.into())
-        .await
-        .expect("open raft node")
+    RaftNode::open(
+        dir,
+        node_id_from_name(NODE),
+        ADDR.into(),
+        endpoint(),
+        Start::Bootstrap,
+    )
+    .await
+    .expect("open raft node")
 }
 
 fn has_app(node: &RaftNode, name: &str) -> bool {
@@ -157,9 +176,15 @@ async fn restart_from_snapshot_with_purged_log() {
 async fn a_second_open_of_a_live_data_dir_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = open(dir.path()).await;
-    let err = RaftNode::open(dir.path(), node_id_from_name(NODE), ADDR.into())
-        .await
-        .expect_err("the data dir is locked");
+    let err = RaftNode::open(
+        dir.path(),
+        node_id_from_name(NODE),
+        ADDR.into(),
+        endpoint(),
+        Start::Bootstrap,
+    )
+    .await
+    .expect_err("the data dir is locked");
     assert!(
         matches!(err, streamhub_cluster::raft::RaftError::OpenDb { .. }),
         "{err:?}"

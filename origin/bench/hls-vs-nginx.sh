@@ -25,7 +25,7 @@ sleep 2
 echo "== streamhub-origin"
 DATA=$(mktemp -d)
 ADMIN_USER=admin ADMIN_PASS=bench-pass "$BIN" --data-dir "$DATA" --http 127.0.0.1:3020 \
-  --rtmp 127.0.0.1:1935 --node-id bench-origin --log warn > "$OUTDIR/streamhub.log" 2>&1 &
+  --rtmp 127.0.0.1:1935 --cluster 127.0.0.1:4433 --node-id bench-origin --log warn > "$OUTDIR/streamhub.log" 2>&1 &
 SH_PID=$!
 trap 'kill $SH_PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:3020/healthz >/dev/null && break; sleep 0.1; done

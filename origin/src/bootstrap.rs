@@ -76,7 +76,12 @@ pub async fn first_start(
 }
 
 /// The start-up banner: where the API is, how to push, where to watch.
-pub fn banner(ctx: &NodeCtx, first: &FirstStart, admin_user: &str) -> String {
+pub fn banner(
+    ctx: &NodeCtx,
+    first: &FirstStart,
+    admin_user: &str,
+    join_token: Option<&str>,
+) -> String {
     let base = ctx.settings.public_base();
     let rtmp = ctx.rtmp_url();
     let key = first
@@ -106,6 +111,13 @@ pub fn banner(ctx: &NodeCtx, first: &FirstStart, admin_user: &str) -> String {
          e.g.           ffmpeg -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine -c:v libx264 -preset veryfast -pix_fmt yuv420p -g 60 -c:a aac -f flv {rtmp}/{key}\n  \
          watch (HLS)    {base}/hls/{DEMO_APP}/{DEMO_ROOM}/index.m3u8   (ffplay or any HLS player)\n"
     );
+    if let Some(t) = join_token {
+        s += &format!(
+            "\n  cluster        new cluster; add an origin with:\n                 \
+             streamhub-origin --node-id <name> --cluster <addr:4433> --join {base} --join-token {t}\n                 \
+             (token valid 24 h; mint more: POST /api/v1/cluster/join-tokens)\n"
+        );
+    }
     if first.demo_stream_key.is_none() {
         s += "  (stream keys are shown once; create one: POST /api/v1/apps/:app/ingress {\"type\":\"rtmp\",\"room\":\"main\"})\n";
     }

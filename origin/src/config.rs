@@ -42,6 +42,20 @@ pub struct OriginArgs {
     /// HLS target segment duration in seconds [default: 2].
     #[arg(long, env = "STREAMHUB_HLS_TARGET_SECS")]
     pub hls_target_secs: Option<f64>,
+    /// Cluster (QUIC, UDP) listen address for Raft and relay between nodes [default: 0.0.0.0:4433].
+    #[arg(long, env = "STREAMHUB_CLUSTER")]
+    pub cluster: Option<SocketAddr>,
+    /// HTTP URL of any origin of the cluster to join (first start only; a node with state
+    /// restarts as the member it was).
+    #[arg(long, env = "STREAMHUB_JOIN")]
+    pub join: Option<String>,
+    /// Join token minted by an admin (`POST /api/v1/cluster/join-tokens`) or printed by the first
+    /// origin.
+    #[arg(long, env = "STREAMHUB_JOIN_TOKEN")]
+    pub join_token: Option<String>,
+    /// Raft log entries between snapshots (tests lower it) [default: 5000].
+    #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
+    pub raft_snapshot_logs: Option<u64>,
     /// Log filter, as RUST_LOG [default: info,openraft=warn,sled=warn].
     #[arg(long, env = "STREAMHUB_LOG")]
     pub log: Option<String>,
@@ -76,6 +90,18 @@ pub struct Settings {
     pub region: String,
     pub hls_target: Duration,
     pub log: String,
+    /// Cluster QUIC address.
+    pub cluster: SocketAddr,
+    /// Where and how to join, if this node was told to.
+    pub join: Option<JoinSettings>,
+    pub raft_snapshot_logs: u64,
+}
+
+/// `--join` and `--join-token`, checked.
+#[derive(Debug, Clone)]
+pub struct JoinSettings {
+    pub url: url::Url,
+    pub token: String,
 }
 
 impl OriginArgs {
@@ -111,6 +137,10 @@ impl OriginArgs {
             node_id: self.node_id.or(file.node_id),
             region: self.region.or(file.region),
             hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
+            cluster: self.cluster.or(file.cluster),
+            join: self.join.or(file.join),
+            join_token: self.join_token.or(file.join_token),
+            raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
             log: self.log.or(file.log),
         }
     }
@@ -137,7 +167,35 @@ impl OriginArgs {
                 reason: format!("{secs} is outside 0.5..=30"),
             });
         }
+        let join = match (self.join, self.join_token) {
+            (None, None) => None,
+            (Some(u), Some(token)) => Some(JoinSettings {
+                url: url::Url::parse(u.trim_end_matches('/')).map_err(|e| {
+                    ConfigError::Invalid {
+                        field: "join",
+                        reason: format!("{u:?}: {e}"),
+                    }
+                })?,
+                token,
+            }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "join",
+                    reason: "--join and --join-token go together".into(),
+                })
+            }
+        };
+        let raft_snapshot_logs = self.raft_snapshot_logs.unwrap_or(5000);
+        if raft_snapshot_logs < 10 {
+            return Err(ConfigError::Invalid {
+                field: "raft-snapshot-logs",
+                reason: "must be at least 10".into(),
+            });
+        }
         Ok(Settings {
+            cluster: self.cluster.unwrap_or(([0, 0, 0, 0], 4433).into()),
+            join,
+            raft_snapshot_logs,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             http,
             rtmp,

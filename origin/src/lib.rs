@@ -4,6 +4,8 @@ pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;
+pub mod lease;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod rooms;

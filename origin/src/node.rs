@@ -11,17 +11,21 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use streamhub_cluster::raft::RaftNode;
-use streamhub_cluster::state::{Command, CommandResponse};
+use streamhub_cluster::raft::{RaftNode, Start};
+use streamhub_cluster::state::{Command, CommandResponse, NodeLoad, NodeRecord, NodeRole};
+use streamhub_cluster::transport::{service_fn, Endpoint, RemoteError};
 use streamhub_edge::hls::{HlsConfig, HlsRegistry, HlsStats};
 use streamhub_shared::{AppName, RoomName};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiError};
 use crate::config::Settings;
-use crate::credentials::{sha256_hex, SessionKeys};
+use crate::credentials::{sha256_hex, unix_now_ms, SessionKeys};
+use crate::lease::{self, Released};
+use crate::membership::{self, Startup};
 use crate::metrics::Metrics;
 use crate::rooms::{Protocol, PublishClaim, PublishError, Publisher, RoomObserver, Rooms};
 use crate::rtmp::{self, IngestBackend, RtmpConfig, RtmpStats};
@@ -29,7 +33,7 @@ use crate::rtmp::{self, IngestBackend, RtmpConfig, RtmpStats};
 /// Everything a request handler may need. Shared read-only behind an `Arc`.
 pub struct NodeCtx {
     pub settings: Settings,
-    pub raft: RaftNode,
+    pub raft: Arc<RaftNode>,
     pub rooms: Arc<Rooms>,
     pub sessions: SessionKeys,
     /// `ADMIN_USER`/`ADMIN_PASS` from the environment, accepted as a break-glass login.
@@ -41,7 +45,13 @@ pub struct NodeCtx {
     /// The port RTMP is bound to (may differ from the setting when it was 0).
     pub rtmp_port: u16,
     pub ready: AtomicBool,
+    /// Background tasks owned by the node (drained on shutdown).
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
 }
+
+/// RPC kind: the leader's view of the cluster (JSON), asked by followers for `GET /cluster`.
+pub const CLUSTER_STATUS: u16 = 0x0201;
 
 impl NodeCtx {
     /// Proposes a command through Raft and maps its outcome to an API result.
@@ -50,8 +60,109 @@ impl NodeCtx {
             Ok(CommandResponse::Ok) => Ok(()),
             Ok(CommandResponse::Exists { what }) => Err(ApiError::Conflict(what)),
             Ok(CommandResponse::NotFound { what }) => Err(ApiError::NotFound(what)),
+            Ok(other) => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
             Err(e) => Err(ApiError::Unavailable(e.to_string())),
         }
+    }
+
+    /// Adds an admitted origin as a voter in the background: the joiner starts its Raft after it
+    /// got its certificate, and the leader's replication reaches it as soon as it listens.
+    pub fn spawn_add_voter(&self, node_id: u64, cluster_addr: String, name: String) {
+        let raft = self.raft.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = raft.add_voter(node_id, cluster_addr.clone()) => r,
+                };
+                match attempt {
+                    Ok(()) => return tracing::info!(node = %name, "joined as voter"),
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        return tracing::error!(node = %name, error = %e, "could not add voter")
+                    }
+                    Err(e) => tracing::debug!(node = %name, error = %e, "add voter: retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// The node names of Raft ids, from the registry.
+    fn names(&self) -> std::collections::HashMap<u64, String> {
+        self.raft
+            .read(|s| s.nodes.values().map(|n| (n.id, n.name.clone())).collect())
+    }
+
+    /// This node's view of the cluster; `applied` per node is known only on the leader.
+    pub fn local_cluster_status(&self) -> serde_json::Value {
+        let st = self.raft.status();
+        let names = self.names();
+        let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+        let now = unix_now_ms();
+        let nodes: Vec<serde_json::Value> = self.raft.read(|s| {
+            s.nodes
+                .values()
+                .map(|n| {
+                    let applied = if n.id == st.node_id {
+                        st.last_applied
+                    } else {
+                        st.replication.get(&n.id).copied().flatten()
+                    };
+                    serde_json::json!({
+                        "name": n.name, "id": n.id, "role": n.role, "region": n.region,
+                        "clusterAddr": n.cluster_addr, "applied": applied,
+                        "health": if crate::api::cluster::is_up(n, now) { "up" } else { "down" },
+                        "lastHeartbeatMsAgo": now.saturating_sub(n.last_heartbeat_ms),
+                    })
+                })
+                .collect()
+        });
+        serde_json::json!({
+            "self": self.settings.node_name,
+            "leader": st.leader.as_ref().map(name),
+            "term": st.term,
+            "state": format!("{:?}", st.state),
+            "voters": st.voters.iter().map(name).collect::<Vec<_>>(),
+            "learners": st.learners.iter().map(name).collect::<Vec<_>>(),
+            "lastApplied": st.last_applied,
+            "snapshotIndex": st.snapshot,
+            "nodes": nodes,
+        })
+    }
+
+    /// The cluster as the leader sees it (asked over the cluster transport), or this node's view
+    /// when the leader cannot be reached.
+    pub async fn cluster_status(&self) -> serde_json::Value {
+        let st = self.raft.status();
+        let leader_addr = st
+            .leader
+            .filter(|l| *l != st.node_id)
+            .and_then(|l| st.nodes.get(&l).cloned());
+        if let Some(addr) = leader_addr {
+            if let Some(sock) = streamhub_cluster::raft::network::resolve(&addr).await {
+                let asked = self
+                    .raft
+                    .endpoint()
+                    .request(
+                        sock,
+                        CLUSTER_STATUS,
+                        bytes::Bytes::new(),
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                if let Ok(body) = asked {
+                    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                        v["self"] = self.settings.node_name.clone().into();
+                        return v;
+                    }
+                }
+            }
+        }
+        let mut v = self.local_cluster_status();
+        v["partial"] = true.into();
+        v
     }
 
     /// What a user pastes into OBS's Server field: `rtmp://<public host>:<port>/live`.
@@ -64,13 +175,15 @@ impl NodeCtx {
     }
 }
 
-/// Starts an HLS packager for every room that starts.
-struct HlsObserver {
+/// Starts an HLS packager for every room that starts, and queues the release of the placement
+/// of every room that ends.
+struct NodeObserver {
     hls: Arc<HlsRegistry>,
     tasks: TaskTracker,
+    released: mpsc::Sender<Released>,
 }
 
-impl RoomObserver for HlsObserver {
+impl RoomObserver for NodeObserver {
     fn room_started(&self, app: &AppName, room: &RoomName, publisher: &Publisher, takeover: bool) {
         tracing::info!(%app, %room, takeover, "room started");
         let hls_room = self.hls.start(app, room);
@@ -80,9 +193,20 @@ impl RoomObserver for HlsObserver {
             consumer, hls_room, session,
         ));
     }
+
+    fn room_ended(&self, app: &AppName, room: &RoomName, epoch: u64) {
+        tracing::info!(%app, %room, epoch, "room ended");
+        let r = Released {
+            app: app.clone(),
+            room: room.clone(),
+            epoch,
+        };
+        // A full queue only means the lease expires instead of being released early.
+        let _ = self.released.try_send(r);
+    }
 }
 
-/// Resolves stream keys against the tenant state and claims rooms.
+/// Resolves stream keys against the tenant state and claims rooms in the placement table.
 struct NodeIngest {
     ctx: std::sync::Weak<NodeCtx>,
 }
@@ -90,21 +214,30 @@ struct NodeIngest {
 impl IngestBackend for NodeIngest {
     fn start_publish(
         &self,
-        stream_key: &str,
+        stream_key: String,
         remote: SocketAddr,
-    ) -> Result<Publisher, PublishError> {
-        let ctx = self.ctx.upgrade().ok_or(PublishError::UnknownKey)?;
-        let hash = sha256_hex(stream_key);
-        let ingress = ctx
-            .raft
-            .read(|s| s.ingress_by_key_hash(&hash).cloned())
-            .ok_or(PublishError::UnknownKey)?;
-        ctx.rooms.start_publish(PublishClaim {
-            app: ingress.app,
-            room: ingress.room,
-            ingress_id: ingress.id,
-            protocol: Protocol::Rtmp,
-            remote,
+    ) -> futures::future::BoxFuture<'static, Result<Publisher, PublishError>> {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let ctx = ctx.upgrade().ok_or(PublishError::UnknownKey)?;
+            let hash = sha256_hex(&stream_key);
+            let ingress = ctx
+                .raft
+                .read(|s| s.ingress_by_key_hash(&hash).cloned())
+                .ok_or(PublishError::UnknownKey)?;
+            let epoch = lease::claim(&ctx, &ingress.app, &ingress.room).await?;
+            // The key may have been revoked while the claim was in flight.
+            if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
+                return Err(PublishError::UnknownKey);
+            }
+            ctx.rooms.start_publish(PublishClaim {
+                app: ingress.app,
+                room: ingress.room,
+                ingress_id: ingress.id,
+                protocol: Protocol::Rtmp,
+                remote,
+                epoch,
+            })
         })
     }
 }
@@ -145,16 +278,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let http = TcpListener::bind(settings.http).await?;
     let rtmp_listener = TcpListener::bind(settings.rtmp).await?;
     let rtmp_port = rtmp_listener.local_addr()?.port();
-    let raft_id = streamhub_cluster::raft::node_id_from_name(&settings.node_name);
-    let raft = RaftNode::open(&settings.data_dir, raft_id, settings.http.to_string()).await?;
+    let (identity, startup) = membership::prepare(&settings, NodeRole::Origin).await?;
+    let endpoint = Endpoint::bind(settings.cluster, &identity, shutdown.clone())?;
+    let raft = open_raft(&settings, endpoint, &startup).await?;
     let tasks = TaskTracker::new();
     let hls = Arc::new(HlsRegistry::new(HlsConfig {
         target_duration: settings.hls_target,
         ..HlsConfig::default()
     }));
-    let rooms = Rooms::new(Arc::new(HlsObserver {
+    let (released_tx, released_rx) = mpsc::channel(1024);
+    let rooms = Rooms::new(Arc::new(NodeObserver {
         hls: hls.clone(),
         tasks: tasks.clone(),
+        released: released_tx,
     }));
     let admin_user = std::env::var("ADMIN_USER").unwrap_or_else(|_| "admin".into());
     let admin_pass = std::env::var("ADMIN_PASS").ok().filter(|p| !p.is_empty());
@@ -162,7 +298,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         sessions: SessionKeys::load_or_create(&settings.data_dir)?,
         break_glass: admin_pass.clone().map(|p| (admin_user.clone(), p)),
         settings,
-        raft,
+        raft: Arc::new(raft),
         rooms,
         hls,
         hls_stats: Arc::new(HlsStats::default()),
@@ -170,7 +306,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         metrics: Metrics::new(),
         rtmp_port,
         ready: AtomicBool::new(false),
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
     });
+    register_services(&ctx);
+    let join_token = settle_membership(&ctx, startup).await?;
     let first = crate::bootstrap::first_start(&ctx, &admin_user, admin_pass.as_deref()).await?;
 
     let backend = Arc::new(NodeIngest {
@@ -184,6 +324,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ctx.rtmp_stats.clone(),
     ));
     tasks.spawn(sweep_hls(ctx.hls.clone(), shutdown.clone()));
+    tasks.spawn(lease::run_heartbeats(ctx.clone(), shutdown.clone()));
+    tasks.spawn(lease::run_releases(
+        ctx.clone(),
+        released_rx,
+        shutdown.clone(),
+    ));
     let app = http_router(ctx.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -192,7 +338,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .await
     });
     ctx.ready.store(true, Ordering::Release);
-    println!("{}", crate::bootstrap::banner(&ctx, &first, &admin_user));
+    println!(
+        "{}",
+        crate::bootstrap::banner(&ctx, &first, &admin_user, join_token.as_deref())
+    );
 
     shutdown.cancelled().await;
     tracing::info!("shutting down");
@@ -210,7 +359,174 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     if let Err(e) = ctx.raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
+    ctx.raft.endpoint().close().await;
     Ok(())
+}
+
+async fn open_raft(
+    settings: &Settings,
+    endpoint: Endpoint,
+    startup: &Startup,
+) -> anyhow::Result<RaftNode> {
+    let raft_id = streamhub_cluster::raft::node_id_from_name(&settings.node_name);
+    let start = match startup {
+        Startup::Join { .. } => Start::Join,
+        _ => Start::Bootstrap,
+    };
+    let mut config = streamhub_cluster::raft::default_config();
+    config.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(settings.raft_snapshot_logs);
+    config.max_in_snapshot_log_to_keep = (settings.raft_snapshot_logs / 5).min(1000);
+    let addr = membership::advertised_cluster_addr(settings);
+    Ok(
+        RaftNode::open_with_config(&settings.data_dir, raft_id, addr, endpoint, start, config)
+            .await?,
+    )
+}
+
+/// Answers followers asking for the leader's view of the cluster.
+fn register_services(ctx: &Arc<NodeCtx>) {
+    let weak = Arc::downgrade(ctx);
+    ctx.raft.endpoint().register(
+        CLUSTER_STATUS,
+        service_fn(move |_peer, _body| {
+            let ctx = weak.upgrade();
+            async move {
+                let ctx =
+                    ctx.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
+                let v = ctx.local_cluster_status();
+                Ok(bytes::Bytes::from(
+                    serde_json::to_vec(&v).unwrap_or_default(),
+                ))
+            }
+        }),
+    );
+}
+
+/// Finishes this start's part in the cluster: a bootstrap stores the CA, registers itself and
+/// mints a first join token (returned for the banner); a joiner waits until it is a voter.
+async fn settle_membership(ctx: &Arc<NodeCtx>, startup: Startup) -> anyhow::Result<Option<String>> {
+    match startup {
+        Startup::Bootstrap { ca } => {
+            let ca = streamhub_cluster::state::ClusterCa {
+                cert_pem: ca.cert_pem,
+                key_pem: ca.key_pem,
+            };
+            match ctx.raft.write(Command::InitCluster(ca)).await? {
+                CommandResponse::Ok | CommandResponse::Exists { .. } => {}
+                other => anyhow::bail!("initialising the cluster: {other:?}"),
+            }
+            register_self(ctx).await?;
+            let (token, _) = crate::api::cluster::mint_join_token(ctx, 24 * 3600 * 1000)
+                .await
+                .map_err(|e| anyhow::anyhow!("minting a join token: {e}"))?;
+            Ok(Some(token))
+        }
+        Startup::Join { .. } => {
+            wait_until_voter(ctx).await?;
+            Ok(None)
+        }
+        Startup::Restart => {
+            wait_until_caught_up(ctx).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// A restarted member serves nothing until it has caught up with the group: its own state on
+/// disk may lag what it acknowledged before it stopped (applied < committed), and after a crash
+/// it may even believe it still leads an old term. Ready when it leads with a quorum
+/// (`ensure_linearizable`), or when it has applied what the current leader has applied.
+async fn wait_until_caught_up(ctx: &NodeCtx) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let me = ctx.raft.node_id();
+    loop {
+        let st = ctx.raft.status();
+        if st.voters.len() <= 1 {
+            return Ok(());
+        }
+        match st.leader {
+            Some(l) if l == me => {
+                let check = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    ctx.raft.raft().ensure_linearizable(),
+                )
+                .await;
+                if matches!(check, Ok(Ok(_))) {
+                    return Ok(());
+                }
+            }
+            Some(l) => {
+                if let Some(target) = leader_applied(ctx, st.nodes.get(&l)).await {
+                    if ctx.raft.status().last_applied >= Some(target) {
+                        tracing::info!(applied = target, "caught up with the leader");
+                        return Ok(());
+                    }
+                }
+            }
+            None => {}
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("could not catch up with the cluster within 120 s (status {st:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last index the leader at `addr` has applied, asked over the cluster transport.
+async fn leader_applied(ctx: &NodeCtx, addr: Option<&String>) -> Option<u64> {
+    let sock = streamhub_cluster::raft::network::resolve(addr?).await?;
+    let body = ctx
+        .raft
+        .endpoint()
+        .request(
+            sock,
+            CLUSTER_STATUS,
+            bytes::Bytes::new(),
+            Duration::from_secs(1),
+        )
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    v["lastApplied"].as_u64()
+}
+
+async fn register_self(ctx: &NodeCtx) -> anyhow::Result<()> {
+    let s = &ctx.settings;
+    let now = unix_now_ms();
+    let record = NodeRecord {
+        name: s.node_name.clone(),
+        id: ctx.raft.node_id(),
+        role: NodeRole::Origin,
+        region: s.region.clone(),
+        http_url: s.public_base(),
+        rtmp_url: Some(ctx.rtmp_url()),
+        cluster_addr: membership::advertised_cluster_addr(s),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        load: NodeLoad::default(),
+        registered_at_ms: now,
+        last_heartbeat_ms: now,
+    };
+    match ctx.raft.write(Command::RegisterNode(record)).await? {
+        CommandResponse::Ok | CommandResponse::Exists { .. } => Ok(()),
+        other => anyhow::bail!("registering this node: {other:?}"),
+    }
+}
+
+/// A joiner is ready once it is a voter and has applied what the leader had committed.
+async fn wait_until_voter(ctx: &NodeCtx) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let me = ctx.raft.node_id();
+    loop {
+        let st = ctx.raft.status();
+        if st.voters.contains(&me) && st.leader.is_some() && st.last_applied.is_some() {
+            tracing::info!(term = st.term, "joined the cluster as a voter");
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("not added to the cluster within 120 s (status {st:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn sweep_hls(hls: Arc<HlsRegistry>, shutdown: CancellationToken) {

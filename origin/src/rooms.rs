@@ -41,6 +41,8 @@ pub struct PublishClaim {
     pub ingress_id: String,
     pub protocol: Protocol,
     pub remote: SocketAddr,
+    /// Placement epoch the cluster granted for this room (fencing token).
+    pub epoch: u64,
 }
 
 /// Why a publish was refused.
@@ -50,17 +52,29 @@ pub enum PublishError {
     UnknownKey,
     #[error("room {app}/{room} is already live from another publisher")]
     RoomBusy { app: AppName, room: RoomName },
+    #[error("room {app}/{room} is already live on origin {node}")]
+    LiveElsewhere {
+        app: AppName,
+        room: RoomName,
+        node: String,
+    },
+    #[error("the cluster cannot place the room right now: {0}")]
+    Unavailable(String),
 }
 
 /// Called when a room starts so playback (the HLS packager) can attach to it.
 pub trait RoomObserver: Send + Sync + 'static {
     /// A publisher started `app/room`; `takeover` is true when it replaced a previous session.
     fn room_started(&self, app: &AppName, room: &RoomName, publisher: &Publisher, takeover: bool);
+
+    /// The last session of `app/room` on this node ended (not replaced by a takeover here).
+    fn room_ended(&self, _app: &AppName, _room: &RoomName, _epoch: u64) {}
 }
 
 #[derive(Debug)]
 struct LiveRoom {
     session: u64,
+    epoch: u64,
     ingress_id: String,
     protocol: Protocol,
     started_at: SystemTime,
@@ -86,6 +100,7 @@ pub struct RoomSummary {
     pub room: RoomName,
     pub protocol: Protocol,
     pub ingress_id: String,
+    pub epoch: u64,
     pub started_at: SystemTime,
     pub tracks: Vec<TrackInfo>,
     pub bytes_in: u64,
@@ -138,6 +153,7 @@ impl Rooms {
             key,
             LiveRoom {
                 session,
+                epoch: claim.epoch,
                 ingress_id: claim.ingress_id.clone(),
                 protocol: claim.protocol,
                 started_at: SystemTime::now(),
@@ -210,6 +226,7 @@ impl Rooms {
                     room: r.clone(),
                     protocol: l.protocol,
                     ingress_id: l.ingress_id.clone(),
+                    epoch: l.epoch,
                     started_at: l.started_at,
                     tracks,
                     bytes_in: l.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed),
@@ -231,11 +248,34 @@ impl Rooms {
         out
     }
 
+    /// Ends the local session of `app/room` unless it holds `epoch` (the cluster gave the room
+    /// to someone else: fencing). Returns true if a session was ended.
+    pub fn fence(&self, app: &AppName, room: &RoomName, epoch: Option<u64>) -> bool {
+        let live = self.live.lock().expect("rooms lock");
+        match live.get(&(app.clone(), room.clone())) {
+            Some(r) if Some(r.epoch) != epoch => {
+                r.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `(app, room, epoch)` of every live room of this node.
+    pub fn held(&self) -> Vec<(AppName, RoomName, u64)> {
+        let live = self.live.lock().expect("rooms lock");
+        live.iter()
+            .map(|((a, r), l)| (a.clone(), r.clone(), l.epoch))
+            .collect()
+    }
+
     fn finish(&self, app: &AppName, room: &RoomName, session: u64) {
         let mut live = self.live.lock().expect("rooms lock");
         let key = (app.clone(), room.clone());
         if live.get(&key).is_some_and(|r| r.session == session) {
-            live.remove(&key);
+            if let Some(ended) = live.remove(&key) {
+                self.observer.room_ended(app, room, ended.epoch);
+            }
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`log_store`]: the Raft log and vote in sled, flushed before a write is acknowledged.
 //! - [`state_machine`]: the [`TenantState`](crate::state::TenantState) replica and its snapshots.
-//! - [`network`]: the transport between voters (for now: none, every peer is unreachable).
-//! - [`node`]: [`RaftNode`], the handle the rest of the process uses.
+//! - [`network`]: Raft RPCs over the cluster QUIC [`Endpoint`](crate::transport::Endpoint).
+//! - [`node`]: [`RaftNode`], the handle the rest of the process uses; writes and membership
+//!   changes are routed to the leader by the private `leader` module.
 
 // openraft's `StorageError` (224 bytes) is the error type its storage traits require, and its
 // `Fatal` carries it; boxing it in our helpers only to unbox it at the trait boundary adds nothing
@@ -13,14 +14,17 @@
 
 use std::io::Cursor;
 
+mod leader;
 pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
 
 pub use log_store::SledLogStore;
-pub use network::{NoPeers, NoTransport};
-pub use node::{RaftError, RaftNode, RaftStatus, WriteError};
+pub use network::{register_raft_services, QuicNetworkFactory, QuicPeer};
+pub use node::{
+    default_config, MembershipError, RaftError, RaftNode, RaftStatus, Start, WriteError,
+};
 pub use state_machine::{SledStateMachine, StateMachineData};
 
 openraft::declare_raft_types!(

@@ -2,6 +2,7 @@
 
 mod apps;
 mod auth;
+pub mod cluster;
 mod error;
 mod ingress;
 mod keys;
@@ -43,6 +44,11 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
             get(ingress::get).delete(ingress::delete),
         )
         .route("/apps/{app}/rooms", get(rooms::list))
+        .route("/cluster", get(cluster::status))
+        .route("/cluster/join", post(cluster::join))
+        .route("/cluster/join-tokens", post(cluster::create_join_token))
+        .route("/cluster/nodes/{name}/remove", post(cluster::remove))
+        .route("/nodes", get(cluster::nodes))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(ctx);

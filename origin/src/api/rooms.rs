@@ -49,7 +49,7 @@ pub async fn list(
     let app = authorize_app(&who, &app)?;
     load_app(&ctx, &app)?;
     let now = SystemTime::now();
-    let rooms: Vec<Value> = ctx
+    let mut rooms: Vec<Value> = ctx
         .rooms
         .list(Some(&app))
         .iter()
@@ -68,8 +68,29 @@ pub async fn list(
                 "tracks": (0..r.tracks.len()).map(|i| track_json(r, i, elapsed)).collect::<Vec<_>>(),
                 "bytesIn": r.bytes_in,
                 "origin": ctx.settings.node_name,
+                "epoch": r.epoch,
             })
         })
         .collect();
+    // Rooms live on other origins, from the placement table (their tracks are known there).
+    let now_ms = crate::credentials::unix_now_ms();
+    let me = &ctx.settings.node_name;
+    let remote: Vec<Value> = ctx.raft.read(|s| {
+        s.placements
+            .values()
+            .filter(|p| p.app == app && &p.node != me && p.lease_until_ms > now_ms)
+            .map(|p| {
+                json!({
+                    "room": p.room,
+                    "roomName": format!("{}-{}", p.app, p.room),
+                    "origin": p.node,
+                    "epoch": p.epoch,
+                    "startedAtMs": p.since_ms,
+                    "tracks": [],
+                })
+            })
+            .collect()
+    });
+    rooms.extend(remote);
     Ok(data(rooms))
 }

@@ -37,6 +37,17 @@ pub struct TokenRequest {
     ttl: Option<Ttl>,
 }
 
+impl Ttl {
+    /// The duration, validated like every TTL (1 s to 30 days).
+    pub fn parse(self) -> Result<std::time::Duration, ApiError> {
+        match self {
+            Ttl::Seconds(s) => parse_ttl(&s.to_string()),
+            Ttl::Text(t) => parse_ttl(&t),
+        }
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -56,11 +67,9 @@ pub async fn mint(
         ));
     }
     let ttl = match req.ttl {
-        None => Ok(std::time::Duration::from_secs(3600)),
-        Some(Ttl::Seconds(s)) => parse_ttl(&s.to_string()),
-        Some(Ttl::Text(t)) => parse_ttl(&t),
-    }
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        None => std::time::Duration::from_secs(3600),
+        Some(t) => t.parse()?,
+    };
     let record = load_app(&ctx, &app)?;
     let now = unix_now();
     let namespaced = format!("{app}-{room}");

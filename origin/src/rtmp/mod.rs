@@ -17,12 +17,16 @@ pub use server::serve;
 
 /// What the RTMP server asks of the node when a publisher presents a stream key.
 pub trait IngestBackend: Send + Sync + 'static {
-    /// Resolves the key and claims the room; Err refuses the publish with a reason.
+    /// Resolves the key and claims the room (a Raft write in a cluster, hence async); Err
+    /// refuses the publish with a reason.
     fn start_publish(
         &self,
-        stream_key: &str,
+        stream_key: String,
         remote: std::net::SocketAddr,
-    ) -> Result<crate::rooms::Publisher, crate::rooms::PublishError>;
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<crate::rooms::Publisher, crate::rooms::PublishError>,
+    >;
 }
 
 /// Limits of the RTMP listener.

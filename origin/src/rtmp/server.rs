@@ -198,7 +198,7 @@ impl Connection {
     async fn drive(&mut self) -> Result<End, ConnectionError> {
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            let end = self.handle_events()?;
+            let end = self.handle_events().await?;
             self.flush().await?;
             if let Some(end) = end {
                 return Ok(end);
@@ -226,11 +226,11 @@ impl Connection {
     }
 
     /// Acts on the session's events; returns how the connection must end, if it must.
-    fn handle_events(&mut self) -> Result<Option<End>, ConnectionError> {
+    async fn handle_events(&mut self) -> Result<Option<End>, ConnectionError> {
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::PublishRequested { stream_key } => {
-                    if let Some(end) = self.start_publish(&stream_key)? {
+                    if let Some(end) = self.start_publish(&stream_key).await? {
                         return Ok(Some(end));
                     }
                 }
@@ -251,8 +251,16 @@ impl Connection {
         Ok(None)
     }
 
-    fn start_publish(&mut self, stream_key: &str) -> Result<Option<End>, ConnectionError> {
-        match self.backend.start_publish(stream_key, self.remote) {
+    async fn start_publish(&mut self, stream_key: &str) -> Result<Option<End>, ConnectionError> {
+        let claim = self
+            .backend
+            .start_publish(stream_key.to_string(), self.remote);
+        let result = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Ok(Some(End::Shutdown)),
+            r = claim => r,
+        };
+        match result {
             Ok(publisher) => {
                 self.session.accept_publish(Instant::now())?;
                 let span = tracing::Span::current();
@@ -392,17 +400,24 @@ mod tests {
     /// Keys `key1` and `key2` map to one room of one ingress; anything else is unknown.
     struct Backend(Arc<Rooms>);
     impl IngestBackend for Backend {
-        fn start_publish(&self, key: &str, remote: SocketAddr) -> Result<Publisher, PublishError> {
-            if !matches!(key, "key1" | "key2") {
-                return Err(PublishError::UnknownKey);
-            }
-            self.0.start_publish(PublishClaim {
-                app: AppName::new("demo").expect("app"),
-                room: RoomName::new("cam").expect("room"),
-                ingress_id: "ingress-1".into(),
-                protocol: Protocol::Rtmp,
-                remote,
-            })
+        fn start_publish(
+            &self,
+            key: String,
+            remote: SocketAddr,
+        ) -> futures::future::BoxFuture<'static, Result<Publisher, PublishError>> {
+            let result = if !matches!(key.as_str(), "key1" | "key2") {
+                Err(PublishError::UnknownKey)
+            } else {
+                self.0.start_publish(PublishClaim {
+                    app: AppName::new("demo").expect("app"),
+                    room: RoomName::new("cam").expect("room"),
+                    ingress_id: "ingress-1".into(),
+                    protocol: Protocol::Rtmp,
+                    remote,
+                    epoch: 1,
+                })
+            };
+            Box::pin(std::future::ready(result))
         }
     }
 

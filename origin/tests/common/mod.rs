@@ -20,6 +20,14 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A free UDP port on 127.0.0.1 (for the cluster QUIC endpoint).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port")
+}
+
 /// Polls `f` every 50 ms until it returns Some or the deadline passes.
 pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -74,6 +82,8 @@ impl Origin {
             .arg(http.to_string())
             .arg("--rtmp")
             .arg(rtmp.to_string())
+            .arg("--cluster")
+            .arg(format!("127.0.0.1:{}", cluster_port(dir)))
             .arg("--node-id")
             .arg("origin-test-1")
             .env("ADMIN_USER", ADMIN_USER)
@@ -157,6 +167,21 @@ impl Origin {
         let token = r.1["data"]["token"].as_str().expect("token").to_string();
         Api::new(self, Some(token))
     }
+}
+
+/// The node's cluster port: chosen once per data dir and kept, since a node's address is part
+/// of its Raft membership.
+fn cluster_port(dir: &Path) -> u16 {
+    let file = dir.with_extension("cluster-port");
+    if let Some(p) = std::fs::read_to_string(&file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return p;
+    }
+    let p = free_udp_port();
+    std::fs::write(&file, p.to_string()).expect("write cluster port");
+    p
 }
 
 fn unsafe_sigterm(pid: u32) {

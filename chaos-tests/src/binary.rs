@@ -1,0 +1,109 @@
+//! Finding (and if needed building) the `streamhub-origin` binary the tests run.
+//!
+//! The binary is expected next to the test executable's `deps/` directory
+//! (`target/debug/streamhub-origin`). If it is missing, or older than the sources of the crates it
+//! is built from, it is built once per test process with
+//! `cargo build -p streamhub-origin --bin streamhub-origin`. `STREAMHUB_ORIGIN_BIN` names a binary
+//! to use as is; `CHAOS_NO_BUILD=1` never builds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::SystemTime;
+
+/// Crates whose sources go into the origin binary, relative to the workspace root.
+const SOURCE_DIRS: [&str; 4] = ["shared", "cluster", "edge", "origin"];
+
+/// Path of the origin binary, built at most once per process.
+pub fn origin_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(locate_or_build).clone()
+}
+
+fn locate_or_build() -> PathBuf {
+    if let Ok(p) = std::env::var("STREAMHUB_ORIGIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let bin = expected_path();
+    let no_build = std::env::var("CHAOS_NO_BUILD").is_ok_and(|v| v == "1");
+    let fresh = bin.exists() && !is_stale(&bin);
+    if fresh || (no_build && bin.exists()) {
+        return bin;
+    }
+    assert!(
+        !no_build,
+        "{} is missing and CHAOS_NO_BUILD=1",
+        bin.display()
+    );
+    build();
+    assert!(
+        bin.exists(),
+        "cargo build did not produce {}",
+        bin.display()
+    );
+    bin
+}
+
+/// `<target>/<profile>/streamhub-origin`, from the test executable `<target>/<profile>/deps/x`.
+fn expected_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in <target>/<profile>/deps");
+    profile_dir.join("streamhub-origin")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("chaos-tests lives in the workspace root")
+        .to_path_buf()
+}
+
+/// True if a source file or manifest of the binary's crates is newer than the binary.
+fn is_stale(bin: &Path) -> bool {
+    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
+        return true;
+    };
+    let root = workspace_root();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    newest_mtime(&root.join("Cargo.toml"), &mut newest);
+    newest_mtime(&root.join("Cargo.lock"), &mut newest);
+    for dir in SOURCE_DIRS {
+        newest_mtime(&root.join(dir).join("Cargo.toml"), &mut newest);
+        newest_mtime(&root.join(dir).join("src"), &mut newest);
+    }
+    newest > built
+}
+
+fn newest_mtime(path: &Path, newest: &mut SystemTime) {
+    let Ok(meta) = path.metadata() else { return };
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            newest_mtime(&entry.path(), newest);
+        }
+    } else if let Ok(m) = meta.modified() {
+        *newest = (*newest).max(m);
+    }
+}
+
+fn build() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("chaos-tests: building streamhub-origin (missing or older than its sources)");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "streamhub-origin",
+            "--bin",
+            "streamhub-origin",
+        ])
+        .current_dir(workspace_root())
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p streamhub-origin failed ({status})"
+    );
+}

@@ -1,0 +1,293 @@
+//! A cluster of real origin processes formed through the public join flow.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+
+use crate::api::{names, Api};
+use crate::node::{Join, Node, NodeConfig, HEALTHY_TIMEOUT};
+use crate::poll::poll;
+use crate::seed;
+use crate::timeline::Timeline;
+
+/// Lines of each node's log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 40;
+
+/// How long a cluster may take to agree on a leader.
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `n` origins: node 0 bootstraps, the others join it with a join token minted through the API.
+pub struct Cluster {
+    /// The nodes, in start order; `nodes[i]` is named `origin-<i+1>`.
+    pub nodes: Vec<Node>,
+    /// The seed of this run.
+    pub seed: u64,
+    /// Randomness derived from the seed (which node to stop, garbage bytes...).
+    pub rng: StdRng,
+    timeline: Arc<Timeline>,
+    env: Vec<(String, String)>,
+    /// Every log file of a node made through this cluster (printed on failure).
+    logs: Vec<(String, PathBuf)>,
+    root: Option<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts `n` origins and waits until node 0 lists `n` voters and every node is healthy.
+    pub async fn start(n: usize, seed: u64) -> Cluster {
+        Cluster::start_with_env(n, seed, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra environment for every node.
+    pub async fn start_with_env(n: usize, seed: u64, env: &[(&str, &str)]) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("streamhub-chaos-")
+            .tempdir()
+            .expect("temp dir");
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            seed,
+            rng: seed::rng(seed),
+            timeline: Arc::new(Timeline::new()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            logs: Vec::new(),
+            root: Some(root),
+        };
+        c.note(format!("seed={seed}; forming a cluster of {n} origins"));
+        c.form(n).await;
+        c
+    }
+
+    async fn form(&mut self, n: usize) {
+        let first = self.config("origin-1", None);
+        let node = Node::start(first, self.timeline.clone())
+            .await
+            .expect("bootstrap origin-1");
+        self.nodes.push(node);
+        let admin = self.nodes[0]
+            .admin()
+            .await
+            .expect("admin login on origin-1");
+        // Joiners join one at a time, as an operator would; each waits to be caught up.
+        for i in 2..=n {
+            let token = admin.join_token().await.expect("mint a join token");
+            let join = Join {
+                url: self.nodes[0].url(""),
+                token,
+            };
+            let cfg = self.config(&format!("origin-{i}"), Some(join));
+            let node = Node::start(cfg, self.timeline.clone())
+                .await
+                .unwrap_or_else(|e| panic!("origin-{i} joins: {e:#}"));
+            self.nodes.push(node);
+        }
+        let all: Vec<usize> = (0..n).collect();
+        self.wait_voters(0, n, Duration::from_secs(60)).await;
+        self.wait_all_healthy(&all).await;
+        self.note(format!("cluster of {n} formed"));
+    }
+
+    /// A config for a new node named `name` under this cluster's temp dir, with the cluster's
+    /// environment; its log is printed if the test fails.
+    pub fn config(&mut self, name: &str, join: Option<Join>) -> NodeConfig {
+        let root = self.root.as_ref().expect("cluster root").path();
+        let mut cfg = NodeConfig::new(name, root);
+        if cfg.data_dir.exists() {
+            // A second node with the same name (an impostor) gets its own dir.
+            let n = self.logs.len();
+            cfg.data_dir = root.join(format!("{name}.{n}")).join("data");
+            cfg.log = root.join(format!("{name}.{n}")).join("node.log");
+        }
+        cfg.join = join;
+        cfg.env = self.env.clone();
+        self.logs.push((name.to_string(), cfg.log.clone()));
+        cfg
+    }
+
+    /// Starts a node outside `nodes` (e.g. one that must be refused) without waiting for it.
+    pub fn spawn_extra(&mut self, name: &str, join: Option<Join>) -> Node {
+        let cfg = self.config(name, join);
+        Node::spawn(cfg, self.timeline.clone()).expect("spawn extra node")
+    }
+
+    /// Records a test event in the fault timeline.
+    pub fn note(&self, event: impl Into<String>) {
+        self.timeline.record(event);
+    }
+
+    /// The shared timeline (for tasks that record events).
+    pub fn timeline(&self) -> Arc<Timeline> {
+        self.timeline.clone()
+    }
+
+    /// A join descriptor for a new node: a fresh token minted through node `via`.
+    pub async fn join_via(&self, via: usize) -> Join {
+        let admin = self.nodes[via].admin().await.expect("admin login");
+        Join {
+            url: self.nodes[via].url(""),
+            token: admin.join_token().await.expect("mint a join token"),
+        }
+    }
+
+    /// Admin API client of node `i`.
+    pub async fn admin(&self, i: usize) -> Api {
+        self.nodes[i]
+            .admin()
+            .await
+            .unwrap_or_else(|e| panic!("admin login on {}: {e:#}", self.nodes[i].name()))
+    }
+
+    /// Index of the node named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name() == name)
+    }
+
+    /// Index of the current leader: a running node that says it is the leader and that some
+    /// running node names as leader. Polls until there is one.
+    pub async fn leader(&mut self) -> usize {
+        let serving: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_serving())
+            .collect();
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name().to_string()).collect();
+        let mut apis: Vec<(usize, Option<Api>)> = serving.iter().map(|&i| (i, None)).collect();
+        let start = std::time::Instant::now();
+        loop {
+            // Log in lazily: a node may not take logins yet while it restarts.
+            for (i, api) in apis.iter_mut() {
+                if api.is_none() {
+                    *api = self.nodes[*i].admin().await.ok();
+                }
+            }
+            let ready: Vec<(usize, Api)> = apis
+                .iter()
+                .filter_map(|(i, a)| a.clone().map(|a| (*i, a)))
+                .collect();
+            match find_leader(&ready, &names).await {
+                Ok(leader) => {
+                    self.note(format!("leader is {}", names[leader]));
+                    return leader;
+                }
+                Err(seen) if start.elapsed() >= LEADER_TIMEOUT => {
+                    panic!("no leader after {LEADER_TIMEOUT:?}: {seen}")
+                }
+                Err(_) => tokio::time::sleep(crate::poll::POLL_INTERVAL).await,
+            }
+        }
+    }
+
+    /// Waits until `GET /cluster` on node `via` lists `n` voters.
+    pub async fn wait_voters(&self, via: usize, n: usize, timeout: Duration) {
+        let api = self.admin(via).await;
+        let what = format!("{n} voters on {}", self.nodes[via].name());
+        poll(&what, timeout, || {
+            let api = api.clone();
+            async move {
+                let s = api.cluster().await.map_err(|e| format!("{e:#}"))?;
+                let voters = names(&s, "voters");
+                (voters.len() == n)
+                    .then_some(())
+                    .ok_or_else(|| s.to_string())
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    /// Waits until `/healthz` of each node in `which` answers 200.
+    pub async fn wait_all_healthy(&mut self, which: &[usize]) {
+        for &i in which {
+            self.nodes[i]
+                .wait_healthy(HEALTHY_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        }
+    }
+
+    /// Waits until node `i` lists every app of `expected` in `GET /apps`; if the deadline passes,
+    /// returns what its latest answer lacked (or every app if it never answered).
+    pub async fn wait_apps(
+        &self,
+        i: usize,
+        expected: &BTreeSet<String>,
+        timeout: Duration,
+    ) -> Result<(), BTreeSet<String>> {
+        let api = self.admin(i).await;
+        let start = std::time::Instant::now();
+        let mut missing = expected.clone();
+        loop {
+            if let Ok(have) = api.app_names().await {
+                missing = expected.difference(&have).cloned().collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+            }
+            if start.elapsed() >= timeout {
+                return Err(missing);
+            }
+            tokio::time::sleep(crate::poll::POLL_INTERVAL).await;
+        }
+    }
+}
+
+async fn find_leader(apis: &[(usize, Api)], names: &[String]) -> Result<usize, String> {
+    let mut seen = Vec::new();
+    for (i, api) in apis {
+        let s = match api.cluster().await {
+            Ok(s) => s,
+            Err(e) => {
+                seen.push(format!("{}: {e:#}", names[*i]));
+                continue;
+            }
+        };
+        let leader = s["leader"].as_str().unwrap_or("");
+        seen.push(format!(
+            "{} says leader={leader:?} term={}",
+            names[*i], s["term"]
+        ));
+        let Some(l) = names.iter().position(|n| n == leader) else {
+            continue;
+        };
+        let Some((_, lapi)) = apis.iter().find(|(j, _)| *j == l) else {
+            continue;
+        };
+        if let Ok(ls) = lapi.cluster().await {
+            if ls["leader"].as_str() == Some(leader) {
+                return Ok(l);
+            }
+        }
+    }
+    Err(seen.join("; "))
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!(
+            "\n======== chaos test failed: seed={} (replay with CHAOS_SEED={}) ========",
+            self.seed, self.seed
+        );
+        eprintln!("fault timeline:\n{}", self.timeline.render());
+        for (name, log) in &self.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+            eprintln!(
+                "---- last {} lines of {name} ({}) ----",
+                tail.len(),
+                log.display()
+            );
+            eprintln!("{}", tail.join("\n"));
+        }
+        if let Some(root) = self.root.take() {
+            let kept = root.keep();
+            eprintln!("data dirs and logs kept in {}", kept.display());
+        }
+    }
+}

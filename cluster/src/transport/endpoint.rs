@@ -1,0 +1,543 @@
+//! [`Endpoint`]: the node's one QUIC endpoint, server and client on one UDP socket, carrying
+//! request/response RPCs (one bidirectional stream each) dispatched by kind to [`RpcService`]s.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::error::{RemoteError, RpcError, TransportError};
+use super::frame::{self, Status, MAX_BULK_REQUEST, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
+use super::pki::{peer_name, NodeIdentity};
+use super::pool::{Dial, Lookup, Pool};
+use super::tls;
+
+/// Incoming connections accepted at once; more are refused (a cluster has few nodes).
+const MAX_CONNECTIONS: usize = 1024;
+/// How long one dial (UDP + TLS handshake) may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer may take to send a whole request once it opened the stream.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Application error code of a stream reset by the server (bad frame, shutdown).
+const STREAM_ERROR: u32 = 1;
+
+/// The authenticated peer of an incoming RPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// The peer's node name, from its verified certificate.
+    pub name: String,
+    /// The peer's UDP address.
+    pub addr: SocketAddr,
+}
+
+/// A handler of one RPC kind.
+pub trait RpcService: Send + Sync + 'static {
+    /// Answers one request from `peer`. An `Err` reaches the caller as `RpcError::Remote`.
+    fn handle(&self, peer: PeerInfo, body: Bytes)
+        -> BoxFuture<'static, Result<Bytes, RemoteError>>;
+
+    /// The largest request body this service accepts; bigger requests are refused with the
+    /// remote error `frame_too_large` before anything is allocated.
+    fn max_request_len(&self) -> usize {
+        frame::DEFAULT_MAX_REQUEST
+    }
+}
+
+/// An [`RpcService`] from an async closure.
+pub struct ServiceFn<F> {
+    f: F,
+    max_request_len: usize,
+}
+
+/// Wraps an async closure as an [`RpcService`] accepting bodies up to the default bound.
+pub fn service_fn<F, Fut>(f: F) -> Arc<dyn RpcService>
+where
+    F: Fn(PeerInfo, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, RemoteError>> + Send + 'static,
+{
+    service_fn_with_limit(frame::DEFAULT_MAX_REQUEST, f)
+}
+
+/// Wraps an async closure as an [`RpcService`] accepting bodies up to `max_request_len`.
+pub fn service_fn_with_limit<F, Fut>(max_request_len: usize, f: F) -> Arc<dyn RpcService>
+where
+    F: Fn(PeerInfo, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, RemoteError>> + Send + 'static,
+{
+    Arc::new(ServiceFn {
+        f,
+        max_request_len: max_request_len.min(MAX_BULK_REQUEST),
+    })
+}
+
+impl<F, Fut> RpcService for ServiceFn<F>
+where
+    F: Fn(PeerInfo, Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, RemoteError>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        peer: PeerInfo,
+        body: Bytes,
+    ) -> BoxFuture<'static, Result<Bytes, RemoteError>> {
+        (self.f)(peer, body).boxed()
+    }
+
+    fn max_request_len(&self) -> usize {
+        self.max_request_len
+    }
+}
+
+type Services = RwLock<HashMap<u16, Arc<dyn RpcService>>>;
+
+/// What the accept loop and every connection task share.
+struct Shared {
+    /// A `std` lock: read once per request, written when services register; never held across
+    /// `.await` (the handler is cloned out first).
+    services: Services,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn service(&self, kind: u16) -> Option<Arc<dyn RpcService>> {
+        let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
+        services.get(&kind).cloned()
+    }
+}
+
+/// The node's cluster endpoint: accepts peers (mutual TLS against the cluster CA), serves RPCs
+/// for registered kinds, and sends RPCs over pooled connections. Cloning is cheap and shares it.
+///
+/// It runs until the `shutdown` token given to [`bind`](Self::bind) is cancelled or
+/// [`close`](Self::close) is called.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    quinn: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    name: String,
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.inner.name)
+            .field("local_addr", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// Binds the endpoint to `addr` (port 0 picks one) and starts accepting peers.
+    ///
+    /// Must be called within a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: &NodeIdentity,
+        shutdown: CancellationToken,
+    ) -> Result<Self, TransportError> {
+        let server = tls::server_config(identity)?;
+        let client = tls::client_config(identity)?;
+        let bind_err = |source| TransportError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+        let quinn = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(tls::reset_key(identity)),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(bind_err)?;
+        let local_addr = quinn.local_addr().map_err(bind_err)?;
+        let shared = Arc::new(Shared {
+            services: RwLock::default(),
+            tasks: TaskTracker::new(),
+            shutdown: shutdown.child_token(),
+        });
+        shared
+            .tasks
+            .spawn(accept_loop(quinn.clone(), shared.clone()));
+        tracing::info!(node = %identity.name, %local_addr, "cluster endpoint listening");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                quinn,
+                client,
+                name: identity.name.clone(),
+                local_addr,
+                shared,
+                pool: Arc::default(),
+            }),
+        })
+    }
+
+    /// The bound address (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// This node's name, as in its certificate.
+    pub fn node_name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Serves RPCs of `kind` with `service`, replacing any previous service of that kind.
+    pub fn register(&self, kind: u16, service: Arc<dyn RpcService>) {
+        let mut services = self
+            .inner
+            .shared
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        services.insert(kind, service);
+    }
+
+    /// Stops serving `kind`; later requests of that kind get `UnknownKind`.
+    pub fn unregister(&self, kind: u16) {
+        let mut services = self
+            .inner
+            .shared
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        services.remove(&kind);
+    }
+
+    /// Requires the peer at `addr` to present a certificate for node `name` from the next dial on
+    /// (`None`: any cluster certificate, the default).
+    pub fn expect_peer(&self, addr: SocketAddr, name: Option<String>) {
+        self.inner.pool.expect_name(addr, name);
+    }
+
+    /// The pooled connection to `addr`, dialing it if needed (within the connect timeout).
+    pub async fn connection(&self, addr: SocketAddr) -> Result<quinn::Connection, RpcError> {
+        self.connect(addr, Instant::now() + CONNECT_TIMEOUT).await
+    }
+
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, RpcError> {
+        if self.inner.shared.shutdown.is_cancelled() {
+            return Err(RpcError::unreachable(addr, "local endpoint is shut down"));
+        }
+        let dial = match self.inner.pool.lookup(addr, Instant::now()) {
+            Lookup::Live(conn) => return Ok(conn),
+            Lookup::BackingOff { wait, last_error } => {
+                return Err(RpcError::unreachable(
+                    addr,
+                    format!("backing off for {wait:?} after failed dial: {last_error}"),
+                ))
+            }
+            Lookup::Dialing(dial) => dial,
+            Lookup::Idle => {
+                // Read outside `start_dial`: the pool's lock is not reentrant.
+                let name = self.inner.pool.expected_name(addr);
+                self.inner
+                    .pool
+                    .start_dial(addr, || self.spawn_dial(addr, name))
+            }
+        };
+        match timeout_at(deadline, dial).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(reason)) => Err(RpcError::unreachable(addr, reason)),
+            Err(_) => Err(RpcError::unreachable(
+                addr,
+                "dial still in progress at the deadline",
+            )),
+        }
+    }
+
+    /// Starts a dial of `addr` as a tracked task that records its outcome in the pool.
+    fn spawn_dial(&self, addr: SocketAddr, name: Option<String>) -> Dial {
+        let quinn = self.inner.quinn.clone();
+        let client = self.inner.client.clone();
+        let pool = self.inner.pool.clone();
+        let task = self.inner.shared.tasks.spawn(async move {
+            let server_name = name.as_deref().unwrap_or(tls::ANY_PEER);
+            let dial = async {
+                let connecting = quinn
+                    .connect_with(client, addr, server_name)
+                    .map_err(|e| e.to_string())?;
+                connecting.await.map_err(|e| e.to_string())
+            };
+            let outcome = match tokio::time::timeout(CONNECT_TIMEOUT, dial).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no handshake within {CONNECT_TIMEOUT:?}")),
+            };
+            match &outcome {
+                Ok(_) => tracing::debug!(%addr, "connected to cluster peer"),
+                Err(error) => tracing::debug!(%addr, %error, "cannot connect to cluster peer"),
+            }
+            pool.finish_dial(addr, &outcome, Instant::now());
+            outcome
+        });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("dial task failed: {e}")))
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Sends one request of `kind` to `addr` and waits for the answer, all within `timeout`.
+    ///
+    /// Bodies are bounded: at most [`MAX_BULK_REQUEST`](frame::MAX_BULK_REQUEST) here, and the
+    /// peer's service may accept less.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        kind: u16,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcError> {
+        let deadline = Instant::now() + timeout;
+        let header = frame::request_header(kind, body.len(), MAX_BULK_REQUEST).map_err(|_| {
+            RpcError::TooLarge {
+                len: body.len(),
+                max: MAX_BULK_REQUEST,
+            }
+        })?;
+        let conn = self.connect(addr, deadline).await?;
+        let (mut send, mut recv) = match timeout_at(deadline, conn.open_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return Err(RpcError::unreachable(addr, format!("connection lost: {e}"))),
+            Err(_) => {
+                return Err(RpcError::unreachable(
+                    addr,
+                    "no stream credit before the deadline",
+                ))
+            }
+        };
+        let write = async {
+            send.write_all(&header).await?;
+            send.write_all(&body).await?;
+            send.finish().map_err(|_| quinn::WriteError::ClosedStream)
+        };
+        match timeout_at(deadline, write).await {
+            // The server stops reading a request it refuses, but still answers it: read on.
+            Ok(Ok(())) | Ok(Err(quinn::WriteError::Stopped(_))) => {}
+            Ok(Err(quinn::WriteError::ConnectionLost(e))) => {
+                return Err(RpcError::unreachable(addr, format!("connection lost: {e}")))
+            }
+            Ok(Err(e)) => return Err(RpcError::network(addr, format!("send failed: {e}"))),
+            Err(_) => {
+                return Err(RpcError::network(
+                    addr,
+                    format!("send timed out after {timeout:?}"),
+                ))
+            }
+        }
+        match timeout_at(deadline, read_response(&mut recv)).await {
+            Ok(Ok((Status::Ok, body))) => Ok(body),
+            Ok(Ok((Status::RemoteError, body))) => Err(remote_error(addr, &body)),
+            Ok(Ok((Status::UnknownKind, _))) => Err(RpcError::UnknownKind(kind)),
+            Ok(Err(reason)) => Err(RpcError::network(addr, reason)),
+            Err(_) => Err(RpcError::network(
+                addr,
+                format!("no response within {timeout:?}"),
+            )),
+        }
+    }
+
+    /// Stops accepting, closes every connection, and waits (bounded) for handler tasks to end.
+    pub async fn close(&self) {
+        let shared = &self.inner.shared;
+        shared.shutdown.cancel();
+        self.inner.pool.clear();
+        self.inner.quinn.close(0u32.into(), b"shutdown");
+        shared.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %self.inner.name, "cluster endpoint tasks still running after close");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.quinn.wait_idle()).await;
+    }
+}
+
+fn remote_error(addr: SocketAddr, body: &[u8]) -> RpcError {
+    match serde_json::from_slice::<RemoteError>(body) {
+        Ok(e) => RpcError::Remote(e),
+        Err(e) => RpcError::network(addr, format!("malformed remote error: {e}")),
+    }
+}
+
+async fn read_response(recv: &mut quinn::RecvStream) -> Result<(Status, Bytes), String> {
+    let mut header = [0u8; RESPONSE_HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| format!("reading response header: {e}"))?;
+    let header = frame::decode_response_header(header).map_err(|e| e.to_string())?;
+    let mut body = vec![0u8; header.len as usize];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| format!("reading response body: {e}"))?;
+    Ok((header.status, body.into()))
+}
+
+async fn accept_loop(quinn: quinn::Endpoint, shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            incoming = quinn.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        if quinn.open_connections() >= MAX_CONNECTIONS {
+            tracing::warn!(remote = %incoming.remote_address(), "too many cluster connections; refused");
+            incoming.refuse();
+            continue;
+        }
+        shared
+            .tasks
+            .spawn(serve_connection(incoming, shared.clone()));
+    }
+    quinn.close(0u32.into(), b"shutdown");
+}
+
+#[tracing::instrument(skip_all, fields(remote = %incoming.remote_address()))]
+async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let remote = incoming.remote_address();
+    let handshake = async { incoming.accept()?.await };
+    let conn = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        conn = handshake => match conn {
+            Ok(conn) => conn,
+            Err(error) => {
+                tracing::warn!(%error, "cluster peer handshake failed");
+                return;
+            }
+        },
+    };
+    let Some(name) = peer_name(&conn) else {
+        tracing::warn!("cluster peer certificate carries no node name; closing");
+        conn.close(STREAM_ERROR.into(), b"no node name");
+        return;
+    };
+    tracing::debug!(peer = %name, "cluster peer connected");
+    let peer = PeerInfo { name, addr: remote };
+    loop {
+        let (send, recv) = tokio::select! {
+            () = shared.shutdown.cancelled() => {
+                conn.close(0u32.into(), b"shutdown");
+                break;
+            }
+            streams = conn.accept_bi() => match streams {
+                Ok(streams) => streams,
+                Err(error) => {
+                    tracing::debug!(peer = %peer.name, %error, "cluster peer connection ended");
+                    break;
+                }
+            },
+        };
+        shared
+            .tasks
+            .spawn(serve_stream(send, recv, peer.clone(), shared.clone()));
+    }
+}
+
+async fn serve_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: PeerInfo,
+    shared: Arc<Shared>,
+) {
+    let outcome = tokio::select! {
+        () = shared.shutdown.cancelled() => Err("shutting down".to_owned()),
+        outcome = answer(&mut send, &mut recv, &peer, &shared) => outcome,
+    };
+    if let Err(reason) = outcome {
+        tracing::debug!(peer = %peer.name, %reason, "rpc stream failed; resetting");
+        let _ = send.reset(STREAM_ERROR.into());
+        let _ = recv.stop(STREAM_ERROR.into());
+    }
+}
+
+/// Reads one request, runs its handler and writes the response.
+async fn answer(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    peer: &PeerInfo,
+    shared: &Shared,
+) -> Result<(), String> {
+    let read_deadline = Instant::now() + REQUEST_READ_TIMEOUT;
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    read_before(recv, &mut header, read_deadline).await?;
+    let header = frame::decode_request_header(header);
+    let Some(service) = shared.service(header.kind) else {
+        let _ = recv.stop(0u32.into());
+        return respond(send, Status::UnknownKind, &[]).await;
+    };
+    if let Err(e) = frame::checked_len(header.len.into(), service.max_request_len()) {
+        let _ = recv.stop(0u32.into());
+        let error = RemoteError::new("frame_too_large", e.to_string());
+        return respond_error(send, &error).await;
+    }
+    let mut body = vec![0u8; header.len as usize];
+    read_before(recv, &mut body, read_deadline).await?;
+    // A caller that gave up (timeout) stops reading: drop its handler rather than keep it.
+    let gone = send.stopped();
+    let handled = tokio::select! {
+        handled = service.handle(peer.clone(), body.into()) => handled,
+        _ = gone => return Err("caller gave up before the answer".into()),
+    };
+    match handled {
+        Ok(answer) => match frame::encode_response(Status::Ok, &answer) {
+            Ok(frame) => write_frame(send, &frame).await,
+            Err(e) => {
+                respond_error(send, &RemoteError::new("response_too_large", e.to_string())).await
+            }
+        },
+        Err(error) => respond_error(send, &error).await,
+    }
+}
+
+async fn read_before(
+    recv: &mut quinn::RecvStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(), String> {
+    match timeout_at(deadline, recv.read_exact(buf)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("reading request: {e}")),
+        Err(_) => Err(format!(
+            "request not received within {REQUEST_READ_TIMEOUT:?}"
+        )),
+    }
+}
+
+async fn respond_error(send: &mut quinn::SendStream, error: &RemoteError) -> Result<(), String> {
+    let body = serde_json::to_vec(error).map_err(|e| e.to_string())?;
+    respond(send, Status::RemoteError, &body).await
+}
+
+async fn respond(send: &mut quinn::SendStream, status: Status, body: &[u8]) -> Result<(), String> {
+    let frame = frame::encode_response(status, body).map_err(|e| e.to_string())?;
+    write_frame(send, &frame).await
+}
+
+async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), String> {
+    send.write_all(frame)
+        .await
+        .map_err(|e| format!("writing response: {e}"))?;
+    send.finish()
+        .map_err(|e| format!("finishing response: {e}"))
+}

@@ -1,0 +1,23 @@
+//! The inter-node QUIC transport: one endpoint per node, mutual TLS against a private cluster CA,
+//! request/response RPCs multiplexed as one bidirectional stream each.
+//!
+//! - [`pki`]: the cluster CA, node keys, CSRs and certificates, the saved node identity.
+//! - [`frame`]: the RPC wire format (sans-IO).
+//! - [`Endpoint`]: the socket, the accept loop, RPC dispatch and the outgoing connection pool.
+//! - [`kinds`]: every RPC kind number in one place.
+
+#![warn(missing_docs)]
+
+mod endpoint;
+mod error;
+pub mod frame;
+pub mod kinds;
+pub mod pki;
+mod pool;
+mod tls;
+
+pub use endpoint::{service_fn, service_fn_with_limit, Endpoint, PeerInfo, RpcService, ServiceFn};
+pub use error::{RemoteError, RpcError, TransportError};
+pub use pki::{peer_name, CaBundle, NodeIdentity, NodeKey, PkiError};
+pub use pool::Backoff;
+pub use tls::ALPN;
