@@ -2,5 +2,6 @@
 //! the inter-node QUIC transport both run over.
 
 pub mod raft;
+pub mod registry;
 pub mod state;
 pub mod transport;

@@ -79,13 +79,43 @@ pub async fn run_releases(
     }
 }
 
-/// Heartbeats this node's load every [`HEARTBEAT_EVERY`] (renewing its leases) and fences local
-/// rooms the cluster no longer places here.
+/// RPC kind: a node's heartbeat sent to the leader, which batches them.
+pub const HEARTBEAT: u16 = 0x0202;
+
+/// Heartbeats collected by the leader between two flushes: one Raft entry carries every node's
+/// beat (and renews every lease), whatever the number of nodes.
+#[derive(Debug, Default)]
+pub struct HeartbeatBatch {
+    pending: std::sync::Mutex<std::collections::BTreeMap<String, NodeLoad>>,
+}
+
+impl HeartbeatBatch {
+    /// Records `beat`, replacing an older one of the same node.
+    pub fn add(&self, beat: Heartbeat) {
+        let mut p = self.pending.lock().expect("heartbeat batch lock");
+        // Bounded by the registry: only registered nodes are kept when flushed.
+        if p.len() < 10_000 || p.contains_key(&beat.node) {
+            p.insert(beat.node, beat.load);
+        }
+    }
+
+    fn take(&self) -> Vec<Heartbeat> {
+        let mut p = self.pending.lock().expect("heartbeat batch lock");
+        std::mem::take(&mut *p)
+            .into_iter()
+            .map(|(node, load)| Heartbeat { node, load })
+            .collect()
+    }
+}
+
+/// Every [`HEARTBEAT_EVERY`]: sends this node's load to the leader (or, on the leader, flushes
+/// the batch as one Raft entry), and fences local rooms the cluster no longer places here.
 pub async fn run_heartbeats(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut load = LoadSampler::new();
     let mut last_ok = Instant::now();
+    let mut last_seen_beat = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -95,16 +125,82 @@ pub async fn run_heartbeats(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
             node: ctx.settings.node_name.clone(),
             load: load.sample(&ctx),
         };
-        let cmd = Command::Heartbeats {
-            at_ms: unix_now_ms(),
-            beats: vec![beat],
-        };
-        match ctx.raft.write(cmd).await {
-            Ok(_) => last_ok = Instant::now(),
-            Err(e) => tracing::warn!(error = %e, "heartbeat not committed"),
+        send_heartbeat(&ctx, beat).await;
+        // Our lease is renewed when our own beat is committed: watch the replicated registry.
+        let seen = ctx.raft.read(|s| {
+            s.nodes
+                .get(&ctx.settings.node_name)
+                .map_or(0, |n| n.last_heartbeat_ms)
+        });
+        if seen > last_seen_beat {
+            last_seen_beat = seen;
+            last_ok = Instant::now();
         }
         fence(&ctx, last_ok.elapsed() >= LEASE);
     }
+}
+
+/// On the leader: add to the batch and flush it. Elsewhere: hand the beat to the leader.
+async fn send_heartbeat(ctx: &NodeCtx, beat: Heartbeat) {
+    let st = ctx.raft.status();
+    if st.leader == Some(st.node_id) {
+        ctx.heartbeats.add(beat);
+        let beats = ctx.heartbeats.take();
+        let known: Vec<Heartbeat> = ctx.raft.read(|s| {
+            beats
+                .into_iter()
+                .filter(|b| s.nodes.contains_key(&b.node))
+                .collect()
+        });
+        let cmd = Command::Heartbeats {
+            at_ms: unix_now_ms(),
+            beats: known,
+        };
+        if let Err(e) = ctx.raft.write(cmd).await {
+            tracing::warn!(error = %e, "heartbeat batch not committed");
+        }
+        return;
+    }
+    let Some(addr) = st.leader.and_then(|l| st.nodes.get(&l).cloned()) else {
+        tracing::debug!("no leader known: heartbeat skipped");
+        return;
+    };
+    let Some(sock) = streamhub_cluster::raft::network::resolve(&addr).await else {
+        return;
+    };
+    let body = bytes::Bytes::from(serde_json::to_vec(&beat).unwrap_or_default());
+    if let Err(e) = ctx
+        .raft
+        .endpoint()
+        .request(sock, HEARTBEAT, body, Duration::from_secs(1))
+        .await
+    {
+        tracing::warn!(error = %e, "heartbeat not delivered to the leader");
+    }
+}
+
+/// Serves [`HEARTBEAT`]: the leader batches what peers send.
+pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
+    let weak = Arc::downgrade(ctx);
+    ctx.raft.endpoint().register(
+        HEARTBEAT,
+        streamhub_cluster::transport::service_fn(move |peer, body| {
+            let ctx = weak.upgrade();
+            async move {
+                use streamhub_cluster::transport::RemoteError;
+                let ctx =
+                    ctx.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
+                let beat: Heartbeat = serde_json::from_slice(&body)
+                    .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
+                // A node may only heartbeat for itself (its name is in its certificate).
+                if beat.node != peer.name {
+                    return Err(RemoteError::new("forbidden", "heartbeat for another node"));
+                }
+                ctx.heartbeats.add(beat);
+                Ok(bytes::Bytes::new())
+            }
+        }),
+    );
 }
 
 /// Drops local publishers whose placement is gone, held by another node or at another epoch;

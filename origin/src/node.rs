@@ -48,6 +48,8 @@ pub struct NodeCtx {
     /// Background tasks owned by the node (drained on shutdown).
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Heartbeats this node batches while it leads.
+    pub heartbeats: lease::HeartbeatBatch,
 }
 
 /// RPC kind: the leader's view of the cluster (JSON), asked by followers for `GET /cluster`.
@@ -308,8 +310,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ready: AtomicBool::new(false),
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
+        heartbeats: lease::HeartbeatBatch::default(),
     });
     register_services(&ctx);
+    lease::register_heartbeat_service(&ctx);
     let join_token = settle_membership(&ctx, startup).await?;
     let first = crate::bootstrap::first_start(&ctx, &admin_user, admin_pass.as_deref()).await?;
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod h264;
 pub mod id;
 pub mod media;
+pub mod relay;
 pub mod ttl;
 
 pub use id::{AppName, NameError, RoomName};

@@ -317,9 +317,12 @@ impl std::fmt::Debug for RaftNode {
 pub fn default_config() -> Config {
     Config {
         cluster_name: "streamhub".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1000,
-        election_timeout_max: 2000,
+        // Failover time is bounded by these: a follower waits up to election_timeout_max (which
+        // openraft also uses as the leader lease during which it refuses votes) before a new
+        // leader can be elected. 100 ms heartbeats are cheap (one small QUIC stream per peer).
+        heartbeat_interval: 100,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         // One snapshot chunk (3 MiB by default, ~4x as JSON) must be sent and installed in time.
         install_snapshot_timeout: 5000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
