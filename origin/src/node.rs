@@ -142,29 +142,30 @@ impl NodeCtx {
             .leader
             .filter(|l| *l != st.node_id)
             .and_then(|l| st.nodes.get(&l).cloned());
-        if let Some(addr) = leader_addr {
-            if let Some(sock) = streamhub_cluster::raft::network::resolve(&addr).await {
-                let asked = self
-                    .raft
-                    .endpoint()
-                    .request(
-                        sock,
-                        CLUSTER_STATUS,
-                        bytes::Bytes::new(),
-                        Duration::from_secs(2),
-                    )
-                    .await;
-                if let Ok(body) = asked {
-                    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) {
-                        v["self"] = self.settings.node_name.clone().into();
-                        return v;
-                    }
-                }
-            }
+        if let Some(mut v) = self.peer_status(leader_addr.as_ref()).await {
+            v["self"] = self.settings.node_name.clone().into();
+            return v;
         }
         let mut v = self.local_cluster_status();
         v["partial"] = true.into();
         v
+    }
+
+    /// The cluster view of the node at cluster address `addr` ([`CLUSTER_STATUS`]).
+    async fn peer_status(&self, addr: Option<&String>) -> Option<serde_json::Value> {
+        let sock = streamhub_cluster::raft::network::resolve(addr?).await?;
+        let body = self
+            .raft
+            .endpoint()
+            .request(
+                sock,
+                CLUSTER_STATUS,
+                bytes::Bytes::new(),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+        serde_json::from_slice(&body).ok()
     }
 
     /// What a user pastes into OBS's Server field: `rtmp://<public host>:<port>/live`.
@@ -478,20 +479,7 @@ async fn wait_until_caught_up(ctx: &NodeCtx) -> anyhow::Result<()> {
 
 /// The last index the leader at `addr` has applied, asked over the cluster transport.
 async fn leader_applied(ctx: &NodeCtx, addr: Option<&String>) -> Option<u64> {
-    let sock = streamhub_cluster::raft::network::resolve(addr?).await?;
-    let body = ctx
-        .raft
-        .endpoint()
-        .request(
-            sock,
-            CLUSTER_STATUS,
-            bytes::Bytes::new(),
-            Duration::from_secs(1),
-        )
-        .await
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    v["lastApplied"].as_u64()
+    ctx.peer_status(addr).await?["lastApplied"].as_u64()
 }
 
 async fn register_self(ctx: &NodeCtx) -> anyhow::Result<()> {

@@ -58,7 +58,8 @@ impl Origin {
     /// Starts a node on a fresh data dir and waits for /healthz.
     pub async fn start() -> Origin {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().to_path_buf();
+        // The node's side files (log, cluster port) sit beside its data dir, inside the tempdir.
+        let dir = tmp.path().join("node");
         let mut o = Origin::start_in(&dir).await;
         o._tmp = Some(tmp);
         o
