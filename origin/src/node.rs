@@ -441,13 +441,27 @@ async fn settle_membership(ctx: &Arc<NodeCtx>, startup: Startup) -> anyhow::Resu
 /// disk may lag what it acknowledged before it stopped (applied < committed), and after a crash
 /// it may even believe it still leads an old term. Ready when it leads with a quorum
 /// (`ensure_linearizable`), or when it has applied what the current leader has applied.
+///
+/// While it waits (at most [`QUIET_RESTART`]) it does not call elections: a node that comes back
+/// before its peers' connections to it are re-established would otherwise time out, start
+/// elections with ever higher terms and depose the healthy leader. The bound keeps a whole-cluster
+/// restart (where nobody else can lead) from waiting for ever.
 async fn wait_until_caught_up(ctx: &NodeCtx) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    const QUIET_RESTART: Duration = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let deadline = started + Duration::from_secs(120);
     let me = ctx.raft.node_id();
-    loop {
+    let elect = |on: bool| ctx.raft.raft().runtime_config().elect(on);
+    if ctx.raft.status().voters.len() > 1 {
+        elect(false);
+    }
+    let result = loop {
         let st = ctx.raft.status();
         if st.voters.len() <= 1 {
-            return Ok(());
+            break Ok(());
+        }
+        if started.elapsed() > QUIET_RESTART {
+            elect(true);
         }
         match st.leader {
             Some(l) if l == me => {
@@ -457,24 +471,28 @@ async fn wait_until_caught_up(ctx: &NodeCtx) -> anyhow::Result<()> {
                 )
                 .await;
                 if matches!(check, Ok(Ok(_))) {
-                    return Ok(());
+                    break Ok(());
                 }
             }
             Some(l) => {
                 if let Some(target) = leader_applied(ctx, st.nodes.get(&l)).await {
                     if ctx.raft.status().last_applied >= Some(target) {
                         tracing::info!(applied = target, "caught up with the leader");
-                        return Ok(());
+                        break Ok(());
                     }
                 }
             }
             None => {}
         }
         if std::time::Instant::now() > deadline {
-            anyhow::bail!("could not catch up with the cluster within 120 s (status {st:?})");
+            break Err(anyhow::anyhow!(
+                "could not catch up with the cluster within 120 s (status {st:?})"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    elect(true);
+    result
 }
 
 /// The last index the leader at `addr` has applied, asked over the cluster transport.

@@ -314,6 +314,7 @@ impl Endpoint {
             }
         })?;
         let conn = self.connect(addr, deadline).await?;
+        let rx_before = conn.stats().udp_rx.datagrams;
         let (mut send, mut recv) = match timeout_at(deadline, conn.open_bi()).await {
             Ok(Ok(streams)) => streams,
             Ok(Err(e)) => return Err(RpcError::unreachable(addr, format!("connection lost: {e}"))),
@@ -337,10 +338,11 @@ impl Endpoint {
             }
             Ok(Err(e)) => return Err(RpcError::network(addr, format!("send failed: {e}"))),
             Err(_) => {
+                drop_if_silent(&conn, rx_before);
                 return Err(RpcError::network(
                     addr,
                     format!("send timed out after {timeout:?}"),
-                ))
+                ));
             }
         }
         match timeout_at(deadline, read_response(&mut recv)).await {
@@ -348,10 +350,13 @@ impl Endpoint {
             Ok(Ok((Status::RemoteError, body))) => Err(remote_error(addr, &body)),
             Ok(Ok((Status::UnknownKind, _))) => Err(RpcError::UnknownKind(kind)),
             Ok(Err(reason)) => Err(RpcError::network(addr, reason)),
-            Err(_) => Err(RpcError::network(
-                addr,
-                format!("no response within {timeout:?}"),
-            )),
+            Err(_) => {
+                drop_if_silent(&conn, rx_before);
+                Err(RpcError::network(
+                    addr,
+                    format!("no response within {timeout:?}"),
+                ))
+            }
         }
     }
 
@@ -369,6 +374,18 @@ impl Endpoint {
             tracing::warn!(node = %self.inner.name, "cluster endpoint tasks still running after close");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.quinn.wait_idle()).await;
+    }
+}
+
+/// Closes a pooled connection on which nothing at all arrived during a timed-out request: not
+/// even the ACK of the request's own packets. That is a peer that died (or restarted: the new
+/// process does not know the connection) without closing it; waiting for QUIC's idle timeout
+/// would fail every request to it for seconds. The next request redials. A live but slow peer
+/// still ACKs, so its connection is kept.
+fn drop_if_silent(conn: &quinn::Connection, rx_before: u64) {
+    if conn.stats().udp_rx.datagrams == rx_before {
+        tracing::debug!(remote = %conn.remote_address(), "peer silent during a request: dropping the connection");
+        conn.close(0u32.into(), b"peer silent");
     }
 }
 
