@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use streamhub_edge::hls::HlsConfig;
 
 /// Log filter when none is given: our crates at info, chatty dependencies at warn.
 pub const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn";
@@ -39,9 +40,19 @@ pub struct OriginArgs {
     /// Region label of this node [default: local].
     #[arg(long, env = "STREAMHUB_REGION")]
     pub region: Option<String>,
-    /// HLS target segment duration in seconds [default: 2].
+    /// HLS target segment duration in seconds; groups (and so segments on every node) are cut at
+    /// the first keyframe past each multiple of it [default: 2].
     #[arg(long, env = "STREAMHUB_HLS_TARGET_SECS")]
     pub hls_target_secs: Option<f64>,
+    /// LL-HLS part target in seconds [default: 0.333].
+    #[arg(long, env = "STREAMHUB_HLS_PART_SECS")]
+    pub hls_part_secs: Option<f64>,
+    /// Advertise LL-HLS (parts, blocking reload); plain HLS players work either way [default: true].
+    #[arg(long, env = "STREAMHUB_LL_HLS")]
+    pub ll_hls: Option<bool>,
+    /// Bytes of HLS media (segments and parts of every room) held in memory [default: 268435456].
+    #[arg(long, env = "STREAMHUB_CACHE_BYTES")]
+    pub cache_bytes: Option<u64>,
     /// Cluster (QUIC, UDP) listen address for Raft and relay between nodes [default: 0.0.0.0:4433].
     #[arg(long, env = "STREAMHUB_CLUSTER")]
     pub cluster: Option<SocketAddr>,
@@ -88,7 +99,10 @@ pub struct Settings {
     pub public_url: url::Url,
     pub node_name: String,
     pub region: String,
-    pub hls_target: Duration,
+    /// HLS packaging (target, part target, window, LL-HLS).
+    pub hls: HlsConfig,
+    /// Bound of the media cache.
+    pub cache_bytes: u64,
     pub log: String,
     /// Cluster QUIC address.
     pub cluster: SocketAddr,
@@ -137,6 +151,9 @@ impl OriginArgs {
             node_id: self.node_id.or(file.node_id),
             region: self.region.or(file.region),
             hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
+            hls_part_secs: self.hls_part_secs.or(file.hls_part_secs),
+            ll_hls: self.ll_hls.or(file.ll_hls),
+            cache_bytes: self.cache_bytes.or(file.cache_bytes),
             cluster: self.cluster.or(file.cluster),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
@@ -160,13 +177,12 @@ impl OriginArgs {
         let region = self.region.unwrap_or_else(|| "local".into());
         validate_label("region", &region)?;
         let public_url = parse_public_url(self.public_url.as_deref(), http)?;
-        let secs = self.hls_target_secs.unwrap_or(2.0);
-        if !(0.5..=30.0).contains(&secs) {
-            return Err(ConfigError::Invalid {
-                field: "hls-target-secs",
-                reason: format!("{secs} is outside 0.5..=30"),
-            });
-        }
+        let hls = hls_config(
+            self.hls_target_secs,
+            self.hls_part_secs,
+            self.ll_hls.unwrap_or(true),
+        )?;
+        let cache_bytes = cache_bytes(self.cache_bytes)?;
         let join = match (self.join, self.join_token) {
             (None, None) => None,
             (Some(u), Some(token)) => Some(JoinSettings {
@@ -202,10 +218,51 @@ impl OriginArgs {
             public_url,
             node_name,
             region,
-            hls_target: Duration::from_secs_f64(secs),
+            hls,
+            cache_bytes,
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),
         })
     }
+}
+
+/// The HLS settings from `--hls-target-secs`, `--hls-part-secs` and `--ll-hls`, checked.
+pub fn hls_config(
+    target_secs: Option<f64>,
+    part_secs: Option<f64>,
+    low_latency: bool,
+) -> Result<HlsConfig, ConfigError> {
+    let secs = target_secs.unwrap_or(2.0);
+    if !(0.5..=30.0).contains(&secs) {
+        return Err(ConfigError::Invalid {
+            field: "hls-target-secs",
+            reason: format!("{secs} is outside 0.5..=30"),
+        });
+    }
+    let part = part_secs.unwrap_or(0.333);
+    if !(0.1..=secs).contains(&part) {
+        return Err(ConfigError::Invalid {
+            field: "hls-part-secs",
+            reason: format!("{part} is outside 0.1..={secs} (the segment target)"),
+        });
+    }
+    Ok(HlsConfig {
+        target_duration: Duration::from_secs_f64(secs),
+        part_target: Duration::from_secs_f64(part),
+        low_latency,
+        ..HlsConfig::default()
+    })
+}
+
+/// `--cache-bytes`, checked: at least 16 MiB, so a room's window always fits.
+pub fn cache_bytes(given: Option<u64>) -> Result<u64, ConfigError> {
+    let bytes = given.unwrap_or(streamhub_edge::hls::cache::DEFAULT_CACHE_BYTES);
+    if bytes < 16 << 20 {
+        return Err(ConfigError::Invalid {
+            field: "cache-bytes",
+            reason: format!("{bytes} is below 16 MiB"),
+        });
+    }
+    Ok(bytes)
 }
 
 fn validate_label(field: &'static str, s: &str) -> Result<(), ConfigError> {
@@ -282,7 +339,9 @@ mod tests {
         assert_eq!(s.rtmp.port(), 1935);
         assert_eq!(s.data_dir, PathBuf::from("data"));
         assert_eq!(s.public_base(), "http://127.0.0.1:3020");
-        assert_eq!(s.hls_target, Duration::from_secs(2));
+        assert_eq!(s.hls.target_duration, Duration::from_secs(2));
+        assert_eq!(s.hls.part_target, Duration::from_millis(333));
+        assert!(s.hls.low_latency);
     }
 
     #[test]

@@ -79,8 +79,7 @@ pub async fn run_releases(
     }
 }
 
-/// RPC kind: a node's heartbeat sent to the leader, which batches them.
-pub const HEARTBEAT: u16 = 0x0202;
+use streamhub_cluster::transport::kinds::HEARTBEAT;
 
 /// Heartbeats collected by the leader between two flushes: one Raft entry carries every node's
 /// beat (and renews every lease), whatever the number of nodes.

@@ -14,7 +14,9 @@ use axum::Router;
 use streamhub_cluster::raft::{RaftNode, Start};
 use streamhub_cluster::state::{Command, CommandResponse, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{service_fn, Endpoint, RemoteError};
-use streamhub_edge::hls::{HlsConfig, HlsRegistry, HlsStats};
+use streamhub_edge::hls::http::BlockingLimits;
+use streamhub_edge::hls::{HlsRegistry, HlsStats, MediaCache};
+use streamhub_shared::media::GroupPolicy;
 use streamhub_shared::{AppName, RoomName};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -52,8 +54,7 @@ pub struct NodeCtx {
     pub heartbeats: lease::HeartbeatBatch,
 }
 
-/// RPC kind: the leader's view of the cluster (JSON), asked by followers for `GET /cluster`.
-pub const CLUSTER_STATUS: u16 = 0x0201;
+use streamhub_cluster::transport::kinds::CLUSTER_STATUS;
 
 impl NodeCtx {
     /// Proposes a command through Raft and maps its outcome to an API result.
@@ -272,6 +273,8 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
         .merge(streamhub_edge::hls::http::router(
             ctx.hls.clone(),
             ctx.hls_stats.clone(),
+            None,
+            BlockingLimits::default(),
         ))
 }
 
@@ -285,16 +288,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let endpoint = Endpoint::bind(settings.cluster, &identity, shutdown.clone())?;
     let raft = open_raft(&settings, endpoint, &startup).await?;
     let tasks = TaskTracker::new();
-    let hls = Arc::new(HlsRegistry::new(HlsConfig {
-        target_duration: settings.hls_target,
-        ..HlsConfig::default()
-    }));
+    let hls = Arc::new(HlsRegistry::new(
+        settings.hls.clone(),
+        Arc::new(MediaCache::new(settings.cache_bytes)),
+    ));
     let (released_tx, released_rx) = mpsc::channel(1024);
-    let rooms = Rooms::new(Arc::new(NodeObserver {
-        hls: hls.clone(),
-        tasks: tasks.clone(),
-        released: released_tx,
-    }));
+    let policy = GroupPolicy {
+        target: settings.hls.target_duration,
+    };
+    let rooms = Rooms::new(
+        Arc::new(NodeObserver {
+            hls: hls.clone(),
+            tasks: tasks.clone(),
+            released: released_tx,
+        }),
+        policy,
+    );
     let admin_user = std::env::var("ADMIN_USER").unwrap_or_else(|_| "admin".into());
     let admin_pass = std::env::var("ADMIN_PASS").ok().filter(|p| !p.is_empty());
     let ctx = Arc::new(NodeCtx {

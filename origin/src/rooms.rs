@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use streamhub_shared::media::{Frame, RoomMedia, TrackInfo};
+use streamhub_shared::media::{Frame, GroupPolicy, MediaHandle, RoomMedia, TrackInfo};
 use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +81,7 @@ struct LiveRoom {
     cancel: CancellationToken,
     tracks: Arc<Mutex<Vec<TrackInfo>>>,
     stats: Arc<PublishStats>,
+    media: MediaHandle,
 }
 
 /// Counters of one publisher, read by the rooms API.
@@ -113,16 +114,25 @@ pub struct Rooms {
     live: Mutex<HashMap<(AppName, RoomName), LiveRoom>>,
     next_session: std::sync::atomic::AtomicU64,
     observer: Arc<dyn RoomObserver>,
+    policy: GroupPolicy,
 }
 
 impl Rooms {
     /// An empty registry that tells `observer` about every room that starts.
-    pub fn new(observer: Arc<dyn RoomObserver>) -> Arc<Self> {
+    pub fn new(observer: Arc<dyn RoomObserver>, policy: GroupPolicy) -> Arc<Self> {
         Arc::new(Self {
             live: Mutex::new(HashMap::new()),
             next_session: 1.into(),
             observer,
+            policy,
         })
+    }
+
+    /// The media of the live session of `app/room` on this node, if any.
+    pub fn media(&self, app: &AppName, room: &RoomName) -> Option<MediaHandle> {
+        let live = self.live.lock().expect("rooms lock");
+        live.get(&(app.clone(), room.clone()))
+            .map(|r| r.media.clone())
     }
 
     /// Claims a room. The same ingress takes its room over at once (the old session is cancelled);
@@ -135,6 +145,7 @@ impl Rooms {
         let cancel = CancellationToken::new();
         let tracks = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(PublishStats::default());
+        let media = RoomMedia::with_policy(self.policy);
         let mut live = self.live.lock().expect("rooms lock");
         let takeover = match live.get(&key) {
             Some(old) if old.ingress_id != claim.ingress_id => {
@@ -160,6 +171,7 @@ impl Rooms {
                 cancel: cancel.clone(),
                 tracks: tracks.clone(),
                 stats: stats.clone(),
+                media: media.handle(),
             },
         );
         let publisher = Publisher {
@@ -167,7 +179,7 @@ impl Rooms {
             app: claim.app.clone(),
             room: claim.room.clone(),
             session,
-            media: RoomMedia::new(),
+            media,
             cancel,
             tracks,
             stats,

@@ -15,10 +15,7 @@ async fn rtmp_publish_is_playable_as_hls() {
 
     let playlist_url = origin.url("/hls/live/cam1/index.m3u8");
     let playlist = wait_segments(&playlist_url, 3, Duration::from_secs(30)).await;
-    assert!(
-        playlist.contains("#EXT-X-MAP:URI=\"init.mp4\""),
-        "{playlist}"
-    );
+    assert!(playlist.contains("#EXT-X-MAP:URI=\"init-"), "{playlist}");
     assert!(playlist.contains("#EXT-X-VERSION:"), "{playlist}");
 
     // TARGETDURATION is never below any segment's real duration.

@@ -10,4 +10,4 @@ pub mod relay;
 pub mod ttl;
 
 pub use id::{AppName, NameError, RoomName};
-pub use media::{CodecConfig, Frame, MediaEvent, RoomMedia, TrackId, TrackInfo};
+pub use media::{CodecConfig, Frame, RoomMedia, TrackId, TrackInfo};

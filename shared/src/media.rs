@@ -3,7 +3,8 @@
 //! A room carries tracks; a track carries frames (access units); frames are grouped into groups
 //! that start at a video keyframe. Payloads are `Bytes`: fan-out clones the handle, never the data.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub enum CodecConfig {
         sample_rate: u32,
         channels: u8,
     },
+    /// Motion JPEG: every frame is one baseline or progressive JPEG picture (SOI..EOI).
+    Jpeg { width: u16, height: u16 },
 }
 
 impl CodecConfig {
@@ -38,12 +41,18 @@ impl CodecConfig {
         match self {
             CodecConfig::H264 { .. } => "h264",
             CodecConfig::Aac { .. } => "aac",
+            CodecConfig::Jpeg { .. } => "jpeg",
         }
     }
 
     /// True for video codecs.
     pub fn is_video(&self) -> bool {
-        matches!(self, CodecConfig::H264 { .. })
+        matches!(self, CodecConfig::H264 { .. } | CodecConfig::Jpeg { .. })
+    }
+
+    /// True for codecs the CMAF/HLS packager carries.
+    pub fn is_hls(&self) -> bool {
+        matches!(self, CodecConfig::H264 { .. } | CodecConfig::Aac { .. })
     }
 }
 
@@ -70,20 +79,107 @@ pub struct Frame {
     pub data: Bytes,
 }
 
-/// What a consumer of a room receives.
+/// What travels from a room's producer to its consumers.
 #[derive(Debug, Clone)]
-pub enum MediaEvent {
+enum MediaEvent {
     Frame(Frame),
+    /// Frames were lost upstream (a relayed group that never completed).
+    Gap,
 }
 
-/// The producer side of a room's media: owned by the ingest session. Dropping it ends the stream
-/// for every consumer.
+/// How an origin cuts a room's frames into groups.
+///
+/// A group is the unit of relay, late join and segmenting, so its boundaries are decided once,
+/// here, by the node that takes the ingest; every other node keeps the origin's numbering. A group
+/// starts at a video keyframe whose `floor(dts / target)` differs from that of the group's first
+/// keyframe: one group is one HLS segment (one or more GOPs), and group numbers are consecutive,
+/// so every node derives the same segment names *and* media sequence numbers from them. Rooms
+/// without video cut on the same rule over the audio timeline; JPEG tracks make every frame its
+/// own group (each frame decodes alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// The segment target duration the groups follow.
+    pub target: Duration,
+}
+
+impl Default for GroupPolicy {
+    fn default() -> Self {
+        Self {
+            target: Duration::from_secs(2),
+        }
+    }
+}
+
+impl GroupPolicy {
+    fn target_ticks(&self, timescale: u32) -> i64 {
+        let ticks = self.target.as_millis() * u128::from(timescale) / 1000;
+        i64::try_from(ticks).unwrap_or(i64::MAX).max(1)
+    }
+}
+
+/// A latest group bigger than this is not cached for late joiners (they wait for the next one):
+/// it bounds the memory one room can pin, whatever the publisher sends.
+pub const MAX_CACHED_GROUP_BYTES: usize = 32 << 20;
+
+/// The newest group of a room, kept so a new consumer starts on its keyframe at once.
+#[derive(Debug, Default)]
+struct LatestGroup {
+    group: Option<u64>,
+    frames: Vec<Frame>,
+    bytes: usize,
+    /// The group outgrew [`MAX_CACHED_GROUP_BYTES`]: not served to late joiners.
+    overflowed: bool,
+}
+
+impl LatestGroup {
+    fn add(&mut self, frame: &Frame) {
+        if self.group != Some(frame.group) {
+            *self = LatestGroup {
+                group: Some(frame.group),
+                ..LatestGroup::default()
+            };
+        }
+        if self.overflowed {
+            return;
+        }
+        self.bytes += frame.data.len();
+        if self.bytes > MAX_CACHED_GROUP_BYTES {
+            self.overflowed = true;
+            self.frames = Vec::new();
+            return;
+        }
+        self.frames.push(frame.clone());
+    }
+
+    fn snapshot(&self) -> Vec<Frame> {
+        if self.overflowed {
+            Vec::new()
+        } else {
+            self.frames.clone()
+        }
+    }
+}
+
+/// Where the producer is in its grouping.
+#[derive(Debug, Default)]
+struct Grouping {
+    group: u64,
+    started: bool,
+    /// `floor(dts / target)` of the current group's first sync sample.
+    bucket: Option<i64>,
+}
+
+/// The producer side of a room's media: owned by the ingest session (or, on an edge, by the relay
+/// subscription). Dropping it ends the stream for every consumer.
 #[derive(Debug)]
 pub struct RoomMedia {
     tracks: watch::Sender<Arc<Vec<TrackInfo>>>,
-    frames: broadcast::Sender<Frame>,
-    group: u64,
-    started: bool,
+    frames: broadcast::Sender<MediaEvent>,
+    // A std Mutex: held for a push or a snapshot, never across an `.await`; it makes "snapshot
+    // the latest group, then subscribe" atomic with respect to pushes (no gap, no duplicate).
+    latest: Arc<Mutex<LatestGroup>>,
+    policy: GroupPolicy,
+    grouping: Grouping,
 }
 
 /// Frames a consumer may fall behind before it loses frames (and resyncs on a keyframe).
@@ -96,15 +192,21 @@ impl Default for RoomMedia {
 }
 
 impl RoomMedia {
-    /// A room with no tracks yet.
+    /// A room with no tracks yet, grouped with the default [`GroupPolicy`].
     pub fn new() -> Self {
+        Self::with_policy(GroupPolicy::default())
+    }
+
+    /// A room with no tracks yet, grouped with `policy`.
+    pub fn with_policy(policy: GroupPolicy) -> Self {
         let (tracks, _) = watch::channel(Arc::new(Vec::new()));
         let (frames, _) = broadcast::channel(ROOM_CHANNEL_CAPACITY);
         Self {
             tracks,
             frames,
-            group: 0,
-            started: false,
+            latest: Arc::default(),
+            policy,
+            grouping: Grouping::default(),
         }
     }
 
@@ -118,31 +220,72 @@ impl RoomMedia {
         self.tracks.borrow().clone()
     }
 
-    /// Sends a frame to every consumer. A video keyframe opens a new group; frames before the
-    /// first video keyframe are dropped (nobody could decode them). Returns false if dropped.
+    /// Sends a frame to every consumer, numbering its group by the [`GroupPolicy`]. Frames before
+    /// the first video keyframe are dropped (nobody could decode them). Returns false if dropped.
     pub fn push(&mut self, mut frame: Frame) -> bool {
-        let is_video = self
-            .tracks
-            .borrow()
-            .iter()
-            .any(|t| t.id == frame.track && t.codec.is_video());
-        let has_video = self.tracks.borrow().iter().any(|t| t.codec.is_video());
-        if is_video && frame.keyframe {
-            if self.started {
-                self.group += 1;
-            }
-            self.started = true;
-        } else if !has_video {
-            // Audio-only room: every frame is a group boundary candidate.
-            self.started = true;
-        }
-        if !self.started {
+        let Some(group) = self.assign_group(&frame) else {
             return false;
-        }
-        frame.group = self.group;
-        // An error only means there is no consumer right now.
-        let _ = self.frames.send(frame);
+        };
+        frame.group = group;
+        self.send(frame);
         true
+    }
+
+    /// Sends a frame whose group was numbered elsewhere (by the origin, for a relayed room).
+    /// Groups must arrive in order; a frame of an older group than the latest is still sent
+    /// (consumers decide) but not cached.
+    pub fn push_relayed(&mut self, frame: Frame) {
+        self.send(frame);
+    }
+
+    /// Tells every consumer that frames were lost upstream: they resync on the next group, as
+    /// after [`RecvError::Lagged`]. The latest group is no longer served to late joiners.
+    pub fn push_gap(&mut self) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.overflowed = true;
+        latest.frames = Vec::new();
+        let _ = self.frames.send(MediaEvent::Gap);
+    }
+
+    fn send(&self, frame: Frame) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        if latest.group.is_none_or(|g| frame.group >= g) {
+            latest.add(&frame);
+        }
+        // An error only means there is no consumer right now.
+        let _ = self.frames.send(MediaEvent::Frame(frame));
+    }
+
+    fn assign_group(&mut self, frame: &Frame) -> Option<u64> {
+        let tracks = self.tracks.borrow().clone();
+        let info = tracks.iter().find(|t| t.id == frame.track)?;
+        let has_video = tracks.iter().any(|t| t.codec.is_video());
+        let sync = match info.codec {
+            CodecConfig::Jpeg { .. } => {
+                let g = &mut self.grouping;
+                if g.started {
+                    g.group += 1;
+                }
+                g.started = true;
+                return Some(g.group);
+            }
+            CodecConfig::H264 { .. } => frame.keyframe,
+            CodecConfig::Aac { .. } => !has_video,
+        };
+        let g = &mut self.grouping;
+        if sync {
+            let bucket = frame
+                .dts
+                .div_euclid(self.policy.target_ticks(info.timescale));
+            if !g.started {
+                g.started = true;
+                g.bucket = Some(bucket);
+            } else if g.bucket != Some(bucket) {
+                g.group += 1;
+                g.bucket = Some(bucket);
+            }
+        }
+        g.started.then_some(g.group)
     }
 
     /// A new consumer; it sees frames pushed from now on.
@@ -153,9 +296,79 @@ impl RoomMedia {
         }
     }
 
+    /// A handle that subscribes to this room without keeping it alive.
+    pub fn handle(&self) -> MediaHandle {
+        MediaHandle {
+            tracks: self.tracks.subscribe(),
+            frames: self.frames.downgrade(),
+            latest: self.latest.clone(),
+        }
+    }
+
     /// Number of live consumers.
     pub fn consumers(&self) -> usize {
         self.frames.receiver_count()
+    }
+}
+
+/// A way to reach a room's media that does not keep it alive: the rooms registry and the relay
+/// hold these, the ingest session holds the [`RoomMedia`].
+#[derive(Debug, Clone)]
+pub struct MediaHandle {
+    tracks: watch::Receiver<Arc<Vec<TrackInfo>>>,
+    frames: broadcast::WeakSender<MediaEvent>,
+    latest: Arc<Mutex<LatestGroup>>,
+}
+
+impl MediaHandle {
+    /// The current track catalog.
+    pub fn tracks(&self) -> Arc<Vec<TrackInfo>> {
+        self.tracks.borrow().clone()
+    }
+
+    /// True while the producer exists.
+    pub fn is_live(&self) -> bool {
+        self.frames.upgrade().is_some()
+    }
+
+    /// The number of the newest group, if any frame was pushed.
+    pub fn latest_group(&self) -> Option<u64> {
+        self.latest.lock().unwrap_or_else(|e| e.into_inner()).group
+    }
+
+    /// The newest frame (for a JPEG track: the latest picture).
+    pub fn latest_frame(&self) -> Option<Frame> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.frames.last().cloned()
+    }
+
+    /// Number of live consumers.
+    pub fn consumers(&self) -> usize {
+        self.frames.upgrade().map_or(0, |s| s.receiver_count())
+    }
+
+    /// A consumer of frames pushed from now on; `None` once the producer has gone.
+    pub fn subscribe(&self) -> Option<MediaConsumer> {
+        Some(MediaConsumer {
+            tracks: self.tracks.clone(),
+            frames: self.frames.upgrade()?.subscribe(),
+        })
+    }
+
+    /// The frames of the newest group so far and a consumer of every frame after them, taken
+    /// atomically (no frame lost or repeated in between); `None` once the producer has gone.
+    pub fn subscribe_latest(&self) -> Option<(Vec<Frame>, MediaConsumer)> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        let frames = self.frames.upgrade()?.subscribe();
+        let snapshot = latest.snapshot();
+        drop(latest);
+        Some((
+            snapshot,
+            MediaConsumer {
+                tracks: self.tracks.clone(),
+                frames,
+            },
+        ))
     }
 }
 
@@ -163,7 +376,7 @@ impl RoomMedia {
 #[derive(Debug)]
 pub struct MediaConsumer {
     tracks: watch::Receiver<Arc<Vec<TrackInfo>>>,
-    frames: broadcast::Receiver<Frame>,
+    frames: broadcast::Receiver<MediaEvent>,
 }
 
 /// Why `MediaConsumer::recv` returned no frame.
@@ -173,18 +386,28 @@ pub enum RecvError {
     Closed,
     #[error("consumer fell behind and lost {0} frames")]
     Lagged(u64),
+    #[error("frames were lost upstream")]
+    Gap,
 }
 
 impl MediaConsumer {
-    /// The current track catalog.
-    pub fn tracks(&self) -> Arc<Vec<TrackInfo>> {
-        self.tracks.borrow().clone()
+    /// The current track catalog (marks it seen for [`catalog_changed`](Self::catalog_changed)).
+    pub fn tracks(&mut self) -> Arc<Vec<TrackInfo>> {
+        self.tracks.borrow_and_update().clone()
     }
 
-    /// The next frame; `Lagged` tells the consumer it lost frames and must resync on a keyframe.
+    /// Resolves when the catalog changes after the last [`tracks`](Self::tracks); false once the
+    /// producer has gone.
+    pub async fn catalog_changed(&mut self) -> bool {
+        self.tracks.changed().await.is_ok()
+    }
+
+    /// The next frame; `Lagged` and `Gap` tell the consumer frames were lost (here or upstream)
+    /// and it must resync on the next group.
     pub async fn recv(&mut self) -> Result<Frame, RecvError> {
         match self.frames.recv().await {
-            Ok(f) => Ok(f),
+            Ok(MediaEvent::Frame(f)) => Ok(f),
+            Ok(MediaEvent::Gap) => Err(RecvError::Gap),
             Err(broadcast::error::RecvError::Closed) => Err(RecvError::Closed),
             Err(broadcast::error::RecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
         }
@@ -237,33 +460,153 @@ mod tests {
         }
     }
 
-    fn frame(track: TrackId, keyframe: bool) -> Frame {
+    fn audio() -> TrackInfo {
+        TrackInfo {
+            id: 1,
+            timescale: 48_000,
+            codec: CodecConfig::Aac {
+                asc: Bytes::from_static(&[0x11, 0x90]),
+                sample_rate: 48_000,
+                channels: 2,
+            },
+        }
+    }
+
+    fn frame(track: TrackId, dts: i64, keyframe: bool) -> Frame {
         Frame {
             track,
             group: 0,
-            dts: 0,
-            pts: 0,
+            dts,
+            pts: dts,
             keyframe,
             data: Bytes::from_static(b"x"),
         }
     }
 
+    const SEC: i64 = 90_000;
+
     #[tokio::test]
-    async fn groups_start_at_video_keyframes() {
+    async fn groups_follow_keyframes_across_the_target() {
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![video(), audio()]);
+        let mut c = room.subscribe();
+        assert!(!room.push(frame(0, 0, false)), "no keyframe yet: dropped");
+        assert!(!room.push(frame(1, 0, true)), "audio before video: dropped");
+        // keyframes every second, target 2 s: a group is two GOPs
+        for (dts, key) in [(0, true), (SEC / 2, false), (SEC, true), (2 * SEC, true)] {
+            assert!(room.push(frame(0, dts, key)));
+        }
+        assert!(
+            room.push(frame(1, 96_000, true)),
+            "audio joins the open group"
+        );
+        assert!(room.push(frame(0, 4 * SEC, true)));
+        let mut groups = Vec::new();
+        for _ in 0..6 {
+            groups.push(c.recv().await.unwrap().group);
+        }
+        assert_eq!(groups, vec![0, 0, 0, 1, 1, 2]);
+        drop(room);
+        assert_eq!(c.recv().await, Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn audio_only_rooms_group_on_time_and_jpeg_frames_are_groups() {
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![audio()]);
+        let groups: Vec<u64> = [0, 47_000, 96_000, 100_000, 192_000]
+            .into_iter()
+            .map(|dts| {
+                room.push(frame(1, dts, true));
+                room.handle().latest_group().unwrap()
+            })
+            .collect();
+        assert_eq!(groups, vec![0, 0, 1, 1, 2]);
+
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![TrackInfo {
+            id: 0,
+            timescale: 90_000,
+            codec: CodecConfig::Jpeg {
+                width: 64,
+                height: 48,
+            },
+        }]);
+        for i in 0..3 {
+            room.push(frame(0, i * 9000, true));
+        }
+        let handle = room.handle();
+        assert_eq!(handle.latest_group(), Some(2));
+        assert_eq!(handle.latest_frame().unwrap().dts, 18_000);
+    }
+
+    #[tokio::test]
+    async fn late_joiner_gets_the_latest_group_then_live_frames() {
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![video()]);
+        let handle = room.handle();
+        for i in 0..5 {
+            room.push(frame(0, i * SEC, true));
+        }
+        room.push(frame(0, 5 * SEC, false));
+        let (snapshot, mut live) = handle.subscribe_latest().unwrap();
+        let dts: Vec<i64> = snapshot.iter().map(|f| f.dts).collect();
+        assert_eq!(
+            dts,
+            vec![4 * SEC, 5 * SEC],
+            "group 2 so far, from its keyframe"
+        );
+        assert!(snapshot[0].keyframe);
+        room.push(frame(0, 6 * SEC, true));
+        let next = live.recv().await.unwrap();
+        assert_eq!((next.dts, next.group), (6 * SEC, 3));
+        drop(room);
+        assert!(!handle.is_live());
+        assert!(handle.subscribe_latest().is_none());
+        assert_eq!(live.recv().await, Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn an_oversized_group_is_not_cached() {
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![video()]);
+        let big = Bytes::from(vec![0u8; MAX_CACHED_GROUP_BYTES / 2 + 1]);
+        for i in 0..2 {
+            let mut f = frame(0, i, i == 0);
+            f.data = big.clone();
+            room.push(f);
+        }
+        let (snapshot, _) = room.handle().subscribe_latest().unwrap();
+        assert!(
+            snapshot.is_empty(),
+            "a late joiner waits for the next group"
+        );
+        room.push(frame(0, 3 * SEC, true));
+        assert_eq!(room.handle().subscribe_latest().unwrap().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn relayed_frames_keep_their_group_numbers() {
         let mut room = RoomMedia::new();
         room.set_tracks(vec![video()]);
         let mut c = room.subscribe();
-        assert!(!room.push(frame(0, false)), "no keyframe yet: dropped");
-        assert!(room.push(frame(0, true)));
-        assert!(room.push(frame(0, false)));
-        assert!(room.push(frame(0, true)));
-        let groups: Vec<u64> = [c.recv().await, c.recv().await, c.recv().await]
-            .into_iter()
-            .map(|f| f.unwrap().group)
-            .collect();
-        assert_eq!(groups, vec![0, 0, 1]);
+        let mut f = frame(0, 0, true);
+        f.group = 41;
+        room.push_relayed(f);
+        assert_eq!(c.recv().await.unwrap().group, 41);
+        assert_eq!(room.handle().latest_group(), Some(41));
+    }
+
+    #[tokio::test]
+    async fn consumers_see_catalog_changes() {
+        let room = RoomMedia::new();
+        let mut c = room.subscribe();
+        assert!(c.tracks().is_empty());
+        room.set_tracks(vec![video()]);
+        assert!(c.catalog_changed().await);
+        assert_eq!(c.tracks().len(), 1);
         drop(room);
-        assert_eq!(c.recv().await, Err(RecvError::Closed));
+        assert!(!c.catalog_changed().await);
     }
 
     #[test]
@@ -273,5 +616,12 @@ mod tests {
         assert!(s.contains("\"codec\":\"h264\""));
         let back: TrackInfo = serde_json::from_str(&s).unwrap();
         assert_eq!(back, t);
+        let j = CodecConfig::Jpeg {
+            width: 640,
+            height: 480,
+        };
+        let s = serde_json::to_string(&j).unwrap();
+        assert_eq!(s, r#"{"codec":"jpeg","width":640,"height":480}"#);
+        assert!(j.is_video() && !j.is_hls());
     }
 }

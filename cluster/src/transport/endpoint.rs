@@ -97,7 +97,53 @@ where
     }
 }
 
-type Services = RwLock<HashMap<u16, Arc<dyn RpcService>>>;
+/// A long-lived bidirectional stream accepted for a stream kind, with its connection (to open
+/// more streams toward the peer, such as the relay's group streams).
+pub struct IncomingStream {
+    /// The authenticated peer.
+    pub peer: PeerInfo,
+    /// The connection the stream came on.
+    pub conn: quinn::Connection,
+    /// Our side of the stream.
+    pub send: quinn::SendStream,
+    /// The peer's side of the stream.
+    pub recv: quinn::RecvStream,
+}
+
+/// A handler of streams of one kind: unlike an RPC, the stream stays open for as long as the
+/// handler wants, carrying its own protocol after the accept.
+pub trait StreamService: Send + Sync + 'static {
+    /// Serves one stream until it is done; dropped (cancelled) when the endpoint shuts down.
+    fn serve(&self, stream: IncomingStream) -> BoxFuture<'static, ()>;
+}
+
+/// A [`StreamService`] from an async closure.
+pub fn stream_service_fn<F, Fut>(f: F) -> Arc<dyn StreamService>
+where
+    F: Fn(IncomingStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    struct StreamFn<F>(F);
+    impl<F, Fut> StreamService for StreamFn<F>
+    where
+        F: Fn(IncomingStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        fn serve(&self, stream: IncomingStream) -> BoxFuture<'static, ()> {
+            (self.0)(stream).boxed()
+        }
+    }
+    Arc::new(StreamFn(f))
+}
+
+/// What serves a kind.
+#[derive(Clone)]
+enum Service {
+    Rpc(Arc<dyn RpcService>),
+    Stream(Arc<dyn StreamService>),
+}
+
+type Services = RwLock<HashMap<u16, Service>>;
 
 /// What the accept loop and every connection task share.
 struct Shared {
@@ -109,7 +155,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn service(&self, kind: u16) -> Option<Arc<dyn RpcService>> {
+    fn service(&self, kind: u16) -> Option<Service> {
         let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
         services.get(&kind).cloned()
     }
@@ -197,6 +243,16 @@ impl Endpoint {
 
     /// Serves RPCs of `kind` with `service`, replacing any previous service of that kind.
     pub fn register(&self, kind: u16, service: Arc<dyn RpcService>) {
+        self.insert_service(kind, Service::Rpc(service));
+    }
+
+    /// Serves streams of `kind` with `service` (see [`open_stream`](Self::open_stream)),
+    /// replacing any previous service of that kind.
+    pub fn register_stream(&self, kind: u16, service: Arc<dyn StreamService>) {
+        self.insert_service(kind, Service::Stream(service));
+    }
+
+    fn insert_service(&self, kind: u16, service: Service) {
         let mut services = self
             .inner
             .shared
@@ -204,6 +260,40 @@ impl Endpoint {
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         services.insert(kind, service);
+    }
+
+    /// Opens a long-lived stream of `kind` to `addr` and waits (within `timeout`) until the peer
+    /// accepted it; the caller then speaks the kind's own protocol on it. Returns the connection
+    /// too, on which the peer may open streams back.
+    pub async fn open_stream(
+        &self,
+        addr: SocketAddr,
+        kind: u16,
+        timeout: Duration,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), RpcError> {
+        let deadline = Instant::now() + timeout;
+        let conn = self.connect(addr, deadline).await?;
+        let open = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let header = frame::request_header(kind, 0, 0).map_err(|e| e.to_string())?;
+            send.write_all(&header).await.map_err(|e| e.to_string())?;
+            let mut answer = [0u8; RESPONSE_HEADER_LEN];
+            recv.read_exact(&mut answer)
+                .await
+                .map_err(|e| format!("reading the accept: {e}"))?;
+            Ok::<_, String>((send, recv, frame::decode_response_header(answer)))
+        };
+        match timeout_at(deadline, open).await {
+            Ok(Ok((send, recv, Ok(h)))) if h.status == Status::Ok && h.len == 0 => {
+                Ok((conn, send, recv))
+            }
+            Ok(Ok((_, _, Ok(h)))) if h.status == Status::UnknownKind => {
+                Err(RpcError::UnknownKind(kind))
+            }
+            Ok(Ok((_, _, h))) => Err(RpcError::network(addr, format!("bad stream accept {h:?}"))),
+            Ok(Err(reason)) => Err(RpcError::network(addr, reason)),
+            Err(_) => Err(RpcError::network(addr, "stream not accepted in time")),
+        }
     }
 
     /// Stops serving `kind`; later requests of that kind get `UnknownKind`.
@@ -465,9 +555,13 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
                 }
             },
         };
-        shared
-            .tasks
-            .spawn(serve_stream(send, recv, peer.clone(), shared.clone()));
+        shared.tasks.spawn(serve_stream(
+            send,
+            recv,
+            peer.clone(),
+            conn.clone(),
+            shared.clone(),
+        ));
     }
 }
 
@@ -475,11 +569,29 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer: PeerInfo,
+    conn: quinn::Connection,
     shared: Arc<Shared>,
 ) {
     let outcome = tokio::select! {
         () = shared.shutdown.cancelled() => Err("shutting down".to_owned()),
         outcome = answer(&mut send, &mut recv, &peer, &shared) => outcome,
+    };
+    let outcome = match outcome {
+        Ok(Some(service)) => {
+            let stream = IncomingStream {
+                peer,
+                conn,
+                send,
+                recv,
+            };
+            tokio::select! {
+                () = shared.shutdown.cancelled() => {}
+                () = service.serve(stream) => {}
+            }
+            return;
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
     };
     if let Err(reason) = outcome {
         tracing::debug!(peer = %peer.name, %reason, "rpc stream failed; resetting");
@@ -488,25 +600,36 @@ async fn serve_stream(
     }
 }
 
-/// Reads one request, runs its handler and writes the response.
+/// Reads one request, runs its handler and writes the response; for a stream kind, accepts the
+/// stream and hands back its service.
 async fn answer(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     peer: &PeerInfo,
     shared: &Shared,
-) -> Result<(), String> {
+) -> Result<Option<Arc<dyn StreamService>>, String> {
     let read_deadline = Instant::now() + REQUEST_READ_TIMEOUT;
     let mut header = [0u8; REQUEST_HEADER_LEN];
     read_before(recv, &mut header, read_deadline).await?;
     let header = frame::decode_request_header(header);
-    let Some(service) = shared.service(header.kind) else {
-        let _ = recv.stop(0u32.into());
-        return respond(send, Status::UnknownKind, &[]).await;
+    let service = match shared.service(header.kind) {
+        None => {
+            let _ = recv.stop(0u32.into());
+            return respond(send, Status::UnknownKind, &[]).await.map(|()| None);
+        }
+        Some(Service::Stream(service)) => {
+            let accept = frame::encode_response(Status::Ok, &[]).map_err(|e| e.to_string())?;
+            send.write_all(&accept)
+                .await
+                .map_err(|e| format!("accepting stream: {e}"))?;
+            return Ok(Some(service));
+        }
+        Some(Service::Rpc(service)) => service,
     };
     if let Err(e) = frame::checked_len(header.len.into(), service.max_request_len()) {
         let _ = recv.stop(0u32.into());
         let error = RemoteError::new("frame_too_large", e.to_string());
-        return respond_error(send, &error).await;
+        return respond_error(send, &error).await.map(|()| None);
     }
     let mut body = vec![0u8; header.len as usize];
     read_before(recv, &mut body, read_deadline).await?;
@@ -516,7 +639,7 @@ async fn answer(
         handled = service.handle(peer.clone(), body.into()) => handled,
         _ = gone => return Err("caller gave up before the answer".into()),
     };
-    match handled {
+    let written = match handled {
         Ok(answer) => match frame::encode_response(Status::Ok, &answer) {
             Ok(frame) => write_frame(send, &frame).await,
             Err(e) => {
@@ -524,7 +647,8 @@ async fn answer(
             }
         },
         Err(error) => respond_error(send, &error).await,
-    }
+    };
+    written.map(|()| None)
 }
 
 async fn read_before(

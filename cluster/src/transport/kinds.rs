@@ -15,3 +15,14 @@ pub const CLIENT_WRITE: u16 = 0x0104;
 pub const JOIN_CLUSTER: u16 = 0x0105;
 /// Remove a node from the membership, forwarded to the leader.
 pub const LEAVE_CLUSTER: u16 = 0x0106;
+/// The leader's view of the cluster (JSON), asked by followers for `GET /cluster`.
+pub const CLUSTER_STATUS: u16 = 0x0201;
+/// A node's heartbeat (JSON `Heartbeat`), sent to any origin; non-leaders forward it to the
+/// leader, which batches them into one Raft entry.
+pub const HEARTBEAT: u16 = 0x0202;
+/// What an edge needs of the tenant state (JSON `StateQuery` -> `StateAnswer`): room placement,
+/// app signing keys, the node registry. Answered from the origin's replica.
+pub const STATE_QUERY: u16 = 0x0203;
+/// A relay control stream (a stream kind, see `Endpoint::open_stream`): the edge subscribes to a
+/// room's tracks, the origin answers on it and opens one unidirectional stream per group.
+pub const RELAY: u16 = 0x0301;

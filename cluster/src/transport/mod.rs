@@ -16,7 +16,10 @@ pub mod pki;
 mod pool;
 mod tls;
 
-pub use endpoint::{service_fn, service_fn_with_limit, Endpoint, PeerInfo, RpcService, ServiceFn};
+pub use endpoint::{
+    service_fn, service_fn_with_limit, stream_service_fn, Endpoint, IncomingStream, PeerInfo,
+    RpcService, ServiceFn, StreamService,
+};
 pub use error::{RemoteError, RpcError, TransportError};
 pub use pki::{peer_name, CaBundle, NodeIdentity, NodeKey, PkiError};
 pub use pool::Backoff;

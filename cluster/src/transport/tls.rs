@@ -34,6 +34,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const MAX_CONCURRENT_BIDI: u32 = 256;
 /// Concurrent unidirectional streams (the relay's per-group streams).
 const MAX_CONCURRENT_UNI: u32 = 1024;
+/// Bytes a peer may have in flight to us on one connection, all streams together. quinn's
+/// default is unlimited; bounded, a receiver that stops reading caps what it buffers, and the
+/// sender (a relay origin) notices and drops old groups.
+const CONNECTION_RECEIVE_WINDOW: u32 = 32 << 20;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -70,6 +74,7 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     config.max_idle_timeout(quinn::IdleTimeout::try_from(IDLE_TIMEOUT).ok());
     config.max_concurrent_bidi_streams(MAX_CONCURRENT_BIDI.into());
     config.max_concurrent_uni_streams(MAX_CONCURRENT_UNI.into());
+    config.receive_window(CONNECTION_RECEIVE_WINDOW.into());
     Arc::new(config)
 }
 

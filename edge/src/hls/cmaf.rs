@@ -34,6 +34,8 @@ pub enum CmafError {
     TrackId { track: TrackId },
     #[error("track {track}: sample of {size} bytes does not fit a trun entry")]
     SampleTooLarge { track: TrackId, size: usize },
+    #[error("track {track}: {codec} is not carried in CMAF")]
+    Unsupported { track: TrackId, codec: &'static str },
     #[error("media segment of {size} bytes does not fit a 32-bit mdat")]
     SegmentTooLarge { size: usize },
     #[error("encoding the {kind} box failed: {source}")]
@@ -207,6 +209,10 @@ fn sample_entry(info: &TrackInfo, track_id: u32) -> Result<Codec, CmafError> {
             taic: None,
         }
         .into()),
+        CodecConfig::Jpeg { .. } => Err(CmafError::Unsupported {
+            track: info.id,
+            codec: info.codec.name(),
+        }),
     }
 }
 

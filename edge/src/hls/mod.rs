@@ -1,15 +1,18 @@
-//! HLS playback with CMAF (fMP4) segments: a packager task per live room turns its frames into
-//! segments and a playlist; the HTTP side serves them from memory.
+//! HLS playback with CMAF (fMP4) segments and LL-HLS parts: a packager task per live room turns
+//! its frames into parts, segments and a playlist; the HTTP side serves them from memory.
 //!
 //! Protocol logic lives in sans-IO modules ([`cmaf`], [`segmenter`], [`playlist`]); this module
-//! holds the per-room state that viewers read and the async driver that feeds it.
+//! holds the per-room state that viewers read and the async driver that feeds it. Media bytes live
+//! in the node's [`MediaCache`]; a room keeps the playlist metadata and its init segments.
 
+pub mod cache;
 pub mod cmaf;
 pub mod http;
 pub mod playlist;
 pub mod segmenter;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,68 +21,95 @@ use streamhub_shared::media::{MediaConsumer, RecvError, TrackInfo};
 use streamhub_shared::{AppName, RoomName};
 use tokio::sync::watch;
 
+pub use cache::{MediaCache, MediaKey};
 pub use http::{router, HlsStats};
-pub use playlist::Playlist;
-pub use segmenter::{Segment, Segmenter};
+pub use playlist::{Playlist, PlaylistConfig, Progress};
+pub use segmenter::{Output, Part, Segment, Segmenter};
 
 /// How long an ended room stays servable (its playlist carries `#EXT-X-ENDLIST`) before
 /// [`HlsRegistry::sweep`] removes it, unless a publisher restarts it.
 pub const ENDED_ROOM_TTL: Duration = Duration::from_secs(60);
 
 /// HLS packaging settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HlsConfig {
-    /// Segments are cut at the first keyframe past each multiple of this.
+    /// The segment target: `EXT-X-TARGETDURATION` is never below it. Where segments are cut is
+    /// decided by the origin's groups (see `GroupPolicy`), which follow the origin's setting.
     pub target_duration: Duration,
+    /// The LL-HLS part target.
+    pub part_target: Duration,
     /// Segments listed in the playlist.
     pub window: usize,
-    /// Segments held in memory (at least `window`), so a slow player can still fetch them.
+    /// Segments held (at least `window`), so a slow player can still fetch them.
     pub keep: usize,
+    /// Advertise LL-HLS (parts, blocking reload, preload hint); plain players work either way.
+    pub low_latency: bool,
 }
 
 impl Default for HlsConfig {
     fn default() -> Self {
         Self {
             target_duration: Duration::from_secs(2),
+            part_target: Duration::from_millis(333),
             window: 6,
             keep: 10,
+            low_latency: true,
         }
     }
 }
 
-/// The HLS state of one room: init segments, segments, playlist. Shared by its packager (writer)
-/// and the HTTP handlers (readers).
+impl HlsConfig {
+    fn playlist(&self) -> PlaylistConfig {
+        PlaylistConfig {
+            target: self.target_duration,
+            part_target: self.part_target,
+            window: self.window,
+            keep: self.keep,
+            low_latency: self.low_latency,
+        }
+    }
+}
+
+/// Rooms get node-unique ids, so the media cache never mixes a room with an earlier namesake.
+static NEXT_ROOM_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The HLS state of one room: init segments, playlist, and the keys of its media in the cache.
+/// Shared by its packager (writer) and the HTTP handlers (readers).
 #[derive(Debug)]
 pub struct HlsRoom {
+    id: u64,
     config: HlsConfig,
+    cache: Arc<MediaCache>,
     // A std Mutex: every access is a few field reads or one render, never across an `.await`.
     state: Mutex<RoomState>,
-    segments: watch::Sender<u64>,
+    progress: watch::Sender<Progress>,
 }
 
 #[derive(Debug)]
 struct RoomState {
     /// Bumped by each publisher (re)start; a packager of an older session may no longer write.
     session: u64,
-    /// Init segments by version, oldest first; the last is current.
+    /// Init segments by content id, oldest first; the last is current.
     inits: Vec<(u32, Bytes)>,
     playlist: Playlist,
     ended_at: Option<Instant>,
 }
 
 impl HlsRoom {
-    /// An empty room (no init, no segments).
-    pub fn new(config: HlsConfig) -> Self {
-        let playlist = Playlist::new(config.target_duration, config.window, config.keep);
+    /// An empty room (no init, no segments) whose media goes to `cache`.
+    pub fn new(config: HlsConfig, cache: Arc<MediaCache>) -> Self {
+        let playlist = Playlist::new(config.playlist());
         Self {
+            id: NEXT_ROOM_ID.fetch_add(1, Ordering::Relaxed),
             config,
+            cache,
             state: Mutex::new(RoomState {
                 session: 0,
                 inits: Vec::new(),
                 playlist,
                 ended_at: None,
             }),
-            segments: watch::channel(0).0,
+            progress: watch::channel(Progress::default()).0,
         }
     }
 
@@ -104,20 +134,37 @@ impl HlsRoom {
         self.state().playlist.rendered()
     }
 
-    /// An init segment: `None` asks for the one named `init.mp4` (version 0 while a segment
-    /// still needs it, else the current one).
-    pub fn init(&self, version: Option<u32>) -> Option<Bytes> {
+    /// An init segment by content id; `None` asks for the current one (`init.mp4`).
+    pub fn init(&self, id: Option<u32>) -> Option<Bytes> {
         let state = self.state();
-        let find = |v: u32| state.inits.iter().find(|(n, _)| *n == v).map(|(_, b)| b);
-        match version {
-            Some(v) => find(v).cloned(),
-            None => find(0).or(state.inits.last().map(|(_, b)| b)).cloned(),
+        match id {
+            Some(id) => state.inits.iter().find(|(n, _)| *n == id),
+            None => state.inits.last(),
         }
+        .map(|(_, b)| b.clone())
     }
 
-    /// A held segment by the number in its URI.
-    pub fn segment(&self, name: u64) -> Option<Bytes> {
-        self.state().playlist.segment(name).map(|s| s.data.clone())
+    /// A held segment by its media sequence number.
+    pub fn segment(&self, msn: u64) -> Option<Bytes> {
+        self.state().playlist.segment(msn)?;
+        self.cache.get(&MediaKey::Segment { room: self.id, msn })
+    }
+
+    /// A held part.
+    pub fn part(&self, msn: u64, index: u32) -> Option<Bytes> {
+        if !self.state().playlist.has_part(msn, index) {
+            return None;
+        }
+        self.cache.get(&MediaKey::Part {
+            room: self.id,
+            msn,
+            index,
+        })
+    }
+
+    /// The part a player should ask for next (the preload hint), if any.
+    pub fn next_part(&self) -> Option<(u64, u32)> {
+        self.state().playlist.next_part()
     }
 
     /// True once the publisher has gone (and none restarted the room).
@@ -125,43 +172,74 @@ impl HlsRoom {
         self.state().playlist.is_ended()
     }
 
-    /// Number of segments published so far; changes on each new segment (for blocking reloads).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.segments.subscribe()
+    /// What the playlist lists; changes on every part and segment (for blocking reloads).
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
     }
 
-    /// Installs the init segment of a (new) catalog for `session`; returns its version.
+    /// Installs the init segment of a (new) catalog for `session`; returns its content id.
     pub fn set_init(&self, session: u64, init: Bytes) -> Option<u32> {
         let mut state = self.state();
         if state.session != session {
             return None;
         }
-        if let Some((v, current)) = state.inits.last() {
-            if *current == init {
-                return Some(*v);
-            }
-        }
-        let version = state.inits.last().map_or(0, |(v, _)| v + 1);
-        state.inits.push((version, init));
-        Some(version)
+        let id = playlist::init_id(&init);
+        state.inits.retain(|(n, _)| *n != id);
+        state.inits.push((id, init));
+        Some(id)
     }
 
-    /// Publishes a segment of `session`, decoded by the current init segment.
-    pub fn publish(&self, session: u64, segment: Segment) -> bool {
+    /// Publishes a part of `session`, decoded by init `init`.
+    pub fn publish_part(&self, session: u64, init: u32, part: Part) -> bool {
         let mut state = self.state();
-        let Some(init_version) = state.inits.last().map(|(v, _)| *v) else {
-            return false;
-        };
         if state.session != session {
             return false;
         }
-        state.playlist.push(segment, init_version);
-        // Drop init versions no held segment needs any more (the current one always stays).
-        let oldest = state.playlist.oldest_init_version().unwrap_or(init_version);
-        state.inits.retain(|(v, _)| *v >= oldest);
-        drop(state);
-        self.segments.send_modify(|n| *n += 1);
+        let entry = playlist::PartEntry {
+            duration_secs: part.duration_secs,
+            independent: part.independent,
+        };
+        let msn = state
+            .playlist
+            .push_part(part.msn, entry, part.discontinuity, init);
+        let key = MediaKey::Part {
+            room: self.id,
+            msn,
+            index: part.index,
+        };
+        self.cache.insert(key, part.data);
+        self.notify(state);
         true
+    }
+
+    /// Publishes a complete segment of `session`, decoded by init `init`.
+    pub fn publish(&self, session: u64, init: u32, segment: Segment) -> bool {
+        let mut state = self.state();
+        if state.session != session {
+            return false;
+        }
+        let msn = state.playlist.push_segment(
+            segment.msn,
+            segment.duration_secs,
+            segment.discontinuity,
+            init,
+        );
+        self.cache
+            .insert(MediaKey::Segment { room: self.id, msn }, segment.data);
+        // Drop init segments no held segment needs any more (the current one always stays).
+        let current = state.inits.last().map(|(n, _)| *n);
+        let used: Vec<u32> = state.playlist.inits_in_use().collect();
+        state
+            .inits
+            .retain(|(n, _)| Some(*n) == current || used.contains(n));
+        self.notify(state);
+        true
+    }
+
+    fn notify(&self, state: MutexGuard<'_, RoomState>) {
+        let progress = state.playlist.progress();
+        drop(state);
+        self.progress.send_replace(progress);
     }
 
     /// The publisher of `session` has gone at `now`: the playlist gets `#EXT-X-ENDLIST`.
@@ -171,8 +249,7 @@ impl HlsRoom {
             state.playlist.end();
             state.ended_at = Some(now);
         }
-        drop(state);
-        self.segments.send_modify(|_| {});
+        self.notify(state);
     }
 
     /// Starts a new publisher session: the next segment is a discontinuity, numbering goes on.
@@ -195,15 +272,17 @@ type RoomKey = (AppName, RoomName);
 #[derive(Debug, Default)]
 pub struct HlsRegistry {
     config: HlsConfig,
+    cache: Arc<MediaCache>,
     // A std Mutex held only for map lookups and inserts.
     rooms: Mutex<HashMap<RoomKey, Arc<HlsRoom>>>,
 }
 
 impl HlsRegistry {
-    /// An empty registry whose rooms use `config`.
-    pub fn new(config: HlsConfig) -> Self {
+    /// An empty registry whose rooms use `config` and keep their media in `cache`.
+    pub fn new(config: HlsConfig, cache: Arc<MediaCache>) -> Self {
         Self {
             config,
+            cache,
             rooms: Mutex::new(HashMap::new()),
         }
     }
@@ -212,20 +291,31 @@ impl HlsRegistry {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The media cache of this node.
+    pub fn cache(&self) -> &Arc<MediaCache> {
+        &self.cache
+    }
+
+    /// The settings of new rooms.
+    pub fn config(&self) -> &HlsConfig {
+        &self.config
+    }
+
     /// The room `app/room`, if it is packaged here.
     pub fn room(&self, app: &AppName, room: &RoomName) -> Option<Arc<HlsRoom>> {
         self.rooms().get(&(app.clone(), room.clone())).cloned()
     }
 
-    /// A publisher started `app/room`: returns its room, reusing the existing one after a
-    /// reconnect (numbering continues, the next segment is a discontinuity). Spawn
-    /// [`run_packager`] for it with `room.session()` read right after this call: the packager
-    /// belongs to the session started here, and a stale one can no longer write.
+    /// A publisher (or a relay subscription) started `app/room`: returns its room, reusing the
+    /// existing one after a reconnect (numbering continues, the next segment is a
+    /// discontinuity). Spawn [`run_packager`] for it with `room.session()` read right after this
+    /// call: the packager belongs to the session started here, and a stale one can no longer
+    /// write.
     pub fn start(&self, app: &AppName, room: &RoomName) -> Arc<HlsRoom> {
         let room = self
             .rooms()
             .entry((app.clone(), room.clone()))
-            .or_insert_with(|| Arc::new(HlsRoom::new(self.config.clone())))
+            .or_insert_with(|| Arc::new(HlsRoom::new(self.config.clone(), self.cache.clone())))
             .clone();
         room.restart();
         room
@@ -259,9 +349,9 @@ impl HlsRegistry {
 }
 
 /// Packages one publisher session of a room until the publisher goes: reads frames, (re)builds
-/// the init segment when the catalog changes, cuts and publishes segments, and marks the room
-/// ended on `Closed`. Lost frames (`Lagged`) drop the open segment and resume at the next
-/// keyframe with a discontinuity.
+/// the init segment when the catalog changes, cuts and publishes parts and segments, and marks
+/// the room ended on `Closed`. Lost frames (`Lagged`) drop the open segment and resume at the
+/// next group with a discontinuity.
 #[tracing::instrument(skip_all, fields(session))]
 pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, session: u64) {
     tracing::Span::current().record("session", session);
@@ -275,8 +365,14 @@ pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, sessi
                     packager.publish(pushed);
                 }
             }
+            Err(RecvError::Gap) => {
+                tracing::debug!("frames lost upstream; resyncing on the next group");
+                if let Some(segmenter) = packager.segmenter.as_mut() {
+                    segmenter.resync();
+                }
+            }
             Err(RecvError::Lagged(lost)) => {
-                tracing::warn!(lost, "packager fell behind; resyncing on the next keyframe");
+                tracing::warn!(lost, "packager fell behind; resyncing on the next group");
                 if let Some(segmenter) = packager.segmenter.as_mut() {
                     segmenter.resync();
                 }
@@ -297,6 +393,7 @@ struct Packager {
     session: u64,
     catalog: Arc<Vec<TrackInfo>>,
     segmenter: Option<Segmenter>,
+    init: u32,
 }
 
 impl Packager {
@@ -306,10 +403,12 @@ impl Packager {
             session,
             catalog: Arc::new(Vec::new()),
             segmenter: None,
+            init: 0,
         }
     }
 
-    /// Follows catalog changes: finishes the old run, installs a new init segment.
+    /// Follows catalog changes: finishes the old run, installs a new init segment. Tracks the
+    /// packager cannot carry (JPEG) are left out.
     fn catalog(&mut self, tracks: Arc<Vec<TrackInfo>>) {
         if Arc::ptr_eq(&tracks, &self.catalog) || *tracks == *self.catalog {
             self.catalog = tracks;
@@ -319,14 +418,21 @@ impl Packager {
         let had_segmenter = self.segmenter.is_some();
         self.catalog = tracks.clone();
         self.segmenter = None;
-        if tracks.is_empty() {
+        let carried: Vec<TrackInfo> = tracks
+            .iter()
+            .filter(|t| t.codec.is_hls())
+            .cloned()
+            .collect();
+        if carried.is_empty() {
             return;
         }
-        match cmaf::init_segment(&tracks) {
+        match cmaf::init_segment(&carried) {
             Ok(init) => {
-                self.room.set_init(self.session, init);
-                let mut segmenter =
-                    Segmenter::new(tracks.to_vec(), self.room.config.target_duration);
+                let Some(id) = self.room.set_init(self.session, init) else {
+                    return;
+                };
+                self.init = id;
+                let mut segmenter = Segmenter::new(carried, self.room.config.part_target);
                 if had_segmenter {
                     segmenter.mark_discontinuity();
                 }
@@ -346,13 +452,16 @@ impl Packager {
     /// Publishes what the segmenter finished; `pushed` is the result of the last input.
     fn publish(&mut self, pushed: Result<(), cmaf::CmafError>) {
         if let Err(error) = pushed {
-            tracing::warn!(%error, "segment lost");
+            tracing::warn!(%error, "media lost");
         }
         let Some(segmenter) = self.segmenter.as_mut() else {
             return;
         };
-        while let Some(segment) = segmenter.poll_segment() {
-            self.room.publish(self.session, segment);
+        while let Some(out) = segmenter.poll_output() {
+            match out {
+                Output::Part(part) => self.room.publish_part(self.session, self.init, part),
+                Output::Segment(seg) => self.room.publish(self.session, self.init, seg),
+            };
         }
     }
 }
@@ -368,9 +477,19 @@ mod tests {
         (AppName::new("live").unwrap(), RoomName::new("cam").unwrap())
     }
 
+    fn registry() -> HlsRegistry {
+        HlsRegistry::new(HlsConfig::default(), Arc::default())
+    }
+
+    fn relay(media: &mut RoomMedia, frames: Vec<streamhub_shared::Frame>) {
+        for frame in frames {
+            media.push_relayed(frame);
+        }
+    }
+
     #[tokio::test]
-    async fn packager_publishes_segments_and_ends() {
-        let registry = HlsRegistry::new(HlsConfig::default());
+    async fn packager_publishes_parts_segments_and_ends() {
+        let registry = registry();
         let (app, name) = names();
         let room = registry.start(&app, &name);
         let mut media = RoomMedia::new();
@@ -380,27 +499,30 @@ mod tests {
             room.clone(),
             room.session(),
         ));
-        for frame in stream(7, 25) {
-            media.push(frame);
-        }
+        relay(&mut media, stream(7, 25));
         drop(media);
         task.await.unwrap();
         assert!(room.is_ended());
         let text = String::from_utf8(room.playlist().to_vec()).unwrap();
         assert!(text.contains("seg-0.m4s\n"), "{text}");
         assert!(
-            text.contains("seg-6.m4s\n#EXT-X-ENDLIST\n"),
-            "flushed last segment: {text}"
+            text.contains("seg-3.m4s\n#EXT-X-ENDLIST\n"),
+            "flushed last: {text}"
         );
         assert!(room.init(None).is_some());
-        assert!(room.segment(2).is_some());
-        assert!(room.segment(1).is_none());
-        assert_eq!(*room.subscribe().borrow(), 4);
+        let seg = room.segment(2).unwrap();
+        let parts: Vec<u8> = (0..7)
+            .flat_map(|i| room.part(2, i).unwrap().to_vec())
+            .collect();
+        assert_eq!(parts, seg.to_vec());
+        assert!(room.part(2, 7).is_none());
+        assert!(room.segment(9).is_none());
+        assert_eq!(room.subscribe().borrow().last_segment, Some(3));
     }
 
     #[tokio::test]
     async fn reconnect_continues_numbering_with_a_discontinuity() {
-        let registry = HlsRegistry::new(HlsConfig::default());
+        let registry = registry();
         let (app, name) = names();
         for _ in 0..2 {
             let room = registry.start(&app, &name);
@@ -411,9 +533,7 @@ mod tests {
                 room.clone(),
                 room.session(),
             ));
-            for frame in stream(5, 25) {
-                media.push(frame);
-            }
+            relay(&mut media, stream(5, 25));
             drop(media);
             task.await.unwrap();
             assert!(room.is_ended());
@@ -425,11 +545,11 @@ mod tests {
             uris,
             [
                 "seg-0.m4s",
+                "seg-1.m4s",
                 "seg-2.m4s",
+                "seg-3.m4s",
                 "seg-4.m4s",
-                "seg-5.m4s",
-                "seg-7.m4s",
-                "seg-9.m4s"
+                "seg-5.m4s"
             ]
         );
         assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
@@ -442,7 +562,7 @@ mod tests {
 
     #[tokio::test]
     async fn lagging_packager_resyncs_with_a_discontinuity() {
-        let registry = HlsRegistry::new(HlsConfig::default());
+        let registry = registry();
         let (app, name) = names();
         let room = registry.start(&app, &name);
         let mut published = room.subscribe();
@@ -455,19 +575,14 @@ mod tests {
         ));
         let frames = stream(40, 25);
         let split = frames.iter().position(|f| f.dts >= 5 * 90_000).unwrap();
-        for frame in &frames[..split] {
-            media.push(frame.clone());
-        }
-        let two_segments = published.wait_for(|n| *n >= 2);
+        relay(&mut media, frames[..split].to_vec());
+        let two_segments = published.wait_for(|p| p.last_segment >= Some(1));
         tokio::time::timeout(Duration::from_secs(5), two_segments)
             .await
             .expect("two segments within 5 s")
             .unwrap();
-        // ~2400 frames at once on this single-threaded runtime: more than the channel holds, and
-        // a gap (~5 s) too short to count as a timestamp jump
-        for frame in &frames[split..] {
-            media.push(frame.clone());
-        }
+        // ~2400 frames at once on this single-threaded runtime: more than the channel holds
+        relay(&mut media, frames[split..].to_vec());
         drop(media);
         task.await.unwrap();
         let text = String::from_utf8(room.playlist().to_vec()).unwrap();
@@ -479,19 +594,20 @@ mod tests {
 
     #[test]
     fn stale_session_cannot_write() {
-        let registry = HlsRegistry::new(HlsConfig::default());
+        let registry = registry();
         let (app, name) = names();
         let room = registry.start(&app, &name);
         let old = room.session();
-        assert_eq!(room.set_init(old, Bytes::from_static(b"init")), Some(0));
+        let id = room.set_init(old, Bytes::from_static(b"init")).unwrap();
         registry.start(&app, &name);
         let seg = Segment {
             msn: 0,
             duration_secs: 2.0,
             discontinuity: false,
+            parts: 0,
             data: Bytes::new(),
         };
-        assert!(!room.publish(old, seg));
+        assert!(!room.publish(old, id, seg));
         room.end(old, Instant::now());
         assert!(
             !room.is_ended(),
@@ -501,7 +617,7 @@ mod tests {
 
     #[test]
     fn sweep_removes_rooms_ended_long_enough() {
-        let registry = HlsRegistry::new(HlsConfig::default());
+        let registry = registry();
         let (app, name) = names();
         let room = registry.start(&app, &name);
         let t0 = Instant::now();

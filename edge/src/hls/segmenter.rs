@@ -1,50 +1,112 @@
-//! Cuts a room's frames into CMAF segments. Sans-IO: fed frames with [`Segmenter::push`], it
-//! hands out finished segments with [`Segmenter::poll_segment`].
+//! Cuts a room's frames into CMAF segments and LL-HLS partial segments. Sans-IO: fed frames
+//! with [`Segmenter::push`], it hands out finished parts and segments with
+//! [`Segmenter::poll_output`].
 //!
-//! The cutting rule only looks at the frames themselves, so every node cuts identical segments
-//! from the same frames no matter when it joined: a segment starts at a video keyframe whose
-//! `floor(dts / target)` differs from that of the open segment's first keyframe. A segment is
-//! named by the `group` of its first frame (assigned by the origin, the same on every node).
+//! The cutting rules only look at the frames themselves, so every node cuts identical bytes from
+//! the same frames no matter when it joined:
 //!
-//! Frames are buffered per track until the segment is cut; LL-HLS parts will be cut from the
-//! same buffers (a part is a [`cmaf::media_segment`] over a prefix of them).
+//! - A **segment** is one group (numbered by the origin, see `GroupPolicy`): it starts at the sync
+//!   sample of the cutting track (a video keyframe; any frame in an audio-only room) that carries
+//!   a new group number, and is named by that number, which is also its media sequence number.
+//! - A **part** is a run of frames of the open segment: a new part starts at the cutting track's
+//!   frame that would make the part last longer than the part target (predicting its duration
+//!   from the frame interval before it), so parts stay within the target at a constant rate.
+//!   Frames of the other tracks go to the part that is open when they arrive; the relay keeps a
+//!   group's frames in the origin's order, so that too is the same everywhere.
+//!
+//! Each part is one CMAF fragment (`moof` + `mdat`); a segment is its parts back to back, so a
+//! player can fetch either and get the same media.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use streamhub_shared::media::{CodecConfig, Frame, TrackInfo};
 
 use super::cmaf::{self, CmafError, Sample};
 
-/// Samples per AAC access unit: the duration of the last audio sample of a segment.
+/// Samples per AAC access unit: the duration of the last audio sample of a part.
 pub const AAC_FRAME_SAMPLES: u32 = 1024;
 /// A timestamp that jumps forward by more than this starts a discontinuity.
 pub const MAX_TIMESTAMP_JUMP: Duration = Duration::from_secs(10);
+/// Parts per segment are bounded (the part number is 8 bits of the fragment sequence number).
+pub const MAX_PARTS_PER_SEGMENT: u32 = 255;
 
-/// One finished segment.
+/// One finished partial segment.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Segment {
-    /// Deterministic segment number: the `group` of its first frame (for audio-only rooms, which
-    /// have a single group, `floor(first dts / target)`). Names the segment; `mfhd` carries it.
+pub struct Part {
+    /// The segment it belongs to.
     pub msn: u64,
-    /// Duration of the cutting track (video, or audio in an audio-only room), in seconds.
+    /// Its index within the segment, from 0.
+    pub index: u32,
+    /// Duration of the cutting track's samples, in seconds.
     pub duration_secs: f64,
-    /// The timeline broke before this segment (timestamp jump, lost frames, new catalog).
+    /// Starts with a sync sample of the cutting track (`INDEPENDENT=YES`).
+    pub independent: bool,
+    /// Its segment follows a break in the timeline (see [`Segment::discontinuity`]).
     pub discontinuity: bool,
     /// `moof` + `mdat`.
     pub data: Bytes,
 }
 
+/// One finished segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// The media sequence number: the group number of its frames. Names the segment.
+    pub msn: u64,
+    /// Duration of the cutting track (video, or audio in an audio-only room), in seconds.
+    pub duration_secs: f64,
+    /// The timeline broke before this segment (timestamp jump, lost frames, new catalog).
+    pub discontinuity: bool,
+    /// How many parts it was published as.
+    pub parts: u32,
+    /// Its parts' fragments, concatenated.
+    pub data: Bytes,
+}
+
+/// What the segmenter finished, in order: the parts of a segment, then the segment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A partial segment of the open segment.
+    Part(Part),
+    /// A complete segment (its parts came before it).
+    Segment(Segment),
+}
+
+#[derive(Debug)]
+struct OpenPart {
+    index: u32,
+    /// First and last decode time of the cutting track in this part.
+    first_dts: Option<i64>,
+    last_dts: Option<i64>,
+    independent: bool,
+    /// Frames per track, in catalog order.
+    frames: Vec<Vec<Frame>>,
+}
+
+impl OpenPart {
+    fn new(index: u32, tracks: usize) -> Self {
+        Self {
+            index,
+            first_dts: None,
+            last_dts: None,
+            independent: false,
+            frames: vec![Vec::new(); tracks],
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.iter().all(Vec::is_empty)
+    }
+}
+
 #[derive(Debug)]
 struct OpenSegment {
     msn: u64,
-    /// Frames of older groups arriving late are not added (they belong to a finished segment).
-    first_group: u64,
-    bucket: i64,
     discontinuity: bool,
-    /// Frames per track, in catalog order.
-    frames: Vec<Vec<Frame>>,
+    part: OpenPart,
+    fragments: Vec<Bytes>,
+    duration_secs: f64,
 }
 
 /// The segmenter of one run of a catalog (a new catalog needs a new segmenter).
@@ -53,25 +115,28 @@ pub struct Segmenter {
     tracks: Vec<TrackInfo>,
     /// Index in `tracks` of the track whose sync samples cut segments.
     cut: Option<usize>,
-    /// The target duration in ticks of the cutting track.
-    target_ticks: i64,
+    /// The part target in ticks of the cutting track.
+    part_ticks: i64,
     has_video: bool,
     open: Option<OpenSegment>,
     last_dts: Vec<Option<i64>>,
+    /// The last frame interval of the cutting track: the duration of a part's last frame when
+    /// the stream ends before the next one.
+    cut_interval: Option<i64>,
     discontinuity: bool,
-    ready: VecDeque<Segment>,
+    ready: VecDeque<Output>,
 }
 
 impl Segmenter {
-    /// A segmenter for `tracks`, aiming at segments of `target` (cut at the first sync sample
-    /// past each multiple of it).
-    pub fn new(tracks: Vec<TrackInfo>, target: Duration) -> Self {
+    /// A segmenter for `tracks` (those the packager carries) cutting parts of about
+    /// `part_target`.
+    pub fn new(tracks: Vec<TrackInfo>, part_target: Duration) -> Self {
         let cut = tracks
             .iter()
             .position(|t| t.codec.is_video())
             .or_else(|| (!tracks.is_empty()).then_some(0));
         let timescale = cut.map_or(1, |i| tracks[i].timescale);
-        let target_ticks = i64::try_from(target.as_millis() * u128::from(timescale) / 1000)
+        let part_ticks = i64::try_from(part_target.as_micros() * u128::from(timescale) / 1_000_000)
             .unwrap_or(i64::MAX)
             .max(1);
         Self {
@@ -79,8 +144,9 @@ impl Segmenter {
             last_dts: vec![None; tracks.len()],
             tracks,
             cut,
-            target_ticks,
+            part_ticks,
             open: None,
+            cut_interval: None,
             discontinuity: false,
             ready: VecDeque::new(),
         }
@@ -96,8 +162,14 @@ impl Segmenter {
         self.discontinuity = true;
     }
 
-    /// Feeds one frame. Frames of unknown tracks, with a negative `dts`, or before the first
-    /// sync sample are dropped. An error means the segment that this frame finished was lost.
+    /// The open segment's number and how many of its parts are out, if one is open.
+    pub fn open_segment(&self) -> Option<(u64, u32)> {
+        self.open.as_ref().map(|o| (o.msn, o.part.index))
+    }
+
+    /// Feeds one frame. Frames of unknown tracks, with a negative `dts`, of an older group than
+    /// the open segment, or before the first sync sample are dropped. An error means the part
+    /// or segment that this frame finished was lost.
     pub fn push(&mut self, frame: Frame) -> Result<(), CmafError> {
         let Some(idx) = self.tracks.iter().position(|t| t.id == frame.track) else {
             return Ok(());
@@ -111,15 +183,40 @@ impl Segmenter {
             self.last_dts.fill(None);
             self.discontinuity = true;
         }
-        self.last_dts[idx] = Some(frame.dts);
-        if Some(idx) == self.cut && (frame.keyframe || !self.has_video) {
-            self.sync_sample(frame)
-        } else {
-            if let Some(open) = self.open.as_mut().filter(|o| frame.group >= o.first_group) {
-                open.frames[idx].push(frame);
-            }
-            Ok(())
+        let is_cut = Some(idx) == self.cut;
+        if let (true, Some(last)) = (is_cut, self.last_dts[idx]) {
+            self.cut_interval = Some(frame.dts - last).filter(|d| *d > 0);
         }
+        self.last_dts[idx] = Some(frame.dts);
+        let sync = is_cut && (frame.keyframe || !self.has_video);
+        if sync && self.open.as_ref().is_none_or(|o| frame.group > o.msn) {
+            self.finish(Some(frame.dts))?;
+            self.open = Some(OpenSegment {
+                msn: frame.group,
+                discontinuity: std::mem::take(&mut self.discontinuity),
+                part: OpenPart::new(0, self.tracks.len()),
+                fragments: Vec::new(),
+                duration_secs: 0.0,
+            });
+        }
+        if self.open.as_ref().is_none_or(|o| frame.group < o.msn) {
+            return Ok(());
+        }
+        if is_cut && self.part_is_full(frame.dts) {
+            self.close_part(Some(frame.dts))?;
+        }
+        if let Some(open) = self.open.as_mut() {
+            let part = &mut open.part;
+            if is_cut {
+                if part.first_dts.is_none() {
+                    part.independent = sync;
+                    part.first_dts = Some(frame.dts);
+                }
+                part.last_dts = Some(frame.dts);
+            }
+            part.frames[idx].push(frame);
+        }
+        Ok(())
     }
 
     /// Frames were lost: drops the open segment (it would differ from the same-named segment on
@@ -135,9 +232,24 @@ impl Segmenter {
         self.finish(None)
     }
 
-    /// The next finished segment, oldest first.
-    pub fn poll_segment(&mut self) -> Option<Segment> {
+    /// The next finished part or segment, oldest first.
+    pub fn poll_output(&mut self) -> Option<Output> {
         self.ready.pop_front()
+    }
+
+    /// True if adding a cutting-track frame at `dts` would make the open part outlast the part
+    /// target (predicting its duration from the last frame interval).
+    fn part_is_full(&self, dts: i64) -> bool {
+        let Some(part) = self.open.as_ref().map(|o| &o.part) else {
+            return false;
+        };
+        match (part.first_dts, part.last_dts) {
+            (Some(first), Some(last)) => {
+                (dts - first) + (dts - last) > self.part_ticks
+                    && part.index + 1 < MAX_PARTS_PER_SEGMENT
+            }
+            _ => false,
+        }
     }
 
     fn jumped(&self, idx: usize, dts: i64) -> bool {
@@ -148,52 +260,71 @@ impl Segmenter {
         dts < last || dts - last > max
     }
 
-    fn sync_sample(&mut self, frame: Frame) -> Result<(), CmafError> {
-        let bucket = frame.dts.div_euclid(self.target_ticks);
-        if self.open.as_ref().is_none_or(|o| o.bucket != bucket) {
-            self.finish(Some(frame.dts))?;
-            let msn = match self.has_video {
-                true => frame.group,
-                false => u64::try_from(bucket).unwrap_or(0),
-            };
-            self.open = Some(OpenSegment {
-                msn,
-                first_group: frame.group,
-                bucket,
-                discontinuity: std::mem::take(&mut self.discontinuity),
-                frames: vec![Vec::new(); self.tracks.len()],
-            });
-        }
-        if let (Some(open), Some(cut)) = (self.open.as_mut(), self.cut) {
-            open.frames[cut].push(frame);
-        }
-        Ok(())
-    }
-
-    /// Muxes the open segment; `next_sync_dts` is where its cutting track ends, when known.
-    fn finish(&mut self, next_sync_dts: Option<i64>) -> Result<(), CmafError> {
-        let (Some(open), Some(cut)) = (self.open.take(), self.cut) else {
+    /// Muxes the open part; `end` is where its cutting track ends, when known.
+    fn close_part(&mut self, end: Option<i64>) -> Result<(), CmafError> {
+        let (Some(open), Some(cut)) = (self.open.as_mut(), self.cut) else {
             return Ok(());
         };
+        let next = OpenPart::new(open.part.index + 1, self.tracks.len());
+        let part = std::mem::replace(&mut open.part, next);
+        if part.is_empty() {
+            open.part.index = part.index;
+            return Ok(());
+        }
         let mut per_track = Vec::with_capacity(self.tracks.len());
-        let mut duration_secs = 0.0;
-        for (idx, (info, frames)) in self.tracks.iter().zip(open.frames).enumerate() {
-            let end = if idx == cut { next_sync_dts } else { None };
+        let mut duration_secs = None;
+        for (idx, (info, frames)) in self.tracks.iter().zip(part.frames).enumerate() {
+            let end = match idx == cut {
+                true => end.or_else(|| Some(frames.last()?.dts + self.cut_interval?)),
+                false => None,
+            };
             let samples = samples(info, &frames, end);
-            if idx == cut {
-                duration_secs = span_ticks(&samples) as f64 / f64::from(info.timescale.max(1));
+            if !samples.is_empty() && (idx == cut || duration_secs.is_none()) {
+                duration_secs =
+                    Some(span_ticks(&samples) as f64 / f64::from(info.timescale.max(1)));
             }
             per_track.push((info.clone(), samples));
         }
-        // mfhd carries 32 bits; wrapping is harmless (it only has to increase within a playlist
-        // window, and 2^32 groups is centuries of video).
-        let data = cmaf::media_segment(open.msn as u32, &per_track)?;
-        self.ready.push_back(Segment {
+        // mfhd carries 32 bits: 24 for the segment, 8 for the part. Wrapping is harmless (it only
+        // has to increase within a playlist window; 2^24 segments is over a year of video).
+        let seq = ((open.msn as u32) << 8) | part.index;
+        let data = cmaf::media_segment(seq, &per_track)?;
+        let duration_secs = duration_secs.unwrap_or(0.0);
+        open.duration_secs += duration_secs;
+        open.fragments.push(data.clone());
+        self.ready.push_back(Output::Part(Part {
             msn: open.msn,
+            index: part.index,
             duration_secs,
+            independent: part.independent || !self.has_video,
             discontinuity: open.discontinuity,
             data,
-        });
+        }));
+        Ok(())
+    }
+
+    /// Finishes the open segment; `next_sync_dts` is where its cutting track ends, when known.
+    fn finish(&mut self, next_sync_dts: Option<i64>) -> Result<(), CmafError> {
+        let closed = self.close_part(next_sync_dts);
+        let Some(open) = self.open.take() else {
+            return closed;
+        };
+        closed?;
+        if open.fragments.is_empty() {
+            return Ok(());
+        }
+        let len = open.fragments.iter().map(Bytes::len).sum();
+        let mut data = BytesMut::with_capacity(len);
+        open.fragments
+            .iter()
+            .for_each(|f| data.extend_from_slice(f));
+        self.ready.push_back(Output::Segment(Segment {
+            msn: open.msn,
+            duration_secs: open.duration_secs,
+            discontinuity: open.discontinuity,
+            parts: open.fragments.len() as u32,
+            data: data.freeze(),
+        }));
         Ok(())
     }
 }
@@ -203,7 +334,7 @@ impl Segmenter {
 fn samples(info: &TrackInfo, frames: &[Frame], end: Option<i64>) -> Vec<Sample> {
     let fallback_last = match info.codec {
         CodecConfig::Aac { .. } => i64::from(AAC_FRAME_SAMPLES),
-        CodecConfig::H264 { .. } => match frames {
+        _ => match frames {
             [.., a, b] => b.dts - a.dts,
             _ => i64::from(info.timescale / 30),
         },
@@ -214,7 +345,7 @@ fn samples(info: &TrackInfo, frames: &[Frame], end: Option<i64>) -> Vec<Sample> 
         .map(|(i, f)| {
             let next = match (frames.get(i + 1), end) {
                 (Some(n), _) => n.dts,
-                (None, Some(end)) if matches!(info.codec, CodecConfig::H264 { .. }) => end,
+                (None, Some(end)) if info.codec.is_video() => end,
                 (None, _) => f.dts + fallback_last,
             };
             Sample {
@@ -240,18 +371,21 @@ pub(crate) mod tests {
 
     const FPS: i64 = 25;
     const FRAME: i64 = 90_000 / FPS;
+    /// The default part target of the packager.
+    pub(crate) const PART: Duration = Duration::from_millis(333);
 
     /// A room as the origin would emit it: 25 fps video with a keyframe every `gop` frames and
-    /// 44.1 kHz AAC, interleaved by time, groups numbered from 0 at the first keyframe.
+    /// 44.1 kHz AAC, interleaved by time, grouped as `GroupPolicy` does with a 2 s target.
     pub(crate) fn stream(seconds: i64, gop: i64) -> Vec<Frame> {
         let mut out = Vec::new();
-        let mut group = 0;
+        let (mut group, mut bucket) = (0u64, 0i64);
         let mut next_audio = 0i64;
         for i in 0..seconds * FPS {
             let dts = i * FRAME;
             let key = i % gop == 0;
-            if key && i > 0 {
+            if key && dts / 180_000 != bucket {
                 group += 1;
+                bucket = dts / 180_000;
             }
             out.push(vframe(group, dts, key));
             // audio up to this video time, in 44.1 kHz ticks
@@ -285,90 +419,143 @@ pub(crate) mod tests {
         }
     }
 
-    fn run(seg: &mut Segmenter, frames: &[Frame]) -> Vec<Segment> {
+    fn run(seg: &mut Segmenter, frames: &[Frame]) -> (Vec<Part>, Vec<Segment>) {
         for f in frames {
             seg.push(f.clone()).unwrap();
         }
-        std::iter::from_fn(|| seg.poll_segment()).collect()
+        drain(seg)
+    }
+
+    fn drain(seg: &mut Segmenter) -> (Vec<Part>, Vec<Segment>) {
+        let (mut parts, mut segments) = (Vec::new(), Vec::new());
+        while let Some(out) = seg.poll_output() {
+            match out {
+                Output::Part(p) => parts.push(p),
+                Output::Segment(s) => segments.push(s),
+            }
+        }
+        (parts, segments)
     }
 
     fn av() -> Segmenter {
-        Segmenter::new(vec![video(), audio()], Duration::from_secs(2))
+        Segmenter::new(vec![video(), audio()], PART)
+    }
+
+    fn msns(segs: &[Segment]) -> Vec<u64> {
+        segs.iter().map(|s| s.msn).collect()
     }
 
     #[test]
-    fn cuts_at_keyframes_crossing_the_target() {
-        // keyframe every 1 s, target 2 s: two groups per segment
-        let segs = run(&mut av(), &stream(9, 25));
-        let msns: Vec<u64> = segs.iter().map(|s| s.msn).collect();
-        assert_eq!(
-            msns,
-            vec![0, 2, 4, 6],
-            "the open segment (8) is not out yet"
-        );
+    fn one_segment_per_group_made_of_its_parts() {
+        // keyframe every 1 s, groups of 2 s: two GOPs per segment
+        let (parts, segs) = run(&mut av(), &stream(9, 25));
+        assert_eq!(msns(&segs), vec![0, 1, 2, 3], "segment 4 is still open");
         for s in &segs {
-            assert_eq!(s.duration_secs, 2.0);
+            assert!((s.duration_secs - 2.0).abs() < 1e-9, "{}", s.duration_secs);
             assert!(!s.discontinuity);
-            let moof = Moof::decode(&mut s.data.as_ref()).unwrap();
-            assert_eq!(moof.mfhd.sequence_number, s.msn as u32);
-            assert_eq!(moof.traf[0].trun[0].samples.len(), 50, "2 s of 25 fps");
-            let tfdt = moof.traf[0].tfdt.as_ref().unwrap().base_media_decode_time;
-            assert_eq!(tfdt, s.msn / 2 * 180_000);
+            let mine: Vec<&Part> = parts.iter().filter(|p| p.msn == s.msn).collect();
+            assert_eq!(mine.len() as u32, s.parts);
+            // 8 frames (0.32 s) fit the 0.333 s target, a 9th would not: 6 parts of 8, one of 2
+            assert_eq!(s.parts, 7);
+            let concat: Vec<u8> = mine.iter().flat_map(|p| p.data.to_vec()).collect();
+            assert_eq!(
+                concat,
+                s.data.to_vec(),
+                "a segment is its parts back to back"
+            );
+            assert!(mine[0].independent && !mine[1].independent);
+            let total: f64 = mine.iter().map(|p| p.duration_secs).sum();
+            assert!((total - s.duration_secs).abs() < 1e-9);
+            for p in &mine {
+                assert!(p.duration_secs <= PART.as_secs_f64(), "{}", p.duration_secs);
+                let moof = Moof::decode(&mut p.data.as_ref()).unwrap();
+                assert_eq!(moof.mfhd.sequence_number, ((s.msn as u32) << 8) | p.index);
+            }
+            let first = Moof::decode(&mut mine[0].data.as_ref()).unwrap();
+            let tfdt = first.traf[0].tfdt.as_ref().unwrap().base_media_decode_time;
+            assert_eq!(tfdt, s.msn * 180_000);
         }
+        let open: Vec<u32> = parts
+            .iter()
+            .filter(|p| p.msn == 4)
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(
+            open,
+            vec![0, 1, 2],
+            "the open segment's finished parts are out already"
+        );
     }
 
     #[test]
-    fn long_gops_cut_at_every_keyframe() {
-        // keyframe every 3 s, target 2 s: every keyframe crosses a multiple of 2 s
-        let segs = run(&mut av(), &stream(10, 75));
+    fn long_gops_make_one_segment_per_gop() {
+        // keyframe every 3 s: every keyframe crosses a multiple of 2 s, so each is a group
+        let (_, segs) = run(&mut av(), &stream(10, 75));
+        assert_eq!(msns(&segs), vec![0, 1, 2]);
         let durations: Vec<f64> = segs.iter().map(|s| s.duration_secs).collect();
-        assert_eq!(
-            segs.iter().map(|s| s.msn).collect::<Vec<_>>(),
-            vec![0, 1, 2]
-        );
         assert_eq!(durations, vec![3.0, 3.0, 3.0]);
     }
 
     #[test]
-    fn late_joiner_cuts_identical_segments() {
+    fn late_joiner_cuts_identical_parts_and_segments() {
         let frames = stream(12, 25);
-        let early = run(&mut av(), &frames);
-        // joins mid-GOP, mid-segment: skips to the keyframe at 3 s, first boundary at 4 s
+        let (early_parts, early) = run(&mut av(), &frames);
+        // joins mid-group: skips to the keyframe at 3 s (group 1), which opens nothing, and
+        // starts with group 2 at 4 s
         let join_at = frames
             .iter()
-            .position(|f| f.track == 0 && f.dts >= 2 * 90_000 + 15 * FRAME);
-        let late = run(&mut av(), &frames[join_at.unwrap()..]);
+            .position(|f| f.track == 0 && f.dts >= 2 * 90_000 + 15 * FRAME)
+            .unwrap();
+        let (late_parts, late) = run(&mut av(), &frames[join_at..]);
         assert_eq!(
-            late[0].msn, 3,
-            "partial first segment starts at its first keyframe"
+            late[0].msn, 1,
+            "a partial first segment from its first keyframe"
         );
         assert_eq!(late[0].duration_secs, 1.0);
         assert_eq!(
             &late[1..],
             &early[2..],
-            "identical msn and bytes after the first boundary"
+            "identical names and bytes after that"
         );
+        let from = |parts: &[Part]| -> Vec<Part> {
+            parts.iter().filter(|p| p.msn >= 2).cloned().collect()
+        };
+        assert_eq!(from(&late_parts), from(&early_parts));
+    }
+
+    #[test]
+    fn other_tracks_go_to_the_part_open_when_they_arrive() {
+        let (parts, _) = run(&mut av(), &stream(3, 25));
+        let p = &parts[1];
+        let moof = Moof::decode(&mut p.data.as_ref()).unwrap();
+        assert_eq!(moof.traf.len(), 2, "video and audio in every part");
+        let audio_tfdt = moof.traf[1].tfdt.as_ref().unwrap().base_media_decode_time;
+        let video_tfdt = moof.traf[0].tfdt.as_ref().unwrap().base_media_decode_time;
+        // the first audio frame after the video frame that opened the part
+        let video_secs = video_tfdt as f64 / 90_000.0;
+        let audio_secs = audio_tfdt as f64 / 44_100.0;
+        assert!(audio_secs >= video_secs - 0.03 && audio_secs <= video_secs + 0.03);
     }
 
     #[test]
     fn backward_timestamp_starts_a_discontinuity() {
         let mut frames = stream(5, 25);
-        // the publisher restarts its clock: same stream again from dts 0
+        // the publisher restarts its clock: same stream again from dts 0, groups go on
         let restart: Vec<Frame> = stream(5, 25)
             .into_iter()
             .map(|mut f| {
-                f.group += 5;
+                f.group += 3;
                 f
             })
             .collect();
         frames.extend(restart);
         let mut seg = av();
-        let segs = run(&mut seg, &frames);
+        let (_, segs) = run(&mut seg, &frames);
         let flags: Vec<(u64, bool)> = segs.iter().map(|s| (s.msn, s.discontinuity)).collect();
         // 0..2, 2..4, then 4..5 flushed at the jump, then the new timeline
         assert_eq!(
             flags,
-            vec![(0, false), (2, false), (4, false), (5, true), (7, false)]
+            vec![(0, false), (1, false), (2, false), (3, true), (4, false)]
         );
         assert_eq!(
             segs[2].duration_secs, 1.0,
@@ -382,7 +569,7 @@ pub(crate) mod tests {
         let later: Vec<Frame> = stream(4, 25)
             .into_iter()
             .map(|mut f| {
-                f.group += 4;
+                f.group += 2;
                 f.dts +=
                     20 * 90_000 * i64::from(f.track == 0) + 20 * 44_100 * i64::from(f.track == 1);
                 f.pts = f.dts;
@@ -390,9 +577,9 @@ pub(crate) mod tests {
             })
             .collect();
         frames.extend(later);
-        let segs = run(&mut av(), &frames);
-        assert!(segs.iter().any(|s| s.msn == 4 && s.discontinuity));
-        assert!(segs.iter().filter(|s| s.discontinuity).count() == 1);
+        let (_, segs) = run(&mut av(), &frames);
+        assert!(segs.iter().any(|s| s.msn == 2 && s.discontinuity));
+        assert_eq!(segs.iter().filter(|s| s.discontinuity).count(), 1);
     }
 
     #[test]
@@ -400,10 +587,10 @@ pub(crate) mod tests {
         let frames = stream(3, 25);
         let mut seg = av();
         // start just after the first keyframe: nothing until the keyframe at 1 s
-        let mut segs = run(&mut seg, &frames[1..]);
+        let (_, mut segs) = run(&mut seg, &frames[1..]);
         seg.flush().unwrap();
-        segs.extend(std::iter::from_fn(|| seg.poll_segment()));
-        assert_eq!(segs.iter().map(|s| s.msn).collect::<Vec<_>>(), vec![1, 2]);
+        segs.extend(drain(&mut seg).1);
+        assert_eq!(msns(&segs), vec![0, 1]);
         assert_eq!(segs[0].duration_secs, 1.0);
         let moof = Moof::decode(&mut segs[0].data.as_ref()).unwrap();
         let tfdt = moof.traf[0].tfdt.as_ref().unwrap().base_media_decode_time;
@@ -411,16 +598,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn audio_only_rooms_cut_on_time() {
+    fn audio_only_rooms_cut_on_groups() {
         let frames: Vec<Frame> = (0..44_100 * 5 / 1024)
-            .map(|i| aframe(0, i * 1024))
+            .map(|i| {
+                let dts = i * 1024;
+                aframe((dts / 88_200) as u64, dts)
+            })
             .collect();
-        let mut seg = Segmenter::new(vec![audio()], Duration::from_secs(2));
-        let segs = run(&mut seg, &frames);
-        assert_eq!(segs.iter().map(|s| s.msn).collect::<Vec<_>>(), vec![0, 1]);
+        let mut seg = Segmenter::new(vec![audio()], PART);
+        let (parts, segs) = run(&mut seg, &frames);
+        assert_eq!(msns(&segs), vec![0, 1]);
         for s in &segs {
             assert!((s.duration_secs - 2.0).abs() < 0.03, "{}", s.duration_secs);
         }
+        assert!(parts.iter().all(|p| p.independent));
     }
 
     #[test]
@@ -428,11 +619,11 @@ pub(crate) mod tests {
         let frames = stream(7, 25);
         let mut seg = av();
         let at = |dts: i64| frames.iter().position(|f| f.track == 0 && f.dts == dts);
-        let mut segs = run(&mut seg, &frames[..at(90_000 * 3).unwrap()]);
+        let (_, mut segs) = run(&mut seg, &frames[..at(90_000 * 3).unwrap()]);
         seg.resync();
-        segs.extend(run(&mut seg, &frames[at(90_000 * 3 + FRAME).unwrap()..]));
+        segs.extend(run(&mut seg, &frames[at(90_000 * 3 + FRAME).unwrap()..]).1);
         let flags: Vec<(u64, bool)> = segs.iter().map(|s| (s.msn, s.discontinuity)).collect();
-        // segment 2 (2..4 s) was open at the loss: dropped; restart at keyframe 4 s
-        assert_eq!(flags, vec![(0, false), (4, true)]);
+        // segment 1 (2..4 s) was open at the loss: dropped; restart with group 2 at 4 s
+        assert_eq!(flags, vec![(0, false), (2, true)]);
     }
 }

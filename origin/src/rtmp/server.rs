@@ -367,6 +367,7 @@ fn describe(tracks: &[TrackInfo]) -> String {
             channels,
             ..
         } => format!("aac {sample_rate}Hz {channels}ch"),
+        CodecConfig::Jpeg { width, height } => format!("jpeg {width}x{height}"),
     });
     each.collect::<Vec<_>>().join(", ")
 }
@@ -432,7 +433,7 @@ mod tests {
     async fn start(config: RtmpConfig) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let rooms = Rooms::new(Arc::new(NoObserver));
+        let rooms = Rooms::new(Arc::new(NoObserver), Default::default());
         let stats = Arc::new(RtmpStats::default());
         let shutdown = CancellationToken::new();
         let backend = Arc::new(Backend(rooms.clone()));

@@ -1,0 +1,300 @@
+//! Puts the group streams of one subscription back into one ordered run of frames. Sans-IO.
+//!
+//! The origin sends each group on its own QUIC stream, newest first under congestion, so the
+//! streams of two neighbouring groups may be in flight at once and their bytes interleave in
+//! any order. Consumers (the packager) need the origin's order: every frame of group `g`, then
+//! those of `g + 1`. So frames of the group being delivered pass straight through (no added
+//! latency), frames of later groups wait, bounded, until it ends.
+//!
+//! A group that ends without its FIN (the origin gave up on it), that is skipped, or that is
+//! abandoned because later groups piled up behind it becomes a [`Delivery::Gap`]: the consumer
+//! drops what it holds of it, so no node ever publishes a truncated group under the name of a
+//! complete one.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use streamhub_shared::Frame;
+
+/// Later groups buffered behind the delivered one before it is abandoned.
+pub const MAX_PENDING_GROUPS: usize = 3;
+/// Bytes buffered behind the delivered group before it is abandoned.
+pub const MAX_PENDING_BYTES: usize = 32 << 20;
+
+/// What the reorderer hands on, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The next frame.
+    Frame(Frame),
+    /// Frames were lost between the previous delivery and the next.
+    Gap,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// `Some(true)` once the stream ended with its FIN, `Some(false)` if it was reset.
+    ended: Option<bool>,
+}
+
+/// Reorders the groups of one subscription.
+#[derive(Debug, Default)]
+pub struct Reorder {
+    /// The group being delivered (or expected next).
+    current: Option<u64>,
+    /// The last group delivered completely.
+    last_complete: Option<u64>,
+    /// Frames of `current` were handed on (so losing the rest of it is a gap).
+    started: bool,
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: usize,
+    out: VecDeque<Delivery>,
+    /// Some frame was ever handed on (a gap before the first one means nothing).
+    delivered: bool,
+    /// Groups given up on, for metrics.
+    abandoned: u64,
+}
+
+impl Reorder {
+    /// A reorderer waiting for `first` (the catalog's latest group), or for whatever comes.
+    pub fn new(first: Option<u64>) -> Self {
+        Self {
+            current: first,
+            ..Self::default()
+        }
+    }
+
+    /// Groups given up on so far.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned
+    }
+
+    /// A frame of `group` arrived on its stream.
+    pub fn frame(&mut self, group: u64, frame: Frame) {
+        if self.is_past(group) {
+            return;
+        }
+        let current = *self.current.get_or_insert(group);
+        if group < current {
+            // Older than what we wait for, yet not delivered: a newer group started first.
+            return;
+        }
+        if group == current && self.pending.get(&group).is_none_or(|p| p.frames.is_empty()) {
+            self.started = true;
+            self.out.push_back(Delivery::Frame(frame));
+            return;
+        }
+        let bytes = frame.data.len();
+        let p = self.pending.entry(group).or_default();
+        p.bytes += bytes;
+        p.frames.push_back(frame);
+        self.pending_bytes += bytes;
+        self.settle();
+    }
+
+    /// The stream of `group` ended: `clean` with its FIN, else reset or broken.
+    pub fn end(&mut self, group: u64, clean: bool) {
+        if self.is_past(group) {
+            return;
+        }
+        self.pending.entry(group).or_default().ended = Some(clean);
+        if self.current.is_none() {
+            self.current = Some(group);
+        }
+        self.settle();
+    }
+
+    /// The next delivery, if any.
+    pub fn poll(&mut self) -> Option<Delivery> {
+        let d = self.out.pop_front()?;
+        if matches!(d, Delivery::Gap) && !self.delivered {
+            return self.poll();
+        }
+        self.delivered = true;
+        Some(d)
+    }
+
+    fn is_past(&self, group: u64) -> bool {
+        self.last_complete.is_some_and(|c| group <= c)
+            || self.current.is_some_and(|c| group < c && self.started)
+    }
+
+    /// Delivers what can be delivered and gives up on the current group if too much waits.
+    fn settle(&mut self) {
+        loop {
+            let Some(current) = self.current else { return };
+            // Frames of the current group that arrived while it was not at the front.
+            if let Some(p) = self.pending.get_mut(&current) {
+                while let Some(f) = p.frames.pop_front() {
+                    p.bytes -= f.data.len();
+                    self.pending_bytes -= f.data.len();
+                    self.started = true;
+                    self.out.push_back(Delivery::Frame(f));
+                }
+                match p.ended {
+                    Some(true) => {
+                        self.pending.remove(&current);
+                        self.advance(current, false);
+                        continue;
+                    }
+                    Some(false) => {
+                        self.pending.remove(&current);
+                        self.advance(current, true);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            let later = self.pending.range(current + 1..).count();
+            if later > MAX_PENDING_GROUPS || self.pending_bytes > MAX_PENDING_BYTES {
+                self.abandoned += 1;
+                if let Some(p) = self.pending.remove(&current) {
+                    self.pending_bytes -= p.bytes;
+                }
+                self.advance(current, true);
+                continue;
+            }
+            if !self.started {
+                // Nothing of the awaited group came yet but later ones did: if the awaited one
+                // is not even in the map, start with the oldest that is.
+                if !self.pending.contains_key(&current) {
+                    if let Some((&first, _)) = self.pending.iter().next() {
+                        self.current = Some(first);
+                        self.out.push_back(Delivery::Gap);
+                        continue;
+                    }
+                }
+            }
+            return;
+        }
+    }
+
+    /// `group` is done: `lost` if it did not complete. Moves on to the next group.
+    fn advance(&mut self, group: u64, lost: bool) {
+        if lost && self.started {
+            self.out.push_back(Delivery::Gap);
+        }
+        if !lost {
+            self.last_complete = Some(group);
+        }
+        self.started = false;
+        let next = group + 1;
+        // Skip stale entries (older than `next`), then wait for `next` or start the oldest.
+        let stale: Vec<u64> = self.pending.range(..next).map(|(g, _)| *g).collect();
+        for g in stale {
+            if let Some(p) = self.pending.remove(&g) {
+                self.pending_bytes -= p.bytes;
+            }
+        }
+        match self.pending.keys().next() {
+            Some(&first) if first > next => {
+                self.out.push_back(Delivery::Gap);
+                self.current = Some(first);
+            }
+            _ => self.current = Some(next),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn f(group: u64, n: i64) -> Frame {
+        Frame {
+            track: 0,
+            group,
+            dts: n,
+            pts: n,
+            keyframe: n == 0,
+            data: Bytes::from(vec![0u8; 10]),
+        }
+    }
+
+    fn drain(r: &mut Reorder) -> Vec<String> {
+        std::iter::from_fn(|| r.poll())
+            .map(|d| match d {
+                Delivery::Frame(fr) => format!("{}.{}", fr.group, fr.dts),
+                Delivery::Gap => "gap".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_order_groups_pass_straight_through() {
+        let mut r = Reorder::new(Some(5));
+        r.frame(5, f(5, 0));
+        r.frame(5, f(5, 1));
+        assert_eq!(drain(&mut r), ["5.0", "5.1"]);
+        r.end(5, true);
+        r.frame(6, f(6, 0));
+        assert_eq!(drain(&mut r), ["6.0"]);
+    }
+
+    #[test]
+    fn a_later_group_waits_for_the_current_one() {
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0));
+        r.frame(2, f(2, 0)); // the next stream raced ahead
+        r.frame(1, f(1, 1));
+        assert_eq!(drain(&mut r), ["1.0", "1.1"]);
+        r.frame(2, f(2, 1));
+        assert!(drain(&mut r).is_empty());
+        r.end(1, true);
+        assert_eq!(drain(&mut r), ["2.0", "2.1"]);
+        r.frame(1, f(1, 9)); // late bytes of a finished group
+        assert!(drain(&mut r).is_empty());
+    }
+
+    #[test]
+    fn a_reset_group_is_a_gap_and_the_next_one_follows() {
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0));
+        r.frame(2, f(2, 0));
+        r.end(1, false);
+        assert_eq!(drain(&mut r), ["1.0", "gap", "2.0"]);
+    }
+
+    #[test]
+    fn a_skipped_group_is_a_gap() {
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0));
+        r.frame(3, f(3, 0));
+        r.end(1, true);
+        assert_eq!(drain(&mut r), ["1.0", "gap", "3.0"]);
+    }
+
+    #[test]
+    fn a_stuck_group_is_abandoned_when_later_ones_pile_up() {
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0));
+        for g in 2..=(2 + MAX_PENDING_GROUPS as u64) {
+            r.frame(g, f(g, 0));
+            r.end(g, true);
+        }
+        let out = drain(&mut r);
+        assert_eq!(out[..2], ["1.0".to_string(), "gap".to_string()]);
+        assert_eq!(out.len(), 2 + MAX_PENDING_GROUPS + 1, "{out:?}");
+        assert_eq!(r.abandoned(), 1);
+    }
+
+    #[test]
+    fn the_awaited_first_group_may_never_come() {
+        let mut r = Reorder::new(Some(7));
+        r.frame(8, f(8, 0));
+        assert_eq!(drain(&mut r), ["8.0"], "no gap before the first frame");
+    }
+
+    #[test]
+    fn buffered_bytes_are_bounded() {
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0));
+        let mut big = f(2, 0);
+        big.data = Bytes::from(vec![0u8; MAX_PENDING_BYTES + 1]);
+        r.frame(2, big);
+        let out = drain(&mut r);
+        assert_eq!(out, ["1.0", "gap", "2.0"]);
+        assert_eq!(r.pending_bytes, 0);
+    }
+}
