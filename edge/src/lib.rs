@@ -1,5 +1,14 @@
 //! streamhub playback side: the relay from origins, HLS/LL-HLS packaging and serving, MJPEG
-//! fan-out, and the edge node that wires them.
+//! fan-out, viewer steering, and the edge node that wires them.
 
+pub mod config;
 pub mod hls;
+pub mod join;
+pub mod load;
+pub mod metrics;
+pub mod mjpeg;
+pub mod node;
+pub mod origins;
+pub mod play;
+pub mod pull;
 pub mod relay;

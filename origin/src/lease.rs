@@ -178,7 +178,8 @@ async fn send_heartbeat(ctx: &NodeCtx, beat: Heartbeat) {
     }
 }
 
-/// Serves [`HEARTBEAT`]: the leader batches what peers send.
+/// Serves [`HEARTBEAT`]: the leader batches what peers send; another origin hands the beat on
+/// to the leader, so nodes that are not voters (edges) may send theirs to any origin.
 pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
     let weak = Arc::downgrade(ctx);
     ctx.raft.endpoint().register(
@@ -191,12 +192,34 @@ pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
                     ctx.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
                 let beat: Heartbeat = serde_json::from_slice(&body)
                     .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
-                // A node may only heartbeat for itself (its name is in its certificate).
-                if beat.node != peer.name {
+                // A node may only heartbeat for itself (its name is in its certificate); an
+                // origin may hand on another node's beat.
+                let from_origin = ctx.raft.read(|s| {
+                    s.nodes
+                        .get(&peer.name)
+                        .is_some_and(|n| n.role == streamhub_cluster::state::NodeRole::Origin)
+                });
+                if beat.node != peer.name && !from_origin {
                     return Err(RemoteError::new("forbidden", "heartbeat for another node"));
                 }
-                ctx.heartbeats.add(beat);
-                Ok(bytes::Bytes::new())
+                let st = ctx.raft.status();
+                if st.leader == Some(st.node_id) {
+                    ctx.heartbeats.add(beat);
+                    return Ok(bytes::Bytes::new());
+                }
+                let leader = st.leader.and_then(|l| st.nodes.get(&l).cloned());
+                let sock = match leader {
+                    Some(addr) => streamhub_cluster::raft::network::resolve(&addr).await,
+                    None => None,
+                };
+                let Some(sock) = sock else {
+                    return Err(RemoteError::new("unavailable", "no leader known"));
+                };
+                ctx.raft
+                    .endpoint()
+                    .request(sock, HEARTBEAT, body, Duration::from_secs(1))
+                    .await
+                    .map_err(|e| RemoteError::new("unavailable", e.to_string()))
             }
         }),
     );
@@ -223,32 +246,19 @@ fn fence(ctx: &NodeCtx, lease_lost: bool) {
 }
 
 /// Turns counters into the load a heartbeat reports.
-struct LoadSampler {
-    at: Instant,
-    bytes_out: u64,
-    cpu_ticks: u64,
-}
+struct LoadSampler(streamhub_edge::load::LoadSampler);
 
 impl LoadSampler {
     fn new() -> Self {
-        Self {
-            at: Instant::now(),
-            bytes_out: 0,
-            cpu_ticks: process_cpu_ticks(),
-        }
+        Self(streamhub_edge::load::LoadSampler::new())
     }
 
     fn sample(&mut self, ctx: &NodeCtx) -> NodeLoad {
         use std::sync::atomic::Ordering::Relaxed;
-        let elapsed = self.at.elapsed().as_secs_f64().max(0.001);
-        let bytes_out = ctx.hls_stats.bytes_out.load(Relaxed);
-        let ticks = process_cpu_ticks();
-        let egress_bps = (bytes_out.saturating_sub(self.bytes_out) as f64 * 8.0 / elapsed) as u64;
-        // /proc ticks are 1/100 s on Linux.
-        let cpu = (ticks.saturating_sub(self.cpu_ticks) as f64 / elapsed) as f32;
-        self.at = Instant::now();
-        self.bytes_out = bytes_out;
-        self.cpu_ticks = ticks;
+        let bytes_out = ctx.hls_stats.bytes_out.load(Relaxed)
+            + ctx.mjpeg_stats.bytes_out.load(Relaxed)
+            + ctx.relay_stats.bytes_out.load(Relaxed);
+        let (egress_bps, cpu) = self.0.sample(bytes_out);
         let rooms = ctx.rooms.held().len() as u32;
         NodeLoad {
             rooms,
@@ -257,37 +267,5 @@ impl LoadSampler {
             egress_bps,
             cpu,
         }
-    }
-}
-
-/// utime + stime of this process in clock ticks (0 where /proc is unavailable).
-fn process_cpu_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0;
-    };
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15 of stat; 12 and 13 after the state field here.
-    get(11) + get(12)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn reads_own_cpu_ticks() {
-        let start = super::process_cpu_ticks();
-        let mut x = 0u64;
-        for i in 0..50_000_000u64 {
-            x = x.wrapping_add(i * i);
-        }
-        assert!(x > 0);
-        assert!(super::process_cpu_ticks() > start, "cpu ticks did not move");
     }
 }

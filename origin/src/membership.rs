@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use streamhub_cluster::state::NodeRole;
-use streamhub_cluster::transport::pki::{self, CaBundle, NodeIdentity};
+use streamhub_cluster::transport::pki::{CaBundle, NodeIdentity};
 
-use crate::api::cluster::{JoinAnswer, JoinRequest, JOIN_TOKEN_PREFIX};
 use crate::config::Settings;
+use streamhub_cluster::registry::JoinAnswer;
 
 /// How this start relates to the cluster.
 pub enum Startup {
@@ -70,19 +70,9 @@ pub async fn prepare(
 /// Asks the origin at `--join` to admit this node; checks the CA against the token.
 async fn join(settings: &Settings, role: NodeRole) -> anyhow::Result<(NodeIdentity, JoinAnswer)> {
     let join = settings.join.as_ref().context("no --join")?;
-    let expected_fp = join
-        .token
-        .strip_prefix(JOIN_TOKEN_PREFIX)
-        .and_then(|t| t.rsplit_once('.'))
-        .map(|(_, fp)| fp.to_string())
-        .filter(|fp| fp.len() == 16)
-        .context("malformed join token (expected shj_<secret>.<ca fingerprint>)")?;
-    let key = pki::node_csr(&settings.node_name).context("creating the node key")?;
-    let req = JoinRequest {
-        token: join.token.clone(),
+    let who = streamhub_edge::join::Joiner {
         name: settings.node_name.clone(),
         role,
-        csr: key.csr_pem.clone(),
         cluster_addr: advertised_cluster_addr(settings),
         http_url: settings.public_base(),
         rtmp_url: matches!(role, NodeRole::Origin).then(|| {
@@ -93,35 +83,8 @@ async fn join(settings: &Settings, role: NodeRole) -> anyhow::Result<(NodeIdenti
             )
         }),
         region: settings.region.clone(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let url = format!(
-        "{}/api/v1/cluster/join",
-        join.url.as_str().trim_end_matches('/')
-    );
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .json(&req)
-        .timeout(std::time::Duration::from_secs(30))
-        .send()
-        .await
-        .with_context(|| format!("joining through {url}"))?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
-        anyhow::bail!(
-            "join refused by {url}: {status} {}",
-            body["error"]["message"].as_str().unwrap_or("")
-        );
-    }
-    let answer: JoinAnswer = serde_json::from_value(body["data"].clone()).context("join answer")?;
-    let fp = pki::ca_fingerprint(&answer.ca_cert)?;
-    if !fp.starts_with(&expected_fp) {
-        anyhow::bail!("the cluster at {url} presented a CA that does not match the join token");
-    }
-    let identity =
-        NodeIdentity::from_pem(answer.ca_cert.clone(), answer.cert.clone(), key.key_pem)?;
-    Ok((identity, answer))
+    Ok(streamhub_edge::join::join(std::slice::from_ref(&join.url), &join.token, &who).await?)
 }
 
 /// The cluster address other nodes dial: the bind address, with an unspecified IP replaced by

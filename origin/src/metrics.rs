@@ -2,6 +2,8 @@
 
 use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use streamhub_edge::metrics::{PlaybackMetrics, PlaybackSample};
+
 use crate::node::NodeCtx;
 use crate::rooms::Protocol;
 
@@ -10,8 +12,7 @@ pub struct Metrics {
     registry: Registry,
     live_rooms: IntGauge,
     publishers: IntGaugeVec,
-    hls_requests: IntCounter,
-    hls_bytes_out: IntCounter,
+    playback: PlaybackMetrics,
     rtmp_connections: IntCounter,
     rtmp_refused: IntCounter,
     rtmp_handshake_failures: IntCounter,
@@ -67,12 +68,7 @@ impl Metrics {
                 "Rooms with a live publisher on this node",
             ),
             publishers,
-            hls_requests: counter(
-                &r,
-                "streamhub_hls_requests_total",
-                "HLS playlist, init and segment requests",
-            ),
-            hls_bytes_out: counter(&r, "streamhub_hls_bytes_out_total", "HLS body bytes sent"),
+            playback: PlaybackMetrics::new(&r),
             rtmp_connections: counter(
                 &r,
                 "streamhub_rtmp_connections_total",
@@ -124,8 +120,14 @@ impl Metrics {
                 .with_label_values(&[p.as_str()])
                 .set(by_proto.get(&p).copied().unwrap_or(0) as i64);
         }
-        sync_counter(&self.hls_requests, ctx.hls_stats.requests.load(Relaxed));
-        sync_counter(&self.hls_bytes_out, ctx.hls_stats.bytes_out.load(Relaxed));
+        self.playback.sample(&PlaybackSample {
+            hls: &ctx.hls_stats,
+            cache: ctx.hls.cache(),
+            relay: &ctx.relay_stats,
+            mjpeg: &ctx.mjpeg_stats,
+            viewers: 0,
+            rooms: ctx.hls.len() as u64,
+        });
         sync_counter(
             &self.rtmp_connections,
             ctx.rtmp_stats.connections_total.load(Relaxed),

@@ -12,11 +12,18 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use streamhub_cluster::raft::{RaftNode, Start};
+use streamhub_cluster::registry::{StateQuery, SteeringPolicy};
+use streamhub_cluster::state::TenantState;
 use streamhub_cluster::state::{Command, CommandResponse, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{service_fn, Endpoint, RemoteError};
 use streamhub_edge::hls::http::BlockingLimits;
 use streamhub_edge::hls::{HlsRegistry, HlsStats, MediaCache};
+use streamhub_edge::mjpeg::{MediaLookup, MjpegStats, Viewing};
+use streamhub_edge::play::{NodeDirectory, Steering};
+use streamhub_edge::relay::{RelayServer, RelaySource, RelayStats};
 use streamhub_shared::media::GroupPolicy;
+use streamhub_shared::media::MediaHandle;
+use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, RoomName};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -42,6 +49,10 @@ pub struct NodeCtx {
     pub break_glass: Option<(String, String)>,
     pub hls: Arc<HlsRegistry>,
     pub hls_stats: Arc<HlsStats>,
+    pub mjpeg_stats: Arc<MjpegStats>,
+    pub relay_stats: Arc<RelayStats>,
+    /// Viewer steering over the registry (`/play`, playback API, token `playUrl`).
+    pub steering: Arc<Steering>,
     pub rtmp_stats: Arc<RtmpStats>,
     pub metrics: Metrics,
     /// The port RTMP is bound to (may differ from the setting when it was 0).
@@ -276,6 +287,11 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
             None,
             BlockingLimits::default(),
         ))
+        .merge(streamhub_edge::mjpeg::router(
+            Arc::new(RoomsMedia(ctx.rooms.clone())),
+            ctx.mjpeg_stats.clone(),
+        ))
+        .merge(streamhub_edge::play::router(ctx.steering.clone()))
 }
 
 /// Runs a node until `shutdown` is cancelled, then drains it.
@@ -304,16 +320,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         }),
         policy,
     );
+    let raft = Arc::new(raft);
+    let steering = Arc::new(Steering {
+        directory: Arc::new(RaftDirectory(raft.clone())),
+        me: settings.node_name.clone(),
+        region: settings.region.clone(),
+        public_url: settings.public_base(),
+        region_header: None,
+        policy: SteeringPolicy::default(),
+    });
     let admin_user = std::env::var("ADMIN_USER").unwrap_or_else(|_| "admin".into());
     let admin_pass = std::env::var("ADMIN_PASS").ok().filter(|p| !p.is_empty());
     let ctx = Arc::new(NodeCtx {
         sessions: SessionKeys::load_or_create(&settings.data_dir)?,
         break_glass: admin_pass.clone().map(|p| (admin_user.clone(), p)),
         settings,
-        raft: Arc::new(raft),
+        raft,
         rooms,
         hls,
         hls_stats: Arc::new(HlsStats::default()),
+        mjpeg_stats: Arc::new(MjpegStats::default()),
+        relay_stats: Arc::new(RelayStats::default()),
+        steering,
         rtmp_stats: Arc::new(RtmpStats::default()),
         metrics: Metrics::new(),
         rtmp_port,
@@ -324,6 +352,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     register_services(&ctx);
     lease::register_heartbeat_service(&ctx);
+    let relay_server = RelayServer::new(
+        Arc::new(OriginRelaySource {
+            ctx: Arc::downgrade(&ctx),
+        }),
+        ctx.relay_stats.clone(),
+    );
+    relay_server.register(ctx.raft.endpoint());
     let join_token = settle_membership(&ctx, startup).await?;
     let first = crate::bootstrap::first_start(&ctx, &admin_user, admin_pass.as_deref()).await?;
 
@@ -397,8 +432,82 @@ async fn open_raft(
     )
 }
 
-/// Answers followers asking for the leader's view of the cluster.
+/// The registry from this origin's replica.
+struct RaftDirectory(Arc<RaftNode>);
+
+impl NodeDirectory for RaftDirectory {
+    fn nodes(&self) -> Arc<Vec<NodeRecord>> {
+        Arc::new(self.0.read(|s| s.nodes.values().cloned().collect()))
+    }
+}
+
+/// The relay serves this origin's live rooms; for a room live elsewhere it names the holder.
+struct OriginRelaySource {
+    ctx: std::sync::Weak<NodeCtx>,
+}
+
+impl RelaySource for OriginRelaySource {
+    fn lookup(&self, app: &AppName, room: &RoomName) -> Result<MediaHandle, ErrorCode> {
+        let ctx = self.ctx.upgrade().ok_or(ErrorCode::Internal)?;
+        if let Some(media) = ctx.rooms.media(app, room) {
+            return Ok(media);
+        }
+        let now = unix_now_ms();
+        let holder = ctx.raft.read(|s: &TenantState| {
+            s.placement(app, room)
+                .filter(|p| p.lease_until_ms > now)
+                .map(|p| p.node.clone())
+        });
+        match holder {
+            Some(node) if node != ctx.settings.node_name => {
+                Err(ErrorCode::NotHere { holder: Some(node) })
+            }
+            _ => Err(ErrorCode::UnknownRoom),
+        }
+    }
+}
+
+/// MJPEG viewers of this origin read its live rooms directly.
+struct RoomsMedia(Arc<Rooms>);
+
+impl MediaLookup for RoomsMedia {
+    fn media(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+        _client: SocketAddr,
+    ) -> futures::future::BoxFuture<'static, Option<Viewing>> {
+        let media = self.0.media(app, room);
+        Box::pin(async move {
+            Some(Viewing {
+                media: media?,
+                hold: None,
+            })
+        })
+    }
+}
+
+/// Answers followers asking for the leader's view of the cluster, and edges asking about the
+/// tenant state.
 fn register_services(ctx: &Arc<NodeCtx>) {
+    let weak = Arc::downgrade(ctx);
+    ctx.raft.endpoint().register(
+        streamhub_cluster::transport::kinds::STATE_QUERY,
+        service_fn(move |_peer, body| {
+            let ctx = weak.upgrade();
+            async move {
+                let ctx =
+                    ctx.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
+                let q: StateQuery = serde_json::from_slice(&body)
+                    .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
+                let now = unix_now_ms();
+                let answer = ctx.raft.read(|s| q.answer(s, now));
+                serde_json::to_vec(&answer)
+                    .map(bytes::Bytes::from)
+                    .map_err(|e| RemoteError::new("internal", e.to_string()))
+            }
+        }),
+    );
     let weak = Arc::downgrade(ctx);
     ctx.raft.endpoint().register(
         CLUSTER_STATUS,

@@ -342,6 +342,17 @@ impl MediaHandle {
         latest.frames.last().cloned()
     }
 
+    /// The newest frame of `track` in the latest group (for a JPEG track: the latest picture).
+    pub fn latest_frame_of(&self, track: TrackId) -> Option<Frame> {
+        let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest
+            .frames
+            .iter()
+            .rev()
+            .find(|f| f.track == track)
+            .cloned()
+    }
+
     /// Number of live consumers.
     pub fn consumers(&self) -> usize {
         self.frames.upgrade().map_or(0, |s| s.receiver_count())

@@ -4,6 +4,8 @@
 //! [`TenantState`](crate::state::TenantState); this module holds the plain, clock-free decisions
 //! made on top of it.
 
+pub mod query;
 pub mod steering;
 
+pub use query::{AppKey, JoinAnswer, JoinRequest, StateAnswer, StateQuery};
 pub use steering::{client_region, Choice, Reason, SteeringPolicy};

@@ -242,6 +242,15 @@ impl HlsRoom {
         self.progress.send_replace(progress);
     }
 
+    /// The packager of `session` lost frames: the open segment's parts are withdrawn.
+    pub fn abandon_open(&self, session: u64) {
+        let mut state = self.state();
+        if state.session == session {
+            state.playlist.abandon_open();
+        }
+        self.notify(state);
+    }
+
     /// The publisher of `session` has gone at `now`: the playlist gets `#EXT-X-ENDLIST`.
     pub fn end(&self, session: u64, now: Instant) {
         let mut state = self.state();
@@ -367,15 +376,11 @@ pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, sessi
             }
             Err(RecvError::Gap) => {
                 tracing::debug!("frames lost upstream; resyncing on the next group");
-                if let Some(segmenter) = packager.segmenter.as_mut() {
-                    segmenter.resync();
-                }
+                packager.resync();
             }
             Err(RecvError::Lagged(lost)) => {
                 tracing::warn!(lost, "packager fell behind; resyncing on the next group");
-                if let Some(segmenter) = packager.segmenter.as_mut() {
-                    segmenter.resync();
-                }
+                packager.resync();
             }
             Err(RecvError::Closed) => {
                 packager.flush();
@@ -439,6 +444,13 @@ impl Packager {
                 self.segmenter = Some(segmenter);
             }
             Err(error) => tracing::warn!(%error, "cannot package this catalog"),
+        }
+    }
+
+    fn resync(&mut self) {
+        if let Some(segmenter) = self.segmenter.as_mut() {
+            segmenter.resync();
+            self.room.abandon_open(self.session);
         }
     }
 

@@ -282,6 +282,14 @@ impl Playlist {
         }
     }
 
+    /// The packager lost frames of the open segment: forget it (it may come again whole, or
+    /// be listed as a gap once a later segment comes).
+    pub fn abandon_open(&mut self) {
+        if self.open.take().is_some() {
+            self.render();
+        }
+    }
+
     /// A new publisher took the room: the next segment is a discontinuity, the room is live again.
     pub fn restart(&mut self) {
         if let Some(mut stale) = self.open.take() {

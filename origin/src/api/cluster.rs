@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use streamhub_cluster::state::{Command, JoinToken, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::pki;
@@ -18,8 +18,7 @@ use crate::node::NodeCtx;
 /// A node whose last heartbeat is older than this is shown `down` and not steered to.
 pub const NODE_TTL_MS: u64 = 10_000;
 
-/// Prefix of join tokens.
-pub const JOIN_TOKEN_PREFIX: &str = "shj_";
+pub use streamhub_edge::join::JOIN_TOKEN_PREFIX;
 
 /// Mints a join token: `shj_<secret>.<first 16 hex of the CA fingerprint>`, so the joiner can
 /// check it reached the right cluster before trusting the CA it is sent.
@@ -73,31 +72,7 @@ pub async fn create_join_token(
     ))
 }
 
-/// Body of `POST /cluster/join`, sent by a node starting with `--join`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinRequest {
-    pub token: String,
-    pub name: String,
-    pub role: NodeRole,
-    pub csr: String,
-    pub cluster_addr: String,
-    pub http_url: String,
-    pub rtmp_url: Option<String>,
-    pub region: String,
-    pub version: String,
-}
-
-/// Answer to a join: the node's certificate and the cluster it joined.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JoinAnswer {
-    pub ca_cert: String,
-    pub cert: String,
-    pub node_id: u64,
-    /// Cluster addresses of the voters, to reach the group.
-    pub voters: Vec<String>,
-}
+pub use streamhub_cluster::registry::{JoinAnswer, JoinRequest};
 
 /// `POST /cluster/join`: authenticated by the join token in the body.
 pub async fn join(

@@ -88,6 +88,11 @@ pub async fn mint(
     let token = mint_token(&claims, record.secret.as_bytes());
     let base = ctx.settings.public_base();
     let ws_base = base.replacen("http", "ws", 1);
+    // The viewer's best node (same region first, then least loaded) plays the room.
+    let play_base = ctx
+        .steering
+        .choose(&ctx.settings.region)
+        .map_or_else(|| base.clone(), |t| t.base);
     let body = json!({
         "token": token,
         "app": app,
@@ -97,7 +102,7 @@ pub async fn mint(
         "wsUrl": ws_base,
         "whipUrl": format!("{base}/whip/{app}/{room}"),
         "whepUrl": format!("{base}/whep/{app}/{room}"),
-        "playUrl": format!("{base}/play/{app}/{room}"),
+        "playUrl": format!("{play_base}/play/{app}/{room}"),
         "embedUrl": format!("{base}/embed/{app}/{room}"),
         "hlsUrl": format!("{base}/hls/{app}/{room}/index.m3u8"),
     });

@@ -1,0 +1,318 @@
+//! MJPEG fan-out of a room's JPEG track: `GET /live/{app}/{room}/mjpeg` streams every picture as
+//! `multipart/x-mixed-replace`, `GET /live/{app}/{room}/frame.jpg` answers the latest one.
+//!
+//! A viewer's stream only produces a picture when the HTTP connection asks for the next chunk,
+//! so a slow viewer holds at most one picture (plus its socket buffer): it skips pictures, never
+//! queues them. A viewer that fell behind the room's channel restarts at the newest picture.
+//! Every body shares the relayed frame's buffer; nothing is copied per viewer.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use streamhub_shared::media::{CodecConfig, MediaConsumer, MediaHandle, RecvError};
+use streamhub_shared::{AppName, Frame, RoomName, TrackId};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The multipart boundary.
+pub const BOUNDARY: &str = "streamhub-mjpeg-frame";
+/// How long `frame.jpg` waits for a first picture in a room that just came up.
+const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
+/// MJPEG streams served at once by one node.
+pub const MAX_STREAMS: usize = 10_000;
+
+/// A room's media and whatever keeps it available while a viewer watches.
+pub struct Viewing {
+    /// The room's media.
+    pub media: MediaHandle,
+    /// Held for as long as the viewer streams (an edge keeps its relay subscription).
+    pub hold: Option<Box<dyn Send + Sync>>,
+}
+
+/// Finds a room's media for a viewer (an origin's live rooms, an edge's pulled rooms).
+pub trait MediaLookup: Send + Sync + 'static {
+    /// The media of `app/room` for the viewer at `client`, if the room is live.
+    fn media(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+        client: SocketAddr,
+    ) -> BoxFuture<'static, Option<Viewing>>;
+}
+
+/// Counters of the MJPEG side.
+#[derive(Debug, Default)]
+pub struct MjpegStats {
+    /// Streams open now.
+    pub streams: AtomicU64,
+    /// Pictures written to streams.
+    pub frames_out: AtomicU64,
+    /// Body bytes sent (streams and `frame.jpg`).
+    pub bytes_out: AtomicU64,
+    /// Pictures a slow viewer skipped.
+    pub skipped: AtomicU64,
+}
+
+#[derive(Clone)]
+struct MjpegState {
+    lookup: Arc<dyn MediaLookup>,
+    stats: Arc<MjpegStats>,
+    streams: Arc<Semaphore>,
+}
+
+/// The MJPEG routes.
+pub fn router(lookup: Arc<dyn MediaLookup>, stats: Arc<MjpegStats>) -> Router {
+    Router::new()
+        .route("/live/{app}/{room}/mjpeg", get(stream))
+        .route("/live/{app}/{room}/frame.jpg", get(frame_jpg))
+        .with_state(MjpegState {
+            lookup,
+            stats,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        })
+}
+
+/// The client's address, when the server was started with connect info.
+struct Client(SocketAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        Ok(Client(addr))
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "bad_request",
+    };
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn names(app: &str, room: &str) -> Result<(AppName, RoomName), Response> {
+    let bad = |e: streamhub_shared::NameError| error(StatusCode::BAD_REQUEST, &e.to_string());
+    Ok((
+        AppName::new(app).map_err(bad)?,
+        RoomName::new(room).map_err(bad)?,
+    ))
+}
+
+/// The room's JPEG track, or the answer to give.
+async fn open(
+    st: &MjpegState,
+    app: &str,
+    room: &str,
+    client: SocketAddr,
+) -> Result<(Viewing, TrackId), Response> {
+    let (app, room) = names(app, room)?;
+    let viewing = st
+        .lookup
+        .media(&app, &room, client)
+        .await
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such live room"))?;
+    let track = viewing
+        .media
+        .tracks()
+        .iter()
+        .find(|t| matches!(t.codec, CodecConfig::Jpeg { .. }))
+        .map(|t| t.id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "the room has no JPEG track"))?;
+    Ok((viewing, track))
+}
+
+async fn frame_jpg(
+    State(st): State<MjpegState>,
+    Client(client): Client,
+    Path((app, room)): Path<(String, String)>,
+) -> Response {
+    let (viewing, track) = match open(&st, &app, &room, client).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let media = &viewing.media;
+    let latest = match media.latest_frame_of(track) {
+        Some(f) => Some(f),
+        None => {
+            let wait = async {
+                let mut c = media.subscribe()?;
+                next_picture(&mut c, track).await
+            };
+            tokio::time::timeout(FIRST_FRAME_WAIT, wait)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let Some(frame) = latest else {
+        return error(StatusCode::NOT_FOUND, "no picture yet");
+    };
+    st.stats
+        .bytes_out
+        .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+        ],
+        frame.data,
+    )
+        .into_response()
+}
+
+/// The next picture of `track`; `None` once the room ends.
+async fn next_picture(consumer: &mut MediaConsumer, track: TrackId) -> Option<Frame> {
+    loop {
+        match consumer.recv().await {
+            Ok(f) if f.track == track => return Some(f),
+            Ok(_) | Err(RecvError::Gap) => continue,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return None,
+        }
+    }
+}
+
+async fn stream(
+    State(st): State<MjpegState>,
+    Client(client): Client,
+    Path((app, room)): Path<(String, String)>,
+) -> Response {
+    let Ok(permit) = st.streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many MJPEG viewers on this node",
+        );
+    };
+    let (viewing, track) = match open(&st, &app, &room, client).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
+    let Some(consumer) = viewing.media.subscribe() else {
+        return error(StatusCode::NOT_FOUND, "no such live room");
+    };
+    st.stats.streams.fetch_add(1, Ordering::Relaxed);
+    let first = viewing.media.latest_frame_of(track);
+    let viewer = Viewer {
+        consumer,
+        media: viewing.media,
+        track,
+        first,
+        pending: VecDeque::new(),
+        stats: st.stats.clone(),
+        _hold: viewing.hold,
+        _permit: permit,
+    };
+    let body = futures::stream::unfold(viewer, |mut v| async move {
+        let chunk = v.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), v))
+    });
+    let content_type = format!("multipart/x-mixed-replace; boundary={BOUNDARY}");
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_str(&content_type)
+                    .unwrap_or(HeaderValue::from_static("multipart/x-mixed-replace")),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// One MJPEG viewer's stream state.
+struct Viewer {
+    consumer: MediaConsumer,
+    media: MediaHandle,
+    track: TrackId,
+    first: Option<Frame>,
+    /// Chunks of the picture being written: part header, picture, trailing CRLF.
+    pending: VecDeque<Bytes>,
+    stats: Arc<MjpegStats>,
+    _hold: Option<Box<dyn Send + Sync>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.stats.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Viewer {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.pending.pop_front() {
+            return Some(chunk);
+        }
+        let frame = match self.first.take() {
+            Some(f) => f,
+            None => self.next_frame().await?,
+        };
+        let head = format!(
+            "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+            frame.data.len()
+        );
+        self.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_out.fetch_add(
+            (head.len() + frame.data.len() + 2) as u64,
+            Ordering::Relaxed,
+        );
+        self.pending.push_back(frame.data);
+        self.pending.push_back(Bytes::from_static(b"\r\n"));
+        Some(Bytes::from(head))
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.consumer.recv().await {
+                Ok(f) if f.track == self.track => return Some(f),
+                Ok(_) | Err(RecvError::Gap) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    // Fell behind the room's channel: restart at the newest picture.
+                    self.stats.skipped.fetch_add(n, Ordering::Relaxed);
+                    self.consumer = self.media.subscribe()?;
+                    if let Some(f) = self.media.latest_frame_of(self.track) {
+                        return Some(f);
+                    }
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! What an edge knows of the cluster: the origins it can ask, and its caches of what they said
+//! (room placement, app keys, the node registry), all read over the cluster transport.
+//!
+//! Placement answers are cached for a second (a wrong one is noticed at once: the origin refuses
+//! the subscription and the entry is invalidated); app keys for 30 s; the registry is refreshed
+//! every couple of seconds by [`Origins::run_refresh`], which also learns new origins and saves
+//! them in the data dir, so a restarted edge finds the cluster even if its `--join` origin is
+//! gone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use streamhub_cluster::raft::network::resolve;
+use streamhub_cluster::registry::{AppKey, StateAnswer, StateQuery};
+use streamhub_cluster::state::{Heartbeat, NodeRecord, NodeRole};
+use streamhub_cluster::transport::{kinds, Endpoint};
+use streamhub_shared::{AppName, RoomName};
+use tokio_util::sync::CancellationToken;
+
+/// How long one query to one origin may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the registry (and the list of origins) is refreshed.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// Name of the file in the data dir that lists known origins.
+const ORIGINS_FILE: &str = "origins.json";
+
+/// The origin holding a room, and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// Its node name.
+    pub node: String,
+    /// Its cluster (QUIC) address.
+    pub addr: SocketAddr,
+    /// The placement epoch: a new one means a new publisher session.
+    pub epoch: u64,
+}
+
+type RoomKey = (AppName, RoomName);
+
+/// The origins of the cluster as seen from an edge.
+pub struct Origins {
+    endpoint: Endpoint,
+    /// Cluster addresses of the origins to ask: a std Mutex held to copy or replace the list.
+    addrs: Mutex<Vec<String>>,
+    next: AtomicUsize,
+    placements: moka::future::Cache<RoomKey, Option<Holder>>,
+    apps: moka::future::Cache<AppName, Option<AppKey>>,
+    nodes: Mutex<Arc<Vec<NodeRecord>>>,
+    file: Option<PathBuf>,
+}
+
+impl Origins {
+    /// Origins reachable at the cluster addresses `addrs`, asked through `endpoint`; the list is
+    /// saved under `data_dir` when it changes (and read from there first).
+    pub fn new(endpoint: Endpoint, addrs: Vec<String>, data_dir: Option<PathBuf>) -> Arc<Self> {
+        let file = data_dir.map(|d| d.join(ORIGINS_FILE));
+        let mut known = file
+            .as_ref()
+            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+            .unwrap_or_default();
+        for a in addrs {
+            if !known.contains(&a) {
+                known.push(a);
+            }
+        }
+        Arc::new(Self {
+            endpoint,
+            addrs: Mutex::new(known),
+            next: AtomicUsize::new(0),
+            placements: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            apps: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            nodes: Mutex::new(Arc::new(Vec::new())),
+            file,
+        })
+    }
+
+    /// The cluster endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The known origins' cluster addresses.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends an RPC of `kind` to the known origins in turn until one answers.
+    async fn ask(&self, kind: u16, body: Bytes) -> Result<Bytes, String> {
+        let addrs = self.addrs();
+        if addrs.is_empty() {
+            return Err("no origin known".into());
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = String::new();
+        for i in 0..addrs.len() {
+            let addr = &addrs[(start + i) % addrs.len()];
+            let Some(sock) = resolve(addr).await else {
+                last = format!("{addr}: cannot resolve");
+                continue;
+            };
+            match self
+                .endpoint
+                .request(sock, kind, body.clone(), QUERY_TIMEOUT)
+                .await
+            {
+                Ok(answer) => {
+                    // Stick to an origin that answers.
+                    self.next
+                        .store((start + i) % addrs.len(), Ordering::Relaxed);
+                    return Ok(answer);
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks any origin `q`.
+    pub async fn query(&self, q: &StateQuery) -> Result<StateAnswer, String> {
+        let body = Bytes::from(serde_json::to_vec(q).map_err(|e| e.to_string())?);
+        let answer = self.ask(kinds::STATE_QUERY, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| format!("bad answer: {e}"))
+    }
+
+    /// The origin holding `app/room`, if it is live (cached for a second, misses included).
+    /// `None` also when no origin answers: the caller retries.
+    pub async fn placement(&self, app: &AppName, room: &RoomName) -> Option<Holder> {
+        let key = (app.clone(), room.clone());
+        let lookup = async {
+            let q = StateQuery::Placement {
+                app: app.clone(),
+                room: room.clone(),
+            };
+            match self.query(&q).await {
+                Ok(StateAnswer::Placement {
+                    placement: Some(p),
+                    holder: Some(h),
+                }) => Ok(resolve(&h.cluster_addr).await.map(|addr| Holder {
+                    node: p.node,
+                    addr,
+                    epoch: p.epoch,
+                })),
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        // Failures are not cached: the next viewer asks again.
+        match self.placements.try_get_with(key, lookup).await {
+            Ok(holder) => holder,
+            Err(e) => {
+                tracing::debug!(%app, %room, error = %e, "placement lookup failed");
+                None
+            }
+        }
+    }
+
+    /// Forgets the cached placement of `app/room` (the origin said it is not there).
+    pub async fn invalidate_placement(&self, app: &AppName, room: &RoomName) {
+        self.placements
+            .invalidate(&(app.clone(), room.clone()))
+            .await;
+    }
+
+    /// The signing key of `app` (cached for 30 s), for verifying viewer tokens offline.
+    pub async fn app_key(&self, app: &AppName) -> Option<AppKey> {
+        let lookup = async {
+            match self.query(&StateQuery::AppKey { app: app.clone() }).await {
+                Ok(StateAnswer::AppKey { key }) => Ok(key),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e),
+            }
+        };
+        self.apps
+            .try_get_with(app.clone(), lookup)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The registry as last refreshed.
+    pub fn nodes(&self) -> Arc<Vec<NodeRecord>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Refreshes the registry once; learns (and saves) the origins' addresses.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let StateAnswer::Nodes { nodes } = self.query(&StateQuery::Nodes).await? else {
+            return Err("unexpected answer".into());
+        };
+        let origins: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Origin)
+            .map(|n| n.cluster_addr.clone())
+            .collect();
+        if !origins.is_empty() {
+            let changed = {
+                let mut addrs = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = *addrs != origins;
+                *addrs = origins.clone();
+                changed
+            };
+            if changed {
+                self.save(&origins);
+            }
+        }
+        *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(nodes);
+        Ok(())
+    }
+
+    fn save(&self, origins: &[String]) {
+        let Some(file) = &self.file else { return };
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec(origins)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot save the list of origins");
+        }
+    }
+
+    /// Refreshes the registry every [`REFRESH_EVERY`] until `shutdown`.
+    pub async fn run_refresh(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "cannot refresh the node registry");
+            }
+        }
+    }
+
+    /// Sends this node's heartbeat to an origin (which hands it to the leader).
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), String> {
+        let body = Bytes::from(serde_json::to_vec(beat).map_err(|e| e.to_string())?);
+        self.ask(kinds::HEARTBEAT, body).await.map(|_| ())
+    }
+}

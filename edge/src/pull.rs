@@ -1,0 +1,448 @@
+//! The rooms an edge pulls from origins: one relay subscription per room however many viewers
+//! it has, started by the first viewer and ended a linger after the last one.
+//!
+//! A pull task owns its room: it finds the holder in the placement table, subscribes, feeds the
+//! frames into a local `RoomMedia` (which the HLS packager and the MJPEG viewers consume, as on
+//! an origin), and keeps doing so through failures:
+//!
+//! - the subscription breaks (origin gone, network): the room keeps its playlist and media, and
+//!   the task resubscribes with capped, jittered backoff, following the placement;
+//! - the placement moves to a new epoch (the publisher reconnected elsewhere): the task switches
+//!   to the new holder and starts a new HLS session (a discontinuity, numbering goes on);
+//! - the publisher ends (`Ended`): the playlist is closed, and the task waits for a new
+//!   placement while viewers still ask.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamhub_shared::media::{MediaHandle, RoomMedia};
+use streamhub_shared::relay::ErrorCode;
+use streamhub_shared::{AppName, RoomName};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::hls::{run_packager, HlsRegistry, HlsRoom};
+use crate::origins::{Holder, Origins};
+use crate::relay::subscribe::Update;
+use crate::relay::{RelayClient, SubscribeError, Subscription};
+
+/// Rooms pulled at once; more are refused (404) until one ends.
+pub const MAX_PULLED_ROOMS: usize = 10_000;
+/// Distinct viewers counted per room (the count saturates there).
+const MAX_VIEWERS_TRACKED: usize = 100_000;
+/// A viewer that has not asked for anything for this long is no longer counted.
+pub const VIEWER_TTL: Duration = Duration::from_secs(10);
+/// How often a live subscription checks that the placement has not moved.
+const PLACEMENT_CHECK: Duration = Duration::from_secs(2);
+/// How long the first viewer waits for the room to come up before getting an answer.
+const OPEN_WAIT: Duration = Duration::from_secs(3);
+/// Backoff between failed subscriptions.
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+type RoomKey = (AppName, RoomName);
+
+/// Where a pull is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullState {
+    /// Looking up the holder and subscribing.
+    Connecting,
+    /// Receiving media.
+    Live,
+    /// Lost the holder; serving what it has and retrying.
+    Retrying,
+    /// The publisher ended; waiting for a new one.
+    Ended,
+}
+
+/// One pulled room.
+pub struct Pulled {
+    app: AppName,
+    room: RoomName,
+    state: watch::Sender<PullState>,
+    media: watch::Sender<Option<MediaHandle>>,
+    // std Mutexes: each held for a field update, never across an `.await`.
+    hls: Mutex<Option<Arc<HlsRoom>>>,
+    last_touch: Mutex<Instant>,
+    viewers: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Viewers holding a connection open (MJPEG streams): never idle while any.
+    streams: AtomicUsize,
+    /// Relay subscriptions made for this room (1 while it stays healthy).
+    pub subscriptions: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Pulled {
+    /// Where the pull is.
+    pub fn state(&self) -> PullState {
+        *self.state.borrow()
+    }
+
+    /// The room's local media (present once the first subscription succeeded).
+    pub fn media(&self) -> Option<MediaHandle> {
+        self.media.borrow().clone()
+    }
+
+    /// The room's HLS state.
+    pub fn hls(&self) -> Option<Arc<HlsRoom>> {
+        self.hls.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A viewer at `client` asked for something now.
+    pub fn touch(&self, client: SocketAddr) {
+        let now = Instant::now();
+        *self.last_touch.lock().unwrap_or_else(|e| e.into_inner()) = now;
+        let mut viewers = self.viewers.lock().unwrap_or_else(|e| e.into_inner());
+        if viewers.len() < MAX_VIEWERS_TRACKED || viewers.contains_key(&client) {
+            viewers.insert(client, now);
+        }
+    }
+
+    /// Distinct viewers seen within [`VIEWER_TTL`] (forgetting older ones).
+    pub fn viewers(&self) -> usize {
+        let Some(deadline) = Instant::now().checked_sub(VIEWER_TTL) else {
+            return 0;
+        };
+        let mut viewers = self.viewers.lock().unwrap_or_else(|e| e.into_inner());
+        viewers.retain(|_, t| *t > deadline);
+        viewers.len() + self.streams.load(Ordering::Relaxed)
+    }
+
+    /// Holds the room open while the returned guard lives (a streaming viewer).
+    pub fn hold(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.streams.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_touch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Keeps a pulled room open; see [`Pulled::hold`].
+pub struct StreamGuard(Arc<Pulled>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        *self.0.last_touch.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+}
+
+/// The pulled rooms of an edge.
+pub struct Pulls {
+    origins: Arc<Origins>,
+    relay: Arc<RelayClient>,
+    hls: Arc<HlsRegistry>,
+    linger: Duration,
+    rooms: Mutex<HashMap<RoomKey, Arc<Pulled>>>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Pulls {
+    /// Pulls rooms from `origins` through `relay` into `hls`; a room with no viewer for
+    /// `linger` is unsubscribed.
+    pub fn new(
+        origins: Arc<Origins>,
+        relay: Arc<RelayClient>,
+        hls: Arc<HlsRegistry>,
+        linger: Duration,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            origins,
+            relay,
+            hls,
+            linger,
+            rooms: Mutex::default(),
+            tasks,
+            shutdown,
+        })
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Arc<Pulled>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pulled rooms now.
+    pub fn list(&self) -> Vec<Arc<Pulled>> {
+        self.rooms().values().cloned().collect()
+    }
+
+    /// Distinct viewers over every room.
+    pub fn viewers(&self) -> usize {
+        self.list().iter().map(|p| p.viewers()).sum()
+    }
+
+    /// A viewer at `client` wants `app/room`: the pulled room, starting the pull if the room is
+    /// live somewhere (waiting a little for it to come up). `None` if it is not live anywhere.
+    pub async fn open(
+        self: &Arc<Self>,
+        app: &AppName,
+        room: &RoomName,
+        client: SocketAddr,
+    ) -> Option<Arc<Pulled>> {
+        let key = (app.clone(), room.clone());
+        if let Some(p) = self.rooms().get(&key).cloned() {
+            p.touch(client);
+            return Some(p);
+        }
+        // Only rooms that are live somewhere get a task: random names cost one cached lookup.
+        let holder = self.origins.placement(app, room).await?;
+        let pulled = {
+            let mut rooms = self.rooms();
+            if let Some(p) = rooms.get(&key) {
+                p.clone()
+            } else {
+                if rooms.len() >= MAX_PULLED_ROOMS {
+                    tracing::warn!(%app, %room, "too many pulled rooms; refused");
+                    return None;
+                }
+                let p = Arc::new(Pulled {
+                    app: app.clone(),
+                    room: room.clone(),
+                    state: watch::channel(PullState::Connecting).0,
+                    media: watch::channel(None).0,
+                    hls: Mutex::new(None),
+                    last_touch: Mutex::new(Instant::now()),
+                    viewers: Mutex::default(),
+                    streams: AtomicUsize::new(0),
+                    subscriptions: AtomicU64::new(0),
+                    cancel: self.shutdown.child_token(),
+                });
+                rooms.insert(key.clone(), p.clone());
+                self.tasks.spawn(self.clone().run(p.clone(), Some(holder)));
+                p
+            }
+        };
+        pulled.touch(client);
+        let mut state = pulled.state.subscribe();
+        let up = state.wait_for(|s| *s != PullState::Connecting);
+        let _ = tokio::time::timeout(OPEN_WAIT, up).await;
+        Some(pulled)
+    }
+
+    /// Runs one pulled room until it has been idle for the linger (or the node stops).
+    #[tracing::instrument(skip_all, fields(app = %pulled.app, room = %pulled.room))]
+    async fn run(self: Arc<Self>, pulled: Arc<Pulled>, mut holder: Option<Holder>) {
+        let mut session = Session::default();
+        let mut failures = 0u32;
+        loop {
+            if pulled.cancel.is_cancelled() || pulled.idle_for() >= self.linger {
+                break;
+            }
+            if holder.is_none() {
+                holder = self.origins.placement(&pulled.app, &pulled.room).await;
+            }
+            let Some(h) = holder.take() else {
+                self.wait(&pulled, backoff(&mut failures)).await;
+                continue;
+            };
+            match self
+                .relay
+                .subscribe(h.addr, &pulled.app, &pulled.room)
+                .await
+            {
+                Ok(sub) => {
+                    failures = 0;
+                    pulled.subscriptions.fetch_add(1, Ordering::Relaxed);
+                    session.start(&self.hls, &pulled, &sub, &h);
+                    pulled.state.send_replace(PullState::Live);
+                    let end = self.follow(&pulled, sub, &mut session, &h).await;
+                    tracing::info!(holder = %h.node, ?end, "relay subscription ended");
+                    match end {
+                        FollowEnd::Ended => {
+                            session.end();
+                            pulled.state.send_replace(PullState::Ended);
+                        }
+                        FollowEnd::Lost | FollowEnd::Moved => {
+                            pulled.state.send_replace(PullState::Retrying);
+                        }
+                        FollowEnd::Idle => break,
+                    }
+                    self.origins
+                        .invalidate_placement(&pulled.app, &pulled.room)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::debug!(holder = %h.node, error = %e, "subscription failed");
+                    if matches!(
+                        e,
+                        SubscribeError::Refused {
+                            code: ErrorCode::UnknownRoom | ErrorCode::NotHere { .. },
+                            ..
+                        }
+                    ) && session.media.is_none()
+                        && pulled.state() == PullState::Connecting
+                    {
+                        // Not live after all: first viewers get their answer now.
+                        pulled.state.send_replace(PullState::Ended);
+                    } else if pulled.state() == PullState::Live {
+                        pulled.state.send_replace(PullState::Retrying);
+                    }
+                    self.origins
+                        .invalidate_placement(&pulled.app, &pulled.room)
+                        .await;
+                    self.wait(&pulled, backoff(&mut failures)).await;
+                }
+            }
+        }
+        session.end();
+        self.rooms()
+            .remove(&(pulled.app.clone(), pulled.room.clone()));
+        self.hls.remove(&pulled.app, &pulled.room);
+        tracing::debug!("pull ended");
+    }
+
+    async fn wait(&self, pulled: &Pulled, d: Duration) {
+        tokio::select! {
+            () = pulled.cancel.cancelled() => {}
+            () = tokio::time::sleep(d) => {}
+        }
+    }
+
+    /// Feeds the subscription into the session until it ends, the placement moves, or the
+    /// room goes idle.
+    async fn follow(
+        &self,
+        pulled: &Pulled,
+        mut sub: Subscription,
+        session: &mut Session,
+        holder: &Holder,
+    ) -> FollowEnd {
+        let mut check = tokio::time::interval(PLACEMENT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
+        loop {
+            tokio::select! {
+                update = sub.next() => match update {
+                    Update::Frame(frame) => session.push(frame),
+                    Update::Gap => session.gap(),
+                    Update::Catalog(tracks) => session.set_tracks(tracks),
+                    Update::Ended => return FollowEnd::Ended,
+                    Update::Lost(reason) => {
+                        tracing::warn!(holder = %holder.node, %reason, "relay subscription lost");
+                        return FollowEnd::Lost;
+                    }
+                },
+                _ = check.tick() => {
+                    if pulled.idle_for() >= self.linger {
+                        sub.close().await;
+                        return FollowEnd::Idle;
+                    }
+                    let now = self.origins.placement(&pulled.app, &pulled.room).await;
+                    if now.as_ref().is_some_and(|n| n.epoch != holder.epoch || n.node != holder.node) {
+                        tracing::info!(from = %holder.node, to = ?now.map(|n| n.node), "placement moved");
+                        sub.close().await;
+                        return FollowEnd::Moved;
+                    }
+                }
+                () = pulled.cancel.cancelled() => return FollowEnd::Idle,
+            }
+        }
+    }
+}
+
+/// Why [`Pulls::follow`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FollowEnd {
+    Ended,
+    Lost,
+    Moved,
+    Idle,
+}
+
+/// The local media of one publisher session of a pulled room.
+#[derive(Default)]
+struct Session {
+    media: Option<RoomMedia>,
+    epoch: Option<(String, u64)>,
+}
+
+impl Session {
+    /// Starts (or continues) the session for a new subscription: same holder and epoch
+    /// continue the local media; anything else is a new publisher session.
+    fn start(&mut self, hls: &HlsRegistry, pulled: &Pulled, sub: &Subscription, h: &Holder) {
+        let epoch = Some((h.node.clone(), h.epoch));
+        if self.media.is_some() && self.epoch == epoch {
+            if let Some(media) = self.media.as_mut() {
+                media.set_tracks(sub.tracks.clone());
+                // Whatever was in flight when the old subscription broke is gone.
+                media.push_gap();
+            }
+            return;
+        }
+        self.end();
+        let media = RoomMedia::new();
+        media.set_tracks(sub.tracks.clone());
+        let room = hls.start(&pulled.app, &pulled.room);
+        let consumer = media.subscribe();
+        tokio::spawn(run_packager(consumer, room.clone(), room.session()));
+        *pulled.hls.lock().unwrap_or_else(|e| e.into_inner()) = Some(room);
+        pulled.media.send_replace(Some(media.handle()));
+        self.media = Some(media);
+        self.epoch = epoch;
+    }
+
+    fn push(&mut self, frame: streamhub_shared::Frame) {
+        if let Some(media) = self.media.as_mut() {
+            media.push_relayed(frame);
+        }
+    }
+
+    fn gap(&mut self) {
+        if let Some(media) = self.media.as_mut() {
+            media.push_gap();
+        }
+    }
+
+    fn set_tracks(&mut self, tracks: Vec<streamhub_shared::TrackInfo>) {
+        if let Some(media) = self.media.as_ref() {
+            media.set_tracks(tracks);
+        }
+    }
+
+    /// The publisher's session is over: dropping the media ends the packager (`ENDLIST`).
+    fn end(&mut self) {
+        self.media = None;
+        self.epoch = None;
+    }
+}
+
+/// Capped exponential backoff with jitter: `[50%, 100%)` of `min(base * 2^n, cap)`.
+fn backoff(failures: &mut u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << (*failures).min(10));
+    *failures = failures.saturating_add(1);
+    exp.min(BACKOFF_CAP)
+        .mul_f64(0.5 + 0.5 * rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut n = 0;
+        let first = backoff(&mut n);
+        assert!(first >= BACKOFF_BASE / 2 && first < BACKOFF_BASE);
+        for _ in 0..20 {
+            let d = backoff(&mut n);
+            assert!(d < BACKOFF_CAP);
+        }
+        let late = backoff(&mut n);
+        assert!(late >= BACKOFF_CAP / 2);
+    }
+}
