@@ -1,32 +1,59 @@
-//! Finding (and if needed building) the `streamhub-origin` binary the tests run.
+//! Finding (and if needed building) the `streamhub-origin` and `streamhub-edge` binaries the
+//! tests run.
 //!
-//! The binary is expected next to the test executable's `deps/` directory
+//! A binary is expected next to the test executable's `deps/` directory
 //! (`target/debug/streamhub-origin`). If it is missing, or older than the sources of the crates it
-//! is built from, it is built once per test process with
-//! `cargo build -p streamhub-origin --bin streamhub-origin`. `STREAMHUB_ORIGIN_BIN` names a binary
-//! to use as is; `CHAOS_NO_BUILD=1` never builds.
+//! is built from, it is built once per test process with `cargo build -p <crate> --bin <name>`.
+//! `STREAMHUB_ORIGIN_BIN` / `STREAMHUB_EDGE_BIN` name a binary to use as is; `CHAOS_NO_BUILD=1`
+//! never builds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-/// Crates whose sources go into the origin binary, relative to the workspace root.
-const SOURCE_DIRS: [&str; 4] = ["shared", "cluster", "edge", "origin"];
+/// A binary the tests run.
+struct Binary {
+    name: &'static str,
+    package: &'static str,
+    env: &'static str,
+    /// Crates whose sources go into it, relative to the workspace root.
+    sources: &'static [&'static str],
+}
+
+const ORIGIN: Binary = Binary {
+    name: "streamhub-origin",
+    package: "streamhub-origin",
+    env: "STREAMHUB_ORIGIN_BIN",
+    sources: &["shared", "cluster", "edge", "origin"],
+};
+
+const EDGE: Binary = Binary {
+    name: "streamhub-edge",
+    package: "streamhub-edge",
+    env: "STREAMHUB_EDGE_BIN",
+    sources: &["shared", "cluster", "edge"],
+};
 
 /// Path of the origin binary, built at most once per process.
 pub fn origin_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(locate_or_build).clone()
+    BIN.get_or_init(|| locate_or_build(&ORIGIN)).clone()
 }
 
-fn locate_or_build() -> PathBuf {
-    if let Ok(p) = std::env::var("STREAMHUB_ORIGIN_BIN") {
+/// Path of the edge binary, built at most once per process.
+pub fn edge_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| locate_or_build(&EDGE)).clone()
+}
+
+fn locate_or_build(b: &Binary) -> PathBuf {
+    if let Ok(p) = std::env::var(b.env) {
         return PathBuf::from(p);
     }
-    let bin = expected_path();
+    let bin = expected_dir().join(b.name);
     let no_build = std::env::var("CHAOS_NO_BUILD").is_ok_and(|v| v == "1");
-    let fresh = bin.exists() && !is_stale(&bin);
+    let fresh = bin.exists() && !is_stale(&bin, b.sources);
     if fresh || (no_build && bin.exists()) {
         return bin;
     }
@@ -35,7 +62,7 @@ fn locate_or_build() -> PathBuf {
         "{} is missing and CHAOS_NO_BUILD=1",
         bin.display()
     );
-    build();
+    build(b);
     assert!(
         bin.exists(),
         "cargo build did not produce {}",
@@ -44,14 +71,14 @@ fn locate_or_build() -> PathBuf {
     bin
 }
 
-/// `<target>/<profile>/streamhub-origin`, from the test executable `<target>/<profile>/deps/x`.
-fn expected_path() -> PathBuf {
+/// `<target>/<profile>`, from the test executable `<target>/<profile>/deps/x`.
+fn expected_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("path of the test executable");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable lives in <target>/<profile>/deps");
-    profile_dir.join("streamhub-origin")
+    profile_dir.to_path_buf()
 }
 
 fn workspace_root() -> PathBuf {
@@ -62,7 +89,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// True if a source file or manifest of the binary's crates is newer than the binary.
-fn is_stale(bin: &Path) -> bool {
+fn is_stale(bin: &Path, sources: &[&str]) -> bool {
     let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
         return true;
     };
@@ -70,7 +97,7 @@ fn is_stale(bin: &Path) -> bool {
     let mut newest = SystemTime::UNIX_EPOCH;
     newest_mtime(&root.join("Cargo.toml"), &mut newest);
     newest_mtime(&root.join("Cargo.lock"), &mut newest);
-    for dir in SOURCE_DIRS {
+    for dir in sources {
         newest_mtime(&root.join(dir).join("Cargo.toml"), &mut newest);
         newest_mtime(&root.join(dir).join("src"), &mut newest);
     }
@@ -88,22 +115,20 @@ fn newest_mtime(path: &Path, newest: &mut SystemTime) {
     }
 }
 
-fn build() {
+fn build(b: &Binary) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("chaos-tests: building streamhub-origin (missing or older than its sources)");
+    eprintln!(
+        "chaos-tests: building {} (missing or older than its sources)",
+        b.name
+    );
     let status = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "streamhub-origin",
-            "--bin",
-            "streamhub-origin",
-        ])
+        .args(["build", "-p", b.package, "--bin", b.name])
         .current_dir(workspace_root())
         .status()
         .expect("run cargo build");
     assert!(
         status.success(),
-        "cargo build -p streamhub-origin failed ({status})"
+        "cargo build -p {} failed ({status})",
+        b.package
     );
 }

@@ -109,6 +109,25 @@ impl Cluster {
         cfg
     }
 
+    /// Starts an edge named `name` in `region` that joins through origin `via` (with `args`
+    /// added), waits until it is healthy and returns it. Its log is printed if the test fails.
+    pub async fn start_edge(
+        &mut self,
+        name: &str,
+        region: &str,
+        via: usize,
+        args: &[&str],
+    ) -> Node {
+        let join = self.join_via(via).await;
+        let mut cfg = self.config(name, Some(join));
+        cfg.role = crate::node::Role::Edge;
+        cfg.region = region.to_string();
+        cfg.args = args.iter().map(|a| a.to_string()).collect();
+        Node::start(cfg, self.timeline.clone())
+            .await
+            .unwrap_or_else(|e| panic!("edge {name} starts: {e:#}"))
+    }
+
     /// Starts a node outside `nodes` (e.g. one that must be refused) without waiting for it.
     pub fn spawn_extra(&mut self, name: &str, join: Option<Join>) -> Node {
         let cfg = self.config(name, join);

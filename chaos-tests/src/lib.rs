@@ -1,4 +1,5 @@
-//! Multi-process cluster harness: runs real `streamhub-origin` processes on loopback ports, each
+//! Multi-process cluster harness: runs real `streamhub-origin` and `streamhub-edge` processes on
+//! loopback ports, each
 //! with its own data dir and log file, and lets a test kill, stop, restart and wipe them while it
 //! drives the cluster through its public API and with ffmpeg.
 //!
@@ -9,6 +10,7 @@
 pub mod api;
 pub mod binary;
 pub mod cluster;
+pub mod hls;
 pub mod node;
 pub mod poll;
 pub mod ports;
@@ -18,7 +20,7 @@ pub mod timeline;
 
 pub use api::{Api, Reply};
 pub use cluster::Cluster;
-pub use node::{Join, Node, NodeConfig};
+pub use node::{Join, Node, NodeConfig, Role};
 pub use poll::poll;
 pub use publisher::Publisher;
 pub use seed::chaos_seed;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::api::Api;
-use crate::binary::origin_binary;
+use crate::binary::{edge_binary, origin_binary};
 use crate::poll::poll;
 use crate::ports::{free_tcp, free_udp};
 use crate::timeline::Timeline;
@@ -33,9 +33,24 @@ pub struct Join {
     pub token: String,
 }
 
+/// Which binary a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `streamhub-origin`.
+    Origin,
+    /// `streamhub-edge`.
+    Edge,
+}
+
 /// Everything a node is started with; kept so the node restarts on the same ports and dir.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
+    /// Origin or edge.
+    pub role: Role,
+    /// `--region`.
+    pub region: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
     /// `--node-id`.
     pub name: String,
     /// `--http`.
@@ -58,6 +73,9 @@ impl NodeConfig {
     /// A node named `name` on fresh loopback ports, with its data dir and log under `root`.
     pub fn new(name: &str, root: &std::path::Path) -> NodeConfig {
         NodeConfig {
+            role: Role::Origin,
+            region: "local".into(),
+            args: Vec::new(),
             name: name.to_string(),
             http: free_tcp(),
             rtmp: free_tcp(),
@@ -122,7 +140,7 @@ impl Node {
         let child = self
             .command(log.try_clone()?, log)
             .spawn()
-            .with_context(|| format!("spawn {}", origin_binary().display()))?;
+            .with_context(|| format!("spawn {}", self.binary().display()))?;
         let how = match &self.cfg.join {
             Some(j) if self.runs == 1 => format!("joining via {}", j.url),
             Some(_) => "with --join (ignored if its data dir has state)".into(),
@@ -141,22 +159,32 @@ impl Node {
         Ok(())
     }
 
+    fn binary(&self) -> std::path::PathBuf {
+        match self.cfg.role {
+            Role::Origin => origin_binary(),
+            Role::Edge => edge_binary(),
+        }
+    }
+
     fn command(&self, out: File, err: File) -> Command {
         let c = &self.cfg;
-        let mut cmd = Command::new(origin_binary());
+        let mut cmd = Command::new(self.binary());
         cmd.arg("--data-dir")
             .arg(&c.data_dir)
             .args(["--http", &c.http.to_string()])
-            .args(["--rtmp", &c.rtmp.to_string()])
             .args(["--cluster", &c.cluster.to_string()])
             .args(["--node-id", &c.name])
-            .args(["--region", "local"])
-            .args(["--public-url", &format!("http://{}", c.http)]);
+            .args(["--region", &c.region])
+            .args(["--public-url", &format!("http://{}", c.http)])
+            .args(&c.args);
+        if c.role == Role::Origin {
+            cmd.args(["--rtmp", &c.rtmp.to_string()]);
+        }
         if let Some(j) = &c.join {
             cmd.args(["--join", &j.url, "--join-token", &j.token]);
         }
-        let log =
-            std::env::var("CHAOS_LOG").unwrap_or_else(|_| "info,openraft=warn,sled=warn".into());
+        let log = std::env::var("CHAOS_LOG")
+            .unwrap_or_else(|_| "info,openraft=warn,sled=warn,streamhub_edge=debug".into());
         cmd.env("ADMIN_USER", ADMIN_USER)
             .env("NO_COLOR", "1")
             .env("ADMIN_PASS", ADMIN_PASS)
@@ -315,6 +343,20 @@ impl Node {
     /// `rtmp://<rtmp addr>/live/<key>`.
     pub fn rtmp_url(&self, stream_key: &str) -> String {
         format!("rtmp://{}/live/{stream_key}", self.cfg.rtmp)
+    }
+
+    /// Text of `GET /metrics`, and the value of the sample named exactly `series` in it
+    /// (e.g. `streamhub_relay_subscribed_total` or `x_total{peer="edge-1"}`).
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(self.url("/metrics")).await?.text().await?;
+        text.lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series)
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .with_context(|| format!("{series} not in /metrics of {}", self.cfg.name))
     }
 
     /// `--node-id`.
