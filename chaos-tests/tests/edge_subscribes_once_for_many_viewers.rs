@@ -19,7 +19,9 @@ async fn viewer(url: String, stop: tokio_util_like::Stop) -> u64 {
             let text = String::from_utf8_lossy(&body).to_string();
             for n in hls::segments(&text) {
                 if seen.insert(n) {
-                    if let Ok(seg) = hls::get_ok(&http, &sibling(&url, &format!("seg-{n}.m4s"))).await {
+                    if let Ok(seg) =
+                        hls::get_ok(&http, &sibling(&url, &format!("seg-{n}.m4s"))).await
+                    {
                         bytes += seg.len() as u64;
                     }
                 }
@@ -56,17 +58,27 @@ async fn edge_subscribes_once_for_many_viewers() {
     let _publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
     let http = hls::client();
     let url = edge.url("/hls/live/cam/index.m3u8");
-    hls::wait_segments(&http, &c.nodes[0].url("/hls/live/cam/index.m3u8"), 1, Duration::from_secs(30))
-        .await
-        .unwrap();
+    hls::wait_segments(
+        &http,
+        &c.nodes[0].url("/hls/live/cam/index.m3u8"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
     let stop = tokio_util_like::Stop::default();
     let viewers: Vec<_> = (0..VIEWERS)
         .map(|_| tokio::spawn(viewer(url.clone(), stop.clone())))
         .collect();
     c.note(format!("{VIEWERS} viewers on edge-1"));
-    hls::wait_segments(&http, &url, 2, Duration::from_secs(30)).await.unwrap();
+    hls::wait_segments(&http, &url, 2, Duration::from_secs(30))
+        .await
+        .unwrap();
     poll("50 viewers counted", Duration::from_secs(20), || async {
-        let v = edge.metric("streamhub_viewers").await.map_err(|e| format!("{e:#}"))?;
+        let v = edge
+            .metric("streamhub_viewers")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
         (v >= VIEWERS as f64).then_some(()).ok_or(format!("{v}"))
     })
     .await
@@ -75,9 +87,21 @@ async fn edge_subscribes_once_for_many_viewers() {
     // Egress to the edge against ingest over the same window.
     let origin = &c.nodes[0];
     let egress = "streamhub_relay_egress_bytes_total{peer=\"edge-1\"}";
-    let (e0, i0) = (origin.metric(egress).await.unwrap(), origin.metric("streamhub_rtmp_bytes_in_total").await.unwrap());
+    let (e0, i0) = (
+        origin.metric(egress).await.unwrap(),
+        origin
+            .metric("streamhub_rtmp_bytes_in_total")
+            .await
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let (e1, i1) = (origin.metric(egress).await.unwrap(), origin.metric("streamhub_rtmp_bytes_in_total").await.unwrap());
+    let (e1, i1) = (
+        origin.metric(egress).await.unwrap(),
+        origin
+            .metric("streamhub_rtmp_bytes_in_total")
+            .await
+            .unwrap(),
+    );
     stop.set();
     let mut served = 0;
     for v in viewers {
@@ -89,12 +113,38 @@ async fn edge_subscribes_once_for_many_viewers() {
         (e1 - e0) * 8.0 / 8000.0,
         (i1 - i0) * 8.0 / 8000.0
     );
-    assert!((0.8..=1.3).contains(&ratio), "relay egress / ingest = {ratio:.2}");
-    assert!(served as f64 > 10.0 * (e1 - e0), "the viewers got many times what the edge pulled");
+    assert!(
+        (0.8..=1.3).contains(&ratio),
+        "relay egress / ingest = {ratio:.2}"
+    );
+    assert!(
+        served as f64 > 10.0 * (e1 - e0),
+        "the viewers got many times what the edge pulled"
+    );
 
-    assert_eq!(edge.metric("streamhub_relay_subscribed_total").await.unwrap(), 1.0, "one subscription");
-    assert_eq!(edge.metric("streamhub_relay_subscriptions").await.unwrap(), 1.0);
-    assert_eq!(origin.metric("streamhub_relay_subscribes_served_total").await.unwrap(), 1.0);
-    assert_eq!(edge.metric("streamhub_relay_groups_lost_total").await.unwrap(), 0.0);
+    assert_eq!(
+        edge.metric("streamhub_relay_subscribed_total")
+            .await
+            .unwrap(),
+        1.0,
+        "one subscription"
+    );
+    assert_eq!(
+        edge.metric("streamhub_relay_subscriptions").await.unwrap(),
+        1.0
+    );
+    assert_eq!(
+        origin
+            .metric("streamhub_relay_subscribes_served_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    assert_eq!(
+        edge.metric("streamhub_relay_groups_lost_total")
+            .await
+            .unwrap(),
+        0.0
+    );
     c.note("done");
 }

@@ -29,10 +29,14 @@ async fn play_steers_to_the_region_edge() {
         .unwrap();
     let play = |region: &str| c.nodes[0].url(&format!("/play/live/cam?region={region}"));
     // The edges are in the registry once their first heartbeats are in.
-    let to_eu = poll("eu viewers steered to edge-eu", Duration::from_secs(20), || async {
-        let l = location(&http, &play("eu")).await?;
-        l.contains(&eu.url("")).then_some(l.clone()).ok_or(l)
-    })
+    let to_eu = poll(
+        "eu viewers steered to edge-eu",
+        Duration::from_secs(20),
+        || async {
+            let l = location(&http, &play("eu")).await?;
+            l.contains(&eu.url("")).then_some(l.clone()).ok_or(l)
+        },
+    )
     .await
     .unwrap();
     assert!(to_eu.ends_with("/play/live/cam?steered=edge-eu"), "{to_eu}");
@@ -41,25 +45,45 @@ async fn play_steers_to_the_region_edge() {
     // The chosen edge serves the page instead of steering again.
     let page = http.get(&to_eu).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("/hls/live/cam/index.m3u8"));
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("/hls/live/cam/index.m3u8"));
     // The playback API on an edge steers the same way.
     let api = us.url("/api/v1/apps/live/rooms/cam/playback?region=eu");
     let v: serde_json::Value = http.get(&api).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["data"]["node"], "edge-eu", "{v}");
     assert_eq!(v["data"]["reason"], "same_region_edge");
-    assert_eq!(v["data"]["hlsUrl"], format!("{}/hls/live/cam/index.m3u8", eu.url("")));
+    assert_eq!(
+        v["data"]["hlsUrl"],
+        format!("{}/hls/live/cam/index.m3u8", eu.url(""))
+    );
 
     eu.kill9();
     let killed = Instant::now();
-    let moved = poll("eu viewers steered away from the dead edge", Duration::from_secs(30), || async {
-        let l = location(&http, &play("eu")).await?;
-        (!l.contains(&eu.url(""))).then_some(l.clone()).ok_or(l)
-    })
+    let moved = poll(
+        "eu viewers steered away from the dead edge",
+        Duration::from_secs(30),
+        || async {
+            let l = location(&http, &play("eu")).await?;
+            (!l.contains(&eu.url(""))).then_some(l.clone()).ok_or(l)
+        },
+    )
     .await
     .unwrap();
     let after = killed.elapsed();
-    println!("/play stopped sending eu viewers to the killed edge after {} ms (now {moved})", after.as_millis());
-    assert!(moved.contains(&us.url("")), "the remaining edge, not an origin: {moved}");
-    assert!(after >= Duration::from_secs(6), "steering kept the edge until its TTL: {after:?}");
+    println!(
+        "/play stopped sending eu viewers to the killed edge after {} ms (now {moved})",
+        after.as_millis()
+    );
+    assert!(
+        moved.contains(&us.url("")),
+        "the remaining edge, not an origin: {moved}"
+    );
+    assert!(
+        after >= Duration::from_secs(6),
+        "steering kept the edge until its TTL: {after:?}"
+    );
     c.note("done");
 }
