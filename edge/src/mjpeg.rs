@@ -2,9 +2,9 @@
 //! `multipart/x-mixed-replace`, `GET /live/{app}/{room}/frame.jpg` answers the latest one.
 //!
 //! A viewer's stream only produces a picture when the HTTP connection asks for the next chunk,
-//! so a slow viewer holds at most one picture (plus its socket buffer): it skips pictures, never
-//! queues them. A viewer that fell behind the room's channel restarts at the newest picture.
-//! Every body shares the relayed frame's buffer; nothing is copied per viewer.
+//! and then takes the newest one: a slow viewer skips pictures, never queues them, and holds no
+//! position in the room's frame channel (which would pin every picture it has not read). Every
+//! body shares the relayed frame's buffer; nothing is copied per viewer.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -22,7 +22,7 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use streamhub_shared::media::{CodecConfig, MediaConsumer, MediaHandle, RecvError};
+use streamhub_shared::media::{CodecConfig, MediaHandle};
 use streamhub_shared::{AppName, Frame, RoomName, TrackId};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -161,9 +161,14 @@ async fn frame_jpg(
     let latest = match media.latest_frame_of(track) {
         Some(f) => Some(f),
         None => {
+            let mut newest = media.newest_group();
             let wait = async {
-                let mut c = media.subscribe()?;
-                next_picture(&mut c, track).await
+                loop {
+                    newest.changed().await.ok()?;
+                    if let Some(f) = media.latest_frame_of(track) {
+                        return Some(f);
+                    }
+                }
             };
             tokio::time::timeout(FIRST_FRAME_WAIT, wait)
                 .await
@@ -191,18 +196,6 @@ async fn frame_jpg(
         .into_response()
 }
 
-/// The next picture of `track`; `None` once the room ends.
-async fn next_picture(consumer: &mut MediaConsumer, track: TrackId) -> Option<Frame> {
-    loop {
-        match consumer.recv().await {
-            Ok(f) if f.track == track => return Some(f),
-            Ok(_) | Err(RecvError::Gap) => continue,
-            Err(RecvError::Lagged(_)) => continue,
-            Err(RecvError::Closed) => return None,
-        }
-    }
-}
-
 async fn stream(
     State(st): State<MjpegState>,
     Client(client): Client,
@@ -218,13 +211,14 @@ async fn stream(
         Ok(v) => v,
         Err(resp) => return resp,
     };
-    let Some(consumer) = viewing.media.subscribe() else {
+    if !viewing.media.is_live() {
         return error(StatusCode::NOT_FOUND, "no such live room");
-    };
+    }
     st.stats.streams.fetch_add(1, Ordering::Relaxed);
     let first = viewing.media.latest_frame_of(track);
     let viewer = Viewer {
-        consumer,
+        newest: viewing.media.newest_group(),
+        last: None,
         media: viewing.media,
         track,
         first,
@@ -258,7 +252,9 @@ async fn stream(
 
 /// One MJPEG viewer's stream state.
 struct Viewer {
-    consumer: MediaConsumer,
+    newest: tokio::sync::watch::Receiver<Option<u64>>,
+    /// The group of the last picture sent.
+    last: Option<u64>,
     media: MediaHandle,
     track: TrackId,
     first: Option<Frame>,
@@ -284,6 +280,11 @@ impl Viewer {
             Some(f) => f,
             None => self.next_frame().await?,
         };
+        if let Some(last) = self.last {
+            let skipped = frame.group.saturating_sub(last + 1);
+            self.stats.skipped.fetch_add(skipped, Ordering::Relaxed);
+        }
+        self.last = Some(frame.group);
         let head = format!(
             "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
             frame.data.len()
@@ -298,21 +299,16 @@ impl Viewer {
         Some(Bytes::from(head))
     }
 
+    /// The newest picture once there is one newer than the last sent; `None` once the room
+    /// ends.
     async fn next_frame(&mut self) -> Option<Frame> {
         loop {
-            match self.consumer.recv().await {
-                Ok(f) if f.track == self.track => return Some(f),
-                Ok(_) | Err(RecvError::Gap) => continue,
-                Err(RecvError::Lagged(n)) => {
-                    // Fell behind the room's channel: restart at the newest picture.
-                    self.stats.skipped.fetch_add(n, Ordering::Relaxed);
-                    self.consumer = self.media.subscribe()?;
-                    if let Some(f) = self.media.latest_frame_of(self.track) {
-                        return Some(f);
-                    }
+            if let Some(f) = self.media.latest_frame_of(self.track) {
+                if self.last.is_none_or(|l| f.group > l) {
+                    return Some(f);
                 }
-                Err(RecvError::Closed) => return None,
             }
+            self.newest.changed().await.ok()?;
         }
     }
 }

@@ -329,7 +329,7 @@ impl Pulls {
             tokio::select! {
                 update = sub.next() => match update {
                     Update::Frame(frame) => session.push(frame),
-                    Update::Gap => session.gap(),
+                    Update::Gap { partial } => session.gap(partial),
                     Update::Catalog(tracks) => session.set_tracks(tracks),
                     Update::Ended => return FollowEnd::Ended,
                     Update::Lost(reason) => {
@@ -380,7 +380,7 @@ impl Session {
             if let Some(media) = self.media.as_mut() {
                 media.set_tracks(sub.tracks.clone());
                 // Whatever was in flight when the old subscription broke is gone.
-                media.push_gap();
+                media.push_gap(true);
             }
             return;
         }
@@ -402,9 +402,9 @@ impl Session {
         }
     }
 
-    fn gap(&mut self) {
+    fn gap(&mut self, partial: bool) {
         if let Some(media) = self.media.as_mut() {
-            media.push_gap();
+            media.push_gap(partial);
         }
     }
 

@@ -178,6 +178,9 @@ pub struct RoomMedia {
     // A std Mutex: held for a push or a snapshot, never across an `.await`; it makes "snapshot
     // the latest group, then subscribe" atomic with respect to pushes (no gap, no duplicate).
     latest: Arc<Mutex<LatestGroup>>,
+    /// The newest group number: lets a consumer wait for "something newer" without holding a
+    /// channel position (so a stalled consumer retains nothing).
+    newest: watch::Sender<Option<u64>>,
     policy: GroupPolicy,
     grouping: Grouping,
 }
@@ -205,6 +208,7 @@ impl RoomMedia {
             tracks,
             frames,
             latest: Arc::default(),
+            newest: watch::channel(None).0,
             policy,
             grouping: Grouping::default(),
         }
@@ -239,21 +243,30 @@ impl RoomMedia {
     }
 
     /// Tells every consumer that frames were lost upstream: they resync on the next group, as
-    /// after [`RecvError::Lagged`]. The latest group is no longer served to late joiners.
-    pub fn push_gap(&mut self) {
-        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        latest.overflowed = true;
-        latest.frames = Vec::new();
+    /// after [`RecvError::Lagged`]. With `partial` (the latest group is incomplete), it is no
+    /// longer served to late joiners; otherwise the latest complete group still is.
+    pub fn push_gap(&mut self, partial: bool) {
+        if partial {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            latest.overflowed = true;
+            latest.frames = Vec::new();
+        }
         let _ = self.frames.send(MediaEvent::Gap);
     }
 
     fn send(&self, frame: Frame) {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
-        if latest.group.is_none_or(|g| frame.group >= g) {
+        let group = frame.group;
+        let newer = latest.group.is_none_or(|g| group > g);
+        if latest.group.is_none_or(|g| group >= g) {
             latest.add(&frame);
         }
         // An error only means there is no consumer right now.
         let _ = self.frames.send(MediaEvent::Frame(frame));
+        drop(latest);
+        if newer {
+            self.newest.send_replace(Some(group));
+        }
     }
 
     fn assign_group(&mut self, frame: &Frame) -> Option<u64> {
@@ -302,6 +315,7 @@ impl RoomMedia {
             tracks: self.tracks.subscribe(),
             frames: self.frames.downgrade(),
             latest: self.latest.clone(),
+            newest: self.newest.subscribe(),
         }
     }
 
@@ -318,6 +332,7 @@ pub struct MediaHandle {
     tracks: watch::Receiver<Arc<Vec<TrackInfo>>>,
     frames: broadcast::WeakSender<MediaEvent>,
     latest: Arc<Mutex<LatestGroup>>,
+    newest: watch::Receiver<Option<u64>>,
 }
 
 impl MediaHandle {
@@ -329,6 +344,14 @@ impl MediaHandle {
     /// True while the producer exists.
     pub fn is_live(&self) -> bool {
         self.frames.upgrade().is_some()
+    }
+
+    /// A receiver of the newest group number: `changed()` resolves when a new group starts
+    /// and fails once the producer has gone. It holds no frames.
+    pub fn newest_group(&self) -> watch::Receiver<Option<u64>> {
+        let mut rx = self.newest.clone();
+        rx.mark_unchanged();
+        rx
     }
 
     /// The number of the newest group, if any frame was pushed.

@@ -12,6 +12,7 @@
 //! complete one.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use streamhub_shared::Frame;
 
@@ -19,14 +20,19 @@ use streamhub_shared::Frame;
 pub const MAX_PENDING_GROUPS: usize = 3;
 /// Bytes buffered behind the delivered group before it is abandoned.
 pub const MAX_PENDING_BYTES: usize = 32 << 20;
+/// How long a group that has not shown a single byte is awaited while later ones have: long
+/// enough for a stream overtaken by a newer one, short enough that a group the origin reset
+/// before its header left (so the edge never learns its number) does not hold the room.
+pub const MISSING_GROUP_WAIT: Duration = Duration::from_millis(500);
 
 /// What the reorderer hands on, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// The next frame.
     Frame(Frame),
-    /// Frames were lost between the previous delivery and the next.
-    Gap,
+    /// Frames were lost between the previous delivery and the next; `partial` when some frames
+    /// of the lost group were delivered (so what was delivered of it is incomplete).
+    Gap { partial: bool },
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +57,8 @@ pub struct Reorder {
     out: VecDeque<Delivery>,
     /// Some frame was ever handed on (a gap before the first one means nothing).
     delivered: bool,
+    /// Since when the current group is awaited with nothing of it seen but later groups are.
+    missing_since: Option<Instant>,
     /// Groups given up on, for metrics.
     abandoned: u64,
 }
@@ -69,8 +77,27 @@ impl Reorder {
         self.abandoned
     }
 
-    /// A frame of `group` arrived on its stream.
-    pub fn frame(&mut self, group: u64, frame: Frame) {
+    /// When [`on_timeout`](Self::on_timeout) should be called, if anything waits on the clock.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.missing_since.map(|t| t + MISSING_GROUP_WAIT)
+    }
+
+    /// The clock reached `now`: a group that never showed up is skipped once it has been
+    /// awaited for [`MISSING_GROUP_WAIT`].
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.deadline().is_some_and(|d| now >= d) {
+            if let Some(current) = self.current {
+                self.missing_since = None;
+                self.abandoned += 1;
+                self.out.push_back(Delivery::Gap { partial: false });
+                self.advance(current, false);
+                self.settle(now);
+            }
+        }
+    }
+
+    /// A frame of `group` arrived on its stream at `now`.
+    pub fn frame(&mut self, group: u64, frame: Frame, now: Instant) {
         if self.is_past(group) {
             return;
         }
@@ -89,11 +116,11 @@ impl Reorder {
         p.bytes += bytes;
         p.frames.push_back(frame);
         self.pending_bytes += bytes;
-        self.settle();
+        self.settle(now);
     }
 
-    /// The stream of `group` ended: `clean` with its FIN, else reset or broken.
-    pub fn end(&mut self, group: u64, clean: bool) {
+    /// The stream of `group` ended at `now`: `clean` with its FIN, else reset or broken.
+    pub fn end(&mut self, group: u64, clean: bool, now: Instant) {
         if self.is_past(group) {
             return;
         }
@@ -101,13 +128,13 @@ impl Reorder {
         if self.current.is_none() {
             self.current = Some(group);
         }
-        self.settle();
+        self.settle(now);
     }
 
     /// The next delivery, if any.
     pub fn poll(&mut self) -> Option<Delivery> {
         let d = self.out.pop_front()?;
-        if matches!(d, Delivery::Gap) && !self.delivered {
+        if matches!(d, Delivery::Gap { .. }) && !self.delivered {
             return self.poll();
         }
         self.delivered = true;
@@ -124,7 +151,7 @@ impl Reorder {
     /// A group that has not been seen yet is waited for like one that is under way: newer
     /// groups have a higher stream priority at the origin, so their first bytes often arrive
     /// before the rest (or even the header) of the group before them.
-    fn settle(&mut self) {
+    fn settle(&mut self, now: Instant) {
         loop {
             let Some(current) = self.current else { return };
             if let Some(p) = self.pending.get_mut(&current) {
@@ -147,10 +174,18 @@ impl Reorder {
                 if let Some(p) = self.pending.remove(&current) {
                     self.pending_bytes -= p.bytes;
                 }
-                self.out.push_back(Delivery::Gap);
+                self.out.push_back(Delivery::Gap {
+                    partial: self.started,
+                });
                 self.advance(current, false);
                 continue;
             }
+            let missing = !self.started && !self.pending.contains_key(&current) && later > 0;
+            self.missing_since = match (missing, self.missing_since) {
+                (true, Some(t)) => Some(t),
+                (true, None) => Some(now),
+                (false, _) => None,
+            };
             return;
         }
     }
@@ -158,7 +193,7 @@ impl Reorder {
     /// `group` is done: `lost` if it ended without completing. Moves on to the next group.
     fn advance(&mut self, group: u64, lost: bool) {
         if lost && self.started {
-            self.out.push_back(Delivery::Gap);
+            self.out.push_back(Delivery::Gap { partial: true });
         }
         if !lost {
             self.last_complete = Some(group);
@@ -190,11 +225,22 @@ mod tests {
         }
     }
 
+    impl Reorder {
+        fn frame_at(&mut self, group: u64, frame: Frame) {
+            self.frame(group, frame, Instant::now());
+        }
+
+        fn end_at(&mut self, group: u64, clean: bool) {
+            self.end(group, clean, Instant::now());
+        }
+    }
+
     fn drain(r: &mut Reorder) -> Vec<String> {
         std::iter::from_fn(|| r.poll())
             .map(|d| match d {
                 Delivery::Frame(fr) => format!("{}.{}", fr.group, fr.dts),
-                Delivery::Gap => "gap".into(),
+                Delivery::Gap { partial: true } => "gap".into(),
+                Delivery::Gap { partial: false } => "skip".into(),
             })
             .collect()
     }
@@ -202,63 +248,63 @@ mod tests {
     #[test]
     fn in_order_groups_pass_straight_through() {
         let mut r = Reorder::new(Some(5));
-        r.frame(5, f(5, 0));
-        r.frame(5, f(5, 1));
+        r.frame_at(5, f(5, 0));
+        r.frame_at(5, f(5, 1));
         assert_eq!(drain(&mut r), ["5.0", "5.1"]);
-        r.end(5, true);
-        r.frame(6, f(6, 0));
+        r.end_at(5, true);
+        r.frame_at(6, f(6, 0));
         assert_eq!(drain(&mut r), ["6.0"]);
     }
 
     #[test]
     fn a_later_group_waits_for_the_current_one() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
-        r.frame(2, f(2, 0)); // the next stream raced ahead
-        r.frame(1, f(1, 1));
+        r.frame_at(1, f(1, 0));
+        r.frame_at(2, f(2, 0)); // the next stream raced ahead
+        r.frame_at(1, f(1, 1));
         assert_eq!(drain(&mut r), ["1.0", "1.1"]);
-        r.frame(2, f(2, 1));
+        r.frame_at(2, f(2, 1));
         assert!(drain(&mut r).is_empty());
-        r.end(1, true);
+        r.end_at(1, true);
         assert_eq!(drain(&mut r), ["2.0", "2.1"]);
-        r.frame(1, f(1, 9)); // late bytes of a finished group
+        r.frame_at(1, f(1, 9)); // late bytes of a finished group
         assert!(drain(&mut r).is_empty());
     }
 
     #[test]
     fn a_reset_group_is_a_gap_and_the_next_one_follows() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
-        r.frame(2, f(2, 0));
-        r.end(1, false);
+        r.frame_at(1, f(1, 0));
+        r.frame_at(2, f(2, 0));
+        r.end_at(1, false);
         assert_eq!(drain(&mut r), ["1.0", "gap", "2.0"]);
     }
 
     #[test]
     fn a_later_group_may_overtake_the_next_one() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
-        r.frame(3, f(3, 0)); // newer first: 3's bytes before 2's header
-        r.end(1, true);
+        r.frame_at(1, f(1, 0));
+        r.frame_at(3, f(3, 0)); // newer first: 3's bytes before 2's header
+        r.end_at(1, true);
         assert_eq!(drain(&mut r), ["1.0"], "2 is awaited");
-        r.frame(2, f(2, 0));
-        r.end(2, true);
+        r.frame_at(2, f(2, 0));
+        r.end_at(2, true);
         assert_eq!(drain(&mut r), ["2.0", "3.0"]);
     }
 
     #[test]
     fn a_group_that_never_comes_is_a_gap_once_later_ones_pile_up() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
-        r.end(1, true);
+        r.frame_at(1, f(1, 0));
+        r.end_at(1, true);
         for g in 3..=(3 + MAX_PENDING_GROUPS as u64) {
-            r.frame(g, f(g, 0));
-            r.end(g, true);
+            r.frame_at(g, f(g, 0));
+            r.end_at(g, true);
         }
         let out = drain(&mut r);
         assert_eq!(
             out[..3],
-            ["1.0".to_string(), "gap".to_string(), "3.0".to_string()]
+            ["1.0".to_string(), "skip".to_string(), "3.0".to_string()]
         );
         assert_eq!(out.len(), 2 + MAX_PENDING_GROUPS + 1, "{out:?}");
     }
@@ -266,10 +312,10 @@ mod tests {
     #[test]
     fn a_stuck_group_is_abandoned_when_later_ones_pile_up() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
+        r.frame_at(1, f(1, 0));
         for g in 2..=(2 + MAX_PENDING_GROUPS as u64) {
-            r.frame(g, f(g, 0));
-            r.end(g, true);
+            r.frame_at(g, f(g, 0));
+            r.end_at(g, true);
         }
         let out = drain(&mut r);
         assert_eq!(out[..2], ["1.0".to_string(), "gap".to_string()]);
@@ -281,18 +327,35 @@ mod tests {
     fn the_awaited_first_group_may_never_come() {
         let mut r = Reorder::new(Some(7));
         for g in 8..=(8 + MAX_PENDING_GROUPS as u64) {
-            r.frame(g, f(g, 0));
+            r.frame_at(g, f(g, 0));
         }
         assert_eq!(drain(&mut r), ["8.0"], "no gap before the first frame");
     }
 
     #[test]
+    fn a_group_that_never_shows_up_is_skipped_after_a_while() {
+        let t0 = Instant::now();
+        let mut r = Reorder::new(Some(1));
+        r.frame(1, f(1, 0), t0);
+        r.end(1, true, t0);
+        r.frame(3, f(3, 0), t0); // 2 was reset before its header left the origin
+        r.end(3, true, t0);
+        assert_eq!(drain(&mut r), ["1.0"]);
+        assert_eq!(r.deadline(), Some(t0 + MISSING_GROUP_WAIT));
+        r.on_timeout(t0 + MISSING_GROUP_WAIT / 2);
+        assert!(drain(&mut r).is_empty(), "not yet");
+        r.on_timeout(t0 + MISSING_GROUP_WAIT);
+        assert_eq!(drain(&mut r), ["skip", "3.0"]);
+        assert_eq!(r.deadline(), None);
+    }
+
+    #[test]
     fn buffered_bytes_are_bounded() {
         let mut r = Reorder::new(Some(1));
-        r.frame(1, f(1, 0));
+        r.frame_at(1, f(1, 0));
         let mut big = f(2, 0);
         big.data = Bytes::from(vec![0u8; MAX_PENDING_BYTES + 1]);
-        r.frame(2, big);
+        r.frame_at(2, big);
         let out = drain(&mut r);
         assert_eq!(out, ["1.0", "gap", "2.0"]);
         assert_eq!(r.pending_bytes, 0);

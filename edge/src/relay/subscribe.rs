@@ -323,8 +323,9 @@ async fn end(route: &Option<(u64, mpsc::Sender<GroupEvent>)>, clean: bool) {
 pub enum Update {
     /// The next frame, in the origin's order, with the origin's group number.
     Frame(Frame),
-    /// Frames were lost before the next one.
-    Gap,
+    /// Frames were lost before the next one; `partial` if the last group delivered is
+    /// incomplete.
+    Gap { partial: bool },
     /// The room's tracks changed.
     Catalog(Vec<TrackInfo>),
     /// The publisher has gone: nothing more will come.
@@ -375,11 +376,19 @@ impl Subscription {
                 }
                 return match d {
                     Delivery::Frame(f) => Update::Frame(f),
-                    Delivery::Gap => Update::Gap,
+                    Delivery::Gap { partial } => Update::Gap { partial },
                 };
             }
+            let deadline = self.reorder.deadline();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
+                () = timer => self.reorder.on_timeout(std::time::Instant::now()),
                 msg = read_message(&mut self.recv, &mut self.buf, &mut self.decoder) => {
                     return match msg {
                         Ok(Some(ControlMessage::CatalogUpdate { tracks, .. })) => {
@@ -398,12 +407,14 @@ impl Subscription {
                     };
                 }
                 event = self.events.recv() => match event {
-                    Some(GroupEvent::Frame(f)) => self.reorder.frame(f.group, f),
+                    Some(GroupEvent::Frame(f)) => {
+                        self.reorder.frame(f.group, f, std::time::Instant::now())
+                    }
                     Some(GroupEvent::End { group, clean }) => {
                         if !clean {
                             self.stats.groups_lost.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.reorder.end(group, clean);
+                        self.reorder.end(group, clean, std::time::Instant::now());
                     }
                     None => return Update::Lost("group streams ended".into()),
                 },

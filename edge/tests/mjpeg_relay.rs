@@ -1,0 +1,402 @@
+//! MJPEG through the relay: a JPEG track published on an origin-side relay server (real QUIC on
+//! loopback), pulled by an edge's `Pulls` on demand and served by the edge's MJPEG routes over
+//! real HTTP. The JPEGs are made by ffmpeg at test time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use streamhub_cluster::registry::{StateAnswer, StateQuery};
+use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole, Placement, TenantState};
+use streamhub_cluster::transport::pki::{create_ca, issue_node_cert, CaBundle};
+use streamhub_cluster::transport::{kinds, service_fn, Endpoint, NodeIdentity, RemoteError};
+use streamhub_edge::hls::{HlsConfig, HlsRegistry};
+use streamhub_edge::mjpeg::{self, MediaLookup, MjpegStats, Viewing, BOUNDARY};
+use streamhub_edge::origins::Origins;
+use streamhub_edge::pull::Pulls;
+use streamhub_edge::relay::{RelayClient, RelayServer, RelaySource};
+use streamhub_shared::media::{CodecConfig, MediaHandle, RoomMedia};
+use streamhub_shared::relay::ErrorCode;
+use streamhub_shared::{AppName, Frame, RoomName, TrackInfo};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+fn identity(ca: &CaBundle, name: &str) -> NodeIdentity {
+    let (cert, key) = issue_node_cert(ca, name, "origin").unwrap();
+    NodeIdentity::from_pem(ca.cert_pem.clone(), cert, key).unwrap()
+}
+
+fn endpoint(ca: &CaBundle, name: &str) -> Endpoint {
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    Endpoint::bind(local, &identity(ca, name), CancellationToken::new()).unwrap()
+}
+
+/// `n` JPEGs of `size` from ffmpeg's test source, each a different picture.
+fn jpegs(n: usize, size: &str, quality: &str) -> Vec<Bytes> {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi"])
+        .args(["-i", &format!("testsrc=size={size}")])
+        .args(["-frames:v", &n.to_string(), "-q:v", quality])
+        .arg(dir.path().join("%03d.jpg"))
+        .status()
+        .expect("run ffmpeg (apt-get install ffmpeg)");
+    assert!(status.success());
+    (1..=n)
+        .map(|i| Bytes::from(std::fs::read(dir.path().join(format!("{i:03}.jpg"))).unwrap()))
+        .collect()
+}
+
+/// An origin: a relay server for one room and the state queries an edge asks.
+struct Origin {
+    endpoint: Endpoint,
+    media: Mutex<Option<MediaHandle>>,
+}
+
+impl RelaySource for Origin {
+    fn lookup(&self, _app: &AppName, _room: &RoomName) -> Result<MediaHandle, ErrorCode> {
+        self.media
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or(ErrorCode::UnknownRoom)
+    }
+}
+
+fn start_origin(ca: &CaBundle) -> Arc<Origin> {
+    let origin = Arc::new(Origin {
+        endpoint: endpoint(ca, "origin-1"),
+        media: Mutex::new(None),
+    });
+    let server = RelayServer::new(origin.clone(), Arc::default());
+    server.register(&origin.endpoint);
+    std::mem::forget(server); // lives for the whole test
+                              // The tenant state an origin would answer from: one node, one placement.
+    let mut state = TenantState::default();
+    let me = NodeRecord {
+        name: "origin-1".into(),
+        id: 1,
+        role: NodeRole::Origin,
+        region: "local".into(),
+        http_url: "http://127.0.0.1:1".into(),
+        rtmp_url: None,
+        cluster_addr: origin.endpoint.local_addr().to_string(),
+        version: "0".into(),
+        load: NodeLoad::default(),
+        registered_at_ms: 0,
+        last_heartbeat_ms: 0,
+    };
+    state.nodes.insert(me.name.clone(), me);
+    let (app, room) = (
+        AppName::new("cams").unwrap(),
+        RoomName::new("door").unwrap(),
+    );
+    state.placements.insert(
+        streamhub_cluster::state::room_key(&app, &room),
+        Placement {
+            app,
+            room,
+            node: "origin-1".into(),
+            epoch: 1,
+            lease_ms: u64::MAX / 4,
+            lease_until_ms: u64::MAX / 2,
+            since_ms: 0,
+        },
+    );
+    origin.endpoint.register(
+        kinds::STATE_QUERY,
+        service_fn(move |_, body: Bytes| {
+            let state = state.clone();
+            async move {
+                let q: StateQuery = serde_json::from_slice(&body)
+                    .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
+                let a: StateAnswer = q.answer(&state, 1000);
+                Ok(Bytes::from(serde_json::to_vec(&a).unwrap()))
+            }
+        }),
+    );
+    origin
+}
+
+struct EdgeMedia(Arc<Pulls>);
+
+impl MediaLookup for EdgeMedia {
+    fn media(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+        client: SocketAddr,
+    ) -> BoxFuture<'static, Option<Viewing>> {
+        let (pulls, app, room) = (self.0.clone(), app.clone(), room.clone());
+        Box::pin(async move {
+            let p = pulls.open(&app, &room, client).await?;
+            Some(Viewing {
+                media: p.media()?,
+                hold: Some(Box::new(p.hold())),
+            })
+        })
+    }
+}
+
+/// An edge serving MJPEG over HTTP on a free port; returns its base URL.
+async fn start_edge(ca: &CaBundle, origin: &Origin) -> (String, Arc<MjpegStats>) {
+    let ep = endpoint(ca, "edge-1");
+    let origins = Origins::new(
+        ep.clone(),
+        vec![origin.endpoint.local_addr().to_string()],
+        None,
+    );
+    let hls = Arc::new(HlsRegistry::new(HlsConfig::default(), Arc::default()));
+    let relay = RelayClient::new(ep, Arc::default());
+    let pulls = Pulls::new(
+        origins,
+        relay,
+        hls,
+        Duration::from_secs(5),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    let stats = Arc::new(MjpegStats::default());
+    let app = mjpeg::router(Arc::new(EdgeMedia(pulls)), stats.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    (format!("http://{addr}/live/cams/door"), stats)
+}
+
+fn jpeg_track(width: u16, height: u16) -> Vec<TrackInfo> {
+    vec![TrackInfo {
+        id: 0,
+        timescale: 90_000,
+        codec: CodecConfig::Jpeg { width, height },
+    }]
+}
+
+fn picture(i: i64, data: Bytes) -> Frame {
+    Frame {
+        track: 0,
+        group: 0,
+        dts: i * 9000,
+        pts: i * 9000,
+        keyframe: true,
+        data,
+    }
+}
+
+/// Splits a multipart body into its parts' payloads (complete ones only).
+fn parts(body: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    let marker = format!("--{BOUNDARY}\r\n");
+    while let Some(start) = find(rest, marker.as_bytes()) {
+        let after = &rest[start + marker.len()..];
+        let Some(head_end) = find(after, b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&after[..head_end]).to_string();
+        assert!(head.contains("Content-Type: image/jpeg"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content length");
+        let data = &after[head_end + 4..];
+        if data.len() < len + 2 {
+            break;
+        }
+        assert_eq!(&data[len..len + 2], b"\r\n");
+        out.push(data[..len].to_vec());
+        rest = &data[len + 2..];
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_jpeg_track_plays_as_mjpeg_and_frame_jpg_on_the_edge() {
+    let ca = create_ca("test").unwrap();
+    let origin = start_origin(&ca);
+    let pictures = jpegs(40, "320x240:rate=10", "5");
+    let mut media = RoomMedia::new();
+    media.set_tracks(jpeg_track(320, 240));
+    *origin.media.lock().unwrap() = Some(media.handle());
+    media.push(picture(0, pictures[0].clone()));
+    let (base, stats) = start_edge(&ca, &origin).await;
+    let http = reqwest::Client::new();
+
+    // frame.jpg: the latest picture, byte for byte.
+    let resp = http.get(format!("{base}/frame.jpg")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.bytes().await.unwrap(), pictures[0]);
+
+    // The multipart stream delivers consecutive pictures as they are published at 10 fps.
+    let mut stream = http.get(format!("{base}/mjpeg")).send().await.unwrap();
+    assert!(stream.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/x-mixed-replace; boundary="));
+    let publisher = tokio::spawn(async move {
+        for (i, p) in pictures.iter().enumerate().skip(1) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            media.push(picture(i as i64, p.clone()));
+        }
+        (media, pictures)
+    });
+    let mut body = Vec::new();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        while parts(&body).len() < 6 {
+            body.extend_from_slice(&stream.chunk().await.unwrap().expect("stream goes on"));
+        }
+        parts(&body)
+    })
+    .await
+    .expect("six pictures in time");
+    let (media, pictures) = publisher.await.unwrap();
+    let index: HashMap<&[u8], usize> = pictures
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_ref(), i))
+        .collect();
+    let seq: Vec<usize> = got
+        .iter()
+        .map(|p| *index.get(p.as_slice()).expect("a picture that was sent"))
+        .collect();
+    assert!(
+        seq.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive pictures: {seq:?}"
+    );
+    let newest = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let b = http
+                .get(format!("{base}/frame.jpg"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            if b == pictures[39] {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    newest
+        .await
+        .expect("frame.jpg follows the stream to its last picture");
+    assert!(stats.frames_out.load(std::sync::atomic::Ordering::Relaxed) >= 6);
+
+    // Unknown rooms and bad names.
+    let other = base.replace("/door", "/nope");
+    assert_eq!(
+        http.get(format!("{other}/frame.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let bad = base.replace("/door", "/Door");
+    assert_eq!(
+        http.get(format!("{bad}/mjpeg"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    drop(media);
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_never_reads_does_not_grow_memory() {
+    let ca = create_ca("test").unwrap();
+    let origin = start_origin(&ca);
+    // A big picture (~0.5 MB) sent over and over: 400 of them are 200 MB through the relay.
+    let big = jpegs(1, "1920x1080:rate=10,noise=alls=60:allf=t", "2").remove(0);
+    assert!(big.len() > 200_000, "{}", big.len());
+    let mut media = RoomMedia::new();
+    media.set_tracks(jpeg_track(1920, 1080));
+    *origin.media.lock().unwrap() = Some(media.handle());
+    media.push(picture(0, big.clone()));
+    let (base, stats) = start_edge(&ca, &origin).await;
+    // A viewer that asks for the stream and then never reads a byte.
+    let addr = base
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!("GET /live/cams/door/mjpeg HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stalled.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while stats.streams.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled viewer's stream is open");
+    let before = rss_bytes();
+    for i in 1..=400 {
+        media.push(picture(i, big.clone()));
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The edge got the pictures (frame.jpg is the newest) while the viewer read nothing.
+    let http = reqwest::Client::new();
+    let latest = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let b = http
+                .get(format!("{base}/frame.jpg"))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            if b == big {
+                return b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(latest == big, "frame.jpg is a picture that was sent");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = rss_bytes().saturating_sub(before);
+    println!(
+        "RSS grew {} MB while {} MB of pictures went past a stalled viewer",
+        grown >> 20,
+        (400 * big.len()) >> 20
+    );
+    assert!(grown < 64 << 20, "memory grew by {} MB", grown >> 20);
+    drop(stalled);
+}
