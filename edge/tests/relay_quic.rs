@@ -192,8 +192,29 @@ async fn refusals_say_why_and_storms_are_bounded() {
         }
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
-    // a subscribe storm on one connection: the first 128 are served, the rest refused
     let (app, room) = names("cam");
+    match client
+        .subscribe_tracks(addr, &app, &room, Some(vec![0, 7]))
+        .await
+    {
+        Err(SubscribeError::Refused { code, message }) => {
+            assert_eq!(code, ErrorCode::UnknownTrack);
+            assert!(message.contains("no track 7"), "{message}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    let audio_only = client
+        .subscribe_tracks(addr, &app, &room, Some(vec![1]))
+        .await
+        .unwrap();
+    assert_eq!(
+        audio_only.tracks,
+        vec![tracks()[1].clone()],
+        "only the asked tracks"
+    );
+    drop(audio_only);
+    // a subscribe storm on one (new) connection: the first 128 are served, the rest refused
+    let client = RelayClient::new(endpoint(&ca, "edge-2"), Arc::default());
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..140 {

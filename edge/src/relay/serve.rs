@@ -136,6 +136,14 @@ impl RelayServer {
                 return;
             }
         };
+        if let Some(ids) = &wanted {
+            let tracks = handle.tracks();
+            if let Some(bad) = ids.iter().find(|id| !tracks.iter().any(|t| t.id == **id)) {
+                let message = format!("{app}/{room} has no track {bad}");
+                refuse(&mut stream, request_id, ErrorCode::UnknownTrack, message).await;
+                return;
+            }
+        }
         let Some((snapshot, consumer)) = handle.subscribe_latest() else {
             let message = format!("{app}/{room} just ended");
             refuse(&mut stream, request_id, ErrorCode::UnknownRoom, message).await;

@@ -131,6 +131,17 @@ impl RelayClient {
         app: &AppName,
         room: &RoomName,
     ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_tracks(addr, app, room, None).await
+    }
+
+    /// Subscribes to `tracks` of `app/room` (`None`: all, present and future).
+    pub async fn subscribe_tracks(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        app: &AppName,
+        room: &RoomName,
+        tracks: Option<Vec<streamhub_shared::TrackId>>,
+    ) -> Result<Subscription, SubscribeError> {
         self.stats.subscribed.fetch_add(1, Ordering::Relaxed);
         let (conn, mut send, mut recv) = self
             .endpoint
@@ -146,7 +157,7 @@ impl RelayClient {
             request_id,
             app: app.clone(),
             room: room.clone(),
-            tracks: None,
+            tracks,
         };
         write_message(&mut send, &msg).await?;
         let mut buf = BytesMut::new();

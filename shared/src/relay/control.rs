@@ -33,6 +33,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The origin failed; the edge may retry with backoff.
     Internal,
+    /// The subscribe named a track the room does not have.
+    UnknownTrack,
 }
 
 /// One message of the control stream.
@@ -143,6 +145,7 @@ impl ErrorCode {
             Self::NotHere { .. } => 2,
             Self::TooManySubscriptions => 3,
             Self::Internal => 4,
+            Self::UnknownTrack => 5,
         }
     }
 }
@@ -462,6 +465,7 @@ fn read_error_code(r: &mut Reader<'_>) -> Result<ErrorCode, RelayError> {
         }
         3 => ErrorCode::TooManySubscriptions,
         4 => ErrorCode::Internal,
+        5 => ErrorCode::UnknownTrack,
         value => {
             return Err(RelayError::InvalidValue {
                 field: "error code",
@@ -557,6 +561,11 @@ pub(crate) mod tests {
                 request_id: 7,
                 code: ErrorCode::Internal,
                 message: "é".into(),
+            },
+            ControlMessage::SubscribeError {
+                request_id: 7,
+                code: ErrorCode::UnknownTrack,
+                message: "no track 9".into(),
             },
             ControlMessage::CatalogUpdate {
                 request_id: 1,

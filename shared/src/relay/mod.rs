@@ -23,7 +23,8 @@
 //! | 0x12 | `CatalogUpdate`  | origin | `request_id:u64 tracks`                                                      | 1 MiB    |
 //! | 0x13 | `Ended`          | origin | `request_id:u64`                                                             | 8 B      |
 //!
-//! Error codes: 1 `UnknownRoom`, 2 `NotHere { holder }`, 3 `TooManySubscriptions`, 4 `Internal`.
+//! Error codes: 1 `UnknownRoom`, 2 `NotHere { holder }`, 3 `TooManySubscriptions`, 4 `Internal`,
+//! 5 `UnknownTrack`.
 //! String bounds: app 32, room 64, holder [`MAX_HOLDER_LEN`], message [`MAX_ERROR_MESSAGE_LEN`].
 //! Any other type byte, code, presence byte, or bytes left after the last field are errors.
 //!
