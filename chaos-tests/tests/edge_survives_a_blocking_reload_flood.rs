@@ -1,0 +1,114 @@
+//! One client opens 10,000 LL-HLS blocking reloads on an edge at once: the edge holds at most
+//! its per-client bound (here 100), answers the rest 503 at once, stays up, and another viewer
+//! is served normally throughout.
+
+use std::time::{Duration, Instant};
+
+use streamhub_chaos_tests::hls;
+use streamhub_chaos_tests::{chaos_seed, Cluster, Publisher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FLOOD: usize = 10_000;
+const PER_CLIENT: usize = 100;
+
+/// Sends one raw HTTP request and returns the response's status code (0 if none came).
+async fn raw_get(addr: String, path: String) -> u16 {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&addr),
+    )
+    .await
+    else {
+        return 0;
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head)).await {
+        Ok(Ok(_)) => std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_survives_a_blocking_reload_flood() {
+    let mut c = Cluster::start(1, chaos_seed()).await;
+    let key = c.admin(0).await.rtmp_ingress("live", "cam").await.unwrap();
+    let per_client = PER_CLIENT.to_string();
+    let edge = c
+        .start_edge(
+            "edge-1",
+            "local",
+            0,
+            &["--hls-max-held-per-client", &per_client],
+        )
+        .await;
+    let _publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
+    let http = hls::client();
+    let url = edge.url("/hls/live/cam/index.m3u8");
+    let text = hls::wait_segments(&http, &url, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (msn, part) = hls::preload_hint(&text).unwrap();
+    // The segment after the one being written: valid, seconds away, so every request would be
+    // held until it is complete.
+    let path = format!("/hls/live/cam/index.m3u8?_HLS_msn={}", msn + 1);
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    c.note(format!("flooding edge-1 with {FLOOD} blocking reloads"));
+    let started = Instant::now();
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| tokio::spawn(raw_get(addr.clone(), path.clone())))
+        .collect();
+    // Meanwhile a viewer from another address plays on.
+    let other = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let blocked = format!("{url}?_HLS_msn={msn}&_HLS_part={part}");
+    let (status, body) = hls::get(&other, &blocked).await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "another viewer's blocking reload: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let mut codes = std::collections::BTreeMap::new();
+    for f in flood {
+        *codes.entry(f.await.unwrap()).or_insert(0usize) += 1;
+    }
+    println!(
+        "{FLOOD} blocking reloads from one client answered in {} ms: {codes:?}",
+        started.elapsed().as_millis()
+    );
+    let ok = codes.get(&200).copied().unwrap_or(0);
+    let refused = codes.get(&503).copied().unwrap_or(0);
+    assert!(
+        ok <= PER_CLIENT,
+        "held at most the per-client bound: {codes:?}"
+    );
+    assert!(
+        refused >= FLOOD - PER_CLIENT,
+        "the rest refused at once: {codes:?}"
+    );
+    assert_eq!(ok + refused, FLOOD, "every request answered: {codes:?}");
+    let health = http.get(edge.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the edge stays up");
+    assert!(
+        edge.metric("streamhub_hls_unavailable_total")
+            .await
+            .unwrap()
+            >= refused as f64
+    );
+    c.note("done");
+}
