@@ -2,6 +2,7 @@
 //! fan-out, viewer steering, and the edge node that wires them.
 
 pub mod config;
+pub mod envelope;
 pub mod hls;
 pub mod join;
 pub mod load;

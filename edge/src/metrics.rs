@@ -21,10 +21,15 @@ pub struct PlaybackSample<'a> {
     pub rooms: u64,
 }
 
+/// Reads a counter's value from a sample.
+type CounterFn = fn(&PlaybackSample<'_>) -> u64;
+/// Reads a gauge's value from a sample.
+type GaugeFn = fn(&PlaybackSample<'_>) -> i64;
+
 /// The playback metrics.
 pub struct PlaybackMetrics {
-    counters: Vec<(IntCounter, fn(&PlaybackSample<'_>) -> u64)>,
-    gauges: Vec<(IntGauge, fn(&PlaybackSample<'_>) -> i64)>,
+    counters: Vec<(IntCounter, CounterFn)>,
+    gauges: Vec<(IntGauge, GaugeFn)>,
     relay_egress: IntCounterVec,
 }
 
@@ -48,8 +53,8 @@ pub fn sync_counter(c: &IntCounter, value: u64) {
     }
 }
 
-type CounterDef = (&'static str, &'static str, fn(&PlaybackSample<'_>) -> u64);
-type GaugeDef = (&'static str, &'static str, fn(&PlaybackSample<'_>) -> i64);
+type CounterDef = (&'static str, &'static str, CounterFn);
+type GaugeDef = (&'static str, &'static str, GaugeFn);
 
 const COUNTERS: &[CounterDef] = &[
     ("streamhub_hls_requests_total", "HLS requests", |s| {

@@ -24,6 +24,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use streamhub_shared::media::{CodecConfig, MediaHandle};
 use streamhub_shared::{AppName, Frame, RoomName, TrackId};
+
+use crate::envelope::room_names;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The multipart boundary.
@@ -99,31 +101,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-        _ => "bad_request",
-    };
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn names(app: &str, room: &str) -> Result<(AppName, RoomName), Response> {
-    let bad = |e: streamhub_shared::NameError| error(StatusCode::BAD_REQUEST, &e.to_string());
-    Ok((
-        AppName::new(app).map_err(bad)?,
-        RoomName::new(room).map_err(bad)?,
-    ))
-}
+use crate::envelope::error;
 
 /// The room's JPEG track, or the answer to give.
 async fn open(
@@ -132,7 +110,7 @@ async fn open(
     room: &str,
     client: SocketAddr,
 ) -> Result<(Viewing, TrackId), Response> {
-    let (app, room) = names(app, room)?;
+    let (app, room) = room_names(app, room).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
     let viewing = st
         .lookup
         .media(&app, &room, client)

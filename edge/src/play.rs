@@ -20,6 +20,8 @@ use streamhub_cluster::registry::{client_region, SteeringPolicy};
 use streamhub_cluster::state::NodeRecord;
 use streamhub_shared::{AppName, RoomName};
 
+use crate::envelope::{error, room_names};
+
 /// The registry as a node sees it.
 pub trait NodeDirectory: Send + Sync + 'static {
     /// Every registered node.
@@ -124,24 +126,8 @@ pub fn router(steering: Arc<Steering>) -> Router {
         .with_state(steering)
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "error": { "code": code, "message": message } });
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-fn names(app: &str, room: &str) -> Result<(AppName, RoomName), Response> {
-    let bad = |e: streamhub_shared::NameError| {
-        error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string())
-    };
-    Ok((
-        AppName::new(app).map_err(bad)?,
-        RoomName::new(room).map_err(bad)?,
-    ))
+fn names(app: &str, room: &str) -> Result<(AppName, RoomName), Box<Response>> {
+    room_names(app, room).map_err(|m| Box::new(error(StatusCode::BAD_REQUEST, &m)))
 }
 
 /// `GET /api/v1/apps/{app}/rooms/{room}/playback?region=R`.
@@ -153,13 +139,12 @@ pub async fn playback(
 ) -> Response {
     let (app, room) = match names(&app, &room) {
         Ok(n) => n,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let region = steering.region_of(q.region.as_deref(), &headers);
     let Some(t) = steering.choose(&region) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
             "no healthy node to play from",
         );
     };
@@ -184,7 +169,7 @@ async fn play(
 ) -> Response {
     let (app, room) = match names(&app, &room) {
         Ok(n) => n,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     if q.steered.as_deref() != Some(steering.me.as_str()) {
         let region = steering.region_of(q.region.as_deref(), &headers);
@@ -203,7 +188,7 @@ async fn play(
             Some(_) => {}
             None => {
                 let message = "no healthy node to play from";
-                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+                return error(StatusCode::SERVICE_UNAVAILABLE, message);
             }
         }
     }

@@ -41,7 +41,7 @@ pub enum StateAnswer {
     /// The live placement (an expired lease counts as none) and the holder's record.
     Placement {
         placement: Option<Placement>,
-        holder: Option<NodeRecord>,
+        holder: Option<Box<NodeRecord>>,
     },
     /// The app's key, if the app exists.
     AppKey { key: Option<AppKey> },
@@ -61,7 +61,8 @@ impl StateQuery {
                 let holder = placement
                     .as_ref()
                     .and_then(|p| state.nodes.get(&p.node))
-                    .cloned();
+                    .cloned()
+                    .map(Box::new);
                 StateAnswer::Placement { placement, holder }
             }
             StateQuery::AppKey { app } => StateAnswer::AppKey {

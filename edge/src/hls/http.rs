@@ -413,8 +413,7 @@ async fn part(
 }
 
 fn parse_names(app: &str, room: &str, file: &str) -> Result<(AppName, RoomName, HlsFile), String> {
-    let app = AppName::new(app).map_err(|e| e.to_string())?;
-    let room = RoomName::new(room).map_err(|e| e.to_string())?;
+    let (app, room) = crate::envelope::room_names(app, room)?;
     let file = HlsFile::parse(file).ok_or_else(|| {
         "file must be index.m3u8, init.mp4, init-<8 hex>.mp4, seg-<n>.m4s or part-<n>.<i>.m4s"
             .to_string()
@@ -462,45 +461,13 @@ fn ok(
 }
 
 fn error(stats: &HlsStats, status: StatusCode, message: &str) -> Response {
-    let code = match status {
-        StatusCode::NOT_FOUND => {
-            stats.not_found.fetch_add(1, Ordering::Relaxed);
-            "not_found"
-        }
-        StatusCode::SERVICE_UNAVAILABLE => {
-            stats.unavailable.fetch_add(1, Ordering::Relaxed);
-            "unavailable"
-        }
-        _ => {
-            stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            "bad_request"
-        }
+    let counter = match status {
+        StatusCode::NOT_FOUND => &stats.not_found,
+        StatusCode::SERVICE_UNAVAILABLE => &stats.unavailable,
+        _ => &stats.bad_requests,
     };
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    let mut resp = (
-        status,
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(PLAYLIST_CACHE),
-            ),
-            (
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            ),
-        ],
-        body.to_string(),
-    )
-        .into_response();
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    resp
+    counter.fetch_add(1, Ordering::Relaxed);
+    crate::envelope::error(status, message)
 }
 
 #[cfg(test)]
