@@ -345,6 +345,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let file: EdgeArgs = toml::from_str(include_str!("../../deploy/edge.toml")).unwrap();
+        let s = file.into_settings().unwrap();
+        assert_eq!(s.join.len(), 2);
+        assert_eq!(s.region, "eu");
+    }
+
+    #[test]
     fn refuses_bad_values_and_unknown_keys() {
         for bad in [
             EdgeArgs {
