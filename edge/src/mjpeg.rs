@@ -6,11 +6,11 @@
 //! position in the room's frame channel (which would pin every picture it has not read). Every
 //! body shares the relayed frame's buffer; nothing is copied per viewer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,8 +32,23 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const BOUNDARY: &str = "streamhub-mjpeg-frame";
 /// How long `frame.jpg` waits for a first picture in a room that just came up.
 const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
-/// MJPEG streams served at once by one node.
-pub const MAX_STREAMS: usize = 10_000;
+/// Bounds of the MJPEG streams a node serves at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Streams per node.
+    pub per_node: usize,
+    /// Streams per client address: one client cannot take the node's streams.
+    pub per_client: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            per_node: 10_000,
+            per_client: 256,
+        }
+    }
+}
 
 /// A room's media and whatever keeps it available while a viewer watches.
 pub struct Viewing {
@@ -72,18 +87,60 @@ struct MjpegState {
     lookup: Arc<dyn MediaLookup>,
     stats: Arc<MjpegStats>,
     streams: Arc<Semaphore>,
+    per_client: usize,
+    /// Streams per client address: a std Mutex held for one counter update.
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// The MJPEG routes.
-pub fn router(lookup: Arc<dyn MediaLookup>, stats: Arc<MjpegStats>) -> Router {
+pub fn router(
+    lookup: Arc<dyn MediaLookup>,
+    stats: Arc<MjpegStats>,
+    limits: StreamLimits,
+) -> Router {
     Router::new()
         .route("/live/{app}/{room}/mjpeg", get(stream))
         .route("/live/{app}/{room}/frame.jpg", get(frame_jpg))
         .with_state(MjpegState {
             lookup,
             stats,
-            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+            streams: Arc::new(Semaphore::new(limits.per_node)),
+            per_client: limits.per_client,
+            clients: Arc::default(),
         })
+}
+
+/// One stream slot of a client address; released when dropped.
+struct ClientSlot {
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(st: &MjpegState, ip: IpAddr) -> Option<Self> {
+        let mut clients = st.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let n = clients.entry(ip).or_insert(0);
+        if *n >= st.per_client {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            clients: st.clients.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The client's address, when the server was started with connect info.
@@ -179,10 +236,19 @@ async fn stream(
     Client(client): Client,
     Path((app, room)): Path<(String, String)>,
 ) -> Response {
+    if let Err(m) = room_names(&app, &room) {
+        return error(StatusCode::BAD_REQUEST, &m);
+    }
     let Ok(permit) = st.streams.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many MJPEG viewers on this node",
+        );
+    };
+    let Some(slot) = ClientSlot::take(&st, client.ip()) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many MJPEG streams from this address",
         );
     };
     let (viewing, track) = match open(&st, &app, &room, client).await {
@@ -204,6 +270,7 @@ async fn stream(
         stats: st.stats.clone(),
         _hold: viewing.hold,
         _permit: permit,
+        _slot: slot,
     };
     let body = futures::stream::unfold(viewer, |mut v| async move {
         let chunk = v.next_chunk().await?;
@@ -241,6 +308,7 @@ struct Viewer {
     stats: Arc<MjpegStats>,
     _hold: Option<Box<dyn Send + Sync>>,
     _permit: OwnedSemaphorePermit,
+    _slot: ClientSlot,
 }
 
 impl Drop for Viewer {

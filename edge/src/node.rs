@@ -170,6 +170,7 @@ fn http_router(ctx: Arc<EdgeCtx>) -> Router {
         .merge(crate::mjpeg::router(
             Arc::new(PullMedia(ctx.pulls.clone())),
             ctx.mjpeg_stats.clone(),
+            Default::default(),
         ))
         .merge(crate::play::router(steering))
 }

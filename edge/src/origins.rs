@@ -51,7 +51,13 @@ pub struct Origins {
     apps: moka::future::Cache<AppName, Option<AppKey>>,
     nodes: Mutex<Arc<Vec<NodeRecord>>>,
     file: Option<PathBuf>,
+    /// Placement lookups in flight (uncached): viewers asking for random room names cannot
+    /// turn into a flood of queries toward the origins.
+    lookups: tokio::sync::Semaphore,
 }
+
+/// Uncached placement lookups in flight at once; beyond, a lookup answers "not live" at once.
+const MAX_LOOKUPS: usize = 64;
 
 impl Origins {
     /// Origins reachable at the cluster addresses `addrs`, asked through `endpoint`; the list is
@@ -82,6 +88,7 @@ impl Origins {
                 .build(),
             nodes: Mutex::new(Arc::new(Vec::new())),
             file,
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
         })
     }
 
@@ -137,6 +144,13 @@ impl Origins {
     /// `None` also when no origin answers: the caller retries.
     pub async fn placement(&self, app: &AppName, room: &RoomName) -> Option<Holder> {
         let key = (app.clone(), room.clone());
+        if let Some(cached) = self.placements.get(&key).await {
+            return cached;
+        }
+        let Ok(_permit) = self.lookups.try_acquire() else {
+            tracing::debug!(%app, %room, "too many placement lookups in flight");
+            return None;
+        };
         let lookup = async {
             let q = StateQuery::Placement {
                 app: app.clone(),

@@ -213,11 +213,11 @@ async fn refusals_say_why_and_storms_are_bounded() {
         "only the asked tracks"
     );
     drop(audio_only);
-    // a subscribe storm on one (new) connection: the first 128 are served, the rest refused
+    // a subscribe storm on one (new) connection: the first 2048 are served, the rest refused
     let client = RelayClient::new(endpoint(&ca, "edge-2"), Arc::default());
     let mut held = Vec::new();
     let mut refused = 0;
-    for _ in 0..140 {
+    for _ in 0..2060 {
         match client.subscribe(addr, &app, &room).await {
             Ok(s) => held.push(s),
             Err(SubscribeError::Refused {
@@ -227,7 +227,7 @@ async fn refusals_say_why_and_storms_are_bounded() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!((held.len(), refused), (128, 12));
+    assert_eq!((held.len(), refused), (2048, 12));
     drop(held);
     // slots come back once the subscriptions are gone
     let again = tokio::time::timeout(T, async {

@@ -207,6 +207,14 @@ pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
                     ctx.heartbeats.add(beat);
                     return Ok(bytes::Bytes::new());
                 }
+                if from_origin {
+                    // Handed on by an origin that thinks we lead: do not bounce it around
+                    // during an election; the sender's next beat finds the new leader.
+                    return Err(RemoteError::new(
+                        "not_leader",
+                        "this origin is not the leader",
+                    ));
+                }
                 let leader = st.leader.and_then(|l| st.nodes.get(&l).cloned());
                 let sock = match leader {
                     Some(addr) => streamhub_cluster::raft::network::resolve(&addr).await,

@@ -290,6 +290,7 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
         .merge(streamhub_edge::mjpeg::router(
             Arc::new(RoomsMedia(ctx.rooms.clone())),
             ctx.mjpeg_stats.clone(),
+            Default::default(),
         ))
         .merge(streamhub_edge::play::router(ctx.steering.clone()))
 }

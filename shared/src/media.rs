@@ -83,8 +83,10 @@ pub struct Frame {
 #[derive(Debug, Clone)]
 enum MediaEvent {
     Frame(Frame),
-    /// Frames were lost upstream (a relayed group that never completed).
-    Gap,
+    /// Frames were lost upstream; `partial`: the latest group delivered is incomplete.
+    Gap {
+        partial: bool,
+    },
 }
 
 /// How an origin cuts a room's frames into groups.
@@ -251,7 +253,7 @@ impl RoomMedia {
             latest.overflowed = true;
             latest.frames = Vec::new();
         }
-        let _ = self.frames.send(MediaEvent::Gap);
+        let _ = self.frames.send(MediaEvent::Gap { partial });
     }
 
     fn send(&self, frame: Frame) {
@@ -420,8 +422,10 @@ pub enum RecvError {
     Closed,
     #[error("consumer fell behind and lost {0} frames")]
     Lagged(u64),
+    /// Frames were lost upstream. With `partial` the group being delivered is incomplete; without,
+    /// whole groups went missing after a complete one.
     #[error("frames were lost upstream")]
-    Gap,
+    Gap { partial: bool },
 }
 
 impl MediaConsumer {
@@ -441,7 +445,7 @@ impl MediaConsumer {
     pub async fn recv(&mut self) -> Result<Frame, RecvError> {
         match self.frames.recv().await {
             Ok(MediaEvent::Frame(f)) => Ok(f),
-            Ok(MediaEvent::Gap) => Err(RecvError::Gap),
+            Ok(MediaEvent::Gap { partial }) => Err(RecvError::Gap { partial }),
             Err(broadcast::error::RecvError::Closed) => Err(RecvError::Closed),
             Err(broadcast::error::RecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
         }

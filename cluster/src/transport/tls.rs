@@ -30,8 +30,9 @@ pub(crate) const ANY_PEER: &str = "any-node.streamhub-cluster.invalid";
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// A connection with no traffic (not even keep-alives) for this long is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent RPC streams a peer may open on one connection; more wait for credit.
-pub(crate) const MAX_CONCURRENT_BIDI: u32 = 256;
+/// Concurrent bidirectional streams a peer may open on one connection (RPCs, and one per relay
+/// subscription); more wait for credit.
+pub(crate) const MAX_CONCURRENT_BIDI: u32 = 4096;
 /// Concurrent unidirectional streams (the relay's per-group streams).
 const MAX_CONCURRENT_UNI: u32 = 1024;
 /// Bytes a peer may have in flight to us on one connection, all streams together. quinn's

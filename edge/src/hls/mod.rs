@@ -24,7 +24,7 @@ use tokio::sync::watch;
 pub use cache::{MediaCache, MediaKey};
 pub use http::{router, HlsStats};
 pub use playlist::{Playlist, PlaylistConfig, Progress};
-pub use segmenter::{Output, Part, Segment, Segmenter};
+pub use segmenter::{Output, Part, Resync, Segment, Segmenter};
 
 /// How long an ended room stays servable (its playlist carries `#EXT-X-ENDLIST`) before
 /// [`HlsRegistry::sweep`] removes it, unless a publisher restarts it.
@@ -374,13 +374,21 @@ pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, sessi
                     packager.publish(pushed);
                 }
             }
-            Err(RecvError::Gap) => {
-                tracing::debug!("frames lost upstream; resyncing on the next group");
-                packager.resync();
+            Err(RecvError::Gap { partial: true }) => {
+                tracing::debug!("a group was lost upstream; resyncing on the next one");
+                packager.resync(Resync::AfterLastGroup);
+            }
+            Err(RecvError::Gap { partial: false }) => {
+                // The open segment is complete (whole later groups are missing): publish it.
+                tracing::debug!("groups were lost upstream after a complete one");
+                packager.flush();
+                if let Some(segmenter) = packager.segmenter.as_mut() {
+                    segmenter.mark_discontinuity();
+                }
             }
             Err(RecvError::Lagged(lost)) => {
-                tracing::warn!(lost, "packager fell behind; resyncing on the next group");
-                packager.resync();
+                tracing::warn!(lost, "packager fell behind; resyncing on a later group");
+                packager.resync(Resync::AfterNextGroup);
             }
             Err(RecvError::Closed) => {
                 packager.flush();
@@ -447,9 +455,9 @@ impl Packager {
         }
     }
 
-    fn resync(&mut self) {
+    fn resync(&mut self, how: Resync) {
         if let Some(segmenter) = self.segmenter.as_mut() {
-            segmenter.resync();
+            segmenter.resync(how);
             self.room.abandon_open(self.session);
         }
     }

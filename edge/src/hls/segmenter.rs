@@ -64,6 +64,18 @@ pub struct Segment {
     pub data: Bytes,
 }
 
+/// Where the segmenter picks up after lost frames: a segment is only ever started at the first
+/// frame of a group, so a resync skips to a group it has seen begin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// Frames come in order again from the start of the next group (a relay gap): skip the
+    /// rest of the last group seen.
+    AfterLastGroup,
+    /// An unknown run of frames was lost (a consumer that lagged): the next frame may be in the
+    /// middle of a group, so skip that group too.
+    AfterNextGroup,
+}
+
 /// What the segmenter finished, in order: the parts of a segment, then the segment.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -124,6 +136,11 @@ pub struct Segmenter {
     /// the stream ends before the next one.
     cut_interval: Option<i64>,
     discontinuity: bool,
+    /// The group of the last frame pushed.
+    last_group: Option<u64>,
+    /// After a resync: frames of groups up to this one are dropped (`None` inside: the next
+    /// frame's group, once seen).
+    skip_through: Option<Option<u64>>,
     ready: VecDeque<Output>,
 }
 
@@ -148,6 +165,8 @@ impl Segmenter {
             open: None,
             cut_interval: None,
             discontinuity: false,
+            last_group: None,
+            skip_through: None,
             ready: VecDeque::new(),
         }
     }
@@ -176,6 +195,16 @@ impl Segmenter {
         };
         if frame.dts < 0 {
             return Ok(());
+        }
+        self.last_group = Some(frame.group);
+        match self.skip_through {
+            Some(None) => {
+                self.skip_through = Some(Some(frame.group));
+                return Ok(());
+            }
+            Some(Some(g)) if frame.group <= g => return Ok(()),
+            Some(Some(_)) => self.skip_through = None,
+            None => {}
         }
         if self.jumped(idx, frame.dts) {
             tracing::debug!(track = frame.track, dts = frame.dts, "timestamp jump");
@@ -220,11 +249,19 @@ impl Segmenter {
     }
 
     /// Frames were lost: drops the open segment (it would differ from the same-named segment on
-    /// other nodes) and waits for the next sync sample, which starts a discontinuity.
-    pub fn resync(&mut self) {
+    /// other nodes) and waits for the start of a later group, which starts a discontinuity.
+    pub fn resync(&mut self, how: Resync) {
         self.open = None;
         self.last_dts.fill(None);
         self.discontinuity = true;
+        self.skip_through = Some(match how {
+            Resync::AfterLastGroup => self.last_group,
+            Resync::AfterNextGroup => None,
+        });
+        if self.skip_through == Some(None) && how == Resync::AfterLastGroup {
+            // Nothing seen yet: start at whatever comes.
+            self.skip_through = None;
+        }
     }
 
     /// The stream ended: finishes the open segment with what it has.
@@ -620,10 +657,33 @@ pub(crate) mod tests {
         let mut seg = av();
         let at = |dts: i64| frames.iter().position(|f| f.track == 0 && f.dts == dts);
         let (_, mut segs) = run(&mut seg, &frames[..at(90_000 * 3).unwrap()]);
-        seg.resync();
+        seg.resync(Resync::AfterNextGroup);
         segs.extend(run(&mut seg, &frames[at(90_000 * 3 + FRAME).unwrap()..]).1);
         let flags: Vec<(u64, bool)> = segs.iter().map(|s| (s.msn, s.discontinuity)).collect();
         // segment 1 (2..4 s) was open at the loss: dropped; restart with group 2 at 4 s
         assert_eq!(flags, vec![(0, false), (2, true)]);
+    }
+
+    #[test]
+    fn a_resync_never_starts_a_segment_inside_a_group() {
+        // groups of two 1 s GOPs: frames lost just before the second keyframe of group 1
+        let frames = stream(9, 25);
+        let at = |dts: i64| {
+            frames
+                .iter()
+                .position(|f| f.track == 0 && f.dts == dts)
+                .unwrap()
+        };
+        for how in [Resync::AfterNextGroup, Resync::AfterLastGroup] {
+            let mut seg = av();
+            let (_, mut segs) = run(&mut seg, &frames[..at(90_000 * 2 + 10 * FRAME)]);
+            seg.resync(how);
+            // resumes at the keyframe at 3 s, which is inside group 1: not a segment start
+            segs.extend(run(&mut seg, &frames[at(90_000 * 3)..]).1);
+            let msns: Vec<u64> = segs.iter().map(|s| s.msn).collect();
+            assert_eq!(msns, vec![0, 2, 3], "{how:?}");
+            let full = run(&mut av(), &frames).1;
+            assert_eq!(segs[1].data, full[2].data, "group 2 is whole and identical");
+        }
     }
 }

@@ -72,6 +72,11 @@ impl Reorder {
         }
     }
 
+    /// True when no group is under way or waiting (everything received was delivered).
+    pub fn is_idle(&self) -> bool {
+        !self.started && self.pending.is_empty()
+    }
+
     /// Groups given up on so far.
     pub fn abandoned(&self) -> u64 {
         self.abandoned
@@ -85,7 +90,7 @@ impl Reorder {
     /// The clock reached `now`: a group that never showed up is skipped once it has been
     /// awaited for [`MISSING_GROUP_WAIT`].
     pub fn on_timeout(&mut self, now: Instant) {
-        if self.deadline().is_some_and(|d| now >= d) {
+        if !self.started && self.deadline().is_some_and(|d| now >= d) {
             if let Some(current) = self.current {
                 self.missing_since = None;
                 self.abandoned += 1;
@@ -108,6 +113,7 @@ impl Reorder {
         }
         if group == current && self.pending.get(&group).is_none_or(|p| p.frames.is_empty()) {
             self.started = true;
+            self.missing_since = None;
             self.out.push_back(Delivery::Frame(frame));
             return;
         }

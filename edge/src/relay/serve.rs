@@ -27,7 +27,7 @@ use super::RelayStats;
 /// How long a subscriber may take to send its `Subscribe` after opening the stream.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Subscriptions one connection may hold at once.
-pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 128;
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 2048;
 /// Groups of one subscription still being written besides the newest; older ones are reset.
 const MAX_OLDER_GROUPS: usize = 2;
 /// Frames queued for one group's writer; a group that overflows it is reset and skipped.
@@ -291,12 +291,14 @@ impl Served {
                             break false;
                         }
                     }
-                    Err(RecvError::Lagged(_)) | Err(RecvError::Gap) => groups.drop_current(),
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Gap { .. }) => groups.drop_current(),
                     Err(RecvError::Closed) => break true,
                 },
             }
         };
-        groups.finish();
+        // On the publisher's end the last group completes (its writer drains, then FIN); on an
+        // unsubscribe or a broken stream every group still in flight is reset at once.
+        groups.finish(ended);
         if ended {
             let msg = ControlMessage::Ended {
                 request_id: self.request_id,
@@ -428,9 +430,15 @@ impl GroupSender {
         }
     }
 
-    /// The subscription ended: the current group finishes (its queue closes), older ones too.
-    fn finish(mut self) {
-        self.current.take();
+    /// The subscription ended: with `graceful` the groups in flight finish (their queues close);
+    /// otherwise they are reset, so no writer outlives the subscription.
+    fn finish(mut self, graceful: bool) {
+        let current = self.current.take();
+        if !graceful {
+            for w in current.iter().chain(self.older.iter()) {
+                w.drop.cancel();
+            }
+        }
     }
 }
 

@@ -188,6 +188,7 @@ impl RelayClient {
                     _guard: guard,
                     stats: self.stats.clone(),
                     lost_seen: 0,
+                    ending: None,
                 })
             }
             Some(ControlMessage::SubscribeError { code, message, .. }) => {
@@ -361,7 +362,12 @@ pub struct Subscription {
     _guard: RouteGuard,
     stats: Arc<RelayStats>,
     lost_seen: u64,
+    /// The origin said `Ended`: the groups still in flight are drained until this deadline.
+    ending: Option<tokio::time::Instant>,
 }
+
+/// How long the groups in flight when the origin says `Ended` may take to arrive.
+const END_DRAIN: Duration = Duration::from_secs(2);
 
 impl Drop for Subscription {
     fn drop(&mut self) {
@@ -390,6 +396,12 @@ impl Subscription {
                     Delivery::Gap { partial } => Update::Gap { partial },
                 };
             }
+            if let Some(end) = self.ending {
+                // The last group's frames come after `Ended` on another stream: deliver them.
+                if self.reorder.is_idle() || tokio::time::Instant::now() >= end {
+                    return Update::Ended;
+                }
+            }
             let deadline = self.reorder.deadline();
             let timer = async {
                 match deadline {
@@ -397,16 +409,27 @@ impl Subscription {
                     None => std::future::pending().await,
                 }
             };
+            let ending = self.ending;
+            let drained = async {
+                match ending {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 () = timer => self.reorder.on_timeout(std::time::Instant::now()),
-                msg = read_message(&mut self.recv, &mut self.buf, &mut self.decoder) => {
+                () = drained => return Update::Ended,
+                msg = read_message(&mut self.recv, &mut self.buf, &mut self.decoder), if self.ending.is_none() => {
                     return match msg {
                         Ok(Some(ControlMessage::CatalogUpdate { tracks, .. })) => {
                             self.tracks = tracks.clone();
                             Update::Catalog(tracks)
                         }
-                        Ok(Some(ControlMessage::Ended { .. })) => Update::Ended,
+                        Ok(Some(ControlMessage::Ended { .. })) => {
+                            self.ending = Some(tokio::time::Instant::now() + END_DRAIN);
+                            continue;
+                        }
                         Ok(Some(other)) => Update::Lost(format!("unexpected message {other:?}")),
                         Ok(None) => Update::Lost("the origin closed the subscription".into()),
                         Err(e) => {
