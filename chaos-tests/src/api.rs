@@ -109,6 +109,11 @@ impl Api {
             .await
     }
 
+    /// `DELETE /api/v1<path>`.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        self.send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
     /// `POST /apps {name}`.
     pub async fn create_app(&self, name: &str) -> anyhow::Result<Reply> {
         self.post("/apps", json!({ "name": name })).await

@@ -51,6 +51,8 @@ pub struct ApiKey {
 #[serde(rename_all = "lowercase")]
 pub enum IngressKind {
     Rtmp,
+    /// A WebSocket-MJPEG device key (`wsk_…`).
+    Ws,
 }
 
 /// A way into a room: for RTMP, a stream key (only its SHA-256 is stored).

@@ -63,16 +63,18 @@ if [ "${LL:-1}" = 1 ]; then
   echo "== streamhub: origin + edge over QUIC, LL-HLS (clients do blocking reloads and parts)"
   start_pair edge-ll true
   SKIP_STARTUP=1 "$KIT/bench_hls.sh" edge-ll "rtmp://127.0.0.1:1935/live/$KEY" http://127.0.0.1:3021/hls/demo/bench/index.m3u8 "$E_PID" "$NS"
-  echo "== LL-HLS live latency (wall clock stamped into the publisher's timestamps)"
-  OFFSET=$(python3 -c 'import time;t=time.time();print(f"{t - (t//86400)*86400:.3f}")')
+  echo "== LL-HLS live latency (media time anchored to the wall clock at the publisher's start)"
   ffmpeg -hide_banner -nostdin -loglevel error -re -f lavfi -i "testsrc2=size=1280x720:rate=30" \
     -f lavfi -i "sine=frequency=1000:sample_rate=48000" -c:v libx264 -preset veryfast -tune zerolatency \
-    -g 60 -b:v 2500k -pix_fmt yuv420p -c:a aac -b:a 128k -output_ts_offset "$OFFSET" \
+    -g 60 -b:v 2500k -pix_fmt yuv420p -c:a aac -b:a 128k \
     -f flv "rtmp://127.0.0.1:1935/live/$KEY" > "$OUTDIR/latency-publisher.log" 2>&1 &
   PUB=$!
   python3 "$KIT/hlsbench.py" wait --playlist http://127.0.0.1:3021/hls/demo/bench/index.m3u8 -k 2 --timeout 40 >/dev/null || true
-  python3 "$ROOT/edge/bench/ll_hls_latency.py" http://127.0.0.1:3021/hls/demo/bench/index.m3u8 30 | tee "$OUTDIR/ll-latency-edge.json"
-  python3 "$ROOT/edge/bench/ll_hls_latency.py" http://127.0.0.1:3020/hls/demo/bench/index.m3u8 15 | tee "$OUTDIR/ll-latency-origin.json"
+  # The anchor: when the origin accepted the publish (media time 0), in Unix seconds.
+  OFFSET=$(curl -sf http://127.0.0.1:3020/api/v1/apps/demo/rooms -H "authorization: Bearer $TOKEN" \
+    | python3 -c 'import json,sys;print(json.load(sys.stdin)["data"][0]["startedAtMs"]/1000)')
+  python3 "$ROOT/edge/bench/ll_hls_latency.py" http://127.0.0.1:3021/hls/demo/bench/index.m3u8 "$OFFSET" 30 | tee "$OUTDIR/ll-latency-edge.json"
+  python3 "$ROOT/edge/bench/ll_hls_latency.py" http://127.0.0.1:3020/hls/demo/bench/index.m3u8 "$OFFSET" 15 | tee "$OUTDIR/ll-latency-origin.json"
   kill -INT $PUB 2>/dev/null || true; wait $PUB 2>/dev/null || true
   stop_pair
 fi

@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
 """LL-HLS live latency, measured from the media itself (python3 stdlib only, loopback).
 
-The publisher stamps wall-clock time into the stream's timestamps: ffmpeg runs with
-`-output_ts_offset <seconds since midnight UTC at its start>`, so a frame's decode time in the
-CMAF parts (tfdt + sample durations, 90 kHz) is the wall-clock time the encoder produced it at
-(never earlier: ffmpeg's own start-up only makes the stamp early, so the figure errs high).
+The publisher's timeline is anchored to the wall clock: the origin starts a room's timeline at 0
+with its first frame, and ffmpeg (`-re`, a live source) opens its RTMP output first and then
+produces the frame of media time t at ANCHOR + t, where ANCHOR is the moment the origin accepted
+the publish (`startedAtMs` in `GET /api/v1/apps/:app/rooms`, Unix ms). So a frame's decode time
+in the CMAF parts (tfdt + sample durations, 90 kHz) gives the wall-clock time the encoder emitted
+it. (ffmpeg's encode of one frame, a few ms at 720p veryfast, is not counted.)
 
 A client then plays the LL-HLS playlist as an LL-HLS player does (blocking reload for the hinted
 part, then the part) and, for every part it receives, computes
 
-    availability latency = wall clock at receipt - wall-clock stamp of the part's last frame end
+    availability latency = wall clock at receipt - wall-clock time the part's last frame was emitted
 
 i.e. glass (encoder output) to the moment the part is in the viewer's hands, through RTMP, the
 origin's packaging, the QUIC relay and the edge's packaging. A player adds its hold-back on top
 (PART-HOLD-BACK, reported too).
 
-  ll_hls_latency.py PLAYLIST_URL [SECONDS]
+  ll_hls_latency.py PLAYLIST_URL ANCHOR [SECONDS]
 """
 import json
 import re
@@ -26,9 +28,8 @@ import time
 import urllib.request
 
 
-def secs_since_midnight():
-    t = time.time()
-    return t - (t // 86400) * 86400
+def now():
+    return time.time()
 
 
 def get(url, timeout=10):
@@ -47,8 +48,8 @@ def boxes(buf, start=0, end=None):
         i += size
 
 
-def video_end_ticks(part):
-    """tfdt + sum of sample durations of track 1 (video) over the part's fragments."""
+def video_last_ticks(part):
+    """Decode time of the last video sample (track 1) of the part: tfdt + the durations before it."""
     end = None
     for kind, a, b in boxes(part):
         if kind != "moof":
@@ -58,6 +59,7 @@ def video_end_ticks(part):
                 continue
             track = base = None
             total = 0
+            last = 0
             for k3, a3, b3 in boxes(part, a2, b2):
                 if k3 == "tfhd":
                     track = struct.unpack(">I", part[a3 + 4:a3 + 8])[0]
@@ -72,20 +74,21 @@ def video_end_ticks(part):
                     per = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
                     for _ in range(count):
                         if flags & 0x100:
-                            total += struct.unpack(">I", part[p:p + 4])[0]
+                            last = struct.unpack(">I", part[p:p + 4])[0]
+                            total += last
                         p += per
             if track == 1 and base is not None:
-                end = base + total
+                end = base + total - last
     return end
 
 
 def main():
     url = sys.argv[1]
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 30
+    anchor = float(sys.argv[2])
+    seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 30
     base = url.rsplit("/", 1)[0]
     text = get(url).decode()
-    hold = re.search(r"PART-HOLD-BACK=([0-9.]+)", text)
-    hold = float(hold.group(1)) if hold else None
+    hold = None
     lat = []
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -100,11 +103,13 @@ def main():
             part = get(f"{base}/part-{msn}.{idx}.m4s")
         except Exception:
             part = None
-        received = secs_since_midnight()
+        received = now()
+        m = re.search(r"PART-HOLD-BACK=([0-9.]+)", text)
+        hold = float(m.group(1)) if m else hold
         if part:
-            end = video_end_ticks(part)
+            end = video_last_ticks(part)
             if end is not None:
-                lat.append(received - (end / 90000.0) % 86400)
+                lat.append(received - (anchor + end / 90000.0))
         try:
             text = get(f"{url}?_HLS_msn={msn}&_HLS_part={idx + 1}").decode()
         except Exception:

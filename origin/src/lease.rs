@@ -236,6 +236,12 @@ pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
 /// Drops local publishers whose placement is gone, held by another node or at another epoch;
 /// all of them when `lease_lost` (this node could not renew its leases in time).
 fn fence(ctx: &NodeCtx, lease_lost: bool) {
+    // Keys revoked through another origin: their publishers here stop within a heartbeat.
+    for id in ctx.rooms.ingress_ids() {
+        if ctx.raft.read(|s| !s.ingresses.contains_key(&id)) && ctx.rooms.revoke_ingress(&id) > 0 {
+            tracing::info!(ingress = %id, "ingress revoked elsewhere: local publisher dropped");
+        }
+    }
     let me = &ctx.settings.node_name;
     for (app, room, epoch) in ctx.rooms.held() {
         let current = if lease_lost {

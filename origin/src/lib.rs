@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod node;
 pub mod rooms;
 pub mod rtmp;
+pub mod wsmjpeg;

@@ -18,6 +18,12 @@ pub struct Metrics {
     rtmp_handshake_failures: IntCounter,
     rtmp_connections_refused: IntCounter,
     rtmp_bytes_in: IntCounter,
+    ws_connections: IntCounter,
+    ws_refused: IntCounter,
+    ws_frames_in: IntCounter,
+    ws_frames_invalid: IntCounter,
+    ws_frames_rate_limited: IntCounter,
+    ws_bytes_in: IntCounter,
     raft_term: IntGauge,
     raft_leader: IntGauge,
     raft_is_leader: IntGauge,
@@ -90,6 +96,36 @@ impl Metrics {
                 "RTMP connections closed at the connection limit",
             ),
             rtmp_bytes_in: counter(&r, "streamhub_rtmp_bytes_in_total", "RTMP bytes received"),
+            ws_connections: counter(
+                &r,
+                "streamhub_ws_connections_total",
+                "WebSocket-MJPEG devices accepted",
+            ),
+            ws_refused: counter(
+                &r,
+                "streamhub_ws_refused_total",
+                "WebSocket-MJPEG devices refused (key, room busy)",
+            ),
+            ws_frames_in: counter(
+                &r,
+                "streamhub_ws_frames_total",
+                "WebSocket-MJPEG pictures accepted",
+            ),
+            ws_frames_invalid: counter(
+                &r,
+                "streamhub_ws_frames_invalid_total",
+                "WebSocket messages dropped as invalid (text, not a whole JPEG, too large)",
+            ),
+            ws_frames_rate_limited: counter(
+                &r,
+                "streamhub_ws_frames_rate_limited_total",
+                "WebSocket-MJPEG pictures dropped by the rate limit",
+            ),
+            ws_bytes_in: counter(
+                &r,
+                "streamhub_ws_bytes_in_total",
+                "WebSocket-MJPEG picture bytes accepted",
+            ),
             raft_term: gauge(&r, "streamhub_raft_term", "Current Raft term"),
             raft_leader: gauge(
                 &r,
@@ -145,6 +181,16 @@ impl Metrics {
             ctx.rtmp_stats.connections_refused.load(Relaxed),
         );
         sync_counter(&self.rtmp_bytes_in, ctx.rtmp_stats.bytes_in.load(Relaxed));
+        let ws = &ctx.ws_stats;
+        sync_counter(&self.ws_connections, ws.connections.load(Relaxed));
+        sync_counter(&self.ws_refused, ws.refused.load(Relaxed));
+        sync_counter(&self.ws_frames_in, ws.frames_in.load(Relaxed));
+        sync_counter(&self.ws_frames_invalid, ws.frames_invalid.load(Relaxed));
+        sync_counter(
+            &self.ws_frames_rate_limited,
+            ws.frames_rate_limited.load(Relaxed),
+        );
+        sync_counter(&self.ws_bytes_in, ws.bytes_in.load(Relaxed));
         let m = ctx.raft.status();
         self.raft_term.set(m.term as i64);
         self.raft_leader.set(m.leader.unwrap_or(0) as i64);

@@ -54,6 +54,9 @@ pub struct NodeCtx {
     /// Viewer steering over the registry (`/play`, playback API, token `playUrl`).
     pub steering: Arc<Steering>,
     pub rtmp_stats: Arc<RtmpStats>,
+    /// Limits of WebSocket-MJPEG ingest.
+    pub ws_config: crate::wsmjpeg::WsConfig,
+    pub ws_stats: Arc<crate::wsmjpeg::WsStats>,
     pub metrics: Metrics,
     /// The port RTMP is bound to (may differ from the setting when it was 0).
     pub rtmp_port: u16,
@@ -239,6 +242,7 @@ impl IngestBackend for NodeIngest {
             let ingress = ctx
                 .raft
                 .read(|s| s.ingress_by_key_hash(&hash).cloned())
+                .filter(|i| i.kind == streamhub_cluster::state::IngressKind::Rtmp)
                 .ok_or(PublishError::UnknownKey)?;
             let epoch = lease::claim(&ctx, &ingress.app, &ingress.room).await?;
             // The key may have been revoked while the claim was in flight.
@@ -279,6 +283,7 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/ingest/ws", get(crate::wsmjpeg::upgrade))
         .with_state(ctx.clone())
         .merge(api::router(ctx.clone()))
         .merge(streamhub_edge::hls::http::router(
@@ -344,6 +349,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         relay_stats: Arc::new(RelayStats::default()),
         steering,
         rtmp_stats: Arc::new(RtmpStats::default()),
+        ws_config: crate::wsmjpeg::WsConfig::default(),
+        ws_stats: Arc::default(),
         metrics: Metrics::new(),
         rtmp_port,
         ready: AtomicBool::new(false),

@@ -18,16 +18,19 @@ use tokio_util::sync::CancellationToken;
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Rtmp,
+    /// WebSocket-MJPEG (cameras such as the ESP32).
+    Ws,
 }
 
 impl Protocol {
     /// Every protocol, for metrics that list each one even at zero.
-    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp];
+    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp, Protocol::Ws];
 
     /// Label used in metrics and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
+            Protocol::Ws => "ws",
         }
     }
 }
@@ -271,6 +274,12 @@ impl Rooms {
             }
             _ => false,
         }
+    }
+
+    /// The ingress of every live session of this node.
+    pub fn ingress_ids(&self) -> Vec<String> {
+        let live = self.live.lock().expect("rooms lock");
+        live.values().map(|l| l.ingress_id.clone()).collect()
     }
 
     /// `(app, room, epoch)` of every live room of this node.

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn reads_dimensions() {
         let info = parse(&skeleton(640, 480), 1 << 20).unwrap();
-        assert_eq!((info.width, info.height, info.progressive), (640, 480, false));
+        assert_eq!(
+            (info.width, info.height, info.progressive),
+            (640, 480, false)
+        );
     }
 
     #[test]
@@ -139,11 +142,17 @@ mod tests {
         let mut zero = good.clone();
         zero[13] = 0;
         zero[14] = 0;
-        assert!(matches!(parse(&zero, 100), Err(JpegError::BadDimensions { .. })));
+        assert!(matches!(
+            parse(&zero, 100),
+            Err(JpegError::BadDimensions { .. })
+        ));
         // a length pointing past the end
         let mut long = good.clone();
         long[4] = 0x7f;
-        assert!(matches!(parse(&long, 1000), Err(JpegError::Truncated { .. })));
+        assert!(matches!(
+            parse(&long, 1000),
+            Err(JpegError::Truncated { .. })
+        ));
     }
 
     #[test]

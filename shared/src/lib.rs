@@ -5,6 +5,7 @@ pub mod aac;
 pub mod auth;
 pub mod h264;
 pub mod id;
+pub mod jpeg;
 pub mod media;
 pub mod relay;
 pub mod ttl;

@@ -107,7 +107,7 @@ pub async fn list(
     let all: Vec<Ingress> = ctx.raft.read(|s| {
         s.ingresses
             .values()
-            .filter(|i| i.app == app)
+            .filter(|i| i.app == app && i.kind == IngressKind::Rtmp)
             .cloned()
             .collect()
     });

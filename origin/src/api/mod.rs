@@ -8,6 +8,7 @@ mod ingress;
 mod keys;
 mod rooms;
 mod tokens;
+mod ws_ingest;
 
 use std::sync::Arc;
 
@@ -44,6 +45,14 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
             get(ingress::get).delete(ingress::delete),
         )
         .route("/apps/{app}/rooms", get(rooms::list))
+        .route(
+            "/apps/{app}/ws-ingest",
+            post(ws_ingest::create).get(ws_ingest::list),
+        )
+        .route(
+            "/apps/{app}/ws-ingest/{id}",
+            axum::routing::delete(ws_ingest::delete),
+        )
         .route("/cluster", get(cluster::status))
         .route("/cluster/join", post(cluster::join))
         .route("/cluster/join-tokens", post(cluster::create_join_token))
