@@ -53,6 +53,8 @@ pub enum IngressKind {
     Rtmp,
     /// A WebSocket-MJPEG device key (`wsk_…`).
     Ws,
+    /// A source the origin pulls (`rtsp://…`); the key is unused.
+    Url,
 }
 
 /// A way into a room: for RTMP, a stream key (only its SHA-256 is stored).
@@ -67,6 +69,24 @@ pub struct Ingress {
     /// SHA-256 of the stream key (hex).
     pub key_hash: String,
     pub created_at_ms: u64,
+    /// For `Url` ingresses: the source to pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// For `Url` ingresses: `tcp` (RTP interleaved, the default) or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+}
+
+/// Where a pulled ingress is, as last reported by the origin pulling it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    /// `connecting`, `live` or `retrying`.
+    pub state: String,
+    /// The origin pulling it.
+    pub node: String,
+    pub last_error: Option<String>,
+    pub since_ms: u64,
 }
 
 /// What a node does in the cluster.
@@ -185,6 +205,11 @@ pub enum Command {
     CreateJoinToken(JoinToken),
     /// Adds a node to the registry; refused if the name is taken.
     RegisterNode(NodeRecord),
+    /// The origin pulling `id` reports a state change.
+    SetIngressStatus {
+        id: String,
+        status: IngressStatus,
+    },
     /// Forgets a node and releases the rooms it held.
     RemoveNode {
         name: String,
@@ -257,6 +282,9 @@ pub struct TenantState {
     /// Highest placement epoch ever granted: epochs never repeat, so fencing by epoch is safe.
     #[serde(default)]
     pub last_epoch: u64,
+    /// The state of pulled ingresses, by ingress id.
+    #[serde(default)]
+    pub ingress_status: BTreeMap<String, IngressStatus>,
 }
 
 impl TenantState {
@@ -314,10 +342,18 @@ impl TenantState {
             Command::DeleteIngress { app, id } => match self.ingresses.get(id) {
                 Some(ing) if &ing.app == app => {
                     self.ingresses.remove(id);
+                    self.ingress_status.remove(id);
                     CommandResponse::Ok
                 }
                 _ => not_found(format!("ingress {id}")),
             },
+            Command::SetIngressStatus { id, status } => {
+                if !self.ingresses.contains_key(id) {
+                    return not_found(format!("ingress {id}"));
+                }
+                self.ingress_status.insert(id.clone(), status.clone());
+                CommandResponse::Ok
+            }
             Command::InitCluster(ca) => {
                 if self.cluster_ca.is_some() {
                     return exists("cluster CA");
@@ -452,6 +488,9 @@ impl TenantState {
             return not_found(format!("app {name}"));
         }
         self.ingresses.retain(|_, i| &i.app != name);
+        let ingresses = &self.ingresses;
+        self.ingress_status
+            .retain(|id, _| ingresses.contains_key(id));
         self.api_keys.retain(|_, k| k.app.as_ref() != Some(name));
         CommandResponse::Ok
     }
@@ -497,6 +536,8 @@ mod tests {
             name: None,
             kind: IngressKind::Rtmp,
             key_hash: format!("h-{id}"),
+            url: None,
+            transport: None,
             created_at_ms: 1,
         }
     }

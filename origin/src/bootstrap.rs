@@ -66,6 +66,8 @@ pub async fn first_start(
             name: Some("demo".into()),
             kind: IngressKind::Rtmp,
             key_hash: sha256_hex(&key),
+            url: None,
+            transport: None,
             created_at_ms: unix_now_ms(),
         }))
         .await

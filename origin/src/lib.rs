@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod node;
 pub mod rooms;
 pub mod rtmp;
+pub mod rtsp;
 pub mod wsmjpeg;

@@ -57,6 +57,8 @@ pub struct NodeCtx {
     /// Limits of WebSocket-MJPEG ingest.
     pub ws_config: crate::wsmjpeg::WsConfig,
     pub ws_stats: Arc<crate::wsmjpeg::WsStats>,
+    /// The RTSP pulls this origin runs.
+    pub rtsp: crate::rtsp::Pulls,
     pub metrics: Metrics,
     /// The port RTMP is bound to (may differ from the setting when it was 0).
     pub rtmp_port: u16,
@@ -351,6 +353,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         rtmp_stats: Arc::new(RtmpStats::default()),
         ws_config: crate::wsmjpeg::WsConfig::default(),
         ws_stats: Arc::default(),
+        rtsp: crate::rtsp::Pulls::default(),
         metrics: Metrics::new(),
         rtmp_port,
         ready: AtomicBool::new(false),
@@ -381,6 +384,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ctx.rtmp_stats.clone(),
     ));
     tasks.spawn(sweep_hls(ctx.hls.clone(), shutdown.clone()));
+    tasks.spawn(crate::rtsp::run_supervisor(ctx.clone(), shutdown.clone()));
     tasks.spawn(lease::run_heartbeats(ctx.clone(), shutdown.clone()));
     tasks.spawn(lease::run_releases(
         ctx.clone(),

@@ -20,17 +20,20 @@ pub enum Protocol {
     Rtmp,
     /// WebSocket-MJPEG (cameras such as the ESP32).
     Ws,
+    /// Pulled from an RTSP camera.
+    Rtsp,
 }
 
 impl Protocol {
     /// Every protocol, for metrics that list each one even at zero.
-    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp, Protocol::Ws];
+    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp, Protocol::Ws, Protocol::Rtsp];
 
     /// Label used in metrics and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Rtmp => "rtmp",
             Protocol::Ws => "ws",
+            Protocol::Rtsp => "rtsp",
         }
     }
 }
@@ -351,6 +354,11 @@ impl Publisher {
     /// Resolves when this session must stop: taken over, its key revoked, or the node stopping.
     pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
+    }
+
+    /// A token cancelled when this session must stop (to wait on it while pushing frames).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 
     /// True once the session must stop.

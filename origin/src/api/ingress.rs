@@ -22,6 +22,10 @@ pub struct CreateIngress {
     kind: String,
     room: String,
     name: Option<String>,
+    /// For `type: "url"`: the source to pull (`rtsp://…`).
+    url: Option<String>,
+    /// For `type: "url"`: `tcp` (default) or `udp`.
+    transport: Option<String>,
 }
 
 /// An ingress as the API shows it.
@@ -38,17 +42,42 @@ pub struct IngressView {
     url: String,
     live: bool,
     created_at_ms: u64,
+    /// For pulled ingresses: `connecting`, `live` or `retrying`, and where and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<String>,
 }
 
 fn view(ctx: &NodeCtx, i: &Ingress) -> IngressView {
+    let status = ctx.raft.read(|s| s.ingress_status.get(&i.id).cloned());
+    let url = match i.kind {
+        IngressKind::Url => i.url.clone().unwrap_or_default(),
+        _ => ctx.rtmp_url(),
+    };
     IngressView {
+        state: match i.kind {
+            IngressKind::Url => Some(
+                status
+                    .as_ref()
+                    .map_or("connecting".into(), |s| s.state.clone()),
+            ),
+            _ => None,
+        },
+        last_error: status.as_ref().and_then(|s| s.last_error.clone()),
+        node: status.as_ref().map(|s| s.node.clone()),
+        transport: i.transport.clone(),
         ingress_id: i.id.clone(),
         kind: i.kind,
         app: i.app.clone(),
         room: i.room.clone(),
         room_name: format!("{}-{}", i.app, i.room),
         name: i.name.clone(),
-        url: ctx.rtmp_url(),
+        url,
         live: ctx
             .rooms
             .list(Some(&i.app))
@@ -66,12 +95,26 @@ pub async fn create(
     Json(req): Json<CreateIngress>,
 ) -> Result<Response, ApiError> {
     let app = authorize_app(&who, &app)?;
-    if req.kind != "rtmp" {
-        return Err(ApiError::BadRequest(format!(
-            "ingress type {:?} is not supported by this node (supported: rtmp)",
-            req.kind
-        )));
-    }
+    let kind = match req.kind.as_str() {
+        "rtmp" => IngressKind::Rtmp,
+        "url" => IngressKind::Url,
+        other => return Err(ApiError::BadRequest(format!(
+            "ingress type {other:?} is not supported (rtmp, url; WebSocket cameras use /ws-ingest)"
+        ))),
+    };
+    let (url, transport) = match kind {
+        IngressKind::Url => {
+            let url = req
+                .url
+                .as_deref()
+                .ok_or_else(|| ApiError::BadRequest("type url needs a url".into()))?;
+            (
+                Some(crate::rtsp::check_url(url)?),
+                Some(crate::rtsp::check_transport(req.transport.as_deref())?),
+            )
+        }
+        _ => (None, None),
+    };
     let room = RoomName::new(req.room)?;
     if req.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
         return Err(ApiError::BadRequest(
@@ -85,14 +128,18 @@ pub async fn create(
         app,
         room,
         name: req.name,
-        kind: IngressKind::Rtmp,
+        kind,
         key_hash: sha256_hex(&stream_key),
         created_at_ms: unix_now_ms(),
+        url,
+        transport,
     };
     ctx.write(Command::CreateIngress(ingress.clone())).await?;
     let mut body = serde_json::to_value(view(&ctx, &ingress))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["streamKey"] = serde_json::Value::String(stream_key);
+    if kind == IngressKind::Rtmp {
+        body["streamKey"] = serde_json::Value::String(stream_key);
+    }
     Ok(data_with(StatusCode::CREATED, body))
 }
 
@@ -107,7 +154,7 @@ pub async fn list(
     let all: Vec<Ingress> = ctx.raft.read(|s| {
         s.ingresses
             .values()
-            .filter(|i| i.app == app && i.kind == IngressKind::Rtmp)
+            .filter(|i| i.app == app && i.kind != IngressKind::Ws)
             .cloned()
             .collect()
     });

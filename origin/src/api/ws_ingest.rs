@@ -67,6 +67,8 @@ pub async fn create(
         name: req.name,
         kind: IngressKind::Ws,
         key_hash: sha256_hex(&key),
+        url: None,
+        transport: None,
         created_at_ms: unix_now_ms(),
     };
     ctx.write(Command::CreateIngress(ingress.clone())).await?;
