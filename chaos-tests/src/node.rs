@@ -359,6 +359,11 @@ impl Node {
             .with_context(|| format!("{series} not in /metrics of {}", self.cfg.name))
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `--node-id`.
     pub fn name(&self) -> &str {
         &self.cfg.name

@@ -1,6 +1,6 @@
-//! One client opens 10,000 LL-HLS blocking reloads on an edge at once: the edge holds at most
-//! its per-client bound (here 100), answers the rest 503 at once, stays up, and another viewer
-//! is served normally throughout.
+//! One client opens 10,000 LL-HLS blocking reloads on an edge at once: the edge never holds more
+//! than its per-client bound (here 100; sampled from its `streamhub_hls_held` gauge throughout),
+//! answers the rest 503 at once, stays up, and another viewer is served normally throughout.
 
 use std::time::{Duration, Instant};
 
@@ -81,7 +81,31 @@ async fn edge_survives_a_blocking_reload_flood() {
         "raise the open-file limit (ulimit -n)"
     );
     c.note(format!("flooding edge-1 with {flood_n} blocking reloads"));
+    // The sampler's connection is open before the flood fills the edge's accept queue.
+    let sampler = reqwest::Client::new();
+    sampler.get(edge.url("/metrics")).send().await.unwrap();
     let started = Instant::now();
+    let sampling = tokio::spawn({
+        let metrics = edge.url("/metrics");
+        async move {
+            let http = sampler;
+            let mut max = 0.0f64;
+            while started.elapsed() < Duration::from_secs(8) {
+                if let Ok(r) = http.get(&metrics).send().await {
+                    let text = r.text().await.unwrap_or_default();
+                    if let Some(v) = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("streamhub_hls_held "))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                    {
+                        max = max.max(v);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            max
+        }
+    });
     let flood: Vec<_> = (0..flood_n)
         .map(|_| tokio::spawn(raw_get(addr.clone(), path.clone())))
         .collect();
@@ -109,6 +133,16 @@ async fn edge_survives_a_blocking_reload_flood() {
     );
     let ok = codes.get(&200).copied().unwrap_or(0);
     let refused = codes.get(&503).copied().unwrap_or(0);
+    let max_held = sampling.await.unwrap();
+    println!("most requests held at once: {max_held}");
+    assert!(
+        max_held >= 50.0,
+        "the flood was held up to the bound: {max_held}"
+    );
+    assert!(
+        max_held <= (PER_CLIENT + 1) as f64,
+        "never more than the bound (+1 other viewer) held: {max_held}"
+    );
     assert!(
         ok <= PER_CLIENT,
         "held at most the per-client bound: {codes:?}"

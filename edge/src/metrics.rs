@@ -153,6 +153,11 @@ const GAUGES: &[GaugeDef] = &[
         |s| s.cache.weighted_size() as i64,
     ),
     (
+        "streamhub_hls_held",
+        "Blocking HLS requests held now",
+        |s| s.hls.held.load(Relaxed) as i64,
+    ),
+    (
         "streamhub_relay_subscriptions_served",
         "Relay subscriptions being served now",
         |s| s.relay.served.load(Relaxed) as i64,

@@ -50,6 +50,8 @@ pub struct HlsStats {
     pub bad_requests: AtomicU64,
     /// Requests answered 503 (held too long, or too many held).
     pub unavailable: AtomicU64,
+    /// Requests held right now.
+    pub held: AtomicU64,
 }
 
 /// Bounds of held (blocking) requests.
@@ -172,6 +174,7 @@ impl Directives {
 #[derive(Debug, Default)]
 struct Holds {
     limits: BlockingLimits,
+    stats: Arc<HlsStats>,
     // A std Mutex held for one counter update.
     state: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
@@ -190,6 +193,7 @@ impl Holds {
             return None;
         }
         *total += 1;
+        self.stats.held.store(*total as u64, Ordering::Relaxed);
         per_ip.insert(ip, mine + 1);
         Some(HoldPermit { holds: self, ip })
     }
@@ -200,6 +204,10 @@ impl Drop for HoldPermit<'_> {
         let mut state = self.holds.state.lock().unwrap_or_else(|e| e.into_inner());
         let (total, per_ip) = &mut *state;
         *total = total.saturating_sub(1);
+        self.holds
+            .stats
+            .held
+            .store(*total as u64, Ordering::Relaxed);
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -229,6 +237,7 @@ pub fn router(
     // so an encoded slash or dot can never reach a name.
     let holds = Arc::new(Holds {
         limits,
+        stats: stats.clone(),
         state: Mutex::default(),
     });
     Router::new()

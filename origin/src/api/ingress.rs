@@ -98,9 +98,11 @@ pub async fn create(
     let kind = match req.kind.as_str() {
         "rtmp" => IngressKind::Rtmp,
         "url" => IngressKind::Url,
-        other => return Err(ApiError::BadRequest(format!(
+        other => {
+            return Err(ApiError::BadRequest(format!(
             "ingress type {other:?} is not supported (rtmp, url; WebSocket cameras use /ws-ingest)"
-        ))),
+        )))
+        }
     };
     let (url, transport) = match kind {
         IngressKind::Url => {
