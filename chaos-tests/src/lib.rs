@@ -11,6 +11,7 @@ pub mod api;
 pub mod binary;
 pub mod cluster;
 pub mod hls;
+pub mod net;
 pub mod node;
 pub mod poll;
 pub mod ports;
