@@ -2,7 +2,7 @@
 //! room over the QUIC relay, and the origin and the edges serve byte-identical segments and init
 //! under identical names; ffprobe reads HLS from each edge; LL-HLS works on an edge (a blocking
 //! reload for the hinted part answers with that part, parts concatenate to their segment, and
-//! ffmpeg decodes the LL-HLS playlist).
+//! ffmpeg decodes the LL-HLS playlist); a viewer token presented to the edge is verified offline.
 
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,43 @@ async fn edges_serve_identical_segments() {
         .await
         .unwrap();
     assert!(hinted.len() > 100);
+
+    // A viewer token presented to an edge is verified offline with the app's cached key.
+    let admin = c.admin(0).await;
+    let mint = |room: &str| {
+        let (admin, room) = (admin.clone(), room.to_string());
+        async move {
+            let r = admin
+                .post(
+                    "/apps/live/tokens",
+                    serde_json::json!({"room": room, "identity": "viewer-1"}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{r:?}");
+            r.data()["token"].as_str().unwrap().to_string()
+        }
+    };
+    let good = mint("cam").await;
+    let other_room = mint("other").await;
+    for (token, want) in [
+        (good.as_str(), 200),
+        (other_room.as_str(), 401),
+        ("garbage", 401),
+    ] {
+        for base in [&u1, &origin_pl] {
+            let (status, body) = hls::get(&http, &format!("{base}?token={token}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                status,
+                want,
+                "{base} token {}: {}",
+                &token[..8.min(token.len())],
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
 
     // ffmpeg plays the LL-HLS playlist of an edge.
     let frames = ffmpeg_decode_frames(&u1, 3).unwrap();

@@ -1,6 +1,7 @@
 //! streamhub playback side: the relay from origins, HLS/LL-HLS packaging and serving, MJPEG
 //! fan-out, viewer steering, and the edge node that wires them.
 
+pub mod access;
 pub mod config;
 pub mod envelope;
 pub mod hls;

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::KeySource;
 use crate::config::EdgeSettings;
 use crate::hls::http::{BlockingLimits, RoomOpener};
 use crate::hls::{HlsRegistry, HlsRoom, HlsStats, MediaCache};
@@ -98,6 +99,19 @@ impl MediaLookup for PullMedia {
     }
 }
 
+/// App keys from the origins, cached (see [`Origins::app_key`]).
+struct OriginsKeys(Arc<Origins>);
+
+impl KeySource for OriginsKeys {
+    fn app_key(
+        &self,
+        app: &AppName,
+    ) -> BoxFuture<'static, Option<streamhub_cluster::registry::AppKey>> {
+        let (origins, app) = (self.0.clone(), app.clone());
+        Box::pin(async move { origins.app_key(&app).await })
+    }
+}
+
 struct OriginsDirectory(Arc<Origins>);
 
 impl NodeDirectory for OriginsDirectory {
@@ -157,10 +171,7 @@ fn http_router(ctx: Arc<EdgeCtx>) -> Router {
         per_client: ctx.settings.max_held_per_client,
         ..BlockingLimits::default()
     };
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(ctx.clone())
+    let playback = Router::new()
         .merge(crate::hls::http::router(
             ctx.hls.clone(),
             ctx.hls_stats.clone(),
@@ -172,6 +183,15 @@ fn http_router(ctx: Arc<EdgeCtx>) -> Router {
             ctx.mjpeg_stats.clone(),
             Default::default(),
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(OriginsKeys(ctx.origins.clone())) as Arc<dyn KeySource>,
+            crate::access::check,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(ctx.clone())
+        .merge(playback)
         .merge(crate::play::router(steering))
 }
 

@@ -50,6 +50,9 @@ pub struct OriginArgs {
     /// Advertise LL-HLS (parts, blocking reload); plain HLS players work either way [default: true].
     #[arg(long, env = "STREAMHUB_LL_HLS")]
     pub ll_hls: Option<bool>,
+    /// Request header carrying the client's region for steering (e.g. set by a CDN).
+    #[arg(long, env = "STREAMHUB_REGION_HEADER")]
+    pub region_header: Option<String>,
     /// Bytes of HLS media (segments and parts of every room) held in memory [default: 268435456].
     #[arg(long, env = "STREAMHUB_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -103,6 +106,8 @@ pub struct Settings {
     pub hls: HlsConfig,
     /// Bound of the media cache.
     pub cache_bytes: u64,
+    /// Header naming the client's region for steering, if configured.
+    pub region_header: Option<axum::http::HeaderName>,
     pub log: String,
     /// Cluster QUIC address.
     pub cluster: SocketAddr,
@@ -154,6 +159,7 @@ impl OriginArgs {
             hls_part_secs: self.hls_part_secs.or(file.hls_part_secs),
             ll_hls: self.ll_hls.or(file.ll_hls),
             cache_bytes: self.cache_bytes.or(file.cache_bytes),
+            region_header: self.region_header.or(file.region_header),
             cluster: self.cluster.or(file.cluster),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
@@ -183,6 +189,15 @@ impl OriginArgs {
             self.ll_hls.unwrap_or(true),
         )?;
         let cache_bytes = cache_bytes(self.cache_bytes)?;
+        let region_header = self
+            .region_header
+            .map(|h| {
+                axum::http::HeaderName::try_from(h.as_str()).map_err(|e| ConfigError::Invalid {
+                    field: "region-header",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
         let join = match (self.join, self.join_token) {
             (None, None) => None,
             (Some(u), Some(token)) => Some(JoinSettings {
@@ -220,6 +235,7 @@ impl OriginArgs {
             region,
             hls,
             cache_bytes,
+            region_header,
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),
         })
     }

@@ -288,17 +288,25 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
         .route("/ingest/ws", get(crate::wsmjpeg::upgrade))
         .with_state(ctx.clone())
         .merge(api::router(ctx.clone()))
-        .merge(streamhub_edge::hls::http::router(
-            ctx.hls.clone(),
-            ctx.hls_stats.clone(),
-            None,
-            BlockingLimits::default(),
-        ))
-        .merge(streamhub_edge::mjpeg::router(
-            Arc::new(RoomsMedia(ctx.rooms.clone())),
-            ctx.mjpeg_stats.clone(),
-            Default::default(),
-        ))
+        .merge(
+            Router::new()
+                .merge(streamhub_edge::hls::http::router(
+                    ctx.hls.clone(),
+                    ctx.hls_stats.clone(),
+                    None,
+                    BlockingLimits::default(),
+                ))
+                .merge(streamhub_edge::mjpeg::router(
+                    Arc::new(RoomsMedia(ctx.rooms.clone())),
+                    ctx.mjpeg_stats.clone(),
+                    Default::default(),
+                ))
+                .layer(axum::middleware::from_fn_with_state(
+                    Arc::new(RaftKeys(ctx.raft.clone()))
+                        as Arc<dyn streamhub_edge::access::KeySource>,
+                    streamhub_edge::access::check,
+                )),
+        )
         .merge(streamhub_edge::play::router(ctx.steering.clone()))
 }
 
@@ -334,7 +342,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         me: settings.node_name.clone(),
         region: settings.region.clone(),
         public_url: settings.public_base(),
-        region_header: None,
+        region_header: settings.region_header.clone(),
         policy: SteeringPolicy::default(),
     });
     let admin_user = std::env::var("ADMIN_USER").unwrap_or_else(|_| "admin".into());
@@ -476,6 +484,27 @@ impl RelaySource for OriginRelaySource {
             }
             _ => Err(ErrorCode::UnknownRoom),
         }
+    }
+}
+
+/// App keys from this origin's replica.
+struct RaftKeys(Arc<RaftNode>);
+
+impl streamhub_edge::access::KeySource for RaftKeys {
+    fn app_key(
+        &self,
+        app: &AppName,
+    ) -> futures::future::BoxFuture<'static, Option<streamhub_cluster::registry::AppKey>> {
+        let key = self.0.read(|s| {
+            s.apps
+                .get(app)
+                .map(|a| streamhub_cluster::registry::AppKey {
+                    app: a.name.clone(),
+                    key_id: a.key_id.clone(),
+                    secret: a.secret.clone(),
+                })
+        });
+        Box::pin(async move { key })
     }
 }
 
