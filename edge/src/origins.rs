@@ -64,19 +64,20 @@ impl Origins {
     /// saved under `data_dir` when it changes (and read from there first).
     pub fn new(endpoint: Endpoint, addrs: Vec<String>, data_dir: Option<PathBuf>) -> Arc<Self> {
         let file = data_dir.map(|d| d.join(ORIGINS_FILE));
-        let mut known = file
+        let saved = file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
             .unwrap_or_default();
+        let mut known = saved.clone();
         for a in addrs {
             if !known.contains(&a) {
                 known.push(a);
             }
         }
-        Arc::new(Self {
+        let origins = Arc::new(Self {
             endpoint,
-            addrs: Mutex::new(known),
+            addrs: Mutex::new(known.clone()),
             next: AtomicUsize::new(0),
             placements: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -89,7 +90,12 @@ impl Origins {
             nodes: Mutex::new(Arc::new(Vec::new())),
             file,
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
-        })
+        });
+        // The join answer's origins must survive a restart even if the registry never changes.
+        if known != saved {
+            origins.save(&known);
+        }
+        origins
     }
 
     /// The cluster endpoint.
