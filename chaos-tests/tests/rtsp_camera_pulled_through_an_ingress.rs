@@ -98,10 +98,23 @@ async fn rtsp_camera_pulled_through_an_ingress() {
         assert_eq!(r.status, 400, "{r:?}");
     }
 
+    // Credentials in the URL are used (when the camera asks) and never shown back.
+    let with_creds = camera_url.replacen("rtsp://", "rtsp://viewer:s3cret@", 1);
+    let creds = url_ingress(&api, "gate-auth", &with_creds, None).await;
+    let shown = api
+        .get(&format!("/apps/cams/ingress/{creds}"))
+        .await
+        .unwrap();
+    let shown_url = shown.data()["url"].as_str().unwrap().to_string();
+    assert!(
+        !shown_url.contains("s3cret") && shown_url.starts_with("rtsp://***@"),
+        "{shown_url}"
+    );
     let tcp = url_ingress(&api, "gate", &camera_url, None).await;
     let udp = url_ingress(&api, "gate-udp", &camera_url, Some("udp")).await;
     wait_state(&api, &tcp, "live", Duration::from_secs(30)).await;
     wait_state(&api, &udp, "live", Duration::from_secs(30)).await;
+    wait_state(&api, &creds, "live", Duration::from_secs(30)).await;
     c.note("both pulls live");
     let http = hls::client();
     let pl = edge.url("/hls/cams/gate/index.m3u8");

@@ -348,8 +348,13 @@ impl TenantState {
                 _ => not_found(format!("ingress {id}")),
             },
             Command::SetIngressStatus { id, status } => {
-                if !self.ingresses.contains_key(id) {
+                let Some(ing) = self.ingresses.get(id) else {
                     return not_found(format!("ingress {id}"));
+                };
+                // Only the origin holding the room reports on its pull (a stale one may not).
+                let holder = self.placement(&ing.app, &ing.room).map(|p| p.node.as_str());
+                if holder != Some(status.node.as_str()) {
+                    return not_found(format!("placement of {} on {}", ing.id, status.node));
                 }
                 self.ingress_status.insert(id.clone(), status.clone());
                 CommandResponse::Ok

@@ -48,29 +48,39 @@ pub fn verify_viewer(
     Ok(claims)
 }
 
-/// The token a request presents, if any.
+/// The token a request presents, if any: any non-empty `token=` of the query, else a Bearer
+/// header (an empty query value cannot hide a header).
 fn presented(req: &Request) -> Option<String> {
     let from_query = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("token="))
-            .map(String::from)
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, v)| k == "token" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
     });
     let from_header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_string());
-    from_query.or(from_header).filter(|t| !t.is_empty())
+        .map(|v| v.trim().to_string())
+        .filter(|t| !t.is_empty());
+    from_query.or(from_header)
 }
 
-/// The app and room of a playback path (`/hls/{app}/{room}/…`, `/live/{app}/{room}/…`).
+/// The app and room of a playback path (`/hls/{app}/{room}/…`, `/live/{app}/{room}/…`), read
+/// the way the routes read it (percent-decoded), so an encoded name cannot slip past the check.
 fn room_of(path: &str) -> Option<(AppName, RoomName)> {
     let rest = path
         .strip_prefix("/hls/")
         .or_else(|| path.strip_prefix("/live/"))?;
     let mut it = rest.split('/');
-    let (app, room) = (it.next()?, it.next()?);
+    let decode = |s: &str| -> Option<String> {
+        let bytes: Vec<u8> =
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned().into_bytes())?;
+        String::from_utf8(bytes).ok()
+    };
+    let (app, room) = (decode(it.next()?)?, decode(it.next()?)?);
     Some((AppName::new(app).ok()?, RoomName::new(room).ok()?))
 }
 
@@ -145,6 +155,12 @@ mod tests {
     fn finds_the_room_of_playback_paths() {
         let r = room_of("/hls/live/cam/index.m3u8").unwrap();
         assert_eq!((r.0.as_str(), r.1.as_str()), ("live", "cam"));
+        let r = room_of("/live/li%76e/c%61m/mjpeg").unwrap();
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str()),
+            ("live", "cam"),
+            "decoded like the routes"
+        );
         assert!(room_of("/live/cams/door/mjpeg").is_some());
         assert!(room_of("/play/live/cam").is_none());
         assert!(room_of("/hls/Bad/cam/index.m3u8").is_none());

@@ -194,6 +194,13 @@ impl Origins {
 
     /// The signing key of `app` (cached for 30 s), for verifying viewer tokens offline.
     pub async fn app_key(&self, app: &AppName) -> Option<AppKey> {
+        if let Some(cached) = self.apps.get(app).await {
+            return cached;
+        }
+        // Shares the bound of placement lookups: random app names cannot flood the origins.
+        let Ok(_permit) = self.lookups.try_acquire() else {
+            return None;
+        };
         let lookup = async {
             match self.query(&StateQuery::AppKey { app: app.clone() }).await {
                 Ok(StateAnswer::AppKey { key }) => Ok(key),

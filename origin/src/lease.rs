@@ -50,6 +50,39 @@ pub async fn claim(ctx: &NodeCtx, app: &AppName, room: &RoomName) -> Result<u64,
     }
 }
 
+/// Gives up `app/room` at `epoch` at once (a claim that will not be used).
+pub async fn release(ctx: &NodeCtx, app: &AppName, room: &RoomName, epoch: u64) {
+    let cmd = Command::ReleaseRoom {
+        app: app.clone(),
+        room: room.clone(),
+        node: ctx.settings.node_name.clone(),
+        epoch,
+    };
+    if let Err(e) = ctx.raft.write(cmd).await {
+        tracing::debug!(%app, %room, error = %e, "release failed; the lease will expire");
+    }
+}
+
+/// Refuses a publish without a Raft write when the local replica already shows the room held
+/// elsewhere under a live lease (a device reconnecting in a tight loop costs no log entries).
+pub fn check_free(ctx: &NodeCtx, app: &AppName, room: &RoomName) -> Result<(), PublishError> {
+    let me = &ctx.settings.node_name;
+    let now = unix_now_ms();
+    let holder = ctx.raft.read(|s| {
+        s.placement(app, room)
+            .filter(|p| &p.node != me && p.lease_until_ms > now)
+            .map(|p| p.node.clone())
+    });
+    match holder {
+        Some(node) => Err(PublishError::LiveElsewhere {
+            app: app.clone(),
+            room: room.clone(),
+            node,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Releases the rooms this node's publishers gave up. Best effort: an unreleased room's lease
 /// simply expires.
 pub async fn run_releases(

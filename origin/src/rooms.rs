@@ -184,6 +184,7 @@ impl Rooms {
             rooms: self.clone(),
             app: claim.app.clone(),
             room: claim.room.clone(),
+            ingress_id: claim.ingress_id.clone(),
             session,
             media,
             cancel,
@@ -309,6 +310,7 @@ pub struct Publisher {
     rooms: Arc<Rooms>,
     app: AppName,
     room: RoomName,
+    ingress_id: String,
     session: u64,
     media: RoomMedia,
     cancel: CancellationToken,
@@ -320,6 +322,11 @@ impl Publisher {
     /// The room's app.
     pub fn app(&self) -> &AppName {
         &self.app
+    }
+
+    /// The ingress this session publishes for.
+    pub fn ingress_id(&self) -> &str {
+        &self.ingress_id
     }
 
     /// The room's name.

@@ -131,28 +131,26 @@ fn start(ctx: &Arc<NodeCtx>, ingress: Ingress, epoch: u64, shutdown: &Cancellati
 #[tracing::instrument(skip_all, fields(ingress = %ingress.id, app = %ingress.app, room = %ingress.room))]
 async fn pull(ctx: &NodeCtx, ingress: Ingress, epoch: u64, cancel: CancellationToken) {
     let url = ingress.url.clone().unwrap_or_default();
+    let claim = PublishClaim {
+        app: ingress.app.clone(),
+        room: ingress.room.clone(),
+        ingress_id: ingress.id.clone(),
+        protocol: Protocol::Rtsp,
+        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+        epoch,
+    };
+    let mut publisher = match ctx.rooms.start_publish(claim.clone()) {
+        Ok(p) => p,
+        Err(e) => return tracing::warn!(error = %e, "cannot publish the pulled room"),
+    };
     let mut failures = 0u32;
+    let mut last_state = String::new();
     loop {
-        // Each attempt is a publisher session of its own (the same claim, a takeover of our own).
-        let claim = PublishClaim {
-            app: ingress.app.clone(),
-            room: ingress.room.clone(),
-            ingress_id: ingress.id.clone(),
-            protocol: Protocol::Rtsp,
-            remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-            epoch,
-        };
-        let mut publisher = match ctx.rooms.start_publish(claim) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot publish the pulled room");
-                return;
-            }
-        };
-        report(ctx, &ingress.id, "connecting", None).await;
+        report(ctx, &ingress, &mut last_state, "connecting", None).await;
         let stopped = publisher.stop_token();
+        let mut went_live = false;
         let attempt = tokio::select! {
-            r = stream(ctx, &ingress, &url, &mut publisher) => r,
+            r = stream(ctx, &ingress, &url, &mut publisher, &mut last_state, &mut went_live) => r,
             () = stopped.cancelled() => Err("the room was taken over or fenced".to_string()),
             () = cancel.cancelled() => return,
         };
@@ -161,12 +159,16 @@ async fn pull(ctx: &NodeCtx, ingress: Ingress, epoch: u64, cancel: CancellationT
             Err(e) => e,
         };
         tracing::warn!(%error, "camera lost");
-        if !still_ours(ctx, &ingress, epoch) {
+        if stopped.is_cancelled() || !still_ours(ctx, &ingress, epoch) {
             tracing::info!("ingress deleted or room placed elsewhere: pull stopped");
             return;
         }
-        report(ctx, &ingress.id, "retrying", Some(error)).await;
-        failures = failures.saturating_add(1);
+        report(ctx, &ingress, &mut last_state, "retrying", Some(error)).await;
+        failures = if went_live {
+            1
+        } else {
+            failures.saturating_add(1)
+        };
         let exp = BACKOFF_BASE
             .saturating_mul(1u32 << failures.min(8))
             .min(BACKOFF_CAP);
@@ -175,18 +177,67 @@ async fn pull(ctx: &NodeCtx, ingress: Ingress, epoch: u64, cancel: CancellationT
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = cancel.cancelled() => return,
+            () = stopped.cancelled() => return,
         }
-        drop(publisher);
+        // The next attempt is a new publisher session, started before the old one is dropped:
+        // a takeover of our own, so the room (and its lease) is never given up in between.
+        match ctx.rooms.start_publish(claim.clone()) {
+            Ok(next) => publisher = next,
+            Err(e) => return tracing::warn!(error = %e, "cannot publish the pulled room"),
+        }
     }
 }
 
+/// True while the ingress exists and this origin holds its room at `epoch` with a lease that
+/// has not run out (a partitioned origin must not keep pulling once another may have claimed).
 fn still_ours(ctx: &NodeCtx, ingress: &Ingress, epoch: u64) -> bool {
     let me = &ctx.settings.node_name;
+    let now = unix_now_ms();
     ctx.raft.read(|s| {
         s.ingresses.contains_key(&ingress.id)
             && s.placement(&ingress.app, &ingress.room)
-                .is_some_and(|p| &p.node == me && p.epoch == epoch)
+                .is_some_and(|p| &p.node == me && p.epoch == epoch && p.lease_until_ms > now)
     })
+}
+
+/// Stops the pull of `id` on this origin, if it runs one (the ingress was deleted).
+pub fn stop(ctx: &NodeCtx, id: &str) {
+    let running = ctx.rtsp.running.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cancel) = running.get(id) {
+        cancel.cancel();
+    }
+}
+
+/// The URL without its credentials (`rtsp://host/path`) and the credentials, if any: retina
+/// takes them apart, and the API never shows them.
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (url.to_string(), None);
+    }
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let creds = (
+        decode(parsed.username()),
+        decode(parsed.password().unwrap_or("")),
+    );
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    (parsed.to_string(), Some(creds))
+}
+
+/// The URL as the API shows it: credentials replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    match split_credentials(url) {
+        (bare, Some(_)) => bare.replacen("rtsp://", "rtsp://***@", 1),
+        (bare, None) => bare,
+    }
 }
 
 /// The first line of an error, at most 300 characters (some carry a hex dump of what came).
@@ -199,7 +250,18 @@ fn short(error: String) -> String {
     line[..end].to_string()
 }
 
-async fn report(ctx: &NodeCtx, id: &str, state: &str, error: Option<String>) {
+async fn report(
+    ctx: &NodeCtx,
+    ingress: &Ingress,
+    last: &mut String,
+    state: &str,
+    error: Option<String>,
+) {
+    // One Raft write per change of state, not per attempt (a flapping camera costs little).
+    if last == state {
+        return;
+    }
+    *last = state.to_string();
     let status = IngressStatus {
         state: state.to_string(),
         node: ctx.settings.node_name.clone(),
@@ -207,7 +269,7 @@ async fn report(ctx: &NodeCtx, id: &str, state: &str, error: Option<String>) {
         since_ms: unix_now_ms(),
     };
     let cmd = Command::SetIngressStatus {
-        id: id.to_string(),
+        id: ingress.id.clone(),
         status,
     };
     if let Err(e) = ctx.write(cmd).await {
@@ -222,15 +284,22 @@ async fn stream(
     ingress: &Ingress,
     url: &str,
     publisher: &mut Publisher,
+    last_state: &mut String,
+    went_live: &mut bool,
 ) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let (bare, creds) = split_credentials(url);
+    let parsed = url::Url::parse(&bare).map_err(|e| e.to_string())?;
     let transport = match ingress.transport.as_deref() {
         Some("udp") => Transport::Udp(Default::default()),
         _ => Transport::Tcp(Default::default()),
     };
     let connect = async {
         let options = SessionOptions::default()
-            .user_agent(format!("streamhub/{}", env!("CARGO_PKG_VERSION")));
+            .user_agent(format!("streamhub/{}", env!("CARGO_PKG_VERSION")))
+            .creds(
+                creds
+                    .map(|(username, password)| retina::client::Credentials { username, password }),
+            );
         let mut session = Session::describe(parsed, options)
             .await
             .map_err(|e| e.to_string())?;
@@ -280,7 +349,8 @@ async fn stream(
             publisher.push(frame);
             if !live {
                 live = true;
-                report(ctx, &ingress.id, "live", None).await;
+                *went_live = true;
+                report(ctx, ingress, last_state, "live", None).await;
                 tracing::info!("camera live");
             }
         }
@@ -412,6 +482,15 @@ mod tests {
         assert_eq!(check_transport(None).unwrap(), "tcp");
         assert_eq!(check_transport(Some("udp")).unwrap(), "udp");
         assert!(check_transport(Some("sctp")).is_err());
+    }
+
+    #[test]
+    fn credentials_are_taken_apart_and_never_shown() {
+        let (bare, creds) = split_credentials("rtsp://admin:p%40ss@10.0.0.7:554/h264");
+        assert_eq!(bare, "rtsp://10.0.0.7:554/h264");
+        assert_eq!(creds, Some(("admin".into(), "p@ss".into())));
+        assert_eq!(redacted("rtsp://admin:secret@cam/x"), "rtsp://***@cam/x");
+        assert_eq!(redacted("rtsp://cam/x"), "rtsp://cam/x");
     }
 
     #[test]

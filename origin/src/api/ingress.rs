@@ -56,7 +56,7 @@ pub struct IngressView {
 fn view(ctx: &NodeCtx, i: &Ingress) -> IngressView {
     let status = ctx.raft.read(|s| s.ingress_status.get(&i.id).cloned());
     let url = match i.kind {
-        IngressKind::Url => i.url.clone().unwrap_or_default(),
+        IngressKind::Url => crate::rtsp::redacted(i.url.as_deref().unwrap_or_default()),
         _ => ctx.rtmp_url(),
     };
     IngressView {
@@ -106,6 +106,8 @@ pub async fn create(
     };
     let (url, transport) = match kind {
         IngressKind::Url => {
+            // The node connects wherever the URL points: only global principals may do that.
+            who.check_global()?;
             let url = req
                 .url
                 .as_deref()
@@ -191,6 +193,7 @@ pub async fn delete(
         id: id.clone(),
     })
     .await?;
+    crate::rtsp::stop(&ctx, &id);
     let dropped = ctx.rooms.revoke_ingress(&id);
     tracing::info!(%app, ingress = %id, dropped, "ingress deleted");
     Ok(StatusCode::NO_CONTENT)

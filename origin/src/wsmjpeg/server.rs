@@ -22,10 +22,14 @@ use crate::credentials::sha256_hex;
 use crate::node::NodeCtx;
 use crate::rooms::{Protocol, PublishClaim, PublishError, Publisher};
 
-/// Close code: the device broke the policy (taken over, key revoked).
+/// Close code: the key was revoked (do not retry with it).
 const CLOSE_POLICY: u16 = 1008;
 /// Close code: going away (idle, node stopping).
 const CLOSE_AWAY: u16 = 1001;
+/// Close code: a message over the size bound.
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: try again later (the room was taken over or placed elsewhere).
+const CLOSE_TRY_LATER: u16 = 1013;
 
 /// Query of `GET /ingest/ws`.
 #[derive(Debug, Deserialize)]
@@ -60,9 +64,16 @@ pub async fn upgrade(
             ctx.ws_stats.connections.fetch_add(1, Ordering::Relaxed);
             let config = ctx.ws_config.clone();
             let stats = ctx.ws_stats.clone();
+            let (shutdown, raft) = (ctx.shutdown.clone(), ctx.raft.clone());
             ws.max_message_size(config.max_message_bytes)
                 .max_frame_size(config.max_message_bytes)
-                .on_upgrade(move |socket| run(socket, publisher, config, stats))
+                .on_upgrade(move |socket| async move {
+                    let revoked = {
+                        let id = publisher.ingress_id().to_string();
+                        move || raft.read(|s| !s.ingresses.contains_key(&id))
+                    };
+                    run(socket, publisher, config, stats, shutdown, revoked).await
+                })
         }
         Err(e) => {
             ctx.ws_stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -98,22 +109,29 @@ async fn admit(
             ingress.app, ingress.room
         )));
     }
+    crate::lease::check_free(ctx, &app, &room).map_err(publish_error)?;
     let epoch = crate::lease::claim(ctx, &app, &room)
         .await
         .map_err(publish_error)?;
-    if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
-        return Err(ApiError::Unauthorized("the device key was revoked".into()));
+    let started = if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
+        Err(ApiError::Unauthorized("the device key was revoked".into()))
+    } else {
+        ctx.rooms
+            .start_publish(PublishClaim {
+                app: app.clone(),
+                room: room.clone(),
+                ingress_id: ingress.id,
+                protocol: Protocol::Ws,
+                remote,
+                epoch,
+            })
+            .map_err(publish_error)
+    };
+    if started.is_err() && ctx.rooms.media(&app, &room).is_none() {
+        // The claim will not be used: give the room back now, not at lease expiry.
+        crate::lease::release(ctx, &app, &room, epoch).await;
     }
-    ctx.rooms
-        .start_publish(PublishClaim {
-            app,
-            room,
-            ingress_id: ingress.id,
-            protocol: Protocol::Ws,
-            remote,
-            epoch,
-        })
-        .map_err(publish_error)
+    started
 }
 
 fn publish_error(e: PublishError) -> ApiError {
@@ -129,9 +147,13 @@ fn publish_error(e: PublishError) -> ApiError {
 /// Why a device's session ended.
 #[derive(Debug)]
 enum End {
+    /// The device closed (its Close is answered).
     Closed,
     Idle,
-    Revoked,
+    /// The session was cancelled: key revoked, or the room taken over or placed elsewhere.
+    Stopped,
+    TooBig,
+    NodeStopping,
     Error(String),
 }
 
@@ -141,18 +163,23 @@ async fn run(
     mut publisher: Publisher,
     config: WsConfig,
     stats: Arc<WsStats>,
+    shutdown: tokio_util::sync::CancellationToken,
+    revoked: impl Fn() -> bool,
 ) {
     tracing::info!("WebSocket-MJPEG device connected");
     let mut gate = Gate::new(config.clone());
     let mut ping = tokio::time::interval(config.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let stopped = publisher.stop_token();
     let end = loop {
         tokio::select! {
             msg = socket.recv() => {
                 let Some(msg) = msg else { break End::Closed };
                 let msg = match msg {
                     Ok(m) => m,
+                    Err(e) if e.to_string().to_lowercase().contains("too long")
+                        || e.to_string().to_lowercase().contains("too big") => break End::TooBig,
                     Err(e) => break End::Error(e.to_string()),
                 };
                 last_heard = Instant::now();
@@ -173,7 +200,8 @@ async fn run(
                     break End::Closed;
                 }
             }
-            () = publisher.cancelled() => break End::Revoked,
+            () = stopped.cancelled() => break End::Stopped,
+            () = shutdown.cancelled() => break End::NodeStopping,
         }
     };
     match &end {
@@ -182,8 +210,13 @@ async fn run(
     }
     let close = match &end {
         End::Idle => Some((CLOSE_AWAY, "no picture or pong for too long")),
-        End::Revoked => Some((CLOSE_POLICY, "key revoked or room taken over")),
-        End::Closed | End::Error(_) => None,
+        End::NodeStopping => Some((CLOSE_AWAY, "the node is stopping")),
+        End::TooBig => Some((CLOSE_TOO_BIG, "message over the size bound")),
+        End::Stopped if revoked() => Some((CLOSE_POLICY, "device key revoked")),
+        End::Stopped => Some((CLOSE_TRY_LATER, "room taken over or placed elsewhere")),
+        // Answer the device's own Close so the closing handshake completes.
+        End::Closed => Some((1000, "")),
+        End::Error(_) => None,
     };
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
