@@ -42,6 +42,39 @@ impl Publisher {
         }
     }
 
+    /// Starts publishing 1280x720 at 30 fps and 2.5 Mb/s (the benchmark kit's stream) to `url`.
+    pub fn start_hd(url: &str) -> Publisher {
+        let stderr = tempfile::NamedTempFile::new().expect("ffmpeg log file");
+        let child = Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "5000k"])
+            .args([
+                "-pix_fmt", "yuv420p", "-g", "60", "-c:a", "aac", "-b:a", "128k",
+            ])
+            .args(["-f", "flv", url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr.reopen().expect("reopen ffmpeg log")))
+            .spawn()
+            .expect("spawn ffmpeg (apt-get install ffmpeg)");
+        Publisher {
+            child,
+            url: url.to_string(),
+            stderr,
+            started: Instant::now(),
+        }
+    }
+
     /// The URL it publishes to.
     pub fn url(&self) -> &str {
         &self.url

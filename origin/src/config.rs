@@ -59,6 +59,10 @@ pub struct OriginArgs {
     /// Cluster (QUIC, UDP) listen address for Raft and relay between nodes [default: 0.0.0.0:4433].
     #[arg(long, env = "STREAMHUB_CLUSTER")]
     pub cluster: Option<SocketAddr>,
+    /// Cluster address other nodes dial, when it is not the bind address (1:1 NAT, a proxy)
+    /// [default: the bind address, with the public host for an unspecified IP].
+    #[arg(long, env = "STREAMHUB_CLUSTER_ADVERTISE")]
+    pub cluster_advertise: Option<String>,
     /// HTTP URL of any origin of the cluster to join (first start only; a node with state
     /// restarts as the member it was).
     #[arg(long, env = "STREAMHUB_JOIN")]
@@ -111,6 +115,8 @@ pub struct Settings {
     pub log: String,
     /// Cluster QUIC address.
     pub cluster: SocketAddr,
+    /// What other nodes dial, if not derived from `cluster`.
+    pub cluster_advertise: Option<String>,
     /// Where and how to join, if this node was told to.
     pub join: Option<JoinSettings>,
     pub raft_snapshot_logs: u64,
@@ -161,6 +167,7 @@ impl OriginArgs {
             cache_bytes: self.cache_bytes.or(file.cache_bytes),
             region_header: self.region_header.or(file.region_header),
             cluster: self.cluster.or(file.cluster),
+            cluster_advertise: self.cluster_advertise.or(file.cluster_advertise),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
@@ -225,6 +232,7 @@ impl OriginArgs {
         }
         Ok(Settings {
             cluster: self.cluster.unwrap_or(([0, 0, 0, 0], 4433).into()),
+            cluster_advertise: self.cluster_advertise,
             join,
             raft_snapshot_logs,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("data")),

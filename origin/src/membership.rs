@@ -90,6 +90,9 @@ async fn join(settings: &Settings, role: NodeRole) -> anyhow::Result<(NodeIdenti
 /// The cluster address other nodes dial: the bind address, with an unspecified IP replaced by
 /// the public host.
 pub fn advertised_cluster_addr(settings: &Settings) -> String {
+    if let Some(addr) = &settings.cluster_advertise {
+        return addr.clone();
+    }
     if settings.cluster.ip().is_unspecified() {
         format!("{}:{}", settings.public_host(), settings.cluster.port())
     } else {

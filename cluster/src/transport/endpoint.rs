@@ -275,6 +275,7 @@ impl Endpoint {
         let conn = self.connect(addr, deadline).await?;
         let open = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let _ = send.set_priority(i32::MAX);
             let header = frame::request_header(kind, 0, 0).map_err(|e| e.to_string())?;
             send.write_all(&header).await.map_err(|e| e.to_string())?;
             let mut answer = [0u8; RESPONSE_HEADER_LEN];
@@ -415,6 +416,8 @@ impl Endpoint {
                 ))
             }
         };
+        // Control traffic (Raft, heartbeats, state queries) goes before the relay's media.
+        let _ = send.set_priority(i32::MAX);
         let write = async {
             send.write_all(&header).await?;
             send.write_all(&body).await?;
@@ -572,6 +575,8 @@ async fn serve_stream(
     conn: quinn::Connection,
     shared: Arc<Shared>,
 ) {
+    // Answers and control messages go before media streams (see `Endpoint::request`).
+    let _ = send.set_priority(i32::MAX);
     let outcome = tokio::select! {
         () = shared.shutdown.cancelled() => Err("shutting down".to_owned()),
         outcome = answer(&mut send, &mut recv, &peer, &shared) => outcome,

@@ -76,6 +76,9 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     config.max_concurrent_bidi_streams(MAX_CONCURRENT_BIDI.into());
     config.max_concurrent_uni_streams(MAX_CONCURRENT_UNI.into());
     config.receive_window(CONNECTION_RECEIVE_WINDOW.into());
+    // BBR paces on measured bandwidth and RTT instead of backing off on every loss: a relay link
+    // with a few percent of random loss (a long-haul path between regions) keeps its throughput.
+    config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(config)
 }
 
