@@ -240,7 +240,10 @@ async fn camera_publishes_mjpeg_over_websocket() {
             match msg {
                 Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
                 Ok(_) => continue,
-                Err(_) => return None,
+                Err(e) => {
+                    eprintln!("device read error: {e}");
+                    return None;
+                }
             }
         }
         None

@@ -223,7 +223,18 @@ async fn run(
             code,
             reason: reason.into(),
         };
-        let _ = socket.send(Message::Close(Some(frame))).await;
+        if socket.send(Message::Close(Some(frame))).await.is_ok() && !matches!(end, End::Closed) {
+            // The closing handshake: read (and drop) what the device still sends until its
+            // Close, briefly, so the connection is not reset under the device's last reads.
+            let drain = async {
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+        }
     }
     // Dropping the publisher ends the room.
 }
