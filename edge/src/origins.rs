@@ -22,7 +22,9 @@ use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
 /// How long one query to one origin may take.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+const QUERY_TIMEOUT: Duration = Duration::from_millis(700);
+/// How long a heartbeat may take (the origin hands it on to the leader).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the registry (and the list of origins) is refreshed.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Name of the file in the data dir that lists known origins.
@@ -109,7 +111,7 @@ impl Origins {
     }
 
     /// Sends an RPC of `kind` to the known origins in turn until one answers.
-    async fn ask(&self, kind: u16, body: Bytes) -> Result<Bytes, String> {
+    async fn ask(&self, kind: u16, body: Bytes, timeout: Duration) -> Result<Bytes, String> {
         let addrs = self.addrs();
         if addrs.is_empty() {
             return Err("no origin known".into());
@@ -124,7 +126,7 @@ impl Origins {
             };
             match self
                 .endpoint
-                .request(sock, kind, body.clone(), QUERY_TIMEOUT)
+                .request(sock, kind, body.clone(), timeout)
                 .await
             {
                 Ok(answer) => {
@@ -142,7 +144,7 @@ impl Origins {
     /// Asks any origin `q`.
     pub async fn query(&self, q: &StateQuery) -> Result<StateAnswer, String> {
         let body = Bytes::from(serde_json::to_vec(q).map_err(|e| e.to_string())?);
-        let answer = self.ask(kinds::STATE_QUERY, body).await?;
+        let answer = self.ask(kinds::STATE_QUERY, body, QUERY_TIMEOUT).await?;
         serde_json::from_slice(&answer).map_err(|e| format!("bad answer: {e}"))
     }
 
@@ -275,6 +277,8 @@ impl Origins {
     /// Sends this node's heartbeat to an origin (which hands it to the leader).
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), String> {
         let body = Bytes::from(serde_json::to_vec(beat).map_err(|e| e.to_string())?);
-        self.ask(kinds::HEARTBEAT, body).await.map(|_| ())
+        self.ask(kinds::HEARTBEAT, body, HEARTBEAT_TIMEOUT)
+            .await
+            .map(|_| ())
     }
 }

@@ -37,12 +37,12 @@ const MAX_VIEWERS_TRACKED: usize = 100_000;
 /// A viewer that has not asked for anything for this long is no longer counted.
 pub const VIEWER_TTL: Duration = Duration::from_secs(10);
 /// How often a live subscription checks that the placement has not moved.
-const PLACEMENT_CHECK: Duration = Duration::from_secs(2);
+const PLACEMENT_CHECK: Duration = Duration::from_secs(1);
 /// How long the first viewer waits for the room to come up before getting an answer.
 const OPEN_WAIT: Duration = Duration::from_secs(3);
 /// Backoff between failed subscriptions.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(2);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 type RoomKey = (AppName, RoomName);
 
