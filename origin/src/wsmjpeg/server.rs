@@ -24,6 +24,10 @@ use crate::rooms::{Protocol, PublishClaim, PublishError, Publisher};
 
 /// Close code: the key was revoked (do not retry with it).
 const CLOSE_POLICY: u16 = 1008;
+/// How long the server waits for the device's Close after sending its own. A loaded device
+/// can take well over a second to read; closing sooner resets the connection and the device
+/// loses the Close frame (and its reason) to a broken pipe.
+const CLOSE_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Close code: going away (idle, node stopping).
 const CLOSE_AWAY: u16 = 1001;
 /// Close code: a message over the size bound.
@@ -223,9 +227,11 @@ async fn run(
             code,
             reason: reason.into(),
         };
+        // The room ends now, not after the closing handshake.
+        drop(publisher);
         if socket.send(Message::Close(Some(frame))).await.is_ok() && !matches!(end, End::Closed) {
             // The closing handshake: read (and drop) what the device still sends until its
-            // Close, briefly, so the connection is not reset under the device's last reads.
+            // Close, bounded, so the connection is not reset under the device's last reads.
             let drain = async {
                 while let Some(Ok(msg)) = socket.recv().await {
                     if matches!(msg, Message::Close(_)) {
@@ -233,10 +239,16 @@ async fn run(
                     }
                 }
             };
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+            // A stopping node does not hold its shutdown for slow devices.
+            let wait = if matches!(end, End::NodeStopping) {
+                std::time::Duration::from_secs(1)
+            } else {
+                CLOSE_HANDSHAKE
+            };
+            let _ = tokio::time::timeout(wait, drain).await;
         }
     }
-    // Dropping the publisher ends the room.
+    // Otherwise dropping the publisher here ends the room.
 }
 
 fn take(publisher: &mut Publisher, outcome: Outcome, stats: &WsStats) {
