@@ -250,11 +250,18 @@ impl Pulls {
                 self.wait(&pulled, backoff(&mut failures)).await;
                 continue;
             };
-            match self
-                .relay
-                .subscribe(h.addr, &pulled.app, &pulled.room)
-                .await
-            {
+            let attempt = tokio::select! {
+                r = self.relay.subscribe(h.addr, &pulled.app, &pulled.room) => r,
+                moved = self.moved_while_subscribing(&pulled, &h) => {
+                    // A dead holder can take the whole handshake timeout to fail; the
+                    // republished room should not wait for that.
+                    tracing::info!(from = %h.node, to = %moved.node, "placement moved while subscribing");
+                    holder = Some(moved);
+                    continue;
+                }
+                () = pulled.cancel.cancelled() => break,
+            };
+            match attempt {
                 Ok(sub) => {
                     failures = 0;
                     pulled.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +311,22 @@ impl Pulls {
             .remove(&(pulled.app.clone(), pulled.room.clone()));
         self.hls.remove(&pulled.app, &pulled.room);
         tracing::debug!("pull ended");
+    }
+
+    /// Resolves when the placement of the room points elsewhere than `holder` (checked every
+    /// [`PLACEMENT_CHECK`], past the cache); pending otherwise.
+    async fn moved_while_subscribing(&self, pulled: &Pulled, holder: &Holder) -> Holder {
+        loop {
+            tokio::time::sleep(PLACEMENT_CHECK).await;
+            self.origins
+                .invalidate_placement(&pulled.app, &pulled.room)
+                .await;
+            if let Some(now) = self.origins.placement(&pulled.app, &pulled.room).await {
+                if now.epoch != holder.epoch || now.node != holder.node {
+                    return now;
+                }
+            }
+        }
     }
 
     async fn wait(&self, pulled: &Pulled, d: Duration) {
