@@ -59,6 +59,8 @@ pub struct NodeConfig {
     pub rtmp: SocketAddr,
     /// `--cluster` (UDP).
     pub cluster: SocketAddr,
+    /// `--webrtc-udp`: the WebRTC media port.
+    pub webrtc: SocketAddr,
     /// `--data-dir`.
     pub data_dir: PathBuf,
     /// stdout and stderr of every run of the node, appended.
@@ -80,6 +82,7 @@ impl NodeConfig {
             http: free_tcp(),
             rtmp: free_tcp(),
             cluster: free_udp(),
+            webrtc: free_udp(),
             data_dir: root.join(name).join("data"),
             log: root.join(name).join("node.log"),
             join: None,
@@ -173,6 +176,7 @@ impl Node {
             .arg(&c.data_dir)
             .args(["--http", &c.http.to_string()])
             .args(["--cluster", &c.cluster.to_string()])
+            .args(["--webrtc-udp", &c.webrtc.to_string()])
             .args(["--node-id", &c.name])
             .args(["--region", &c.region])
             .args(["--public-url", &format!("http://{}", c.http)])
@@ -183,8 +187,9 @@ impl Node {
         if let Some(j) = &c.join {
             cmd.args(["--join", &j.url, "--join-token", &j.token]);
         }
-        let log = std::env::var("CHAOS_LOG")
-            .unwrap_or_else(|_| "info,openraft=warn,sled=warn,streamhub_edge=debug".into());
+        let log = std::env::var("CHAOS_LOG").unwrap_or_else(|_| {
+            "info,openraft=warn,sled=warn,rtc_dtls=error,streamhub_edge=debug".into()
+        });
         cmd.env("ADMIN_USER", ADMIN_USER)
             .env("NO_COLOR", "1")
             .env("ADMIN_PASS", ADMIN_PASS)

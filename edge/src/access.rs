@@ -71,7 +71,8 @@ fn presented(req: &Request) -> Option<String> {
 fn room_of(path: &str) -> Option<(AppName, RoomName)> {
     let rest = path
         .strip_prefix("/hls/")
-        .or_else(|| path.strip_prefix("/live/"))?;
+        .or_else(|| path.strip_prefix("/live/"))
+        .or_else(|| path.strip_prefix("/whep/"))?;
     let mut it = rest.split('/');
     let decode = |s: &str| -> Option<String> {
         let bytes: Vec<u8> =

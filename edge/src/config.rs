@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::hls::HlsConfig;
 
 /// Log filter when none is given.
-pub const DEFAULT_LOG: &str = "info,sled=warn";
+pub const DEFAULT_LOG: &str = "info,sled=warn,rtc_dtls=error,rtc_ice=warn";
 
 /// Flags and file keys of `streamhub-edge`. Every field is optional here; defaults are applied by
 /// [`EdgeArgs::into_settings`].
@@ -69,6 +69,15 @@ pub struct EdgeArgs {
     /// Held (blocking) HLS requests per client address [default: 4096].
     #[arg(long, env = "STREAMHUB_HLS_MAX_HELD_PER_CLIENT")]
     pub hls_max_held_per_client: Option<usize>,
+    /// The one UDP port of WebRTC (WHEP) media [default: 0.0.0.0:7883].
+    #[arg(long, env = "STREAMHUB_WEBRTC_UDP")]
+    pub webrtc_udp: Option<SocketAddr>,
+    /// IP advertised to WebRTC clients, for 1:1 NAT [default: the bound or reached address].
+    #[arg(long, env = "STREAMHUB_WEBRTC_PUBLIC_IP")]
+    pub webrtc_public_ip: Option<std::net::IpAddr>,
+    /// WebRTC sessions at once [default: 5000].
+    #[arg(long, env = "STREAMHUB_WEBRTC_MAX_SESSIONS")]
+    pub webrtc_max_sessions: Option<usize>,
     /// Log filter, as RUST_LOG [default: info,sled=warn].
     #[arg(long, env = "STREAMHUB_LOG")]
     pub log: Option<String>,
@@ -114,6 +123,7 @@ pub struct EdgeSettings {
     pub hls: HlsConfig,
     pub region_header: Option<axum::http::HeaderName>,
     pub max_held_per_client: usize,
+    pub webrtc: crate::webrtc::WebRtcConfig,
     pub log: String,
 }
 
@@ -177,6 +187,9 @@ impl EdgeArgs {
             hls_max_held_per_client: self
                 .hls_max_held_per_client
                 .or(file.hls_max_held_per_client),
+            webrtc_udp: self.webrtc_udp.or(file.webrtc_udp),
+            webrtc_public_ip: self.webrtc_public_ip.or(file.webrtc_public_ip),
+            webrtc_max_sessions: self.webrtc_max_sessions.or(file.webrtc_max_sessions),
             log: self.log.or(file.log),
         }
     }
@@ -251,6 +264,13 @@ impl EdgeArgs {
             )?,
             region_header,
             max_held_per_client: self.hls_max_held_per_client.unwrap_or(4096).max(1),
+            webrtc: crate::webrtc::WebRtcConfig {
+                udp: self
+                    .webrtc_udp
+                    .unwrap_or(([0, 0, 0, 0], crate::webrtc::EDGE_DEFAULT_UDP_PORT).into()),
+                public_ip: self.webrtc_public_ip,
+                max_sessions: self.webrtc_max_sessions.unwrap_or(5_000).max(1),
+            },
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),
         })
     }

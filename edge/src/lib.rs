@@ -14,3 +14,4 @@ pub mod origins;
 pub mod play;
 pub mod pull;
 pub mod relay;
+pub mod webrtc;

@@ -15,6 +15,7 @@ pub struct PlaybackSample<'a> {
     pub cache: &'a MediaCache,
     pub relay: &'a RelayStats,
     pub mjpeg: &'a MjpegStats,
+    pub webrtc: &'a crate::webrtc::WebRtcStats,
     /// Distinct viewers seen recently.
     pub viewers: u64,
     /// Rooms pulled from origins (edges) or live here (origins).
@@ -144,6 +145,51 @@ const COUNTERS: &[CounterDef] = &[
         "MJPEG body bytes sent",
         |s| s.mjpeg.bytes_out.load(Relaxed),
     ),
+    (
+        "streamhub_webrtc_connected_total",
+        "WebRTC sessions that connected (ICE + DTLS)",
+        |s| s.webrtc.connected_total.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_refused_total",
+        "WHIP/WHEP offers refused (bad SDP, no usable codec, session limit)",
+        |s| s.webrtc.refused.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_garbage_datagrams_total",
+        "Datagrams on the media port from no known session",
+        |s| s.webrtc.garbage_datagrams.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_queue_drops_total",
+        "Datagrams dropped because a session's queue was full",
+        |s| s.webrtc.queue_drops.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_send_drops_total",
+        "Datagrams the media socket would not take",
+        |s| s.webrtc.send_drops.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_rtp_out_total",
+        "RTP packets sent to WHEP viewers",
+        |s| s.webrtc.rtp_out.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_rtp_in_total",
+        "RTP packets taken from WHIP publishers",
+        |s| s.webrtc.rtp_in.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_rtp_in_dropped_total",
+        "WHIP RTP packets that could not be used",
+        |s| s.webrtc.rtp_in_dropped.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_plis_sent_total",
+        "Keyframe requests (PLI) sent to WHIP publishers",
+        |s| s.webrtc.plis_sent.load(Relaxed),
+    ),
 ];
 
 const GAUGES: &[GaugeDef] = &[
@@ -170,6 +216,11 @@ const GAUGES: &[GaugeDef] = &[
     ("streamhub_mjpeg_streams", "MJPEG streams open now", |s| {
         s.mjpeg.streams.load(Relaxed) as i64
     }),
+    (
+        "streamhub_webrtc_sessions",
+        "WebRTC sessions now (any state)",
+        |s| s.webrtc.sessions.load(Relaxed) as i64,
+    ),
     (
         "streamhub_viewers",
         "Distinct viewers seen in the last 10 s",

@@ -46,6 +46,7 @@ pub struct EdgeCtx {
     pub hls_stats: Arc<HlsStats>,
     pub mjpeg_stats: Arc<MjpegStats>,
     pub relay_stats: Arc<RelayStats>,
+    pub webrtc: Arc<crate::webrtc::WebRtc>,
     registry: prometheus::Registry,
     metrics: PlaybackMetrics,
     ready: AtomicBool,
@@ -58,6 +59,7 @@ impl EdgeCtx {
             cache: self.hls.cache(),
             relay: &self.relay_stats,
             mjpeg: &self.mjpeg_stats,
+            webrtc: &self.webrtc.stats,
             viewers: self.pulls.viewers() as u64,
             rooms: self.pulls.list().len() as u64,
         });
@@ -183,6 +185,10 @@ fn http_router(ctx: Arc<EdgeCtx>) -> Router {
             ctx.mjpeg_stats.clone(),
             Default::default(),
         ))
+        .merge(crate::webrtc::http::whep_router(
+            ctx.webrtc.clone(),
+            Arc::new(PullMedia(ctx.pulls.clone())),
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(OriginsKeys(ctx.origins.clone())) as Arc<dyn KeySource>,
             crate::access::check,
@@ -220,6 +226,9 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
     let http = TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))?;
+    let webrtc = crate::webrtc::WebRtc::bind(settings.webrtc.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("binding WebRTC UDP {}", settings.webrtc.udp))?;
     let (identity, voters) = identity(&settings).await?;
     let endpoint = Endpoint::bind(settings.cluster, &identity, shutdown.clone())?;
     let origins = Origins::new(endpoint.clone(), voters, Some(settings.data_dir.clone()));
@@ -252,6 +261,7 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         hls_stats: Arc::default(),
         mjpeg_stats: Arc::default(),
         relay_stats,
+        webrtc,
         ready: AtomicBool::new(false),
     });
     tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
@@ -287,10 +297,11 @@ fn banner(ctx: &EdgeCtx) -> String {
     let s = &ctx.settings;
     let base = s.public_base();
     format!(
-        "streamhub edge {} ({}) ready\n  origins        {}\n  watch (HLS)    {base}/hls/<app>/<room>/index.m3u8\n  watch (MJPEG)  {base}/live/<app>/<room>/mjpeg\n  steering       {base}/play/<app>/<room>\n  metrics        {base}/metrics",
+        "streamhub edge {} ({}) ready\n  origins        {}\n  watch (HLS)    {base}/hls/<app>/<room>/index.m3u8\n  watch (MJPEG)  {base}/live/<app>/<room>/mjpeg\n  watch (WHEP)   {base}/whep/<app>/<room>  (media on udp {})\n  steering       {base}/play/<app>/<room>\n  metrics        {base}/metrics",
         s.node_name,
         s.region,
         ctx.origins.addrs().join(", "),
+        ctx.webrtc.local_addr(),
     )
 }
 

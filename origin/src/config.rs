@@ -10,7 +10,7 @@ use serde::Deserialize;
 use streamhub_edge::hls::HlsConfig;
 
 /// Log filter when none is given: our crates at info, chatty dependencies at warn.
-pub const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn";
+pub const DEFAULT_LOG: &str = "info,openraft=warn,sled=warn,rtc_dtls=error,rtc_ice=warn";
 
 /// Flags and file keys of `streamhub-origin`. Every field is optional here; defaults are applied
 /// by [`OriginArgs::into_settings`].
@@ -74,6 +74,15 @@ pub struct OriginArgs {
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
+    /// The one UDP port of WebRTC (WHIP, WHEP) media [default: 0.0.0.0:7882].
+    #[arg(long, env = "STREAMHUB_WEBRTC_UDP")]
+    pub webrtc_udp: Option<SocketAddr>,
+    /// IP advertised to WebRTC clients, for 1:1 NAT [default: the bound or reached address].
+    #[arg(long, env = "STREAMHUB_WEBRTC_PUBLIC_IP")]
+    pub webrtc_public_ip: Option<std::net::IpAddr>,
+    /// WebRTC sessions at once [default: 5000].
+    #[arg(long, env = "STREAMHUB_WEBRTC_MAX_SESSIONS")]
+    pub webrtc_max_sessions: Option<usize>,
     /// Log filter, as RUST_LOG [default: info,openraft=warn,sled=warn].
     #[arg(long, env = "STREAMHUB_LOG")]
     pub log: Option<String>,
@@ -112,6 +121,7 @@ pub struct Settings {
     pub cache_bytes: u64,
     /// Header naming the client's region for steering, if configured.
     pub region_header: Option<axum::http::HeaderName>,
+    pub webrtc: streamhub_edge::webrtc::WebRtcConfig,
     pub log: String,
     /// Cluster QUIC address.
     pub cluster: SocketAddr,
@@ -171,6 +181,9 @@ impl OriginArgs {
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
+            webrtc_udp: self.webrtc_udp.or(file.webrtc_udp),
+            webrtc_public_ip: self.webrtc_public_ip.or(file.webrtc_public_ip),
+            webrtc_max_sessions: self.webrtc_max_sessions.or(file.webrtc_max_sessions),
             log: self.log.or(file.log),
         }
     }
@@ -244,6 +257,13 @@ impl OriginArgs {
             hls,
             cache_bytes,
             region_header,
+            webrtc: streamhub_edge::webrtc::WebRtcConfig {
+                udp: self
+                    .webrtc_udp
+                    .unwrap_or(([0, 0, 0, 0], streamhub_edge::webrtc::DEFAULT_UDP_PORT).into()),
+                public_ip: self.webrtc_public_ip,
+                max_sessions: self.webrtc_max_sessions.unwrap_or(5_000).max(1),
+            },
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),
         })
     }

@@ -270,7 +270,13 @@ pub fn register_heartbeat_service(ctx: &Arc<NodeCtx>) {
 /// all of them when `lease_lost` (this node could not renew its leases in time).
 fn fence(ctx: &NodeCtx, lease_lost: bool) {
     // Keys revoked through another origin: their publishers here stop within a heartbeat.
-    for id in ctx.rooms.ingress_ids() {
+    // Publishers admitted by an access token (WHIP, `token:<identity>`) have no ingress.
+    for id in ctx
+        .rooms
+        .ingress_ids()
+        .into_iter()
+        .filter(|id| !id.starts_with(crate::whip::TOKEN_PUBLISHER))
+    {
         if ctx.raft.read(|s| !s.ingresses.contains_key(&id)) && ctx.rooms.revoke_ingress(&id) > 0 {
             tracing::info!(ingress = %id, "ingress revoked elsewhere: local publisher dropped");
         }

@@ -11,4 +11,5 @@ pub mod node;
 pub mod rooms;
 pub mod rtmp;
 pub mod rtsp;
+pub mod whip;
 pub mod wsmjpeg;

@@ -161,6 +161,7 @@ impl Metrics {
             cache: ctx.hls.cache(),
             relay: &ctx.relay_stats,
             mjpeg: &ctx.mjpeg_stats,
+            webrtc: &ctx.webrtc.stats,
             viewers: 0,
             rooms: ctx.hls.len() as u64,
         });

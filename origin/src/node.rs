@@ -68,6 +68,8 @@ pub struct NodeCtx {
     pub shutdown: CancellationToken,
     /// Heartbeats this node batches while it leads.
     pub heartbeats: lease::HeartbeatBatch,
+    /// The WebRTC media port (WHIP ingest, WHEP playback).
+    pub webrtc: Arc<streamhub_edge::webrtc::WebRtc>,
 }
 
 use streamhub_cluster::transport::kinds::CLUSTER_STATUS;
@@ -246,6 +248,8 @@ impl IngestBackend for NodeIngest {
                 .read(|s| s.ingress_by_key_hash(&hash).cloned())
                 .filter(|i| i.kind == streamhub_cluster::state::IngressKind::Rtmp)
                 .ok_or(PublishError::UnknownKey)?;
+            ctx.rooms
+                .check_busy(&ingress.app, &ingress.room, &ingress.id)?;
             let epoch = lease::claim(&ctx, &ingress.app, &ingress.room).await?;
             // The key may have been revoked while the claim was in flight.
             if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
@@ -288,6 +292,7 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
         .route("/ingest/ws", get(crate::wsmjpeg::upgrade))
         .with_state(ctx.clone())
         .merge(api::router(ctx.clone()))
+        .merge(crate::whip::router(ctx.clone()))
         .merge(
             Router::new()
                 .merge(streamhub_edge::hls::http::router(
@@ -300,6 +305,10 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
                     Arc::new(RoomsMedia(ctx.rooms.clone())),
                     ctx.mjpeg_stats.clone(),
                     Default::default(),
+                ))
+                .merge(streamhub_edge::webrtc::http::whep_router(
+                    ctx.webrtc.clone(),
+                    Arc::new(RoomsMedia(ctx.rooms.clone())),
                 ))
                 .layer(axum::middleware::from_fn_with_state(
                     Arc::new(RaftKeys(ctx.raft.clone()))
@@ -319,6 +328,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let (identity, startup) = membership::prepare(&settings, NodeRole::Origin).await?;
     let endpoint = Endpoint::bind(settings.cluster, &identity, shutdown.clone())?;
     let raft = open_raft(&settings, endpoint, &startup).await?;
+    let webrtc = streamhub_edge::webrtc::WebRtc::bind(settings.webrtc.clone(), shutdown.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("binding WebRTC UDP {}: {e}", settings.webrtc.udp))?;
     let tasks = TaskTracker::new();
     let hls = Arc::new(HlsRegistry::new(
         settings.hls.clone(),
@@ -368,6 +380,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tasks: tasks.clone(),
         shutdown: shutdown.clone(),
         heartbeats: lease::HeartbeatBatch::default(),
+        webrtc,
     });
     register_services(&ctx);
     lease::register_heartbeat_service(&ctx);

@@ -22,11 +22,14 @@ pub enum Protocol {
     Ws,
     /// Pulled from an RTSP camera.
     Rtsp,
+    /// WebRTC (WHIP), from a browser or an encoder.
+    Whip,
 }
 
 impl Protocol {
     /// Every protocol, for metrics that list each one even at zero.
-    pub const ALL: &'static [Protocol] = &[Protocol::Rtmp, Protocol::Ws, Protocol::Rtsp];
+    pub const ALL: &'static [Protocol] =
+        &[Protocol::Rtmp, Protocol::Ws, Protocol::Rtsp, Protocol::Whip];
 
     /// Label used in metrics and the API.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Protocol {
             Protocol::Rtmp => "rtmp",
             Protocol::Ws => "ws",
             Protocol::Rtsp => "rtsp",
+            Protocol::Whip => "whip",
         }
     }
 }
@@ -143,6 +147,24 @@ impl Rooms {
 
     /// Claims a room. The same ingress takes its room over at once (the old session is cancelled);
     /// any other publisher for a live room is refused.
+    /// Refuses, before any claim is made, a publisher whose room is live here from another
+    /// ingress (claiming first would bump the room's epoch and fence the live publisher).
+    pub fn check_busy(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+        ingress_id: &str,
+    ) -> Result<(), PublishError> {
+        let live = self.live.lock().expect("rooms lock");
+        match live.get(&(app.clone(), room.clone())) {
+            Some(old) if old.ingress_id != ingress_id => Err(PublishError::RoomBusy {
+                app: app.clone(),
+                room: room.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn start_publish(self: &Arc<Self>, claim: PublishClaim) -> Result<Publisher, PublishError> {
         let session = self
             .next_session

@@ -8,6 +8,7 @@ pub mod id;
 pub mod jpeg;
 pub mod media;
 pub mod relay;
+pub mod rtp_h264;
 pub mod ttl;
 
 pub use id::{AppName, NameError, RoomName};

@@ -33,6 +33,8 @@ pub enum CodecConfig {
     },
     /// Motion JPEG: every frame is one baseline or progressive JPEG picture (SOI..EOI).
     Jpeg { width: u16, height: u16 },
+    /// Opus (from WebRTC publishers): every frame is one Opus packet; 48 kHz timescale.
+    Opus { channels: u8 },
 }
 
 impl CodecConfig {
@@ -42,6 +44,7 @@ impl CodecConfig {
             CodecConfig::H264 { .. } => "h264",
             CodecConfig::Aac { .. } => "aac",
             CodecConfig::Jpeg { .. } => "jpeg",
+            CodecConfig::Opus { .. } => "opus",
         }
     }
 
@@ -285,7 +288,7 @@ impl RoomMedia {
                 return Some(g.group);
             }
             CodecConfig::H264 { .. } => frame.keyframe,
-            CodecConfig::Aac { .. } => !has_video,
+            CodecConfig::Aac { .. } | CodecConfig::Opus { .. } => !has_video,
         };
         let g = &mut self.grouping;
         if sync {

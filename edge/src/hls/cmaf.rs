@@ -209,7 +209,7 @@ fn sample_entry(info: &TrackInfo, track_id: u32) -> Result<Codec, CmafError> {
             taic: None,
         }
         .into()),
-        CodecConfig::Jpeg { .. } => Err(CmafError::Unsupported {
+        CodecConfig::Jpeg { .. } | CodecConfig::Opus { .. } => Err(CmafError::Unsupported {
             track: info.id,
             codec: info.codec.name(),
         }),

@@ -36,6 +36,11 @@ fn track_json(summary: &RoomSummary, i: usize, elapsed: f64) -> Value {
             v["sampleRate"] = (*sample_rate).into();
             v["channels"] = (*channels).into();
         }
+        CodecConfig::Opus { channels } => {
+            v["kind"] = "audio".into();
+            v["sampleRate"] = 48_000.into();
+            v["channels"] = (*channels).into();
+        }
         CodecConfig::Jpeg { width, height } => {
             v["kind"] = "video".into();
             v["width"] = (*width).into();

@@ -368,6 +368,7 @@ fn describe(tracks: &[TrackInfo]) -> String {
             ..
         } => format!("aac {sample_rate}Hz {channels}ch"),
         CodecConfig::Jpeg { width, height } => format!("jpeg {width}x{height}"),
+        CodecConfig::Opus { channels } => format!("opus {channels}ch"),
     });
     each.collect::<Vec<_>>().join(", ")
 }

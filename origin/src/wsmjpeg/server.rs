@@ -113,6 +113,9 @@ async fn admit(
             ingress.app, ingress.room
         )));
     }
+    ctx.rooms
+        .check_busy(&app, &room, &ingress.id)
+        .map_err(publish_error)?;
     crate::lease::check_free(ctx, &app, &room).map_err(publish_error)?;
     let epoch = crate::lease::claim(ctx, &app, &room)
         .await

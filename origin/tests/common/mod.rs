@@ -87,6 +87,8 @@ impl Origin {
             .arg(format!("127.0.0.1:{}", cluster_port(dir)))
             .arg("--node-id")
             .arg("origin-test-1")
+            .arg("--webrtc-udp")
+            .arg("127.0.0.1:0")
             .env("ADMIN_USER", ADMIN_USER)
             .env("ADMIN_PASS", ADMIN_PASS)
             .env("STREAMHUB_LOG", "info,openraft=warn,streamhub_origin=debug")

@@ -1,0 +1,245 @@
+//! A browser publishes its (fake) camera and microphone over WHIP to an origin, and another
+//! browser page plays the room over WHEP from an edge (a separate process that pulls the tracks
+//! over QUIC): H.264 frames are decoded and Opus packets arrive (getStats). While it plays,
+//! a second publisher for the live room is refused (409) and garbage datagrams hit both media
+//! ports without hurting the session. Bad offers and credentials get clear statuses first.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use streamhub_chaos_tests::{chaos_seed, poll, Cluster};
+
+const VP8_ONLY: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+a=rtpmap:96 VP8/90000\r\n";
+
+async fn post_sdp(url: &str, auth: Option<&str>, ctype: &str, body: &str) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", ctype)
+        .body(body.to_string());
+    if let Some(a) = auth {
+        req = req.bearer_auth(a);
+    }
+    let resp = req.send().await.expect("POST");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_whip_to_whep_through_an_edge() {
+    if std::env::var("STREAMHUB_SKIP_BROWSER").as_deref() == Ok("1") {
+        return;
+    }
+    let mut c = Cluster::start(1, chaos_seed()).await;
+    let admin = c.admin(0).await;
+    let stream_key = admin.rtmp_ingress("live", "cam").await.unwrap();
+    let mint = |room: &str, can_publish: bool| {
+        let (admin, room) = (admin.clone(), room.to_string());
+        async move {
+            let r = admin
+                .post(
+                    "/apps/live/tokens",
+                    json!({"room": room, "identity": "phone-1", "canPublish": can_publish}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{r:?}");
+            r.data()["token"].as_str().unwrap().to_string()
+        }
+    };
+    let publish_token = mint("cam", true).await;
+    let viewer_token = mint("cam", false).await;
+    let other_room = mint("other", true).await;
+    let edge = c.start_edge("edge-1", "local", 0, &[]).await;
+    let origin = &c.nodes[0];
+    let whip = origin.url("/whip/live/cam");
+    let whep = edge.url("/whep/live/cam");
+
+    // Bad credentials and offers, answered before any room is claimed.
+    let sdp = "application/sdp";
+    assert_eq!(post_sdp(&whip, None, sdp, VP8_ONLY).await.0, 401);
+    assert_eq!(
+        post_sdp(&whip, Some("rk_wrong"), sdp, VP8_ONLY).await.0,
+        401
+    );
+    assert_eq!(post_sdp(&whip, Some("a.b.c"), sdp, VP8_ONLY).await.0, 401);
+    assert_eq!(
+        post_sdp(
+            &whip,
+            Some(&viewer_token),
+            sdp,
+            "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        )
+        .await
+        .0,
+        403,
+        "a token without canPublish"
+    );
+    assert_eq!(
+        post_sdp(
+            &whip,
+            Some(&other_room),
+            sdp,
+            "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        )
+        .await
+        .0,
+        403
+    );
+    let (status, body) = post_sdp(&whip, Some(&publish_token), sdp, "hello").await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = post_sdp(&whip, Some(&publish_token), sdp, VP8_ONLY).await;
+    assert_eq!(status, 406, "{body}");
+    assert!(body.contains("H.264"), "{body}");
+    assert_eq!(
+        post_sdp(&whip, Some(&publish_token), "text/plain", VP8_ONLY)
+            .await
+            .0,
+        415
+    );
+    assert_eq!(
+        post_sdp(&whep, None, sdp, VP8_ONLY).await.0,
+        404,
+        "not live yet"
+    );
+    let rooms = admin.get("/apps/live/rooms").await.unwrap();
+    assert_eq!(rooms.data().as_array().map(Vec::len), Some(0), "{rooms:?}");
+
+    // The browser: publish with the token, then play from the edge.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/webrtc.mjs");
+    let browser = tokio::process::Command::new("node")
+        .arg(script)
+        .args(["--whip", &whip, "--token", &publish_token, "--whep", &whep])
+        .args(["--seconds", "8"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (and chromium + playwright-core, installed by .ci/run)");
+
+    // While it publishes: the room is live from WHIP, and a second publisher is refused.
+    poll("the WHIP room is live", Duration::from_secs(30), || async {
+        let r = admin
+            .get("/apps/live/rooms")
+            .await
+            .map_err(|e| e.to_string())?;
+        let live = r.data().as_array().is_some_and(|a| {
+            a.iter()
+                .any(|room| room["room"] == "cam" && room["publisher"]["protocol"] == "whip")
+        });
+        live.then_some(()).ok_or(format!("{:?}", r.data()))
+    })
+    .await
+    .unwrap();
+    let (status, body) = post_sdp(
+        &whip,
+        Some(&stream_key),
+        sdp,
+        "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n",
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    // Garbage on both media ports while the sessions run.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..2000u32 {
+        let port = if i % 2 == 0 {
+            origin.config().webrtc
+        } else {
+            edge.config().webrtc
+        };
+        let mut b = vec![0u8; 20 + (i as usize % 300)];
+        for (j, x) in b.iter_mut().enumerate() {
+            *x = (i as usize * 31 + j * 7) as u8;
+        }
+        // Some look like STUN binding requests for nobody.
+        if i % 5 == 0 {
+            b[..8].copy_from_slice(&[0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42]);
+        }
+        let _ = junk.send_to(&b, port).await;
+    }
+
+    let out = browser.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "browser failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    println!("browser: {v}");
+    let play = &v["play"];
+    assert_eq!(v["publish"]["status"], 201, "{v}");
+    assert_eq!(play["status"], 201, "{v}");
+    assert_eq!(play["codec"], "video/H264", "{v}");
+    assert!(play["framesDecoded"].as_u64().unwrap() >= 60, "{v}");
+    assert!(
+        play["framesDecodedLastSecond"].as_u64().unwrap() >= 5,
+        "still decoding: {v}"
+    );
+    assert!(play["audioPackets"].as_u64().unwrap() >= 100, "{v}");
+    assert!(
+        play["audioPacketsLastSecond"].as_u64().unwrap() >= 20,
+        "{v}"
+    );
+    assert_eq!(play["deleteStatus"], 200, "{v}");
+    println!(
+        "whep_first_frame_after_answer_ms={} (edge, relayed over QUIC)",
+        play["firstFrameMs"]
+    );
+
+    // The edge counted the garbage and kept serving; it relayed the room once.
+    assert!(
+        edge.metric("streamhub_webrtc_garbage_datagrams_total")
+            .await
+            .unwrap()
+            >= 900.0
+    );
+    assert!(
+        origin
+            .metric("streamhub_webrtc_garbage_datagrams_total")
+            .await
+            .unwrap()
+            >= 900.0
+    );
+    assert!(edge.metric("streamhub_webrtc_rtp_out_total").await.unwrap() > 100.0);
+    assert!(
+        origin
+            .metric("streamhub_webrtc_rtp_in_total")
+            .await
+            .unwrap()
+            > 100.0
+    );
+    assert!(
+        origin
+            .metric("streamhub_webrtc_plis_sent_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    // Both sessions are gone once the browser has closed (DELETE, then consent failure).
+    for node in [origin, &edge] {
+        poll("WebRTC sessions freed", Duration::from_secs(20), || async {
+            let n = node
+                .metric("streamhub_webrtc_sessions")
+                .await
+                .map_err(|e| e.to_string())?;
+            (n == 0.0).then_some(()).ok_or(format!("{n} sessions"))
+        })
+        .await
+        .unwrap();
+    }
+    // The WHIP room ended with its publisher.
+    poll("the room ended", Duration::from_secs(20), || async {
+        let r = admin
+            .get("/apps/live/rooms")
+            .await
+            .map_err(|e| e.to_string())?;
+        (r.data().as_array().map(Vec::len) == Some(0))
+            .then_some(())
+            .ok_or(format!("{:?}", r.data()))
+    })
+    .await
+    .unwrap();
+}

@@ -1,0 +1,506 @@
+//! WebRTC on one UDP port per node: WHEP playback (every node) and WHIP ingest (origins).
+//!
+//! The `rtc` crate's sans-IO peer connection is driven here, one task per session, from a single
+//! socket ([`mux`]): the node is an ICE-lite answerer with one host candidate, so a session needs
+//! no port, no gathering and no trickle; the browser's checks tell it where the browser is.
+//! Sessions are bounded ([`WebRtcConfig::max_sessions`]), one that does not connect within
+//! [`CONNECT_TIMEOUT`] is dropped, and one whose peer vanishes ends when ICE consent fails.
+
+pub mod http;
+pub mod ingest;
+pub mod mux;
+pub mod sdp;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_H264, MIME_TYPE_OPUS,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use streamhub_shared::media::{CodecConfig, MediaHandle};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use self::ingest::IngestSink;
+use self::mux::Routes;
+use self::sdp::OfferError;
+
+/// Default media port of an origin (as LiveKit's single-port mode).
+pub const DEFAULT_UDP_PORT: u16 = 7882;
+/// Default media port of an edge (beside an origin on one host, as 3021 beside 3020).
+pub const EDGE_DEFAULT_UDP_PORT: u16 = 7883;
+/// A session that has not connected (ICE + DTLS) by then is dropped.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Datagrams queued for one session before the mux drops them.
+const SESSION_QUEUE: usize = 512;
+/// H.264 profiles registered for negotiation (browsers match on profile and constraints; any
+/// of them decodes what we pass through).
+const H264_PROFILES: &[(u8, &str)] = &[
+    (102, "42001f"),
+    (104, "42e01f"),
+    (106, "4d001f"),
+    (108, "64001f"),
+    (110, "640c1f"),
+];
+
+/// Settings of the WebRTC side of a node.
+#[derive(Debug, Clone)]
+pub struct WebRtcConfig {
+    /// The one UDP socket every session uses.
+    pub udp: SocketAddr,
+    /// The address advertised in answers (1:1 NAT); default: the bound address, or the address
+    /// the client reached the HTTP endpoint on when bound to a wildcard.
+    pub public_ip: Option<IpAddr>,
+    /// Sessions at once (publishers and viewers); more are refused with 503.
+    pub max_sessions: usize,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_UDP_PORT)),
+            public_ip: None,
+            max_sessions: 5_000,
+        }
+    }
+}
+
+/// Counters of the WebRTC side (rendered in `/metrics`).
+#[derive(Debug, Default)]
+pub struct WebRtcStats {
+    /// Sessions now (any state).
+    pub sessions: AtomicU64,
+    /// Sessions that reached `connected`.
+    pub connected_total: AtomicU64,
+    /// Offers refused (bad SDP, no codec, limits).
+    pub refused: AtomicU64,
+    /// Datagrams from nobody we know (not a session's address, not a STUN check for one).
+    pub garbage_datagrams: AtomicU64,
+    /// Datagrams dropped because a session's queue was full.
+    pub queue_drops: AtomicU64,
+    /// Datagrams the socket would not take (a slow link loses packets, not the room).
+    pub send_drops: AtomicU64,
+    /// RTP packets sent to viewers.
+    pub rtp_out: AtomicU64,
+    /// RTP packets taken from publishers.
+    pub rtp_in: AtomicU64,
+    /// Publisher packets that could not be used.
+    pub rtp_in_dropped: AtomicU64,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub plis_sent: AtomicU64,
+}
+
+/// What a session does.
+pub enum Role {
+    /// WHIP: receive the publisher's H.264/Opus into a room.
+    Publish {
+        sink: Box<dyn IngestSink>,
+        /// Cancelled when the room is taken over, the key revoked or the node stops.
+        stop: CancellationToken,
+    },
+    /// WHEP: send a room's H.264/Opus to a viewer.
+    Play {
+        media: MediaHandle,
+        /// Held while the session lives (an edge keeps its relay subscription).
+        hold: Option<Box<dyn Send + Sync>>,
+    },
+}
+
+/// Why an offer was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    #[error("too many WebRTC sessions on this node ({0})")]
+    Busy(usize),
+    #[error("the offer could not be negotiated: {0}")]
+    Negotiation(String),
+}
+
+/// An answered offer.
+#[derive(Debug)]
+pub struct Opened {
+    pub id: u64,
+    pub answer: String,
+}
+
+type Datagram = (SocketAddr, BytesMut);
+
+/// The WebRTC side of a node.
+pub struct WebRtc {
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    public_ip: Option<IpAddr>,
+    routes: Mutex<Routes<mpsc::Sender<Datagram>>>,
+    sessions: Mutex<HashMap<u64, CancellationToken>>,
+    permits: Arc<Semaphore>,
+    max_sessions: usize,
+    next_id: AtomicU64,
+    pub stats: Arc<WebRtcStats>,
+    shutdown: CancellationToken,
+}
+
+impl WebRtc {
+    /// Binds the media port and starts routing its datagrams.
+    pub async fn bind(
+        config: WebRtcConfig,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Arc<Self>> {
+        let socket = Arc::new(UdpSocket::bind(config.udp).await?);
+        let local = socket.local_addr()?;
+        let me = Arc::new(Self {
+            socket,
+            local,
+            public_ip: config.public_ip,
+            routes: Mutex::new(Routes::default()),
+            sessions: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(config.max_sessions)),
+            max_sessions: config.max_sessions,
+            next_id: AtomicU64::new(1),
+            stats: Arc::default(),
+            shutdown,
+        });
+        tokio::spawn(me.clone().recv_loop());
+        tracing::info!(%local, "WebRTC media port bound");
+        Ok(me)
+    }
+
+    /// The bound media address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    async fn recv_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let r = tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                r = self.socket.recv_from(&mut buf) => r,
+            };
+            let (n, from) = match r {
+                Ok(x) => x,
+                // ICMP errors surface here on Linux (a viewer's port closed): not ours to stop on.
+                Err(e) => {
+                    tracing::trace!(error = %e, "media socket read");
+                    continue;
+                }
+            };
+            let route = self
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .route(from, &buf[..n]);
+            match route {
+                Some((_, tx)) => {
+                    if tx.try_send((from, BytesMut::from(&buf[..n]))).is_err() {
+                        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None => {
+                    self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Answers an offer and starts its session. `reached`: the local address the client's HTTP
+    /// request arrived on (advertised when the media socket is bound to a wildcard).
+    pub fn open(
+        self: &Arc<Self>,
+        offer: &str,
+        role: Role,
+        reached: Option<IpAddr>,
+    ) -> Result<Opened, OpenError> {
+        let result = self.try_open(offer, role, reached);
+        if result.is_err() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn try_open(
+        self: &Arc<Self>,
+        offer: &str,
+        role: Role,
+        reached: Option<IpAddr>,
+    ) -> Result<Opened, OpenError> {
+        let codecs = sdp::offer_codecs(offer)?;
+        match &role {
+            Role::Publish { .. } => sdp::check_publish(&codecs)?,
+            Role::Play { media, .. } => {
+                let tracks = media.tracks();
+                let h264 = tracks
+                    .iter()
+                    .any(|t| matches!(t.codec, CodecConfig::H264 { .. }));
+                let opus = tracks
+                    .iter()
+                    .any(|t| matches!(t.codec, CodecConfig::Opus { .. }));
+                sdp::check_play(&codecs, h264, opus)?;
+            }
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| OpenError::Busy(self.max_sessions))?;
+        let ufrag = random_string(16);
+        let pwd = random_string(32);
+        let advertise = self.advertised_ip(reached);
+        let neg = |e: rtc::shared::error::Error| OpenError::Negotiation(e.to_string());
+        let mut pc = build_peer_connection(&ufrag, &pwd).map_err(neg)?;
+        let mut plan = session::Plan::default();
+        match &role {
+            Role::Publish { .. } => {
+                let recv = || {
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    })
+                };
+                if codecs.video {
+                    pc.add_transceiver_from_kind(RtpCodecKind::Video, recv())
+                        .map_err(neg)?;
+                }
+                if codecs.audio {
+                    pc.add_transceiver_from_kind(RtpCodecKind::Audio, recv())
+                        .map_err(neg)?;
+                }
+            }
+            Role::Play { media, .. } => {
+                let tracks = media.tracks();
+                if tracks
+                    .iter()
+                    .any(|t| matches!(t.codec, CodecConfig::H264 { .. }))
+                {
+                    let ssrc = rand::random::<u32>();
+                    plan.video = Some(
+                        pc.add_track(track(RtpCodecKind::Video, ssrc, h264_codec(104).rtp_codec))
+                            .map_err(neg)?,
+                    );
+                }
+                let opus = tracks
+                    .iter()
+                    .any(|t| matches!(t.codec, CodecConfig::Opus { .. }));
+                if opus && codecs.opus {
+                    let ssrc = rand::random::<u32>();
+                    plan.audio = Some(
+                        pc.add_track(track(RtpCodecKind::Audio, ssrc, opus_codec().rtp_codec))
+                            .map_err(neg)?,
+                    );
+                }
+            }
+        }
+        let offer = RTCSessionDescription::offer(offer.to_string()).map_err(neg)?;
+        pc.set_remote_description(Instant::now(), offer)
+            .map_err(neg)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: advertise.to_string(),
+                port: self.local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(neg)?;
+        let init = RTCIceCandidate::from(&candidate).to_json().map_err(neg)?;
+        pc.add_local_candidate(init).map_err(neg)?;
+        let answer = pc.create_answer(None).map_err(neg)?;
+        pc.set_local_description(Instant::now(), answer)
+            .map_err(neg)?;
+        let answer = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or_else(|| OpenError::Negotiation("no local description".into()))?;
+
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, ufrag, tx);
+        let cancel = self.shutdown.child_token();
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, cancel.clone());
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        let s = session::Session {
+            id,
+            pc,
+            plan,
+            rx,
+            socket: self.socket.clone(),
+            local: SocketAddr::new(advertise, self.local.port()),
+            stats: self.stats.clone(),
+            cancel,
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            s.run(role).await;
+            me.forget(id, permit);
+        });
+        Ok(Opened { id, answer })
+    }
+
+    fn forget(&self, id: u64, permit: OwnedSemaphorePermit) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
+    }
+
+    /// Ends a session (`DELETE` on its resource); false if there is none.
+    pub fn close(&self, id: u64) -> bool {
+        let token = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned();
+        token.map(|t| t.cancel()).is_some()
+    }
+
+    fn advertised_ip(&self, reached: Option<IpAddr>) -> IpAddr {
+        if let Some(ip) = self.public_ip {
+            return ip;
+        }
+        if !self.local.ip().is_unspecified() {
+            return self.local.ip();
+        }
+        reached
+            .filter(|ip| !ip.is_unspecified())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
+fn random_string(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+fn h264_codec(pt: u8) -> RTCRtpCodecParameters {
+    let profile = H264_PROFILES
+        .iter()
+        .find(|(p, _)| *p == pt)
+        .map_or("42e01f", |(_, id)| id);
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90_000,
+            channels: 0,
+            sdp_fmtp_line: format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
+            ),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+    }
+}
+
+fn opus_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+    }
+}
+
+fn track(kind: RtpCodecKind, ssrc: u32, codec: RTCRtpCodec) -> MediaStreamTrack {
+    let name = match kind {
+        RtpCodecKind::Audio => "audio",
+        _ => "video",
+    };
+    MediaStreamTrack::new(
+        "streamhub".to_string(),
+        name.to_string(),
+        name.to_string(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    for (pt, _) in H264_PROFILES {
+        let mut c = h264_codec(*pt);
+        c.rtp_codec.rtcp_feedback = video_feedback();
+        media.register_codec(c, RtpCodecKind::Video)?;
+    }
+    media.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media)?;
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        // Consent: a peer that stops answering is disconnected after 5 s and failed after 10 s.
+        .with_ice_timeouts(
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(2)),
+        )
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+}
+
+fn video_feedback() -> Vec<rtc::rtp_transceiver::rtp_sender::RTCPFeedback> {
+    use rtc::rtp_transceiver::rtp_sender::RTCPFeedback;
+    [("ccm", "fir"), ("nack", ""), ("nack", "pli")]
+        .iter()
+        .map(|(t, p)| RTCPFeedback {
+            typ: (*t).to_owned(),
+            parameter: (*p).to_owned(),
+        })
+        .collect()
+}

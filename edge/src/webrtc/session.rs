@@ -1,0 +1,380 @@
+//! One WebRTC session's task: drives its sans-IO peer connection from the datagrams the mux
+//! routes to it, its timers, and (for a viewer) the room's frames.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use streamhub_shared::h264::AvcConfig;
+use streamhub_shared::media::{CodecConfig, Frame, MediaConsumer, RecvError, TrackId};
+use streamhub_shared::rtp_h264::packetize;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::ingest::Ingest;
+use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
+
+/// RTP payload budget: 1200 bytes keeps a packet under any path MTU with SRTP and extensions.
+const RTP_MTU: usize = 1200;
+/// A WHIP publisher is asked for a keyframe this often, so groups (HLS segments, late-join
+/// points) stay near the 2 s target; browsers send keyframes only when asked.
+const KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
+/// Keyframe requests after a loss are at most this frequent.
+const PLI_MIN_GAP: Duration = Duration::from_millis(500);
+
+/// The senders a viewer session was given.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    pub video: Option<RTCRtpSenderId>,
+    pub audio: Option<RTCRtpSenderId>,
+}
+
+pub(super) struct Session {
+    pub id: u64,
+    pub pc: RTCPeerConnection,
+    pub plan: Plan,
+    pub rx: mpsc::Receiver<Datagram>,
+    pub socket: Arc<UdpSocket>,
+    pub local: SocketAddr,
+    pub stats: Arc<WebRtcStats>,
+    pub cancel: CancellationToken,
+}
+
+/// A sender's RTP state toward one viewer.
+struct Out {
+    sender: RTCRtpSenderId,
+    track: TrackId,
+    pt: u8,
+    ssrc: u32,
+    seq: u16,
+    ts_base: u32,
+    /// Video: waiting for a keyframe (start, or after frames were lost).
+    waiting: bool,
+}
+
+/// Feeds a room's frames to a viewer.
+struct Feeder {
+    consumer: MediaConsumer,
+    video: Option<Out>,
+    audio: Option<Out>,
+    avc: Option<AvcConfig>,
+}
+
+impl Session {
+    pub async fn run(mut self, role: Role) {
+        let (mut ingest, stop, media, _hold) = match role {
+            Role::Publish { sink, stop } => (Some(Ingest::new(sink)), Some(stop), None, None),
+            Role::Play { media, hold } => (None, None, Some(media), hold),
+        };
+        let stop = stop.unwrap_or_default();
+        let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut connected = false;
+        let mut feeder: Option<Feeder> = None;
+        // Publisher side: the kind of each incoming track, and where to send keyframe requests.
+        let mut kinds: HashMap<String, (RtpCodecKind, u8)> = HashMap::new();
+        let mut video_rx: Option<(RTCRtpReceiverId, u32)> = None;
+        let mut last_pli: Option<Instant> = None;
+        let mut keyframes = tokio::time::interval(KEYFRAME_INTERVAL);
+        let end = 'run: loop {
+            self.flush();
+            while let Some(ev) = self.pc.poll_event() {
+                match ev {
+                    RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
+                        RTCPeerConnectionState::Connected if !connected => {
+                            connected = true;
+                            self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(session = self.id, "WebRTC session connected");
+                            if let Some(m) = media.as_ref() {
+                                match self.start_feeder(m) {
+                                    Some(f) => feeder = Some(f),
+                                    None => break 'run "the room went offline",
+                                }
+                            }
+                        }
+                        RTCPeerConnectionState::Failed => break 'run "ICE/DTLS failed (peer gone)",
+                        RTCPeerConnectionState::Closed => break 'run "closed",
+                        _ => {}
+                    },
+                    RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                        if let Some(mut r) = self.pc.rtp_receiver(init.receiver_id) {
+                            let track = r.track();
+                            let kind = track.kind();
+                            let ssrc = track.ssrcs().next();
+                            let channels = ssrc
+                                .and_then(|s| track.codec(s))
+                                .map_or(2, |c| c.channels.clamp(1, 2) as u8);
+                            kinds.insert(init.track_id.clone(), (kind, channels));
+                            if kind == RtpCodecKind::Video {
+                                if let Some(ssrc) = ssrc {
+                                    video_rx = Some((init.receiver_id, ssrc));
+                                }
+                            }
+                            let _ = &mut r;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(msg) = self.pc.poll_read() {
+                let (Some(ing), RTCMessage::RtpPacket(track_id, p)) =
+                    (ingest.as_mut(), msg.message)
+                else {
+                    continue;
+                };
+                self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
+                let r = match kinds.get(&track_id) {
+                    Some((RtpCodecKind::Video, _)) => ing.video(
+                        p.header.sequence_number,
+                        p.header.timestamp,
+                        p.header.marker,
+                        &p.payload,
+                    ),
+                    Some((RtpCodecKind::Audio, ch)) => {
+                        ing.audio(p.header.timestamp, &p.payload, *ch)
+                    }
+                    _ => Ok(()),
+                };
+                if r.is_err() {
+                    self.stats.rtp_in_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            if let (Some(ing), Some((rid, ssrc))) = (ingest.as_ref(), video_rx) {
+                if ing.want_keyframe && last_pli.is_none_or(|t| t.elapsed() >= PLI_MIN_GAP) {
+                    self.pli(rid, ssrc);
+                    last_pli = Some(Instant::now());
+                    self.flush();
+                }
+            }
+            let now = Instant::now();
+            let wake = self
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(3600));
+            if wake <= now {
+                if let Err(e) = self.pc.handle_timeout(now) {
+                    tracing::debug!(session = self.id, error = %e, "timeout handling");
+                }
+                continue;
+            }
+            let publishing_video = ingest.is_some() && video_rx.is_some();
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break 'run "closed by request or node stop",
+                () = stop.cancelled() => break 'run "the room was taken over or its key revoked",
+                d = self.rx.recv() => {
+                    let Some((from, bytes)) = d else { break 'run "routes gone" };
+                    self.read(from, bytes);
+                }
+                () = tokio::time::sleep_until(connect_by), if !connected => {
+                    break 'run "did not connect in time";
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    if let Err(e) = self.pc.handle_timeout(Instant::now()) {
+                        tracing::debug!(session = self.id, error = %e, "timeout handling");
+                    }
+                }
+                r = next_frame(&mut feeder) => match r {
+                    Ok(frame) => {
+                        if let Some(f) = feeder.as_mut() {
+                            send_frame(&mut self.pc, f, &frame, &self.stats);
+                        }
+                    }
+                    Err(RecvError::Closed) => break 'run "the publisher has gone",
+                    Err(RecvError::Lagged(_) | RecvError::Gap { .. }) => {
+                        // Frames were lost: resume at the next keyframe.
+                        if let Some(v) = feeder.as_mut().and_then(|f| f.video.as_mut()) {
+                            v.waiting = true;
+                        }
+                    }
+                },
+                _ = keyframes.tick(), if publishing_video && connected => {
+                    if let Some((rid, ssrc)) = video_rx {
+                        self.pli(rid, ssrc);
+                        last_pli = Some(Instant::now());
+                    }
+                }
+            }
+        };
+        tracing::debug!(session = self.id, reason = end, "WebRTC session ended");
+        let _ = self.pc.close();
+        self.flush();
+    }
+
+    fn read(&mut self, from: SocketAddr, bytes: BytesMut) {
+        let r = self.pc.handle_read(TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: bytes,
+        });
+        if let Err(e) = r {
+            // One bad datagram from a known address ends nothing.
+            tracing::trace!(session = self.id, error = %e, "datagram not taken");
+        }
+    }
+
+    /// Sends what the connection has to send; a full socket buffer drops (counted).
+    fn flush(&mut self) {
+        while let Some(msg) = self.pc.poll_write() {
+            if let Err(e) = self
+                .socket
+                .try_send_to(&msg.message, msg.transport.peer_addr)
+            {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn pli(&mut self, rid: RTCRtpReceiverId, media_ssrc: u32) {
+        if let Some(mut r) = self.pc.rtp_receiver(rid) {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            if r.write_rtcp(Instant::now(), vec![Box::new(pli)]).is_ok() {
+                self.stats.plis_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Subscribes the viewer to the room on the newest group and sends that group at once (it
+    /// starts on a keyframe, so the first picture decodes immediately).
+    fn start_feeder(&mut self, media: &streamhub_shared::media::MediaHandle) -> Option<Feeder> {
+        let (snapshot, mut consumer) = media.subscribe_latest()?;
+        let tracks = consumer.tracks();
+        let video_track = tracks
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::H264 { .. }));
+        let audio_track = tracks
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::Opus { .. }));
+        let avc = video_track.and_then(|t| match &t.codec {
+            CodecConfig::H264 { avcc, .. } => AvcConfig::parse(avcc).ok(),
+            _ => None,
+        });
+        let video = match (self.plan.video, video_track) {
+            (Some(s), Some(t)) => self.out(s, t.id, "video/h264"),
+            _ => None,
+        };
+        let audio = match (self.plan.audio, audio_track) {
+            (Some(s), Some(t)) => self.out(s, t.id, "audio/opus"),
+            _ => None,
+        };
+        let mut f = Feeder {
+            consumer,
+            video,
+            audio,
+            avc,
+        };
+        for frame in &snapshot {
+            send_frame(&mut self.pc, &mut f, frame, &self.stats);
+        }
+        Some(f)
+    }
+
+    fn out(&mut self, sender: RTCRtpSenderId, track: TrackId, mime: &str) -> Option<Out> {
+        let mut s = self.pc.rtp_sender(sender)?;
+        let ssrc = s.track().ssrcs().last()?;
+        let params = s.get_parameters();
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| {
+                c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+                    && (mime != "video/h264"
+                        || c.rtp_codec.sdp_fmtp_line.contains("packetization-mode=1"))
+            })?
+            .payload_type;
+        Some(Out {
+            sender,
+            track,
+            pt,
+            ssrc,
+            seq: rand::random(),
+            ts_base: rand::random(),
+            waiting: true,
+        })
+    }
+}
+
+async fn next_frame(feeder: &mut Option<Feeder>) -> Result<Frame, RecvError> {
+    match feeder.as_mut() {
+        Some(f) => f.consumer.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn send_frame(pc: &mut RTCPeerConnection, f: &mut Feeder, frame: &Frame, stats: &WebRtcStats) {
+    let now = Instant::now();
+    if let Some(v) = f.video.as_mut().filter(|v| v.track == frame.track) {
+        if v.waiting && !frame.keyframe {
+            return;
+        }
+        v.waiting = false;
+        let Some(avc) = f.avc.as_ref() else { return };
+        // Parameter sets in band before every keyframe: a viewer joining or recovering needs them.
+        let payloads = packetize(
+            &frame.data,
+            avc.nal_length_size,
+            frame.keyframe.then_some(avc),
+            RTP_MTU,
+        );
+        let ts = v.ts_base.wrapping_add(frame.pts as u32);
+        write(pc, v, ts, payloads, stats, now);
+    } else if let Some(a) = f.audio.as_mut().filter(|a| a.track == frame.track) {
+        let ts = a.ts_base.wrapping_add(frame.dts as u32);
+        write(pc, a, ts, vec![frame.data.clone()], stats, now);
+    }
+}
+
+fn write(
+    pc: &mut RTCPeerConnection,
+    o: &mut Out,
+    timestamp: u32,
+    payloads: Vec<bytes::Bytes>,
+    stats: &WebRtcStats,
+    now: Instant,
+) {
+    let Some(mut sender) = pc.rtp_sender(o.sender) else {
+        return;
+    };
+    let n = payloads.len();
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::Header {
+                version: 2,
+                marker: i + 1 == n,
+                payload_type: o.pt,
+                sequence_number: o.seq,
+                timestamp,
+                ssrc: o.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        o.seq = o.seq.wrapping_add(1);
+        if sender.write_rtp(now, packet).is_ok() {
+            stats.rtp_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
