@@ -1,9 +1,12 @@
 // WHIP publish and WHEP playback in headless Chromium, with a fake camera and microphone.
-//   node webrtc.mjs [--whip URL --token T] [--whep URL] [--seconds N] [--page URL]
+//   node webrtc.mjs [--whip URL --token T] [--whep URL] [--seconds N] [--page URL] [--clock]
 // Publishes to --whip (if given), then plays --whep (if given) for --seconds, and prints one
 // JSON line: {"publish": {...}, "play": {framesDecoded, audioPackets, firstFrameMs, ...}}.
 // --page is an http URL on the node the pages are opened on (getUserMedia needs a secure
 // context; http://127.0.0.1 is one).
+// --clock: the published video is a canvas showing the sender's wall clock as 32 black/white
+// blocks; the viewer reads the clock back from every frame it presents and reports the
+// glass-to-glass latency (same browser, same clock): {latencyMs: {p50, p95, max, n}}.
 import { chromium } from 'playwright-core';
 
 const arg = (name) => {
@@ -14,6 +17,7 @@ const whip = arg('whip');
 const token = arg('token');
 const whep = arg('whep');
 const seconds = Number(arg('seconds') || '8');
+const clock = process.argv.includes('--clock');
 const pageUrl = arg('page') || (whip || whep).replace(/\/(whip|whep)\/.*/, '/healthz');
 
 const browser = await chromium.launch({
@@ -29,10 +33,29 @@ try {
     const pub = await browser.newPage();
     pub.on('console', (m) => process.stderr.write(`[publish] ${m.text()}\n`));
     await pub.goto(pageUrl);
-    out.publish = await pub.evaluate(async ({ whip, token }) => {
-      const stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: 640, height: 360, frameRate: 30 }, audio: true,
-      });
+    out.publish = await pub.evaluate(async ({ whip, token, clock }) => {
+      let stream;
+      if (clock) {
+        // 8 x 4 blocks of 80 x 90 px: bit i of (Date.now() mod 2^32) is block i, white for 1.
+        const canvas = document.createElement('canvas');
+        canvas.width = 640; canvas.height = 360;
+        const g = canvas.getContext('2d');
+        const draw = () => {
+          const t = Date.now() >>> 0;
+          for (let i = 0; i < 32; i++) {
+            g.fillStyle = (t >>> i) & 1 ? '#fff' : '#000';
+            g.fillRect((i % 8) * 80, Math.floor(i / 8) * 90, 80, 90);
+          }
+        };
+        draw();
+        setInterval(draw, 5);
+        const audio = await navigator.mediaDevices.getUserMedia({ audio: true });
+        stream = new MediaStream([...canvas.captureStream(30).getVideoTracks(), ...audio.getAudioTracks()]);
+      } else {
+        stream = await navigator.mediaDevices.getUserMedia({
+          video: { width: 640, height: 360, frameRate: 30 }, audio: true,
+        });
+      }
       const pc = new RTCPeerConnection();
       window.pc = pc;
       for (const track of stream.getTracks()) {
@@ -62,7 +85,7 @@ try {
         state: pc.connectionState,
         connectMs: Math.round(performance.now() - t0),
       };
-    }, { whip, token });
+    }, { whip, token, clock });
     if (out.publish.status !== 201 || out.publish.state !== 'connected') {
       throw new Error(`publish failed: ${JSON.stringify(out.publish)}`);
     }
@@ -73,7 +96,7 @@ try {
     const play = await browser.newPage();
     play.on('console', (m) => process.stderr.write(`[play] ${m.text()}\n`));
     await play.goto(pageUrl);
-    out.play = await play.evaluate(async ({ whep, seconds }) => {
+    out.play = await play.evaluate(async ({ whep, seconds, clock }) => {
       const pc = new RTCPeerConnection();
       pc.addTransceiver('video', { direction: 'recvonly' });
       pc.addTransceiver('audio', { direction: 'recvonly' });
@@ -105,6 +128,27 @@ try {
         });
         return { framesDecoded, audioPackets, videoPackets, codec, width };
       };
+      const latencies = [];
+      if (clock) {
+        const canvas = document.createElement('canvas');
+        canvas.width = 640; canvas.height = 360;
+        const g = canvas.getContext('2d', { willReadFrequently: true });
+        const onFrame = () => {
+          const now = Date.now() >>> 0;
+          if (video.videoWidth === 640) {
+            g.drawImage(video, 0, 0, 640, 360);
+            let t = 0;
+            for (let i = 0; i < 32; i++) {
+              const px = g.getImageData((i % 8) * 80 + 40, Math.floor(i / 8) * 90 + 45, 1, 1).data;
+              if (px[0] + px[1] + px[2] > 384) t |= (1 << i);
+            }
+            const d = (now - (t >>> 0)) >>> 0;
+            if (d < 10000) latencies.push(d);
+          }
+          video.requestVideoFrameCallback(onFrame);
+        };
+        video.requestVideoFrameCallback(onFrame);
+      }
       let firstFrameMs = null;
       while (performance.now() - answeredAt < seconds * 1000) {
         const s = await stats();
@@ -118,12 +162,16 @@ try {
       const last = await stats();
       const location = resp.headers.get('Location');
       const del = await fetch(new URL(location, whep), { method: 'DELETE' });
+      latencies.sort((a, b) => a - b);
+      const q = (f) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(f * latencies.length))] : null;
+      const latencyMs = { p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null, n: latencies.length };
       return {
+        latencyMs,
         status: resp.status, location, deleteStatus: del.status, state: pc.connectionState,
         firstFrameMs, ...last, framesDecodedLastSecond: last.framesDecoded - first.framesDecoded,
         audioPacketsLastSecond: last.audioPackets - first.audioPackets,
       };
-    }, { whep, seconds });
+    }, { whep, seconds, clock });
   }
   console.log(JSON.stringify(out));
 } finally {

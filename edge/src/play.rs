@@ -122,6 +122,7 @@ pub fn playback_urls(base: &str, app: &AppName, room: &RoomName) -> serde_json::
 pub fn router(steering: Arc<Steering>) -> Router {
     Router::new()
         .route("/play/{app}/{room}", get(play))
+        .route("/assets/hls.light.min.js", get(hls_js))
         .route("/api/v1/apps/{app}/rooms/{room}/playback", get(playback))
         .with_state(steering)
 }
@@ -195,28 +196,39 @@ async fn play(
     Html(player_page(&app, &room)).into_response()
 }
 
-/// The player page: plays the room's HLS where the browser plays HLS natively, and lists the
-/// room's URLs. (The WHEP-first player with an hls.js fallback is served with WebRTC support.)
-fn player_page(app: &AppName, room: &RoomName) -> String {
-    format!(
-        r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{app}/{room}</title>
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<style>body{{font-family:system-ui,sans-serif;margin:0;background:#111;color:#eee}}
-video{{width:100%;max-height:80vh;background:#000}}main{{padding:1rem}}a{{color:#8cf}}</style>
-</head><body>
-<video id="v" controls autoplay muted playsinline src="/hls/{app}/{room}/index.m3u8"></video>
-<main><p id="state">{app}/{room}</p>
-<p>HLS: <a href="/hls/{app}/{room}/index.m3u8">/hls/{app}/{room}/index.m3u8</a> (LL-HLS capable;
-plays natively in Safari, or in VLC, ffplay, hls.js)<br>
-MJPEG: <a href="/live/{app}/{room}/mjpeg">/live/{app}/{room}/mjpeg</a> (camera rooms)</p></main>
-<script>
-const v = document.getElementById('v'), s = document.getElementById('state');
-v.addEventListener('playing', () => s.textContent = '{app}/{room}: playing');
-v.addEventListener('error', () => s.textContent =
-  '{app}/{room}: this browser does not play HLS natively; use the links below');
-</script></body></html>"#
+/// The player page (the room is read from its path): WebRTC (WHEP) first, HLS through the
+/// bundled hls.js (or natively) when WHEP is refused or does not connect.
+pub const PLAYER_PAGE: &str = include_str!("../assets/player.html");
+/// The WHIP test page of origins: publishes the device's camera and microphone.
+pub const PUBLISH_PAGE: &str = include_str!("../assets/publish.html");
+/// hls.js (light build), served from the node itself.
+const HLS_JS: &str = include_str!("../assets/hls.light.min.js");
+
+fn player_page(_app: &AppName, _room: &RoomName) -> &'static str {
+    PLAYER_PAGE
+}
+
+/// `GET /assets/hls.light.min.js`.
+async fn hls_js() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        HLS_JS,
     )
+        .into_response()
+}
+
+/// `GET /publish/{app}/{room}` (origins): the WHIP test page.
+pub async fn publish_page(Path((app, room)): Path<(String, String)>) -> Response {
+    match names(&app, &room) {
+        Ok(_) => Html(PUBLISH_PAGE).into_response(),
+        Err(resp) => *resp,
+    }
 }
 
 #[cfg(test)]
@@ -317,9 +329,14 @@ mod tests {
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
             .await
             .unwrap();
-        assert!(std::str::from_utf8(&body)
-            .unwrap()
-            .contains("/hls/live/cam/index.m3u8"));
+        let page = std::str::from_utf8(&body).unwrap();
+        assert!(page.contains("/whep"), "WHEP first");
+        assert!(
+            page.contains("/assets/hls.light.min.js"),
+            "hls.js from the node"
+        );
+        let resp = get(&edge, "/assets/hls.light.min.js", None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 
     #[tokio::test]

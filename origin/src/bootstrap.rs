@@ -112,8 +112,8 @@ pub fn banner(
         "\n  push (RTMP)    {rtmp}/{key}\n  \
          e.g.           ffmpeg -re -f lavfi -i testsrc2=size=1280x720:rate=30 -f lavfi -i sine -c:v libx264 -preset veryfast -pix_fmt yuv420p -g 60 -c:a aac -f flv {rtmp}/{key}\n  \
          watch (HLS)    {base}/hls/{DEMO_APP}/{DEMO_ROOM}/index.m3u8   (ffplay or any HLS player)\n  \
-         push (WHIP)    {base}/whip/{DEMO_APP}/{DEMO_ROOM}   (Bearer: the stream key; media on udp {udp})\n  \
-         watch (WHEP)   {base}/whep/{DEMO_APP}/{DEMO_ROOM}   (browser page: {base}/player/{DEMO_APP}/{DEMO_ROOM})\n",
+         push (WHIP)    {base}/whip/{DEMO_APP}/{DEMO_ROOM}   (Bearer: the stream key; test page: {base}/publish/{DEMO_APP}/{DEMO_ROOM}; media on udp {udp})\n  \
+         watch (WHEP)   {base}/whep/{DEMO_APP}/{DEMO_ROOM}   (player page: {base}/play/{DEMO_APP}/{DEMO_ROOM})\n",
         udp = ctx.webrtc.local_addr(),
     );
     if let Some(t) = join_token {

@@ -290,6 +290,10 @@ fn http_router(ctx: Arc<NodeCtx>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/ingest/ws", get(crate::wsmjpeg::upgrade))
+        .route(
+            "/publish/{app}/{room}",
+            get(streamhub_edge::play::publish_page),
+        )
         .with_state(ctx.clone())
         .merge(api::router(ctx.clone()))
         .merge(crate::whip::router(ctx.clone()))

@@ -1,0 +1,293 @@
+//! WHEP fan-out benchmark on loopback: ffmpeg publishes H.264 over RTMP to a real origin; N
+//! WebRTC viewers (a load client written on the same `rtc` crate, one UDP socket per viewer)
+//! play the room over WHEP from a real edge fed over QUIC. Reports the edge's CPU per viewer and
+//! viewers per core (from `/proc`), its resident memory per viewer, and what each viewer got
+//! (RTP packets and payload bitrate per second, against the stream's rate).
+//!
+//! ```sh
+//! cargo build --release -p streamhub-origin -p streamhub-edge -p streamhub-chaos-tests
+//! VIEWERS="100 300" KBPS="200 2500" target/release/whep_bench
+//! ```
+//!
+//! The client shares the machine with the edge (DTLS and SRTP on both sides), so on a small
+//! machine the client, not the edge, may be what limits N; the edge's CPU share is reported
+//! separately from the client's.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+const SECS: u64 = 20;
+
+#[derive(Default)]
+struct Counts {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    connected: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One WHEP viewer until `stop`: offer, POST, answer, then receive and count RTP.
+async fn viewer(
+    whep: String,
+    http: reqwest::Client,
+    counts: Arc<Counts>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let local = socket.local_addr()?;
+    let mut media = MediaEngine::default();
+    media.register_default_codecs()?;
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media)
+        .build(Instant::now())?;
+    pc.add_transceiver_from_kind(
+        RtpCodecKind::Video,
+        Some(RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Recvonly,
+            ..Default::default()
+        }),
+    )?;
+    let offer = pc.create_offer(None)?;
+    pc.set_local_description(Instant::now(), offer)?;
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: local.ip().to_string(),
+            port: local.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()?;
+    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    let sdp = pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| anyhow::anyhow!("no offer"))?;
+    let resp = http
+        .post(&whep)
+        .header("content-type", "application/sdp")
+        .body(sdp)
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 201, "WHEP answered {}", resp.status());
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let answer = resp.text().await?;
+    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
+    let mut buf = vec![0u8; 2048];
+    let mut connected = false;
+    loop {
+        while let Some(msg) = pc.poll_write() {
+            let _ = socket.try_send_to(&msg.message, msg.transport.peer_addr);
+        }
+        while let Some(ev) = pc.poll_event() {
+            if let rtc::peer_connection::event::RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                use rtc::peer_connection::state::RTCPeerConnectionState as S;
+                if s == S::Connected && !connected {
+                    connected = true;
+                    counts.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                if s == S::Failed {
+                    counts.failed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        while let Some(msg) = pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, p) = msg.message {
+                counts.packets.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .bytes
+                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+            }
+        }
+        let now = Instant::now();
+        let wake = pc.poll_timeout().unwrap_or(now + Duration::from_secs(1));
+        if wake <= now {
+            pc.handle_timeout(now)?;
+            continue;
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                pc.handle_timeout(Instant::now())?;
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, from): (usize, SocketAddr) = r?;
+                let _ = pc.handle_read(TaggedBytesMut {
+                    now: Instant::now(),
+                    transport: TransportContext {
+                        local_addr: local,
+                        peer_addr: from,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: BytesMut::from(&buf[..n]),
+                });
+            }
+        }
+    }
+    if let Some(loc) = location {
+        let url = reqwest::Url::parse(&whep)?.join(&loc)?;
+        let _ = http.delete(url).send().await;
+    }
+    Ok(())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn self_ticks() -> u64 {
+    cpu_ticks(std::process::id())
+}
+
+#[tokio::main]
+async fn main() {
+    let viewers: Vec<usize> = std::env::var("VIEWERS")
+        .unwrap_or_else(|_| "100 300".into())
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let rates: Vec<u32> = std::env::var("KBPS")
+        .unwrap_or_else(|_| "200 2500".into())
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let tck = 100.0;
+    println!("| stream | viewers | connected | edge CPU % | CPU % per viewer | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | client CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for kbps in rates {
+        let mut c = Cluster::start(1, chaos_seed()).await;
+        let admin = c.admin(0).await;
+        let key = admin.rtmp_ingress("live", "bench").await.unwrap();
+        let edge = c.start_edge("edge-1", "local", 0, &[]).await;
+        let origin = &c.nodes[0];
+        let (size, fps) = if kbps >= 1000 {
+            ("1280x720", "30")
+        } else {
+            ("426x240", "25")
+        };
+        let rate = format!("{kbps}k");
+        let mut ffmpeg = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+            .args([
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=size={size}:rate={fps}"),
+            ])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-b:v", &rate, "-maxrate", &rate, "-bufsize", &rate])
+            .args([
+                "-pix_fmt",
+                "yuv420p",
+                "-g",
+                &(fps.parse::<u32>().unwrap() * 2).to_string(),
+            ])
+            .args(["-an", "-f", "flv", &origin.rtmp_url(&key)])
+            .spawn()
+            .expect("ffmpeg");
+        let http = reqwest::Client::new();
+        hls::wait_segments(
+            &http,
+            &edge.url("/hls/live/bench/index.m3u8"),
+            2,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let pid = edge.pid().unwrap();
+        for &n in &viewers {
+            let counts = Arc::new(Counts::default());
+            let stop = CancellationToken::new();
+            let rss0 = rss_kib(pid);
+            let mut tasks = Vec::new();
+            for i in 0..n {
+                tasks.push(tokio::spawn(viewer(
+                    edge.url("/whep/live/bench"),
+                    http.clone(),
+                    counts.clone(),
+                    stop.clone(),
+                )));
+                if i % 20 == 19 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            // Let every viewer connect and settle, then measure a steady window.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let (c0, s0) = (cpu_ticks(pid), self_ticks());
+            let (p0, b0) = (
+                counts.packets.load(Ordering::Relaxed),
+                counts.bytes.load(Ordering::Relaxed),
+            );
+            tokio::time::sleep(Duration::from_secs(SECS)).await;
+            let cpu = (cpu_ticks(pid) - c0) as f64 / tck / SECS as f64 * 100.0;
+            let client = (self_ticks() - s0) as f64 / tck / SECS as f64 * 100.0;
+            let pkts = (counts.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
+            let bytes = (counts.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
+            let rss = rss_kib(pid);
+            let connected = counts.connected.load(Ordering::Relaxed);
+            let per = connected.max(1) as f64;
+            println!(
+                "| {kbps} kb/s {size} | {n} | {connected} | {cpu:.1} | {:.3} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {client:.1} |",
+                cpu / per,
+                per / (cpu / 100.0),
+                rss as f64 / 1024.0,
+                rss.saturating_sub(rss0) as f64 / per,
+                pkts / per,
+                bytes * 8.0 / 1000.0 / per,
+            );
+            stop.cancel();
+            for t in tasks {
+                let _ = t.await;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    }
+}
