@@ -23,6 +23,10 @@ pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Cluster {
     /// The nodes, in start order; `nodes[i]` is named `origin-<i+1>`.
     pub nodes: Vec<Node>,
+    /// With [`Cluster::start_in_netns`]: every node on its own host of this network (dropped
+    /// after the nodes, which are killed first).
+    pub netns: Option<Arc<crate::netns::Network>>,
+    hosts: u8,
     /// The seed of this run.
     pub seed: u64,
     /// Randomness derived from the seed (which node to stop, garbage bytes...).
@@ -40,14 +44,48 @@ impl Cluster {
         Cluster::start_with_env(n, seed, &[]).await
     }
 
+    /// As [`Cluster::start`], but every node (origins, and edges started later) runs in its
+    /// own network namespace on one bridge: host `i+1` is `nodes[i]` ([`Cluster::host_of`]).
+    pub async fn start_in_netns(n: usize, seed: u64) -> Cluster {
+        let net = crate::netns::Network::new().expect("a bridge (root and iproute2 needed)");
+        Cluster::make(n, seed, &[], Some(net)).await
+    }
+
+    /// As [`Cluster::start_in_netns`] on a network made beforehand (e.g. to start a proxy on
+    /// its bridge first), with extra environment for every node.
+    pub async fn start_on_network(
+        n: usize,
+        seed: u64,
+        env: &[(&str, &str)],
+        net: Arc<crate::netns::Network>,
+    ) -> Cluster {
+        Cluster::make(n, seed, env, Some(net)).await
+    }
+
+    /// The host number of node `i` in the cluster's network.
+    pub fn host_of(&self, i: usize) -> u8 {
+        (i + 1) as u8
+    }
+
     /// As [`Cluster::start`], with extra environment for every node.
     pub async fn start_with_env(n: usize, seed: u64, env: &[(&str, &str)]) -> Cluster {
+        Cluster::make(n, seed, env, None).await
+    }
+
+    async fn make(
+        n: usize,
+        seed: u64,
+        env: &[(&str, &str)],
+        netns: Option<Arc<crate::netns::Network>>,
+    ) -> Cluster {
         let root = tempfile::Builder::new()
             .prefix("streamhub-chaos-")
             .tempdir()
             .expect("temp dir");
         let mut c = Cluster {
             nodes: Vec::new(),
+            netns,
+            hosts: 0,
             seed,
             rng: seed::rng(seed),
             timeline: Arc::new(Timeline::new()),
@@ -105,6 +143,19 @@ impl Cluster {
         }
         cfg.join = join;
         cfg.env = self.env.clone();
+        if let Some(net) = &self.netns {
+            self.hosts += 1;
+            let host = self.hosts;
+            let ns = net
+                .add_host(host)
+                .unwrap_or_else(|e| panic!("namespace of {name}: {e:#}"));
+            let ip = std::net::IpAddr::V4(net.ip(host));
+            cfg.netns = Some(ns);
+            cfg.http = (ip, 3020).into();
+            cfg.rtmp = (ip, 1935).into();
+            cfg.cluster = (ip, 4433).into();
+            cfg.webrtc = (ip, 7882).into();
+        }
         self.logs.push((name.to_string(), cfg.log.clone()));
         cfg
     }

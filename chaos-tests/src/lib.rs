@@ -12,10 +12,12 @@ pub mod binary;
 pub mod cluster;
 pub mod hls;
 pub mod net;
+pub mod netns;
 pub mod node;
 pub mod poll;
 pub mod ports;
 pub mod publisher;
+pub mod scenarios;
 pub mod seed;
 pub mod timeline;
 

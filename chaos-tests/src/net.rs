@@ -117,6 +117,17 @@ impl DelayProxy {
         jitter: std::time::Duration,
         seed: u64,
     ) -> DelayProxy {
+        DelayProxy::start_on([127, 0, 0, 1].into(), delay, jitter, seed).await
+    }
+
+    /// As [`start`](Self::start), on a free port of `ip` (e.g. the test's address on a
+    /// [`crate::netns::Network`] bridge).
+    pub async fn start_on(
+        ip: std::net::IpAddr,
+        delay: std::time::Duration,
+        jitter: std::time::Duration,
+        seed: u64,
+    ) -> DelayProxy {
         use rand::{Rng, SeedableRng};
         use std::collections::HashMap;
         use std::net::SocketAddr;
@@ -124,7 +135,7 @@ impl DelayProxy {
         use tokio::sync::mpsc;
         use tokio::time::Instant;
 
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind proxy"));
+        let front = Arc::new(UdpSocket::bind((ip, 0)).await.expect("bind proxy"));
         let addr = front.local_addr().unwrap();
         let target: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
         let t = target.clone();
@@ -170,7 +181,7 @@ impl DelayProxy {
                 };
                 let up = clients.entry(from).or_insert_with(|| {
                     let back = Arc::new(
-                        std::net::UdpSocket::bind("127.0.0.1:0")
+                        std::net::UdpSocket::bind((ip, 0))
                             .and_then(|s| {
                                 s.connect(to)?;
                                 s.set_nonblocking(true)?;

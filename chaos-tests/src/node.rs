@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub join: Option<Join>,
     /// Extra environment (e.g. `STREAMHUB_RAFT_SNAPSHOT_LOGS`).
     pub env: Vec<(String, String)>,
+    /// The network namespace the node runs in (see [`crate::netns`]), if not the test's own.
+    pub netns: Option<String>,
 }
 
 impl NodeConfig {
@@ -87,6 +89,7 @@ impl NodeConfig {
             log: root.join(name).join("node.log"),
             join: None,
             env: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -171,7 +174,15 @@ impl Node {
 
     fn command(&self, out: File, err: File) -> Command {
         let c = &self.cfg;
-        let mut cmd = Command::new(self.binary());
+        let mut cmd = match &c.netns {
+            // `ip netns exec` execs the node in place: the child's pid is the node's.
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(self.binary());
+                cmd
+            }
+            None => Command::new(self.binary()),
+        };
         cmd.arg("--data-dir")
             .arg(&c.data_dir)
             .args(["--http", &c.http.to_string()])

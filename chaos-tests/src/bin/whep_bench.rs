@@ -5,8 +5,11 @@
 //! (RTP packets and payload bitrate per second, against the stream's rate).
 //!
 //! ```sh
-//! cargo build --release -p streamhub-origin -p streamhub-edge -p streamhub-chaos-tests
-//! VIEWERS="100 300" KBPS="200 2500" target/release/whep_bench
+//! cargo build --release -p streamhub-origin -p streamhub-edge
+//! cargo build --release -p streamhub-chaos-tests --bin whep_bench
+//! STREAMHUB_ORIGIN_BIN=$PWD/target/release/streamhub-origin \
+//!   STREAMHUB_EDGE_BIN=$PWD/target/release/streamhub-edge \
+//!   VIEWERS="50 200" KBPS="200 2500" target/release/whep_bench
 //! ```
 //!
 //! The client shares the machine with the edge (DTLS and SRTP on both sides), so on a small

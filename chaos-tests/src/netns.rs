@@ -1,0 +1,215 @@
+//! Nodes on their own network: one network namespace per node, each with a veth pair into a
+//! bridge in the test's namespace (which has `.254` on it, so the test reaches every node), and
+//! faults injected with iptables *inside* a node's namespace, as between real hosts. Needs root
+//! and iproute2 (CI has both); [`available`] tells.
+//!
+//! Names carry the test process's id, so parallel test binaries never share a namespace, and
+//! everything is deleted when the [`Network`] is dropped (after the nodes are killed).
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::timeline::Timeline;
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("{program} {args:?}: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+/// True when this process can make namespaces (root, iproute2 and iptables present).
+pub fn available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    root && Command::new("ip").arg("-V").output().is_ok()
+        && Command::new("iptables").arg("-V").output().is_ok()
+}
+
+/// A bridge and the namespaces of up to 250 hosts on one /24.
+pub struct Network {
+    tag: String,
+    bridge: String,
+    subnet: [u8; 3],
+    hosts: std::sync::Mutex<Vec<String>>,
+}
+
+impl Network {
+    /// A new, empty network (the bridge, with the test's own address `.254`).
+    pub fn new() -> anyhow::Result<Arc<Network>> {
+        let pid = std::process::id();
+        let tag = format!("sh{}", pid % 100_000);
+        let subnet = [10, 100 + (pid % 100) as u8, ((pid / 100) % 250) as u8];
+        let bridge = format!("{tag}br");
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        let net = Network {
+            tag,
+            bridge: bridge.clone(),
+            subnet,
+            hosts: Default::default(),
+        };
+        let me = format!("{}/24", net.ip(254));
+        run("ip", &["addr", "add", &me, "dev", &bridge])?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        Ok(Arc::new(net))
+    }
+
+    /// The address of host `n` (1..=250).
+    pub fn ip(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], n)
+    }
+
+    /// The namespace of host `n`.
+    pub fn ns(&self, n: u8) -> String {
+        format!("{}h{n}", self.tag)
+    }
+
+    /// Makes host `n`: its namespace (loopback up), a veth into the bridge, address `ip(n)`.
+    pub fn add_host(&self, n: u8) -> anyhow::Result<String> {
+        let ns = self.ns(n);
+        let (outer, inner) = (format!("{}v{n}", self.tag), format!("{}i{n}", self.tag));
+        run("ip", &["netns", "add", &ns])?;
+        self.hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ns.clone());
+        run(
+            "ip",
+            &[
+                "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+            ],
+        )?;
+        run("ip", &["link", "set", &inner, "netns", &ns])?;
+        run("ip", &["link", "set", &outer, "master", &self.bridge])?;
+        run("ip", &["link", "set", &outer, "up"])?;
+        let addr = format!("{}/24", self.ip(n));
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        exec(&["ip", "link", "set", "lo", "up"])?;
+        exec(&["ip", "addr", "add", &addr, "dev", &inner])?;
+        exec(&["ip", "link", "set", &inner, "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts host `n` off from hosts `peers` (both directions, every protocol), with iptables in
+    /// its own namespace; the test's address stays reachable. Removed when the guard drops.
+    pub fn partition(
+        &self,
+        n: u8,
+        peers: &[u8],
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Partition> {
+        let ips: Vec<Ipv4Addr> = peers.iter().map(|p| self.ip(*p)).collect();
+        let what = format!(
+            "host {} cut off from {ips:?} (iptables in its namespace)",
+            self.ip(n)
+        );
+        self.install(n, &ips, &[], what, timeline)
+    }
+
+    /// Drops each packet between host `n` and `peer` (either way) with probability `p`, with
+    /// iptables in host `n`'s namespace (`peer` may be the test's own address, `ip(254)`).
+    pub fn loss(
+        &self,
+        n: u8,
+        peer: Ipv4Addr,
+        p: f64,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Partition> {
+        let prob = p.to_string();
+        let extra = [
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &prob,
+        ];
+        let what = format!("{}% loss between host {} and {peer}", p * 100.0, self.ip(n));
+        self.install(n, &[peer], &extra, what, timeline)
+    }
+
+    fn install(
+        &self,
+        n: u8,
+        peers: &[Ipv4Addr],
+        extra: &[&str],
+        what: String,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Partition> {
+        let ns = self.ns(n);
+        let mut rules = Vec::new();
+        for peer in peers {
+            let peer = peer.to_string();
+            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                let mut r = vec![chain.to_string(), dir.to_string(), peer.clone()];
+                r.extend(extra.iter().map(|s| s.to_string()));
+                rules.push(r);
+            }
+        }
+        for r in &rules {
+            let mut args = vec!["netns", "exec", &ns, "iptables", "-I"];
+            args.extend(r.iter().map(String::as_str));
+            args.extend(["-j", "DROP"]);
+            run("ip", &args)?;
+        }
+        timeline.record(format!("network: {what}"));
+        Ok(Partition {
+            ns,
+            rules,
+            what,
+            timeline,
+        })
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in self
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            // Deleting the namespace deletes its veth end, and with it the peer in the bridge.
+            let _ = run("ip", &["netns", "del", &ns]);
+        }
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+/// A partition that lasts while this guard lives.
+pub struct Partition {
+    ns: String,
+    rules: Vec<Vec<String>>,
+    what: String,
+    timeline: Arc<Timeline>,
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in &self.rules {
+            let mut args = vec!["netns", "exec", self.ns.as_str(), "iptables", "-D"];
+            args.extend(r.iter().map(String::as_str));
+            args.extend(["-j", "DROP"]);
+            if let Err(e) = run("ip", &args) {
+                eprintln!("removing a partition rule: {e}");
+            }
+        }
+        self.timeline
+            .record(format!("network: healed ({})", self.what));
+    }
+}
