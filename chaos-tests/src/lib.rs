@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod binary;
+pub mod camera;
 pub mod cluster;
 pub mod hls;
 pub mod net;

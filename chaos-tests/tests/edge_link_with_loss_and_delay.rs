@@ -2,7 +2,8 @@
 //! kernel has no netem) and 5 % packet loss both ways (iptables random drop on the proxy's
 //! loopback port), with a 2.5 Mb/s stream. Every segment the origin lists appears on the edge,
 //! none late (more than one target duration after the origin) and none missing; the LL-HLS part
-//! delay of the edge behind the origin is reported. The same between network namespaces:
+//! delay of the edge behind the origin is reported; a WebSocket camera room plays as MJPEG on
+//! the edge through the same link. The same between network namespaces:
 //! `edge_link_with_loss_and_delay_between_namespaces.rs`.
 
 use std::time::Duration;

@@ -23,7 +23,7 @@ use streamhub_shared::{AppName, RoomName};
 use crate::api::ApiError;
 use crate::credentials::sha256_hex;
 use crate::node::NodeCtx;
-use crate::rooms::{Protocol, PublishClaim, PublishError, Publisher};
+use crate::rooms::{Protocol, PublishClaim, Publisher};
 
 /// Prefix of the ingress id of a publisher admitted by an access token (not by an ingress key).
 pub const TOKEN_PUBLISHER: &str = "token:";
@@ -144,11 +144,11 @@ async fn claim(
     let (app, room) = (app.clone(), room.clone());
     ctx.rooms
         .check_busy(&app, &room, &ingress_id)
-        .map_err(publish_error)?;
-    crate::lease::check_free(ctx, &app, &room).map_err(publish_error)?;
+        .map_err(ApiError::from)?;
+    crate::lease::check_free(ctx, &app, &room).map_err(ApiError::from)?;
     let epoch = crate::lease::claim(ctx, &app, &room)
         .await
-        .map_err(publish_error)?;
+        .map_err(ApiError::from)?;
     let started = ctx
         .rooms
         .start_publish(PublishClaim {
@@ -159,7 +159,7 @@ async fn claim(
             remote,
             epoch,
         })
-        .map_err(publish_error);
+        .map_err(ApiError::from);
     if started.is_err() && ctx.rooms.media(&app, &room).is_none() {
         crate::lease::release(ctx, &app, &room, epoch).await;
     }
@@ -219,14 +219,4 @@ fn stream_key(
         )));
     }
     Ok(ingress.id)
-}
-
-fn publish_error(e: PublishError) -> ApiError {
-    match e {
-        PublishError::UnknownKey => ApiError::Unauthorized(e.to_string()),
-        PublishError::RoomBusy { .. } | PublishError::LiveElsewhere { .. } => {
-            ApiError::Conflict(e.to_string())
-        }
-        PublishError::Unavailable(m) => ApiError::Unavailable(m),
-    }
 }

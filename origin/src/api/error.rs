@@ -76,6 +76,21 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A refused publisher (WebSocket device, WHIP): 401 for a bad key, 409 for a room live
+/// elsewhere or from another publisher, 503 when the cluster cannot place it.
+impl From<crate::rooms::PublishError> for ApiError {
+    fn from(e: crate::rooms::PublishError) -> Self {
+        use crate::rooms::PublishError;
+        match e {
+            PublishError::UnknownKey => ApiError::Unauthorized(e.to_string()),
+            PublishError::RoomBusy { .. } | PublishError::LiveElsewhere { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            PublishError::Unavailable(m) => ApiError::Unavailable(m),
+        }
+    }
+}
+
 impl From<streamhub_shared::NameError> for ApiError {
     fn from(e: streamhub_shared::NameError) -> Self {
         ApiError::BadRequest(e.to_string())

@@ -20,7 +20,7 @@ use super::{WsConfig, WsStats};
 use crate::api::ApiError;
 use crate::credentials::sha256_hex;
 use crate::node::NodeCtx;
-use crate::rooms::{Protocol, PublishClaim, PublishError, Publisher};
+use crate::rooms::{Protocol, PublishClaim, Publisher};
 
 /// Close code: the key was revoked (do not retry with it).
 const CLOSE_POLICY: u16 = 1008;
@@ -115,11 +115,11 @@ async fn admit(
     }
     ctx.rooms
         .check_busy(&app, &room, &ingress.id)
-        .map_err(publish_error)?;
-    crate::lease::check_free(ctx, &app, &room).map_err(publish_error)?;
+        .map_err(ApiError::from)?;
+    crate::lease::check_free(ctx, &app, &room).map_err(ApiError::from)?;
     let epoch = crate::lease::claim(ctx, &app, &room)
         .await
-        .map_err(publish_error)?;
+        .map_err(ApiError::from)?;
     let started = if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
         Err(ApiError::Unauthorized("the device key was revoked".into()))
     } else {
@@ -132,23 +132,13 @@ async fn admit(
                 remote,
                 epoch,
             })
-            .map_err(publish_error)
+            .map_err(ApiError::from)
     };
     if started.is_err() && ctx.rooms.media(&app, &room).is_none() {
         // The claim will not be used: give the room back now, not at lease expiry.
         crate::lease::release(ctx, &app, &room, epoch).await;
     }
     started
-}
-
-fn publish_error(e: PublishError) -> ApiError {
-    match e {
-        PublishError::UnknownKey => ApiError::Unauthorized(e.to_string()),
-        PublishError::RoomBusy { .. } | PublishError::LiveElsewhere { .. } => {
-            ApiError::Conflict(e.to_string())
-        }
-        PublishError::Unavailable(m) => ApiError::Unavailable(m),
-    }
 }
 
 /// Why a device's session ended.
