@@ -45,11 +45,11 @@ async fn play_steers_to_the_region_edge() {
     // The chosen edge serves the page instead of steering again.
     let page = http.get(&to_eu).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page
-        .text()
-        .await
-        .unwrap()
-        .contains("/hls/live/cam/index.m3u8"));
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("/whep") && page.contains("/assets/hls.light.min.js"),
+        "the player page (WHEP first, hls.js fallback): {page}"
+    );
     // The playback API on an edge steers the same way.
     let api = us.url("/api/v1/apps/live/rooms/cam/playback?region=eu");
     let v: serde_json::Value = http.get(&api).send().await.unwrap().json().await.unwrap();

@@ -71,6 +71,8 @@ struct Feeder {
     video: Option<Out>,
     audio: Option<Out>,
     avc: Option<AvcConfig>,
+    /// A frame with pts != dts (B-frames) was seen and logged.
+    warned_bframes: bool,
 }
 
 impl Session {
@@ -284,6 +286,7 @@ impl Session {
             video,
             audio,
             avc,
+            warned_bframes: false,
         };
         for frame in &snapshot {
             send_frame(&mut self.pc, &mut f, frame, &self.stats);
@@ -331,6 +334,13 @@ fn send_frame(pc: &mut RTCPeerConnection, f: &mut Feeder, frame: &Frame, stats: 
             return;
         }
         v.waiting = false;
+        if frame.pts != frame.dts && !f.warned_bframes {
+            // WebRTC has no reordering: browsers show B-frame streams with stutter.
+            f.warned_bframes = true;
+            tracing::warn!(
+                "the room's H.264 has B-frames; WebRTC viewers will see stutter (publish with -bf 0 or -tune zerolatency)"
+            );
+        }
         let Some(avc) = f.avc.as_ref() else { return };
         // Parameter sets in band before every keyframe: a viewer joining or recovering needs them.
         let payloads = packetize(
