@@ -111,7 +111,7 @@ impl Session {
                         _ => {}
                     },
                     RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                        if let Some(mut r) = self.pc.rtp_receiver(init.receiver_id) {
+                        if let Some(r) = self.pc.rtp_receiver(init.receiver_id) {
                             let track = r.track();
                             let kind = track.kind();
                             let ssrc = track.ssrcs().next();
@@ -124,7 +124,6 @@ impl Session {
                                     video_rx = Some((init.receiver_id, ssrc));
                                 }
                             }
-                            let _ = &mut r;
                         }
                     }
                     _ => {}
