@@ -1,8 +1,10 @@
-//! A WebSocket-MJPEG camera (as an ESP32 would be) and an MJPEG viewer, for scenarios that run
-//! a camera room through faults.
+//! Cameras for the tests: a WebSocket-MJPEG camera (as an ESP32 would be) and an MJPEG viewer,
+//! and an RTSP camera no one here wrote (GStreamer's RTSP server).
 
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -96,4 +98,74 @@ pub async fn count_mjpeg(url: &str, window: Duration) -> u64 {
         tail.drain(..at.max(tail.len().saturating_sub(boundary.len())));
     }
     pictures
+}
+
+/// GStreamer's RTSP server on `port` (Debian's python3-gst-1.0 + gir1.2-gst-rtsp-server-1.0),
+/// with a watchdog: gst-rtsp-server 1.22 sometimes aborts on an assertion
+/// (`gst_rtsp_media_get_rates`) while several clients set up at once, and a camera that dies is
+/// restarted as a real one reboots (the test is about our ingress, not GStreamer's). Stopping
+/// the camera on purpose is dropping it.
+pub struct RtspCamera {
+    child: Arc<Mutex<Child>>,
+    stop: Arc<AtomicBool>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+}
+
+fn spawn_camera(port: u16) -> Child {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rtsp/server.py");
+    let mut child = Command::new("/usr/bin/python3")
+        .args([script, &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect(
+            "GStreamer RTSP server (apt-get install python3-gst-1.0 gir1.2-gst-rtsp-server-1.0)",
+        );
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the RTSP server did not start");
+    child
+}
+
+impl RtspCamera {
+    /// Starts the camera on `port` (`rtsp://127.0.0.1:<port>/cam`) and waits until it listens.
+    pub fn start(port: u16) -> RtspCamera {
+        let child = Arc::new(Mutex::new(spawn_camera(port)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watchdog = std::thread::spawn({
+            let (child, stop) = (child.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let mut c = child.lock().unwrap();
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(Some(status)) = c.try_wait() {
+                        eprintln!("the RTSP camera died ({status}); restarting it");
+                        *c = spawn_camera(port);
+                    }
+                }
+            }
+        });
+        RtspCamera {
+            child,
+            stop,
+            watchdog: Some(watchdog),
+        }
+    }
+}
+
+impl Drop for RtspCamera {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

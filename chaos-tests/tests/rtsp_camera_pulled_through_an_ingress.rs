@@ -5,42 +5,13 @@
 //! is not RTSP, a server that never answers, one that answers garbage) get clear errors and leave
 //! the node serving.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
+use streamhub_chaos_tests::camera::RtspCamera as Camera;
 use streamhub_chaos_tests::hls::{self, ffprobe_codecs};
 use streamhub_chaos_tests::ports::free_tcp;
 use streamhub_chaos_tests::{chaos_seed, poll, Api, Cluster};
-
-/// GStreamer's RTSP server on `port` (Debian's python3-gst-1.0 + gir1.2-gst-rtsp-server-1.0).
-struct Camera(Child);
-
-impl Camera {
-    fn start(port: u16) -> Camera {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rtsp/server.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .args([script, &port.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("GStreamer RTSP server (apt-get install python3-gst-1.0 gir1.2-gst-rtsp-server-1.0)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "the RTSP server did not start");
-        Camera(child)
-    }
-}
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn state(api: &Api, id: &str) -> (String, String) {
     let r = api.get(&format!("/apps/cams/ingress/{id}")).await.unwrap();

@@ -2,44 +2,19 @@
 //! killed (-9), another origin takes the pull over once the lease has run out, and the room is
 //! live again from the new origin.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use streamhub_chaos_tests::camera::RtspCamera;
 use streamhub_chaos_tests::hls;
 use streamhub_chaos_tests::ports::free_tcp;
 use streamhub_chaos_tests::{chaos_seed, poll, Cluster};
-
-struct Camera(Child);
-
-impl Drop for Camera {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn camera(port: u16) -> Camera {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/rtsp/server.py");
-    let mut child = Command::new("/usr/bin/python3")
-        .args([script, &port.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("GStreamer RTSP server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    Camera(child)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_pull_moves_to_another_origin() {
     let mut c = Cluster::start(3, chaos_seed()).await;
     let port = free_tcp().port();
-    let _camera = camera(port);
+    let _camera = RtspCamera::start(port);
     let api = c.admin(0).await;
     assert_eq!(api.create_app("cams").await.unwrap().status, 201);
     let r = api

@@ -89,7 +89,10 @@ async fn offer(
         sink: Box::new(PublisherSink(publisher)),
         stop,
     };
-    let result = ctx.webrtc.open(&offer, role, reached_ip(&headers));
+    let result = ctx
+        .webrtc
+        .open_blocking(offer, role, reached_ip(&headers))
+        .await;
     // On an error the publisher went with the role, and the room with it (its placement is
     // released as for any publisher that ends).
     if result.is_ok() {

@@ -163,7 +163,10 @@ async fn whep_offer(
         media: viewing.media,
         hold: viewing.hold,
     };
-    let result = st.rtc.open(&offer, role, reached_ip(&headers));
+    let result = st
+        .rtc
+        .open_blocking(offer, role, reached_ip(&headers))
+        .await;
     answered(result, |id| format!("/whep/{app}/{room}/{id}"))
 }
 

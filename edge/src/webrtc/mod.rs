@@ -158,7 +158,6 @@ pub struct WebRtc {
     sessions: Mutex<HashMap<u64, CancellationToken>>,
     permits: Arc<Semaphore>,
     max_sessions: usize,
-    next_id: AtomicU64,
     pub stats: Arc<WebRtcStats>,
     shutdown: CancellationToken,
 }
@@ -179,7 +178,6 @@ impl WebRtc {
             sessions: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(config.max_sessions)),
             max_sessions: config.max_sessions,
-            next_id: AtomicU64::new(1),
             stats: Arc::default(),
             shutdown,
         });
@@ -239,6 +237,20 @@ impl WebRtc {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
         result
+    }
+
+    /// [`open`](Self::open) off the async workers: a session's setup makes its DTLS key and
+    /// certificate, which is CPU work a burst of offers should not run on the reactor.
+    pub async fn open_blocking(
+        self: &Arc<Self>,
+        offer: String,
+        role: Role,
+        reached: Option<IpAddr>,
+    ) -> Result<Opened, OpenError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.open(&offer, role, reached))
+            .await
+            .unwrap_or_else(|e| Err(OpenError::Negotiation(format!("session setup failed: {e}"))))
     }
 
     fn try_open(
@@ -338,17 +350,25 @@ impl WebRtc {
             .map(|d| d.sdp)
             .ok_or_else(|| OpenError::Negotiation("no local description".into()))?;
 
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The session resource's id is random: knowing one session's URL (the `Location` that
+        // `DELETE` ends it with) tells nothing about another's.
+        let cancel = self.shutdown.child_token();
+        let id = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let id = loop {
+                let id = rand::random::<u64>() >> 1;
+                if id != 0 && !sessions.contains_key(&id) {
+                    break id;
+                }
+            };
+            sessions.insert(id, cancel.clone());
+            id
+        };
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         self.routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, ufrag, tx);
-        let cancel = self.shutdown.child_token();
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, cancel.clone());
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         let s = session::Session {
             id,
