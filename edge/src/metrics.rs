@@ -126,6 +126,16 @@ const COUNTERS: &[CounterDef] = &[
         |s| s.relay.groups_lost.load(Relaxed),
     ),
     (
+        "streamhub_relay_keyframe_requests_total",
+        "Keyframe requests (viewer PLI/FIR) received from relay subscribers",
+        |s| s.relay.keyframe_requests.load(Relaxed),
+    ),
+    (
+        "streamhub_relay_keyframe_requests_sent_total",
+        "Keyframe requests forwarded to origins for local viewers",
+        |s| s.relay.keyframe_requests_sent.load(Relaxed),
+    ),
+    (
         "streamhub_relay_malformed_total",
         "Malformed relay messages or streams received",
         |s| s.relay.malformed.load(Relaxed),
@@ -189,6 +199,11 @@ const COUNTERS: &[CounterDef] = &[
         "streamhub_webrtc_plis_sent_total",
         "Keyframe requests (PLI) sent to WHIP publishers",
         |s| s.webrtc.plis_sent.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_viewer_keyframe_requests_total",
+        "Keyframe requests (PLI/FIR) received from WebRTC viewers",
+        |s| s.webrtc.viewer_keyframe_requests.load(Relaxed),
     ),
 ];
 

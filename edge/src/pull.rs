@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use streamhub_shared::media::{MediaHandle, RoomMedia};
+use streamhub_shared::media::{KeyframeGate, MediaHandle, RoomMedia};
 use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, RoomName};
 use tokio::sync::watch;
@@ -348,8 +348,19 @@ impl Pulls {
         let mut check = tokio::time::interval(PLACEMENT_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
+        // Local viewers' keyframe requests (WebRTC PLI/FIR) go to the origin, rate-limited.
+        let mut keyframes = session.keyframe_requests();
+        let mut gate = KeyframeGate::new(KEYFRAME_REQUEST_GAP);
         loop {
+            let forward = gate.due().map(tokio::time::Instant::from_std);
+            let mut send_keyframe_request = false;
             tokio::select! {
+                Ok(()) = changed(&mut keyframes) => {
+                    send_keyframe_request = gate.request(Instant::now());
+                }
+                () = sleep_until(forward), if forward.is_some() => {
+                    send_keyframe_request = gate.poll(Instant::now());
+                }
                 update = sub.next() => match update {
                     Update::Frame(frame) => session.push(frame),
                     Update::Gap { partial } => session.gap(partial),
@@ -374,7 +385,29 @@ impl Pulls {
                 }
                 () = pulled.cancel.cancelled() => return FollowEnd::Idle,
             }
+            if send_keyframe_request && sub.request_keyframe().await {
+                let stats = self.relay.stats();
+                stats.keyframe_requests_sent.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+/// Keyframe requests from an edge's viewers reach the origin at most this often per room.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
+
+/// Resolves when `rx` (if any) changes; never if there is none.
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
+    match rx.as_mut() {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -429,6 +462,11 @@ impl Session {
         if let Some(media) = self.media.as_mut() {
             media.push_gap(partial);
         }
+    }
+
+    /// The local viewers' keyframe requests, while there is a local session.
+    fn keyframe_requests(&self) -> Option<watch::Receiver<u64>> {
+        self.media.as_ref().map(RoomMedia::keyframe_requests)
     }
 
     fn set_tracks(&mut self, tracks: Vec<streamhub_shared::TrackInfo>) {

@@ -367,3 +367,29 @@ async fn malformed_and_unknown_group_streams_are_refused_and_the_subscription_go
     });
     counted.await.expect("the bad streams are counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyframe_request_from_an_edge_reaches_the_rooms_producer() {
+    let ca = create_ca("test").unwrap();
+    let origin = origin(&ca);
+    let mut media = live_room(&origin, "cam");
+    let mut requests = media.keyframe_requests();
+    media.push(frame(0, 100));
+    let client = RelayClient::new(endpoint(&ca, "edge-1"), Arc::default());
+    let (app, room) = names("cam");
+    let mut sub = client
+        .subscribe(origin.endpoint.local_addr(), &app, &room)
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut sub).await.dts, 0);
+    assert!(!requests.has_changed().unwrap(), "nobody asked yet");
+    assert!(sub.request_keyframe().await);
+    tokio::time::timeout(T, requests.changed())
+        .await
+        .expect("the request reaches the producer")
+        .unwrap();
+    assert_eq!(origin.stats.keyframe_requests.load(Ordering::Relaxed), 1);
+    // The subscription goes on after the request.
+    media.push(frame(2, 100));
+    assert_eq!(next_frame(&mut sub).await.dts, 3600);
+}

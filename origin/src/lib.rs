@@ -11,5 +11,6 @@ pub mod node;
 pub mod rooms;
 pub mod rtmp;
 pub mod rtsp;
+pub mod transcode;
 pub mod whip;
 pub mod wsmjpeg;

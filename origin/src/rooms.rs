@@ -13,6 +13,8 @@ use streamhub_shared::media::{Frame, GroupPolicy, MediaHandle, RoomMedia, TrackI
 use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
+use crate::transcode::AudioTranscode;
+
 /// The protocol a publisher speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +214,8 @@ impl Rooms {
             cancel,
             tracks,
             stats,
+            transcode: Mutex::default(),
+            transcoded: Vec::new(),
         };
         // Under the rooms lock, so observers see sessions of a room in the order they won it.
         // The observer must not block or take this lock (it only starts tasks).
@@ -338,6 +342,10 @@ pub struct Publisher {
     cancel: CancellationToken,
     tracks: Arc<Mutex<Vec<TrackInfo>>>,
     stats: Arc<PublishStats>,
+    /// AAC rooms get an Opus track for WebRTC viewers. (A Mutex only to be `Sync`: libopus's
+    /// encoder is not; every use has `&mut self` or is uncontended.)
+    transcode: Mutex<AudioTranscode>,
+    transcoded: Vec<Frame>,
 }
 
 impl Publisher {
@@ -357,7 +365,13 @@ impl Publisher {
     }
 
     /// Publishes the track catalog (codec configs).
+    /// An AAC track gets a transcoded Opus companion (see [`AudioTranscode`]).
     pub fn set_tracks(&self, tracks: Vec<TrackInfo>) {
+        let tracks = self
+            .transcode
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .catalog(tracks);
         *self.tracks.lock().expect("tracks lock") = tracks.clone();
         self.media.set_tracks(tracks);
     }
@@ -372,7 +386,14 @@ impl Publisher {
         if let Some(c) = self.stats.by_track.get(frame.track as usize) {
             c.fetch_add(frame.data.len() as u64, Relaxed);
         }
+        self.transcode
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .frame(&frame, &mut self.transcoded);
         self.media.push(frame);
+        for f in self.transcoded.drain(..) {
+            self.media.push(f);
+        }
     }
 
     /// The media of this session, for consumers to subscribe to.

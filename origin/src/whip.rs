@@ -51,6 +51,10 @@ impl IngestSink for PublisherSink {
     fn push(&mut self, frame: Frame) {
         self.0.push(frame);
     }
+
+    fn keyframe_requests(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.0.media().keyframe_requests())
+    }
 }
 
 async fn offer(

@@ -55,8 +55,31 @@ impl CodecConfig {
 
     /// True for codecs the CMAF/HLS packager carries.
     pub fn is_hls(&self) -> bool {
-        matches!(self, CodecConfig::H264 { .. } | CodecConfig::Aac { .. })
+        matches!(
+            self,
+            CodecConfig::H264 { .. } | CodecConfig::Aac { .. } | CodecConfig::Opus { .. }
+        )
     }
+}
+
+/// The tracks of a catalog that go into HLS: the H.264 video and one audio track, AAC when
+/// there is one (an RTMP room's transcoded Opus stays out of HLS), else Opus (a WHIP room).
+pub fn hls_tracks(tracks: &[TrackInfo]) -> Vec<TrackInfo> {
+    let aac = tracks
+        .iter()
+        .find(|t| matches!(t.codec, CodecConfig::Aac { .. }));
+    let audio = aac.or_else(|| {
+        tracks
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::Opus { .. }))
+    });
+    tracks
+        .iter()
+        .filter(|t| matches!(t.codec, CodecConfig::H264 { .. }))
+        .take(1)
+        .chain(audio)
+        .cloned()
+        .collect()
 }
 
 /// One elementary stream of a room.
@@ -186,6 +209,8 @@ pub struct RoomMedia {
     /// The newest group number: lets a consumer wait for "something newer" without holding a
     /// channel position (so a stalled consumer retains nothing).
     newest: watch::Sender<Option<u64>>,
+    /// Keyframe requests from consumers (a counter: only its changes matter).
+    keyframes: Arc<watch::Sender<u64>>,
     policy: GroupPolicy,
     grouping: Grouping,
 }
@@ -214,6 +239,7 @@ impl RoomMedia {
             frames,
             latest: Arc::default(),
             newest: watch::channel(None).0,
+            keyframes: Arc::new(watch::channel(0).0),
             policy,
             grouping: Grouping::default(),
         }
@@ -288,7 +314,12 @@ impl RoomMedia {
                 return Some(g.group);
             }
             CodecConfig::H264 { .. } => frame.keyframe,
-            CodecConfig::Aac { .. } | CodecConfig::Opus { .. } => !has_video,
+            // Audio-only rooms cut on their first audio track only: a second (transcoded)
+            // audio track lags it by a few ms and would cut every group twice.
+            CodecConfig::Aac { .. } | CodecConfig::Opus { .. } => {
+                !has_video
+                    && tracks.iter().find(|t| !t.codec.is_video()).map(|t| t.id) == Some(info.id)
+            }
         };
         let g = &mut self.grouping;
         if sync {
@@ -311,7 +342,17 @@ impl RoomMedia {
         MediaConsumer {
             tracks: self.tracks.subscribe(),
             frames: self.frames.subscribe(),
+            keyframes: self.keyframes.clone(),
         }
+    }
+
+    /// Keyframe requests of this room's consumers (WebRTC viewers' PLI/FIR, relayed): the
+    /// receiver changes on each request. A producer that can make a keyframe on demand (a WHIP
+    /// publisher, a relay subscription toward one) watches it and rate-limits what it forwards.
+    pub fn keyframe_requests(&self) -> watch::Receiver<u64> {
+        let mut rx = self.keyframes.subscribe();
+        rx.mark_unchanged();
+        rx
     }
 
     /// A handle that subscribes to this room without keeping it alive.
@@ -321,6 +362,7 @@ impl RoomMedia {
             frames: self.frames.downgrade(),
             latest: self.latest.clone(),
             newest: self.newest.subscribe(),
+            keyframes: self.keyframes.clone(),
         }
     }
 
@@ -338,9 +380,15 @@ pub struct MediaHandle {
     frames: broadcast::WeakSender<MediaEvent>,
     latest: Arc<Mutex<LatestGroup>>,
     newest: watch::Receiver<Option<u64>>,
+    keyframes: Arc<watch::Sender<u64>>,
 }
 
 impl MediaHandle {
+    /// Asks the room's producer for a keyframe (see [`RoomMedia::keyframe_requests`]).
+    pub fn request_keyframe(&self) {
+        self.keyframes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// The current track catalog.
     pub fn tracks(&self) -> Arc<Vec<TrackInfo>> {
         self.tracks.borrow().clone()
@@ -391,6 +439,7 @@ impl MediaHandle {
         Some(MediaConsumer {
             tracks: self.tracks.clone(),
             frames: self.frames.upgrade()?.subscribe(),
+            keyframes: self.keyframes.clone(),
         })
     }
 
@@ -406,8 +455,62 @@ impl MediaHandle {
             MediaConsumer {
                 tracks: self.tracks.clone(),
                 frames,
+                keyframes: self.keyframes.clone(),
             },
         ))
+    }
+}
+
+/// Rate-limits keyframe requests on their way to a publisher: the first one goes at once, those
+/// within `min_gap` of the last one sent collapse into one sent when the gap is over. (A
+/// thousand viewers losing the same packet must not make a thousand keyframes.) Sans-IO.
+#[derive(Debug, Clone)]
+pub struct KeyframeGate {
+    min_gap: Duration,
+    last: Option<std::time::Instant>,
+    pending: bool,
+}
+
+impl KeyframeGate {
+    /// A gate that lets at most one request through per `min_gap`.
+    pub fn new(min_gap: Duration) -> Self {
+        Self {
+            min_gap,
+            last: None,
+            pending: false,
+        }
+    }
+
+    /// A request arrived at `now`: true if it must be sent now (then it counts as sent);
+    /// otherwise it waits for [`due`](Self::due).
+    pub fn request(&mut self, now: std::time::Instant) -> bool {
+        self.pending = true;
+        self.poll(now)
+    }
+
+    /// Something was sent for another reason (a periodic keyframe request): it counts.
+    pub fn sent(&mut self, now: std::time::Instant) {
+        self.last = Some(now);
+        self.pending = false;
+    }
+
+    /// When a waiting request becomes due, if one waits.
+    pub fn due(&self) -> Option<std::time::Instant> {
+        self.pending
+            .then(|| self.last.map(|t| t + self.min_gap))
+            .flatten()
+    }
+
+    /// True (and counted as sent) if a waiting request may be sent at `now`.
+    pub fn poll(&mut self, now: std::time::Instant) -> bool {
+        let open = self
+            .last
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.min_gap);
+        if self.pending && open {
+            self.sent(now);
+            return true;
+        }
+        false
     }
 }
 
@@ -416,6 +519,7 @@ impl MediaHandle {
 pub struct MediaConsumer {
     tracks: watch::Receiver<Arc<Vec<TrackInfo>>>,
     frames: broadcast::Receiver<MediaEvent>,
+    keyframes: Arc<watch::Sender<u64>>,
 }
 
 /// Why `MediaConsumer::recv` returned no frame.
@@ -432,6 +536,11 @@ pub enum RecvError {
 }
 
 impl MediaConsumer {
+    /// Asks the room's producer for a keyframe (see [`RoomMedia::keyframe_requests`]).
+    pub fn request_keyframe(&self) {
+        self.keyframes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// The current track catalog (marks it seen for [`catalog_changed`](Self::catalog_changed)).
     pub fn tracks(&mut self) -> Arc<Vec<TrackInfo>> {
         self.tracks.borrow_and_update().clone()
@@ -551,6 +660,57 @@ mod tests {
         assert_eq!(c.recv().await, Err(RecvError::Closed));
     }
 
+    #[tokio::test]
+    async fn keyframe_requests_reach_the_producer_from_consumers_and_handles() {
+        let room = RoomMedia::new();
+        let mut requests = room.keyframe_requests();
+        assert!(!requests.has_changed().unwrap(), "nothing asked yet");
+        let consumer = room.subscribe();
+        consumer.request_keyframe();
+        consumer.request_keyframe();
+        requests.changed().await.unwrap();
+        assert!(!requests.has_changed().unwrap(), "requests coalesce");
+        room.handle().request_keyframe();
+        requests.changed().await.unwrap();
+        // A consumer asking after the producer has gone is harmless.
+        drop(requests);
+        drop(room);
+        consumer.request_keyframe();
+    }
+
+    #[test]
+    fn keyframe_gate_sends_the_first_and_collapses_a_burst() {
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut gate = KeyframeGate::new(ms(500));
+        assert!(gate.request(t0), "the first goes at once");
+        assert_eq!(gate.due(), None);
+        for i in 1..100 {
+            assert!(!gate.request(t0 + ms(i)), "a burst waits");
+        }
+        assert_eq!(gate.due(), Some(t0 + ms(500)));
+        assert!(!gate.poll(t0 + ms(499)));
+        assert!(gate.poll(t0 + ms(500)), "one request for the whole burst");
+        assert!(!gate.poll(t0 + ms(2000)), "nothing left");
+        // A periodic request counts as sent: a viewer's request right after it waits.
+        gate.sent(t0 + ms(3000));
+        assert!(!gate.request(t0 + ms(3100)));
+        assert_eq!(gate.due(), Some(t0 + ms(3500)));
+    }
+
+    #[test]
+    fn hls_takes_video_and_aac_before_opus() {
+        let opus = TrackInfo {
+            id: 2,
+            timescale: 48_000,
+            codec: CodecConfig::Opus { channels: 2 },
+        };
+        let ids = |t: &[TrackInfo]| hls_tracks(t).iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(ids(&[video(), audio(), opus.clone()]), vec![0, 1]);
+        assert_eq!(ids(&[video(), opus.clone()]), vec![0, 2]);
+        assert_eq!(ids(&[opus]), vec![2]);
+    }
+
     #[test]
     fn audio_only_rooms_group_on_time_and_jpeg_frames_are_groups() {
         let mut room = RoomMedia::new();
@@ -563,6 +723,23 @@ mod tests {
             })
             .collect();
         assert_eq!(groups, vec![0, 0, 1, 1, 2]);
+
+        // AAC plus its transcoded Opus (a few ms behind): only the first audio track cuts.
+        let mut room = RoomMedia::new();
+        let opus = TrackInfo {
+            id: 2,
+            timescale: 48_000,
+            codec: CodecConfig::Opus { channels: 2 },
+        };
+        room.set_tracks(vec![audio(), opus]);
+        let groups: Vec<u64> = [(1, 0), (2, 0), (1, 96_000), (2, 95_040), (2, 96_000)]
+            .into_iter()
+            .map(|(track, dts)| {
+                room.push(frame(track, dts, true));
+                room.handle().latest_group().unwrap()
+            })
+            .collect();
+        assert_eq!(groups, vec![0, 0, 1, 1, 1]);
 
         let mut room = RoomMedia::new();
         room.set_tracks(vec![TrackInfo {

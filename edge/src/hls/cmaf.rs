@@ -6,9 +6,9 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use mp4_atom::{
-    esds, Atom, Audio, Avc1, Avcc, Codec, Dinf, Dref, Encode, Esds, Ftyp, Hdlr, Mdhd, Mdia, Mfhd,
-    Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf, Trak, Trex,
-    Trun, TrunEntry, Url, Visual, Vmhd,
+    esds, Atom, Audio, Avc1, Avcc, Codec, Dinf, Dops, Dref, Encode, Esds, Ftyp, Hdlr, Mdhd, Mdia,
+    Mfhd, Minf, Moof, Moov, Mp4a, Mvex, Mvhd, Opus, Smhd, Stbl, Stco, Stsd, Tfdt, Tfhd, Tkhd, Traf,
+    Trak, Trex, Trun, TrunEntry, Url, Visual, Vmhd,
 };
 use streamhub_shared::media::{CodecConfig, TrackId, TrackInfo};
 
@@ -209,7 +209,26 @@ fn sample_entry(info: &TrackInfo, track_id: u32) -> Result<Codec, CmafError> {
             taic: None,
         }
         .into()),
-        CodecConfig::Jpeg { .. } | CodecConfig::Opus { .. } => Err(CmafError::Unsupported {
+        // Opus in ISO BMFF (the Opus-in-MP4 encapsulation): an `Opus` sample entry with `dOps`.
+        // WebRTC Opus packets come with no encoder delay to trim: pre-skip 0.
+        CodecConfig::Opus { channels } => Ok(Opus {
+            audio: Audio {
+                data_reference_index: 1,
+                channel_count: u16::from(*channels),
+                sample_size: 16,
+                sample_rate: 48_000u16.into(),
+            },
+            dops: Dops {
+                output_channel_count: *channels,
+                pre_skip: 0,
+                input_sample_rate: 48_000,
+                output_gain: 0,
+                channel_mapping: None,
+            },
+            btrt: None,
+        }
+        .into()),
+        CodecConfig::Jpeg { .. } => Err(CmafError::Unsupported {
             track: info.id,
             codec: info.codec.name(),
         }),
@@ -418,6 +437,29 @@ pub(crate) mod tests {
         let dec = mp4a.esds.es_desc.dec_config.dec_specific.as_ref().unwrap();
         assert_eq!(dec.raw, vec![0x12, 0x10]);
         assert_eq!(mp4a.esds.es_desc.dec_config.object_type_indication, 0x40);
+    }
+
+    #[test]
+    fn opus_gets_an_opus_sample_entry_with_dops() {
+        let opus = TrackInfo {
+            id: 1,
+            timescale: 48_000,
+            codec: CodecConfig::Opus { channels: 2 },
+        };
+        let init = init_segment(&[video(), opus]).unwrap();
+        let mut buf = init.as_ref();
+        Ftyp::decode(&mut buf).unwrap();
+        let moov = Moov::decode(&mut buf).unwrap();
+        let a = &moov.trak[1];
+        assert_eq!(a.mdia.hdlr.handler, b"soun".into());
+        assert_eq!(a.mdia.mdhd.timescale, 48_000);
+        let Codec::Opus(opus) = &a.mdia.minf.stbl.stsd.codecs[0] else {
+            panic!("expected Opus");
+        };
+        assert_eq!(opus.audio.channel_count, 2);
+        assert_eq!(opus.dops.output_channel_count, 2);
+        assert_eq!(opus.dops.input_sample_rate, 48_000);
+        assert!(opus.dops.channel_mapping.is_none());
     }
 
     #[test]

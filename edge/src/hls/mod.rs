@@ -421,7 +421,7 @@ impl Packager {
     }
 
     /// Follows catalog changes: finishes the old run, installs a new init segment. Tracks the
-    /// packager cannot carry (JPEG) are left out.
+    /// packager cannot carry (JPEG, an RTMP room's transcoded Opus) are left out.
     fn catalog(&mut self, tracks: Arc<Vec<TrackInfo>>) {
         if Arc::ptr_eq(&tracks, &self.catalog) || *tracks == *self.catalog {
             self.catalog = tracks;
@@ -431,11 +431,7 @@ impl Packager {
         let had_segmenter = self.segmenter.is_some();
         self.catalog = tracks.clone();
         self.segmenter = None;
-        let carried: Vec<TrackInfo> = tracks
-            .iter()
-            .filter(|t| t.codec.is_hls())
-            .cloned()
-            .collect();
+        let carried = streamhub_shared::media::hls_tracks(&tracks);
         if carried.is_empty() {
             return;
         }

@@ -371,6 +371,8 @@ impl Segmenter {
 fn samples(info: &TrackInfo, frames: &[Frame], end: Option<i64>) -> Vec<Sample> {
     let fallback_last = match info.codec {
         CodecConfig::Aac { .. } => i64::from(AAC_FRAME_SAMPLES),
+        // WebRTC publishers send 20 ms Opus packets.
+        CodecConfig::Opus { .. } => i64::from(info.timescale / 50),
         _ => match frames {
             [.., a, b] => b.dts - a.dts,
             _ => i64::from(info.timescale / 30),

@@ -41,6 +41,10 @@ pub struct RelayStats {
     pub groups_received: AtomicU64,
     /// Groups given up on by the reorderer (lost, reset or stuck).
     pub groups_lost: AtomicU64,
+    /// Keyframe requests received from subscribers (serving side).
+    pub keyframe_requests: AtomicU64,
+    /// Keyframe requests sent to origins for local viewers (subscribing side).
+    pub keyframe_requests_sent: AtomicU64,
     /// Group streams for no known subscription (stopped at once).
     pub unknown_streams: AtomicU64,
     /// Bytes sent per subscribing peer: a std Mutex held for one map lookup.

@@ -262,6 +262,11 @@ impl Served {
             tokio::select! {
                 msg = read_message(&mut stream.recv, &mut buf, &mut decoder) => match msg {
                     Ok(Some(ControlMessage::Unsubscribe { .. })) | Ok(None) => break false,
+                    Ok(Some(ControlMessage::KeyframeRequest { .. })) => {
+                        // Advisory: the room's producer rate-limits what it asks its publisher.
+                        self.stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                        consumer.request_keyframe();
+                    }
                     Ok(Some(other)) => {
                         tracing::debug!(?other, "unexpected relay message; ending subscription");
                         break false;

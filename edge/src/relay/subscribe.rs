@@ -456,6 +456,15 @@ impl Subscription {
         }
     }
 
+    /// Asks the origin for a keyframe for this subscription's viewers (advisory; the caller
+    /// rate-limits). False if the control stream is broken.
+    pub async fn request_keyframe(&mut self) -> bool {
+        let msg = ControlMessage::KeyframeRequest {
+            request_id: self.request_id,
+        };
+        write_message(&mut self.send, &msg).await.is_ok()
+    }
+
     /// Ends the subscription politely (the origin stops at once).
     pub async fn close(mut self) {
         let msg = ControlMessage::Unsubscribe {

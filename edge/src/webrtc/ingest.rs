@@ -25,6 +25,11 @@ pub trait IngestSink: Send + 'static {
     fn set_tracks(&mut self, tracks: Vec<TrackInfo>);
     /// One frame.
     fn push(&mut self, frame: Frame);
+    /// Keyframe requests from the room's viewers (see `RoomMedia::keyframe_requests`); the
+    /// session answers each with a PLI to the publisher, rate-limited.
+    fn keyframe_requests(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Unwraps 32-bit RTP timestamps into a monotonic 64-bit timeline starting at an offset.

@@ -111,6 +111,8 @@ pub struct WebRtcStats {
     pub rtp_in_dropped: AtomicU64,
     /// Keyframe requests (PLI) sent to publishers.
     pub plis_sent: AtomicU64,
+    /// Keyframe requests (PLI/FIR) received from viewers.
+    pub viewer_keyframe_requests: AtomicU64,
 }
 
 /// What a session does.
@@ -379,6 +381,7 @@ impl WebRtc {
             local: SocketAddr::new(advertise, self.local.port()),
             stats: self.stats.clone(),
             cancel,
+            viewer_requests: None,
         };
         let me = self.clone();
         tokio::spawn(async move {

@@ -12,13 +12,16 @@ use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use streamhub_shared::h264::AvcConfig;
-use streamhub_shared::media::{CodecConfig, Frame, MediaConsumer, RecvError, TrackId};
+use streamhub_shared::media::{
+    CodecConfig, Frame, KeyframeGate, MediaConsumer, RecvError, TrackId,
+};
 use streamhub_shared::rtp_h264::packetize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -51,6 +54,8 @@ pub(super) struct Session {
     pub local: SocketAddr,
     pub stats: Arc<WebRtcStats>,
     pub cancel: CancellationToken,
+    /// A publisher: its room's keyframe requests (from viewers, here or through edges).
+    pub viewer_requests: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// A sender's RTP state toward one viewer.
@@ -78,7 +83,10 @@ struct Feeder {
 impl Session {
     pub async fn run(mut self, role: Role) {
         let (mut ingest, stop, media, _hold) = match role {
-            Role::Publish { sink, stop } => (Some(Ingest::new(sink)), Some(stop), None, None),
+            Role::Publish { sink, stop } => {
+                self.viewer_requests = sink.keyframe_requests();
+                (Some(Ingest::new(sink)), Some(stop), None, None)
+            }
             Role::Play { media, hold } => (None, None, Some(media), hold),
         };
         let stop = stop.unwrap_or_default();
@@ -88,7 +96,9 @@ impl Session {
         // Publisher side: the kind of each incoming track, and where to send keyframe requests.
         let mut kinds: HashMap<String, (RtpCodecKind, u8)> = HashMap::new();
         let mut video_rx: Option<(RTCRtpReceiverId, u32)> = None;
-        let mut last_pli: Option<Instant> = None;
+        let mut viewers_asked = false;
+        // Keyframe requests to the publisher (after a loss, for viewers) or from a viewer.
+        let mut gate = KeyframeGate::new(PLI_MIN_GAP);
         let mut keyframes = tokio::time::interval(KEYFRAME_INTERVAL);
         let end = 'run: loop {
             self.flush();
@@ -130,11 +140,25 @@ impl Session {
                 }
             }
             while let Some(msg) = self.pc.poll_read() {
-                let (Some(ing), RTCMessage::RtpPacket(track_id, p)) =
-                    (ingest.as_mut(), msg.message)
-                else {
-                    continue;
+                let (track_id, p) = match (ingest.as_mut(), msg.message) {
+                    (Some(_), RTCMessage::RtpPacket(track_id, p)) => (track_id, p),
+                    (None, RTCMessage::RtcpPacket(_, packets)) => {
+                        // A viewer lost the picture: ask the room's publisher for a keyframe.
+                        if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                            self.stats
+                                .viewer_keyframe_requests
+                                .fetch_add(1, Ordering::Relaxed);
+                            if let Some(f) = feeder.as_ref() {
+                                if gate.request(Instant::now()) {
+                                    f.consumer.request_keyframe();
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 };
+                let Some(ing) = ingest.as_mut() else { continue };
                 self.stats.rtp_in.fetch_add(1, Ordering::Relaxed);
                 let r = match kinds.get(&track_id) {
                     Some((RtpCodecKind::Video, _)) => ing.video(
@@ -153,9 +177,15 @@ impl Session {
                 }
             }
             if let (Some(ing), Some((rid, ssrc))) = (ingest.as_ref(), video_rx) {
-                if ing.want_keyframe && last_pli.is_none_or(|t| t.elapsed() >= PLI_MIN_GAP) {
+                let now = Instant::now();
+                let send = if ing.want_keyframe || viewers_asked {
+                    gate.request(now)
+                } else {
+                    gate.poll(now)
+                };
+                viewers_asked = false;
+                if send {
                     self.pli(rid, ssrc);
-                    last_pli = Some(Instant::now());
                     self.flush();
                 }
             }
@@ -171,6 +201,10 @@ impl Session {
                 continue;
             }
             let publishing_video = ingest.is_some() && video_rx.is_some();
+            let pli_due = gate
+                .due()
+                .filter(|_| publishing_video)
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => break 'run "closed by request or node stop",
@@ -204,9 +238,13 @@ impl Session {
                 _ = keyframes.tick(), if publishing_video && connected => {
                     if let Some((rid, ssrc)) = video_rx {
                         self.pli(rid, ssrc);
-                        last_pli = Some(Instant::now());
+                        gate.sent(Instant::now());
                     }
                 }
+                Ok(()) = viewer_request(&mut self.viewer_requests), if publishing_video => {
+                    viewers_asked = true;
+                }
+                () = sleep_until(pli_due), if pli_due.is_some() => {}
             }
         };
         tracing::debug!(session = self.id, reason = end, "WebRTC session ended");
@@ -316,6 +354,28 @@ impl Session {
             ts_base: rand::random(),
             waiting: true,
         })
+    }
+}
+
+/// True for a PLI or FIR: the sender of it needs a keyframe.
+fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+    let any = p.as_any();
+    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+async fn viewer_request(
+    rx: &mut Option<tokio::sync::watch::Receiver<u64>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match rx.as_mut() {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -57,6 +57,13 @@ pub enum ControlMessage {
         /// The subscription to stop.
         request_id: u64,
     },
+    /// A viewer behind this subscription lost the picture (a WebRTC PLI/FIR): ask the room's
+    /// publisher for a keyframe if it can make one on demand (a WHIP publisher). Advisory:
+    /// the origin rate-limits it and may ignore it.
+    KeyframeRequest {
+        /// The subscription whose viewers need the keyframe.
+        request_id: u64,
+    },
     /// The answer to a subscribe: the room's tracks; group streams follow.
     Catalog {
         /// The subscription answered.
@@ -93,6 +100,7 @@ pub enum ControlMessage {
 enum MessageType {
     Subscribe = 0x01,
     Unsubscribe = 0x02,
+    KeyframeRequest = 0x03,
     Catalog = 0x10,
     SubscribeError = 0x11,
     CatalogUpdate = 0x12,
@@ -108,6 +116,7 @@ impl MessageType {
         Some(match b {
             0x01 => Self::Subscribe,
             0x02 => Self::Unsubscribe,
+            0x03 => Self::KeyframeRequest,
             0x10 => Self::Catalog,
             0x11 => Self::SubscribeError,
             0x12 => Self::CatalogUpdate,
@@ -120,6 +129,7 @@ impl MessageType {
         match self {
             Self::Subscribe => "Subscribe",
             Self::Unsubscribe => "Unsubscribe",
+            Self::KeyframeRequest => "KeyframeRequest",
             Self::Catalog => "Catalog",
             Self::SubscribeError => "SubscribeError",
             Self::CatalogUpdate => "CatalogUpdate",
@@ -131,7 +141,7 @@ impl MessageType {
     fn max_body(self) -> usize {
         match self {
             Self::Subscribe => SUBSCRIBE_MAX_BODY,
-            Self::Unsubscribe | Self::Ended => 8,
+            Self::Unsubscribe | Self::KeyframeRequest | Self::Ended => 8,
             Self::Catalog | Self::CatalogUpdate => MAX_CONTROL_MESSAGE,
             Self::SubscribeError => SUBSCRIBE_ERROR_MAX_BODY,
         }
@@ -156,6 +166,7 @@ impl ControlMessage {
         match self {
             Self::Subscribe { request_id, .. }
             | Self::Unsubscribe { request_id }
+            | Self::KeyframeRequest { request_id }
             | Self::Catalog { request_id, .. }
             | Self::SubscribeError { request_id, .. }
             | Self::CatalogUpdate { request_id, .. }
@@ -166,7 +177,9 @@ impl ControlMessage {
     /// Which peer may send this message; the session refuses the other direction.
     pub fn direction(&self) -> Direction {
         match self {
-            Self::Subscribe { .. } | Self::Unsubscribe { .. } => Direction::EdgeToOrigin,
+            Self::Subscribe { .. } | Self::Unsubscribe { .. } | Self::KeyframeRequest { .. } => {
+                Direction::EdgeToOrigin
+            }
             _ => Direction::OriginToEdge,
         }
     }
@@ -175,6 +188,7 @@ impl ControlMessage {
         match self {
             Self::Subscribe { .. } => MessageType::Subscribe,
             Self::Unsubscribe { .. } => MessageType::Unsubscribe,
+            Self::KeyframeRequest { .. } => MessageType::KeyframeRequest,
             Self::Catalog { .. } => MessageType::Catalog,
             Self::SubscribeError { .. } => MessageType::SubscribeError,
             Self::CatalogUpdate { .. } => MessageType::CatalogUpdate,
@@ -250,7 +264,7 @@ impl ControlMessage {
                 put_string(buf, "message", message, MAX_ERROR_MESSAGE_LEN)?;
             }
             Self::CatalogUpdate { tracks, .. } => put_track_infos(buf, tracks)?,
-            Self::Unsubscribe { .. } | Self::Ended { .. } => {}
+            Self::Unsubscribe { .. } | Self::KeyframeRequest { .. } | Self::Ended { .. } => {}
         }
         Ok(())
     }
@@ -373,6 +387,7 @@ fn decode_body(ty: MessageType, mut r: Reader<'_>) -> Result<ControlMessage, Rel
             }
         }
         MessageType::Unsubscribe => ControlMessage::Unsubscribe { request_id },
+        MessageType::KeyframeRequest => ControlMessage::KeyframeRequest { request_id },
         MessageType::Catalog => {
             let latest_group = if r.flag("has_latest_group")? {
                 Some(r.u64("latest_group")?)
@@ -525,6 +540,7 @@ pub(crate) mod tests {
                 tracks: Some(vec![0, 1, u32::MAX]),
             },
             ControlMessage::Unsubscribe { request_id: 7 },
+            ControlMessage::KeyframeRequest { request_id: 8 },
             ControlMessage::Catalog {
                 request_id: 1,
                 tracks: vec![video_track(), audio_track()],
@@ -663,7 +679,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_types_are_errors_at_their_offset() {
-        for ty in [0x00u8, 0x03, 0x0f, 0x14, 0x20, 0xff] {
+        for ty in [0x00u8, 0x04, 0x0f, 0x14, 0x20, 0xff] {
             assert_eq!(
                 decode_one(&[ty]),
                 Err(RelayError::UnknownMessageType {
@@ -909,7 +925,9 @@ pub(crate) mod tests {
         for m in samples() {
             let from_edge = matches!(
                 m,
-                ControlMessage::Subscribe { .. } | ControlMessage::Unsubscribe { .. }
+                ControlMessage::Subscribe { .. }
+                    | ControlMessage::Unsubscribe { .. }
+                    | ControlMessage::KeyframeRequest { .. }
             );
             assert_eq!(m.direction() == Direction::EdgeToOrigin, from_edge);
         }

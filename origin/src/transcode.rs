@@ -1,0 +1,349 @@
+//! AAC to Opus for the WebRTC viewers of AAC rooms (RTMP, RTSP).
+//!
+//! Browsers take Opus over WebRTC, not AAC. The origin decodes a room's AAC once (symphonia's
+//! AAC-LC decoder), resamples it to 48 kHz, encodes 20 ms Opus packets (libopus) and publishes
+//! them as an extra track of the same room, so every edge only forwards. HLS keeps the AAC track.
+//!
+//! Sans-IO: [`AudioTranscode`] turns catalogs and frames into catalogs and frames; the ingest
+//! task calls it inline (a few hundred microseconds of CPU per 20 ms of audio).
+
+use bytes::Bytes;
+use opus::{Application, Bitrate, Channels, Encoder};
+use streamhub_shared::media::{CodecConfig, Frame, TrackId, TrackInfo};
+use symphonia_codec_aac::AacDecoder;
+use symphonia_core::codecs::audio::well_known::CODEC_ID_AAC;
+use symphonia_core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
+use symphonia_core::packet::PacketRef;
+use symphonia_core::units::{Duration, Timestamp};
+
+/// Track id of the transcoded Opus track (ingests use 0 for video and 1 for AAC).
+pub const OPUS_TRACK: TrackId = 2;
+/// Opus runs on a 48 kHz clock.
+pub const OPUS_RATE: u32 = 48_000;
+/// Samples per channel in one 20 ms Opus packet.
+const OPUS_FRAME: usize = 960;
+/// Largest Opus packet we let the encoder write (RFC 6716 allows 1275 bytes per frame).
+const MAX_PACKET: usize = 1500;
+/// Samples per channel in one AAC-LC access unit.
+const AAC_FRAME: i64 = 1024;
+
+/// Why a room's AAC cannot be transcoded (the room keeps its AAC track, WebRTC gets no audio).
+#[derive(Debug, thiserror::Error)]
+pub enum TranscodeError {
+    #[error("AAC decoder refused the configuration: {0}")]
+    Decoder(String),
+    #[error("Opus encoder: {0}")]
+    Encoder(#[from] opus::Error),
+}
+
+/// Keeps a room's catalog and frames in step with its transcoded Opus track: the ingest hands
+/// every catalog and frame through it.
+#[derive(Debug, Default)]
+pub struct AudioTranscode {
+    /// The AAC track being transcoded and its configuration.
+    source: Option<TrackInfo>,
+    transcoder: Option<AacToOpus>,
+}
+
+impl AudioTranscode {
+    /// The catalog to publish for `tracks`: the same, plus an Opus track when it has an AAC
+    /// track the decoder takes (AAC-LC, mono or stereo). A room that already has Opus, or an
+    /// AAC it cannot decode (HE-AAC, 5.1), is published as it is.
+    pub fn catalog(&mut self, mut tracks: Vec<TrackInfo>) -> Vec<TrackInfo> {
+        let has_opus = tracks
+            .iter()
+            .any(|t| matches!(t.codec, CodecConfig::Opus { .. }) || t.id == OPUS_TRACK);
+        let aac = tracks
+            .iter()
+            .find(|t| matches!(t.codec, CodecConfig::Aac { .. }))
+            .filter(|_| !has_opus)
+            .cloned();
+        if aac != self.source {
+            self.transcoder = aac.as_ref().and_then(|t| {
+                let CodecConfig::Aac {
+                    asc,
+                    sample_rate,
+                    channels,
+                } = &t.codec
+                else {
+                    return None;
+                };
+                AacToOpus::new(asc, *sample_rate, *channels)
+                    .inspect(|_| tracing::info!("transcoding the room's AAC to Opus for WebRTC"))
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, "AAC not transcoded: WebRTC viewers get no audio")
+                    })
+                    .ok()
+            });
+            self.source = aac;
+        }
+        if let Some(t) = self.transcoder.as_ref() {
+            tracks.push(t.track_info());
+        }
+        tracks
+    }
+
+    /// Appends the Opus frames that `frame` (if it is the transcoded AAC track's) completes.
+    pub fn frame(&mut self, frame: &Frame, out: &mut Vec<Frame>) {
+        let (Some(source), Some(t)) = (self.source.as_ref(), self.transcoder.as_mut()) else {
+            return;
+        };
+        if frame.track != source.id {
+            return;
+        }
+        if let Err(error) = t.push(frame, out) {
+            tracing::warn!(%error, "Opus encoding failed: WebRTC viewers lose the room's audio");
+            self.transcoder = None;
+        }
+    }
+}
+
+/// Decodes one AAC track and encodes it to Opus.
+pub struct AacToOpus {
+    decoder: AacDecoder,
+    encoder: Encoder,
+    /// Channels in and out (1 or 2).
+    channels: usize,
+    resampler: Resampler,
+    /// The AAC track's rate (its timescale).
+    in_rate: u32,
+    /// 48 kHz interleaved samples waiting to fill an Opus frame.
+    pcm: Vec<f32>,
+    /// Timestamp (48 kHz) of `pcm[0]`.
+    pcm_pts: i64,
+    /// The dts the next AAC frame has if the stream is continuous.
+    next_in: Option<i64>,
+    decoded: Vec<f32>,
+    resampled: Vec<f32>,
+    packet: Vec<u8>,
+    /// AAC frames that failed to decode (each one is 21 ms of silence for WebRTC viewers).
+    pub decode_errors: u64,
+}
+
+impl std::fmt::Debug for AacToOpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AacToOpus")
+            .field("channels", &self.channels)
+            .field("in_rate", &self.in_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AacToOpus {
+    /// A transcoder for the AAC track described by `asc` (AudioSpecificConfig).
+    pub fn new(asc: &[u8], sample_rate: u32, channels: u8) -> Result<Self, TranscodeError> {
+        let mut params = AudioCodecParameters::new();
+        params
+            .for_codec(CODEC_ID_AAC)
+            .with_extra_data(asc.to_vec().into_boxed_slice());
+        let decoder = AacDecoder::try_new(&params, &AudioDecoderOptions::default())
+            .map_err(|e| TranscodeError::Decoder(e.to_string()))?;
+        if sample_rate == 0 {
+            return Err(TranscodeError::Decoder("sample rate 0".into()));
+        }
+        let channels = usize::from(channels.clamp(1, 2));
+        let (layout, bitrate) = if channels == 1 {
+            (Channels::Mono, 48_000)
+        } else {
+            (Channels::Stereo, 96_000)
+        };
+        let mut encoder = Encoder::new(OPUS_RATE, layout, Application::Audio)?;
+        encoder.set_bitrate(Bitrate::Bits(bitrate))?;
+        Ok(Self {
+            decoder,
+            encoder,
+            channels,
+            resampler: Resampler::new(sample_rate, OPUS_RATE, channels),
+            in_rate: sample_rate,
+            pcm: Vec::with_capacity(4 * OPUS_FRAME * channels),
+            pcm_pts: 0,
+            next_in: None,
+            decoded: Vec::new(),
+            resampled: Vec::new(),
+            packet: vec![0; MAX_PACKET],
+            decode_errors: 0,
+        })
+    }
+
+    /// The Opus track this transcoder publishes.
+    pub fn track_info(&self) -> TrackInfo {
+        TrackInfo {
+            id: OPUS_TRACK,
+            timescale: OPUS_RATE,
+            codec: CodecConfig::Opus {
+                channels: self.channels as u8,
+            },
+        }
+    }
+
+    /// Transcodes one AAC access unit (`dts` in the AAC track's timescale); appends the Opus
+    /// packets it completes to `out`.
+    pub fn push(&mut self, frame: &Frame, out: &mut Vec<Frame>) -> Result<(), TranscodeError> {
+        let continuous = self
+            .next_in
+            .is_some_and(|n| (frame.dts - n).abs() <= i64::from(self.in_rate) / 10);
+        if !continuous {
+            // A gap, a jump or the start: restart the 48 kHz timeline on this frame.
+            self.pcm.clear();
+            self.resampler.reset();
+            self.pcm_pts = frame.dts * i64::from(OPUS_RATE) / i64::from(self.in_rate);
+        }
+        self.next_in = Some(frame.dts + AAC_FRAME);
+        let packet = PacketRef::new(
+            0,
+            Timestamp::new(frame.dts),
+            Duration::new(AAC_FRAME as u64),
+            &frame.data,
+        );
+        match self.decoder.decode_ref(&packet) {
+            Ok(buf) => buf.copy_to_vec_interleaved(&mut self.decoded),
+            Err(_) => {
+                // Keep the timeline: a lost frame becomes silence.
+                self.decode_errors += 1;
+                self.decoded.clear();
+                self.decoded.resize(AAC_FRAME as usize * self.channels, 0.0);
+            }
+        }
+        // A mono decoder output into a stereo encoder (or the reverse) cannot happen: both
+        // follow the AudioSpecificConfig; guard anyway so a lying ASC cannot misalign samples.
+        let frames = self.decoded.len() / self.channels;
+        self.decoded.truncate(frames * self.channels);
+        self.resampled.clear();
+        self.resampler.process(&self.decoded, &mut self.resampled);
+        self.pcm.extend_from_slice(&self.resampled);
+        let step = OPUS_FRAME * self.channels;
+        let mut start = 0;
+        while self.pcm.len() - start >= step {
+            let n = self
+                .encoder
+                .encode_float(&self.pcm[start..start + step], &mut self.packet)?;
+            out.push(Frame {
+                track: OPUS_TRACK,
+                group: 0,
+                dts: self.pcm_pts,
+                pts: self.pcm_pts,
+                keyframe: true,
+                data: Bytes::copy_from_slice(&self.packet[..n]),
+            });
+            self.pcm_pts += OPUS_FRAME as i64;
+            start += step;
+        }
+        self.pcm.drain(..start);
+        Ok(())
+    }
+}
+
+/// A linear-interpolation resampler for interleaved audio.
+///
+/// Good enough to go from 44.1 (or 32, 22.05...) kHz to 48 kHz for WebRTC listeners: upsampling
+/// aliases nothing, and the gentle high-frequency roll-off of linear interpolation is under the
+/// Opus encoder's own band limit at these bitrates. 48 kHz input passes through untouched.
+#[derive(Debug)]
+struct Resampler {
+    from: u32,
+    to: u32,
+    channels: usize,
+    /// Position of the next output sample, in input samples, relative to `last`'s successor
+    /// (`pos` in [-1, 0) reads between `last` and the first new input sample).
+    pos: f64,
+    last: Option<Vec<f32>>,
+}
+
+impl Resampler {
+    fn new(from: u32, to: u32, channels: usize) -> Self {
+        Self {
+            from,
+            to,
+            channels,
+            pos: 0.0,
+            last: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.pos = 0.0;
+        self.last = None;
+    }
+
+    fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        let ch = self.channels;
+        if self.from == self.to {
+            out.extend_from_slice(input);
+            return;
+        }
+        let frames = input.len() / ch;
+        if frames == 0 {
+            return;
+        }
+        let step = f64::from(self.from) / f64::from(self.to);
+        let sample = |i: isize, c: usize, last: &Option<Vec<f32>>| -> f32 {
+            if i < 0 {
+                last.as_ref().map_or(input[c], |l| l[c])
+            } else {
+                input[i as usize * ch + c]
+            }
+        };
+        // Output positions p (in input frames) while p + 1 is still inside this input.
+        let start = if self.last.is_some() { self.pos } else { 0.0 };
+        let mut p = start;
+        while p <= (frames - 1) as f64 {
+            let i = p.floor();
+            let frac = (p - i) as f32;
+            let i = i as isize;
+            for c in 0..ch {
+                let a = sample(i, c, &self.last);
+                let b = if i + 1 < frames as isize {
+                    sample(i + 1, c, &self.last)
+                } else {
+                    a
+                };
+                out.push(a + (b - a) * frac);
+            }
+            p += step;
+        }
+        // Carry the last input frame so the next call interpolates across the boundary.
+        self.pos = p - frames as f64;
+        self.last = Some(input[(frames - 1) * ch..frames * ch].to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resampler_keeps_the_rate_ratio_across_calls() {
+        let mut r = Resampler::new(44_100, 48_000, 2);
+        let mut out = Vec::new();
+        let input = vec![0.5f32; 1024 * 2];
+        for _ in 0..441 {
+            r.process(&input, &mut out);
+        }
+        // 441 * 1024 input frames at 44.1 kHz are 480 * 1024 frames at 48 kHz.
+        let frames = out.len() / 2;
+        assert!((frames as i64 - 480 * 1024).abs() <= 2, "{frames}");
+        assert!(out.iter().all(|s| (s - 0.5).abs() < 1e-6));
+    }
+
+    #[test]
+    fn resampler_interpolates_a_ramp_across_call_boundaries() {
+        let mut r = Resampler::new(3, 4, 1);
+        let mut out = Vec::new();
+        let ramp: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        for chunk in ramp.chunks(3) {
+            r.process(chunk, &mut out);
+        }
+        // Output sample k sits at input position 0.75 * k.
+        for (k, s) in out.iter().enumerate() {
+            assert!((s - 0.75 * k as f32).abs() < 1e-4, "{k}: {s}");
+        }
+        assert_eq!(out.len(), 15);
+    }
+
+    #[test]
+    fn refuses_configs_the_decoder_cannot_take() {
+        // HE-AAC (object type 5, SBR) and a truncated config.
+        assert!(AacToOpus::new(&[0x2b, 0x92, 0x08, 0x00], 24_000, 2).is_err());
+        assert!(AacToOpus::new(&[0x11], 48_000, 2).is_err());
+    }
+}

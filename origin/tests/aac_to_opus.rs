@@ -1,0 +1,193 @@
+//! The AAC -> Opus path of AAC rooms, on real encoder output: ffmpeg encodes a known tone to AAC,
+//! the origin's transcoder turns it into Opus packets, libopus decodes them, and the tone's
+//! frequency and level must come back.
+
+use std::process::Command;
+
+use bytes::Bytes;
+use streamhub_origin::transcode::{AudioTranscode, OPUS_TRACK};
+use streamhub_shared::media::{CodecConfig, Frame, TrackInfo};
+
+/// One AAC track as ffmpeg wrote it: its AudioSpecificConfig and raw access units.
+struct Aac {
+    asc: Vec<u8>,
+    rate: u32,
+    channels: u8,
+    frames: Vec<Bytes>,
+}
+
+/// Encodes `seconds` of a sine at `freq` Hz to AAC-LC (ADTS) with ffmpeg and splits the frames.
+fn aac_tone(freq: u32, rate: u32, channels: u8, seconds: u32) -> Aac {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tone.aac");
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency={freq}:sample_rate={rate}"))
+        .args(["-t", &seconds.to_string(), "-ac", &channels.to_string()])
+        .args(["-c:a", "aac", "-b:a", "128k", "-f", "adts"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg (installed by .ci/run)");
+    assert!(status.success());
+    let data = std::fs::read(&path).unwrap();
+    let mut frames = Vec::new();
+    let mut asc = Vec::new();
+    let mut at = 0;
+    while at + 7 <= data.len() {
+        let h = &data[at..at + 7];
+        assert_eq!((h[0], h[1] & 0xf0), (0xff, 0xf0), "ADTS sync at {at}");
+        let protection_absent = h[1] & 1 == 1;
+        let object_type = (h[2] >> 6) + 1;
+        let freq_index = (h[2] >> 2) & 0x0f;
+        let chan = ((h[2] & 1) << 2) | (h[3] >> 6);
+        let len = (usize::from(h[3] & 3) << 11) | (usize::from(h[4]) << 3) | usize::from(h[5] >> 5);
+        let head = if protection_absent { 7 } else { 9 };
+        asc = vec![
+            (object_type << 3) | (freq_index >> 1),
+            ((freq_index & 1) << 7) | (chan << 3),
+        ];
+        frames.push(Bytes::copy_from_slice(&data[at + head..at + len]));
+        at += len;
+    }
+    Aac {
+        asc,
+        rate,
+        channels,
+        frames,
+    }
+}
+
+/// Runs the frames through the transcoder (AAC as track 1, `dts` from `start`), returns the
+/// catalog it published and the Opus frames.
+fn transcode(aac: &Aac, starts: &[(usize, i64)]) -> (Vec<TrackInfo>, Vec<Frame>) {
+    let mut t = AudioTranscode::default();
+    let catalog = t.catalog(vec![TrackInfo {
+        id: 1,
+        timescale: aac.rate,
+        codec: CodecConfig::Aac {
+            asc: Bytes::from(aac.asc.clone()),
+            sample_rate: aac.rate,
+            channels: aac.channels,
+        },
+    }]);
+    let mut out = Vec::new();
+    for (i, data) in aac.frames.iter().enumerate() {
+        // `starts`: from frame index k on, timestamps continue from this base.
+        let (k, base) = starts.iter().rev().find(|(k, _)| *k <= i).copied().unwrap();
+        let dts = base + (i - k) as i64 * 1024;
+        let frame = Frame {
+            track: 1,
+            group: 0,
+            dts,
+            pts: dts,
+            keyframe: true,
+            data: data.clone(),
+        };
+        t.frame(&frame, &mut out);
+    }
+    (catalog, out)
+}
+
+/// Decodes Opus packets to the first channel's 48 kHz samples.
+fn decode(frames: &[Frame], channels: u8) -> Vec<f32> {
+    let layout = if channels == 1 {
+        opus::Channels::Mono
+    } else {
+        opus::Channels::Stereo
+    };
+    let mut d = opus::Decoder::new(48_000, layout).unwrap();
+    let ch = usize::from(channels);
+    let mut pcm = vec![0f32; 5760 * ch];
+    let mut left = Vec::new();
+    for f in frames {
+        let n = d.decode_float(&f.data, &mut pcm, false).unwrap();
+        assert_eq!(n, 960, "20 ms packets");
+        left.extend(pcm[..n * ch].iter().step_by(ch));
+    }
+    left
+}
+
+/// (frequency from rising zero crossings, RMS) of one second of 48 kHz audio from `from`.
+fn tone(samples: &[f32], from: usize) -> (f64, f64) {
+    let s = &samples[from..from + 48_000];
+    let rising = s.windows(2).filter(|w| w[0] < 0.0 && w[1] >= 0.0).count();
+    let rms = (s.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / s.len() as f64).sqrt();
+    (rising as f64, rms)
+}
+
+#[test]
+fn a_44k1_stereo_aac_tone_comes_back_as_opus_at_its_frequency() {
+    let aac = aac_tone(1000, 44_100, 2, 3);
+    assert!(aac.frames.len() > 120, "{} AAC frames", aac.frames.len());
+    let (catalog, opus) = transcode(&aac, &[(0, 0)]);
+    assert_eq!(catalog.len(), 2, "AAC kept, Opus added: {catalog:?}");
+    assert_eq!(
+        catalog[1],
+        TrackInfo {
+            id: OPUS_TRACK,
+            timescale: 48_000,
+            codec: CodecConfig::Opus { channels: 2 },
+        }
+    );
+    // 3 s of input (plus the AAC encoder's priming and padding) is ~150 packets of 20 ms,
+    // on one continuous 48 kHz timeline.
+    assert!((145..=156).contains(&opus.len()), "{}", opus.len());
+    for (i, f) in opus.iter().enumerate() {
+        assert_eq!(
+            (f.track, f.dts, f.pts),
+            (OPUS_TRACK, i as i64 * 960, i as i64 * 960)
+        );
+    }
+    let pcm = decode(&opus, 2);
+    let (freq, rms) = tone(&pcm, 24_000);
+    assert!((freq - 1000.0).abs() <= 5.0, "{freq} Hz");
+    // ffmpeg's sine source has amplitude 1/8: RMS 0.088.
+    assert!((0.06..0.12).contains(&rms), "rms {rms}");
+}
+
+#[test]
+fn a_48k_mono_tone_keeps_its_frequency_and_a_jump_restarts_the_timeline() {
+    let aac = aac_tone(440, 48_000, 1, 3);
+    let jump_at = aac.frames.len() / 2;
+    // Half-way the publisher's clock jumps 10 s ahead (a reconnect, a camera clock reset).
+    let (catalog, opus) = transcode(
+        &aac,
+        &[(0, 0), (jump_at, 10 * 48_000 + jump_at as i64 * 1024)],
+    );
+    assert_eq!(catalog[1].codec, CodecConfig::Opus { channels: 1 });
+    let pcm = decode(&opus, 1);
+    let (freq, _) = tone(&pcm, 12_000);
+    assert!((freq - 440.0).abs() <= 3.0, "{freq} Hz");
+    let jump = opus
+        .windows(2)
+        .position(|w| w[1].dts - w[0].dts != 960)
+        .unwrap();
+    let after = opus[jump + 1].dts;
+    let expected = 10 * 48_000 + jump_at as i64 * 1024;
+    assert!((after - expected).abs() < 960, "{after} vs {expected}");
+    assert!(opus[jump + 1..]
+        .windows(2)
+        .all(|w| w[1].dts - w[0].dts == 960));
+}
+
+#[test]
+fn rooms_without_aac_or_with_opus_already_get_no_transcoded_track() {
+    let mut t = AudioTranscode::default();
+    let opus = TrackInfo {
+        id: 1,
+        timescale: 48_000,
+        codec: CodecConfig::Opus { channels: 2 },
+    };
+    assert_eq!(t.catalog(vec![opus.clone()]), vec![opus]);
+    // HE-AAC (SBR) is beyond the AAC-LC decoder: published as is.
+    let he_aac = TrackInfo {
+        id: 1,
+        timescale: 24_000,
+        codec: CodecConfig::Aac {
+            asc: Bytes::from_static(&[0x2b, 0x92, 0x08, 0x00]),
+            sample_rate: 24_000,
+            channels: 2,
+        },
+    };
+    assert_eq!(t.catalog(vec![he_aac.clone()]), vec![he_aac]);
+}
