@@ -115,6 +115,7 @@ try {
       const answeredAt = performance.now();
       const stats = async () => {
         let framesDecoded = 0, audioPackets = 0, videoPackets = 0, codec = '', width = 0;
+        let audioCodec = '', audioEnergy = 0, audioSamples = 0, audioConcealed = 0;
         const report = await pc.getStats();
         const codecs = {};
         report.forEach((s) => { if (s.type === 'codec') codecs[s.id] = s.mimeType; });
@@ -124,9 +125,16 @@ try {
             framesDecoded = s.framesDecoded || 0; videoPackets = s.packetsReceived || 0;
             codec = codecs[s.codecId] || ''; width = s.frameWidth || 0;
           }
-          if (s.kind === 'audio') audioPackets = s.packetsReceived || 0;
+          if (s.kind === 'audio') {
+            audioPackets = s.packetsReceived || 0; audioCodec = codecs[s.codecId] || '';
+            audioEnergy = s.totalAudioEnergy || 0; audioSamples = s.totalSamplesReceived || 0;
+            audioConcealed = s.concealedSamples || 0;
+          }
         });
-        return { framesDecoded, audioPackets, videoPackets, codec, width };
+        return {
+          framesDecoded, audioPackets, videoPackets, codec, width,
+          audioCodec, audioEnergy, audioSamples, audioConcealed,
+        };
       };
       const latencies = [];
       if (clock) {

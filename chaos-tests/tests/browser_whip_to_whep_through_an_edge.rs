@@ -3,11 +3,14 @@
 //! over QUIC): H.264 frames are decoded and Opus packets arrive (getStats). While it plays,
 //! a second publisher for the live room is refused (409) and garbage datagrams hit both media
 //! ports without hurting the session. Bad offers and credentials get clear statuses first.
+//! The edge's HLS of the WHIP room carries its H.264 and Opus (CMAF). Then ffmpeg publishes
+//! RTMP (H.264 + AAC) to the same room and the browser plays it over WHEP from the edge: video
+//! decoded, and Opus audio (transcoded once at the origin) received; that room's HLS keeps AAC.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use streamhub_chaos_tests::{chaos_seed, poll, Cluster};
+use streamhub_chaos_tests::{chaos_seed, hls, poll, Cluster, Publisher};
 
 const VP8_ONLY: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
@@ -24,6 +27,12 @@ async fn post_sdp(url: &str, auth: Option<&str>, ctype: &str, body: &str) -> (u1
     let resp = req.send().await.expect("POST");
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
+}
+
+fn unique(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +120,7 @@ async fn browser_whip_to_whep_through_an_edge() {
     let browser = tokio::process::Command::new("node")
         .arg(script)
         .args(["--whip", &whip, "--token", &publish_token, "--whep", &whep])
-        .args(["--seconds", "8"])
+        .args(["--seconds", "10"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -141,6 +150,18 @@ async fn browser_whip_to_whep_through_an_edge() {
     )
     .await;
     assert_eq!(status, 409, "{body}");
+    // The edge packages the WHIP room's H.264 and Opus for HLS (CMAF).
+    let playlist = edge.url("/hls/live/cam/index.m3u8");
+    hls::wait_segments(&hls::client(), &playlist, 1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let probe = playlist.clone();
+    let codecs = tokio::task::spawn_blocking(move || hls::ffprobe_codecs(&probe))
+        .await
+        .unwrap()
+        .unwrap();
+    // ffprobe lists an HLS stream's streams once per program as well: compare the sets.
+    assert_eq!(unique(codecs), vec!["h264", "opus"], "WHIP room over HLS");
     // Garbage on both media ports while the sessions run.
     let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for i in 0..2000u32 {
@@ -247,4 +268,75 @@ async fn browser_whip_to_whep_through_an_edge() {
     })
     .await
     .unwrap();
+
+    // An RTMP publisher (H.264 + AAC) in the same room, played over WHEP from the edge.
+    let _rtmp = Publisher::start(&origin.rtmp_url(&stream_key));
+    poll("the RTMP room is live", Duration::from_secs(30), || async {
+        let r = admin
+            .get("/apps/live/rooms")
+            .await
+            .map_err(|e| e.to_string())?;
+        let tracks = r.data().as_array().and_then(|a| {
+            a.iter()
+                .find(|room| room["room"] == "cam" && room["publisher"]["protocol"] == "rtmp")
+                .map(|room| room["tracks"].to_string())
+        });
+        tracks
+            .filter(|t| t.contains("opus"))
+            .map(|_| ())
+            .ok_or(format!("{:?}", r.data()))
+    })
+    .await
+    .unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(["--whep", &whep, "--seconds", "6"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "browser failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    println!("browser (RTMP room): {v}");
+    let play = &v["play"];
+    assert_eq!(play["status"], 201, "{v}");
+    assert_eq!(play["codec"], "video/H264", "{v}");
+    assert_eq!(play["audioCodec"], "audio/opus", "{v}");
+    assert!(play["framesDecoded"].as_u64().unwrap() >= 50, "{v}");
+    // 20 ms Opus packets: ~50 a second.
+    assert!(play["audioPackets"].as_u64().unwrap() >= 150, "{v}");
+    assert!(
+        play["audioPacketsLastSecond"].as_u64().unwrap() >= 25,
+        "{v}"
+    );
+    // The browser decodes them: samples come out of the Opus decoder, not its concealment.
+    let samples = play["audioSamples"].as_u64().unwrap();
+    assert!(samples >= 3 * 48_000, "{v}");
+    assert!(
+        play["audioConcealed"].as_u64().unwrap() < samples / 10,
+        "{v}"
+    );
+    // The RTMP room's HLS keeps its AAC (the Opus track is for WebRTC only).
+    let probe = playlist.clone();
+    let codecs = poll("the RTMP room over HLS", Duration::from_secs(20), || {
+        let probe = probe.clone();
+        async move {
+            let c = tokio::task::spawn_blocking(move || hls::ffprobe_codecs(&probe))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("{e:#}"))?;
+            (c.contains(&"aac".to_string()))
+                .then_some(c.clone())
+                .ok_or(format!("{c:?}"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(unique(codecs), vec!["aac", "h264"], "RTMP room over HLS");
 }

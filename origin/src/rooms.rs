@@ -392,6 +392,10 @@ impl Publisher {
             .frame(&frame, &mut self.transcoded);
         self.media.push(frame);
         for f in self.transcoded.drain(..) {
+            // Counted per track (the API shows its bitrate), not as ingest.
+            if let Some(c) = self.stats.by_track.get(f.track as usize) {
+                c.fetch_add(f.data.len() as u64, Relaxed);
+            }
             self.media.push(f);
         }
     }

@@ -5,7 +5,7 @@
 //! of its first packet, so audio and video start aligned to within the network jitter (an RTCP
 //! sender-report mapping would be tighter; browsers start both tracks together).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use streamhub_shared::h264::sps_dimensions;
@@ -73,12 +73,24 @@ pub struct Ingest {
     audio_time: Timeline,
     avcc: Option<Bytes>,
     tracks: Vec<TrackInfo>,
+    /// How long audio waits for the video's parameter sets (see [`Ingest::new`]).
+    video_grace: Duration,
+    /// The audio track seen while it waited: announced with the video, in one catalog.
+    waiting_audio: Option<TrackInfo>,
     /// The publisher needs to be asked for a keyframe.
     pub want_keyframe: bool,
 }
 
+/// How long a WHIP publisher that offers video has to send a decodable keyframe before its
+/// audio goes on alone.
+pub const AUDIO_WAITS_FOR_VIDEO: Duration = Duration::from_secs(3);
+
 impl Ingest {
-    pub fn new(sink: Box<dyn IngestSink>) -> Self {
+    /// An ingest into `sink`. With a nonzero `video_grace` (the publisher offered video), audio
+    /// is dropped until the video's parameter sets are known or the grace is over: a room that
+    /// announced itself audio-only for its first second would start HLS players on an
+    /// audio-only init segment and switch catalogs under them.
+    pub fn new(sink: Box<dyn IngestSink>, video_grace: Duration) -> Self {
         Self {
             sink,
             start: Instant::now(),
@@ -87,6 +99,8 @@ impl Ingest {
             audio_time: Timeline::default(),
             avcc: None,
             tracks: Vec::new(),
+            video_grace,
+            waiting_audio: None,
             want_keyframe: true,
         }
     }
@@ -102,6 +116,10 @@ impl Ingest {
         }
         self.tracks.retain(|t| t.id != info.id);
         self.tracks.push(info);
+        if let Some(audio) = self.waiting_audio.take() {
+            self.tracks.retain(|t| t.id != audio.id);
+            self.tracks.push(audio);
+        }
         self.tracks.sort_by_key(|t| t.id);
         self.sink.set_tracks(self.tracks.clone());
     }
@@ -165,11 +183,17 @@ impl Ingest {
         if payload.is_empty() || payload.len() > MAX_OPUS_PACKET {
             return Err(Dropped::Bad);
         }
-        self.set_track(TrackInfo {
+        let info = TrackInfo {
             id: AUDIO_TRACK,
             timescale: 48_000,
             codec: CodecConfig::Opus { channels },
-        });
+        };
+        if self.avcc.is_none() && self.start.elapsed() < self.video_grace {
+            self.waiting_audio = Some(info);
+            return Err(Dropped::NoConfig);
+        }
+        self.waiting_audio = None;
+        self.set_track(info);
         let first = self.since_start(48_000);
         let t = self.audio_time.at(ts, || first);
         self.sink.push(Frame {
@@ -222,7 +246,7 @@ mod tests {
     #[test]
     fn frames_wait_for_parameter_sets_then_build_the_catalog() {
         let seen = Seen::default();
-        let mut ing = Ingest::new(Box::new(seen.clone()));
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO);
         // A delta frame before any keyframe: nothing to decode it with.
         assert!(ing.video(1, 0, true, &[0x41, 1]).is_err());
         assert!(ing.want_keyframe);
@@ -250,7 +274,7 @@ mod tests {
     #[test]
     fn opus_packets_become_audio_frames() {
         let seen = Seen::default();
-        let mut ing = Ingest::new(Box::new(seen.clone()));
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO);
         ing.audio(1000, &[0xfc, 1, 2], 2).unwrap();
         ing.audio(1960, &[0xfc, 3], 2).unwrap();
         assert_eq!(ing.audio(2920, &[], 2), Err(Dropped::Bad));
@@ -258,5 +282,25 @@ mod tests {
         assert_eq!(tracks.len(), 1, "catalog set once");
         assert_eq!(tracks[0][0].codec, CodecConfig::Opus { channels: 2 });
         assert_eq!(frames[1].dts - frames[0].dts, 960);
+    }
+
+    #[test]
+    fn audio_waits_for_the_video_config_of_a_publisher_that_offered_video() {
+        let seen = Seen::default();
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::from_secs(3600));
+        assert_eq!(ing.audio(1000, &[0xfc, 1], 2), Err(Dropped::NoConfig));
+        assert!(seen.0.lock().unwrap().0.is_empty(), "no audio-only catalog");
+        ing.video(2, 3000, false, &stap(&[SPS, PPS])).unwrap();
+        ing.video(3, 3000, true, &[0x65, 9, 9]).unwrap();
+        ing.audio(1960, &[0xfc, 2], 2).unwrap();
+        let (tracks, frames) = seen.0.lock().unwrap().clone();
+        assert_eq!(tracks.len(), 1, "one catalog: {tracks:?}");
+        let ids: Vec<u32> = tracks[0].iter().map(|t| t.id).collect();
+        assert_eq!(
+            ids,
+            vec![VIDEO_TRACK, AUDIO_TRACK],
+            "video and audio together"
+        );
+        assert_eq!(frames.len(), 2);
     }
 }

@@ -285,7 +285,10 @@ impl WebRtc {
         let advertise = self.advertised_ip(reached);
         let neg = |e: rtc::shared::error::Error| OpenError::Negotiation(e.to_string());
         let mut pc = build_peer_connection(&ufrag, &pwd).map_err(neg)?;
-        let mut plan = session::Plan::default();
+        let mut plan = session::Plan {
+            expect_video: matches!(role, Role::Publish { .. }) && codecs.h264,
+            ..Default::default()
+        };
         match &role {
             Role::Publish { .. } => {
                 let recv = || {

@@ -27,7 +27,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::ingest::Ingest;
+use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
 
 /// RTP payload budget: 1200 bytes keeps a packet under any path MTU with SRTP and extensions.
@@ -43,6 +43,8 @@ const PLI_MIN_GAP: Duration = Duration::from_millis(500);
 pub(super) struct Plan {
     pub video: Option<RTCRtpSenderId>,
     pub audio: Option<RTCRtpSenderId>,
+    /// A publisher whose offer sends H.264: its audio waits for the video to start.
+    pub expect_video: bool,
 }
 
 pub(super) struct Session {
@@ -85,7 +87,12 @@ impl Session {
         let (mut ingest, stop, media, _hold) = match role {
             Role::Publish { sink, stop } => {
                 self.viewer_requests = sink.keyframe_requests();
-                (Some(Ingest::new(sink)), Some(stop), None, None)
+                let grace = if self.plan.expect_video {
+                    AUDIO_WAITS_FOR_VIDEO
+                } else {
+                    Duration::ZERO
+                };
+                (Some(Ingest::new(sink, grace)), Some(stop), None, None)
             }
             Role::Play { media, hold } => (None, None, Some(media), hold),
         };
