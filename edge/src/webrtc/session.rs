@@ -22,12 +22,12 @@ use streamhub_shared::h264::AvcConfig;
 use streamhub_shared::media::{
     CodecConfig, Frame, KeyframeGate, MediaConsumer, RecvError, TrackId,
 };
-use streamhub_shared::rtp_h264::packetize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
+use super::packets::PacketCache;
 use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
 
 /// RTP payload budget: 1200 bytes keeps a packet under any path MTU with SRTP and extensions.
@@ -56,6 +56,8 @@ pub(super) struct Session {
     pub local: SocketAddr,
     pub stats: Arc<WebRtcStats>,
     pub cancel: CancellationToken,
+    /// Payloads shared by the viewers of a frame.
+    pub packets: Arc<PacketCache>,
     /// A publisher: its room's keyframe requests (from viewers, here or through edges).
     pub viewer_requests: Option<tokio::sync::watch::Receiver<u64>>,
 }
@@ -231,7 +233,7 @@ impl Session {
                 r = next_frame(&mut feeder) => match r {
                     Ok(frame) => {
                         if let Some(f) = feeder.as_mut() {
-                            send_frame(&mut self.pc, f, &frame, &self.stats);
+                            send_frame(&mut self.pc, f, &frame, &self.stats, &self.packets);
                         }
                     }
                     Err(RecvError::Closed) => break 'run "the publisher has gone",
@@ -333,7 +335,7 @@ impl Session {
             warned_bframes: false,
         };
         for frame in &snapshot {
-            send_frame(&mut self.pc, &mut f, frame, &self.stats);
+            send_frame(&mut self.pc, &mut f, frame, &self.stats, &self.packets);
         }
         Some(f)
     }
@@ -393,7 +395,13 @@ async fn next_frame(feeder: &mut Option<Feeder>) -> Result<Frame, RecvError> {
     }
 }
 
-fn send_frame(pc: &mut RTCPeerConnection, f: &mut Feeder, frame: &Frame, stats: &WebRtcStats) {
+fn send_frame(
+    pc: &mut RTCPeerConnection,
+    f: &mut Feeder,
+    frame: &Frame,
+    stats: &WebRtcStats,
+    packets: &PacketCache,
+) {
     let now = Instant::now();
     if let Some(v) = f.video.as_mut().filter(|v| v.track == frame.track) {
         if v.waiting && !frame.keyframe {
@@ -409,17 +417,12 @@ fn send_frame(pc: &mut RTCPeerConnection, f: &mut Feeder, frame: &Frame, stats: 
         }
         let Some(avc) = f.avc.as_ref() else { return };
         // Parameter sets in band before every keyframe: a viewer joining or recovering needs them.
-        let payloads = packetize(
-            &frame.data,
-            avc.nal_length_size,
-            frame.keyframe.then_some(avc),
-            RTP_MTU,
-        );
+        let payloads = packets.h264(frame, avc, frame.keyframe, RTP_MTU);
         let ts = v.ts_base.wrapping_add(frame.pts as u32);
-        write(pc, v, ts, payloads, stats, now);
+        write(pc, v, ts, &payloads, stats, now);
     } else if let Some(a) = f.audio.as_mut().filter(|a| a.track == frame.track) {
         let ts = a.ts_base.wrapping_add(frame.dts as u32);
-        write(pc, a, ts, vec![frame.data.clone()], stats, now);
+        write(pc, a, ts, std::slice::from_ref(&frame.data), stats, now);
     }
 }
 
@@ -427,7 +430,7 @@ fn write(
     pc: &mut RTCPeerConnection,
     o: &mut Out,
     timestamp: u32,
-    payloads: Vec<bytes::Bytes>,
+    payloads: &[bytes::Bytes],
     stats: &WebRtcStats,
     now: Instant,
 ) {
@@ -435,7 +438,7 @@ fn write(
         return;
     };
     let n = payloads.len();
-    for (i, payload) in payloads.into_iter().enumerate() {
+    for (i, payload) in payloads.iter().enumerate() {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,
@@ -446,7 +449,7 @@ fn write(
                 ssrc: o.ssrc,
                 ..Default::default()
             },
-            payload,
+            payload: payload.clone(),
         };
         o.seq = o.seq.wrapping_add(1);
         if sender.write_rtp(now, packet).is_ok() {
