@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of it
 //! A WHEP viewer for tests, on the `rtc` crate with its default interceptors (it NACKs what it
 //! misses), driven from its own UDP socket; and a room that sends synthetic H.264.
 
