@@ -6,6 +6,7 @@
 //! Sessions are bounded ([`WebRtcConfig::max_sessions`]), one that does not connect within
 //! [`CONNECT_TIMEOUT`] is dropped, and one whose peer vanishes ends when ICE consent fails.
 
+mod gso;
 pub mod http;
 pub mod ingest;
 pub mod mux;
@@ -158,6 +159,8 @@ type Datagram = (SocketAddr, BytesMut);
 /// The WebRTC side of a node.
 pub struct WebRtc {
     socket: Arc<UdpSocket>,
+    /// GSO-capable sends on `socket`.
+    udp: Arc<quinn_udp::UdpSocketState>,
     local: SocketAddr,
     public_ip: Option<IpAddr>,
     routes: Mutex<Routes<mpsc::Sender<Datagram>>>,
@@ -176,9 +179,11 @@ impl WebRtc {
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
         let socket = Arc::new(UdpSocket::bind(config.udp).await?);
+        let udp = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
         let local = socket.local_addr()?;
         let me = Arc::new(Self {
             socket,
+            udp,
             local,
             public_ip: config.public_ip,
             routes: Mutex::new(Routes::default()),
@@ -387,6 +392,8 @@ impl WebRtc {
             plan,
             rx,
             socket: self.socket.clone(),
+            udp: self.udp.clone(),
+            batch: gso::GsoBatch::default(),
             local: SocketAddr::new(advertise, self.local.port()),
             stats: self.stats.clone(),
             cancel,

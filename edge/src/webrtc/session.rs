@@ -26,6 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::gso::GsoBatch;
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::packets::PacketCache;
 use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
@@ -53,6 +54,9 @@ pub(super) struct Session {
     pub plan: Plan,
     pub rx: mpsc::Receiver<Datagram>,
     pub socket: Arc<UdpSocket>,
+    pub udp: Arc<quinn_udp::UdpSocketState>,
+    /// Outgoing datagrams being grouped for one GSO send.
+    pub batch: GsoBatch,
     pub local: SocketAddr,
     pub stats: Arc<WebRtcStats>,
     pub cancel: CancellationToken,
@@ -278,18 +282,37 @@ impl Session {
         }
     }
 
-    /// Sends what the connection has to send; a full socket buffer drops (counted).
+    /// Sends what the connection has to send, a frame's packets in one GSO batch; a full socket
+    /// buffer drops (counted).
     fn flush(&mut self) {
+        let max = self.udp.max_gso_segments().max(1);
         while let Some(msg) = self.pc.poll_write() {
-            if let Err(e) = self
-                .socket
-                .try_send_to(&msg.message, msg.transport.peer_addr)
-            {
+            let dest = msg.transport.peer_addr;
+            if !self.batch.fits(dest, msg.message.len(), max) {
+                self.send_batch();
+            }
+            self.batch.add(dest, &msg.message);
+        }
+        self.send_batch();
+    }
+
+    fn send_batch(&mut self) {
+        if let Some(r) = self.batch.ready() {
+            let transmit = quinn_udp::Transmit {
+                destination: r.dest,
+                ecn: None,
+                contents: r.contents,
+                segment_size: r.segment,
+                src_ip: None,
+            };
+            if let Err(e) = self.udp.send((&*self.socket).into(), &transmit) {
                 if e.kind() == std::io::ErrorKind::WouldBlock {
-                    self.stats.send_drops.fetch_add(1, Ordering::Relaxed);
+                    let n = r.datagrams as u64;
+                    self.stats.send_drops.fetch_add(n, Ordering::Relaxed);
                 }
             }
         }
+        self.batch.clear();
     }
 
     fn pli(&mut self, rid: RTCRtpReceiverId, media_ssrc: u32) {
