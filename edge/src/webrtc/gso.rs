@@ -8,8 +8,9 @@
 
 use std::net::SocketAddr;
 
-/// Bytes per batch: under the 64 KiB an IP packet (and so a GSO super-packet) can hold.
-const MAX_BATCH_BYTES: usize = 60_000;
+/// Bytes per batch (~20 packets): well under the 64 KiB a GSO super-packet can hold, and the
+/// buffer each session keeps stays small.
+const MAX_BATCH_BYTES: usize = 24_000;
 
 /// Datagrams to one destination, all of `segment` bytes but possibly the last (shorter).
 #[derive(Debug, Default)]
