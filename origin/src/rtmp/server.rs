@@ -605,9 +605,12 @@ mod tests {
         assert!(
             eventually(|| {
                 let rooms = server.rooms.list(None);
-                rooms
-                    .first()
-                    .is_some_and(|r| r.bytes_in == 3 && r.tracks.len() == 1)
+                // The AAC track and its transcoded Opus companion (for WebRTC viewers).
+                rooms.first().is_some_and(|r| {
+                    r.bytes_in == 3
+                        && r.tracks.len() == 2
+                        && r.tracks[1].codec.name() == "opus"
+                })
             })
             .await
         );
