@@ -132,6 +132,9 @@ pub fn ffprobe_codecs(url: &str) -> anyhow::Result<Vec<String>> {
         .args([
             "-v",
             "error",
+            // A live playlist that stops moving must not hang the caller (in microseconds).
+            "-rw_timeout",
+            "10000000",
             "-show_entries",
             "stream=codec_name",
             "-of",

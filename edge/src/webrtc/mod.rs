@@ -205,34 +205,58 @@ impl WebRtc {
     }
 
     async fn recv_loop(self: Arc<Self>) {
-        let mut buf = vec![0u8; 2048];
+        // quinn-udp turns on UDP GRO where the kernel has it (it must, for GSO sends): one
+        // receive may then hold several datagrams of one sender, `stride` bytes each, so the
+        // buffer takes a whole coalesced batch and is split here.
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let r = tokio::select! {
+            tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                r = self.socket.recv_from(&mut buf) => r,
-            };
-            let (n, from) = match r {
-                Ok(x) => x,
+                r = self.socket.readable() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "media socket failed");
+                        break;
+                    }
+                }
+            }
+            let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
+                let mut meta = [quinn_udp::RecvMeta::default()];
+                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                self.udp
+                    .recv((&*self.socket).into(), &mut bufs, &mut meta)
+                    .map(|_| meta[0])
+            });
+            let meta = match received {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 // ICMP errors surface here on Linux (a viewer's port closed): not ours to stop on.
                 Err(e) => {
                     tracing::trace!(error = %e, "media socket read");
                     continue;
                 }
             };
-            let route = self
-                .routes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .route(from, &buf[..n]);
-            match route {
-                Some((_, tx)) => {
-                    if tx.try_send((from, BytesMut::from(&buf[..n]))).is_err() {
-                        self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-                    }
+            let stride = meta.stride.max(1);
+            for datagram in buf[..meta.len].chunks(stride) {
+                self.route(meta.addr, datagram);
+            }
+        }
+    }
+
+    /// Hands one datagram to the session it belongs to.
+    fn route(&self, from: SocketAddr, datagram: &[u8]) {
+        let route = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .route(from, datagram);
+        match route {
+            Some((_, tx)) => {
+                if tx.try_send((from, BytesMut::from(datagram))).is_err() {
+                    self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
                 }
-                None => {
-                    self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
-                }
+            }
+            None => {
+                self.stats.garbage_datagrams.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

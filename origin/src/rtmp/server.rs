@@ -607,9 +607,7 @@ mod tests {
                 let rooms = server.rooms.list(None);
                 // The AAC track and its transcoded Opus companion (for WebRTC viewers).
                 rooms.first().is_some_and(|r| {
-                    r.bytes_in == 3
-                        && r.tracks.len() == 2
-                        && r.tracks[1].codec.name() == "opus"
+                    r.bytes_in == 3 && r.tracks.len() == 2 && r.tracks[1].codec.name() == "opus"
                 })
             })
             .await
