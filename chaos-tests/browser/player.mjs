@@ -3,7 +3,12 @@
 //   node player.mjs <player url>... -> [{"mode": "whep"|"hls", "whepError", "currentTime", "framesDecoded"}]
 import { chromium } from 'playwright-core';
 
-const urls = process.argv.slice(2);
+// --reconnect: after the first line, keep the pages open until the first page's WHEP player has
+// reconnected (the test restarts the publisher) and decodes again, then print a second line:
+//   {"reconnects", "framesDecoded", "state"} (or {"error"} after 90 s).
+const reconnect = process.argv.includes('--reconnect');
+const urls = process.argv.slice(2).filter((a) => a !== '--reconnect');
+const pages = [];
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -14,6 +19,7 @@ const results = [];
 try {
   for (const url of urls) {
     const page = await browser.newPage();
+    pages.push(page);
     page.on('console', (m) => process.stderr.write(`[player] ${m.text()}\n`));
     await page.goto(url);
     // Playing: the video's clock has moved on by more than a second.
@@ -38,6 +44,25 @@ try {
     results.push(r);
   }
   console.log(JSON.stringify(results));
+  if (reconnect) {
+    const page = pages[0];
+    let again = { error: 'no reconnect within 90 s' };
+    for (const until = Date.now() + 90000; Date.now() < until;) {
+      const r = await page.evaluate(async () => {
+        const p = window.player;
+        if (!p.pc || p.reconnects < 1 || p.pc.connectionState !== 'connected') return null;
+        let framesDecoded = 0;
+        (await p.pc.getStats()).forEach((s) => {
+          if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = s.framesDecoded;
+        });
+        const state = document.getElementById('state').textContent;
+        return framesDecoded >= 25 ? { reconnects: p.reconnects, framesDecoded, state } : null;
+      });
+      if (r) { again = r; break; }
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    console.log(JSON.stringify(again));
+  }
 } finally {
   await browser.close();
 }

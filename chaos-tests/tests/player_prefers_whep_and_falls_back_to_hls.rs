@@ -2,11 +2,13 @@
 //! an RTMP (ffmpeg H.264 + AAC) room it plays over WebRTC (WHEP) from the edge, H.264 passed
 //! through and decoded by the browser. The edge takes one WebRTC session only, so a second
 //! player is refused WHEP (503) and falls back to HLS through the bundled hls.js, and plays.
+//! Then the publisher stops and comes back: the WHEP player reconnects by itself and plays again.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Publisher};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn player_prefers_whep_and_falls_back_to_hls() {
@@ -20,7 +22,7 @@ async fn player_prefers_whep_and_falls_back_to_hls() {
         .start_edge("edge-1", "local", 0, &["--webrtc-max-sessions", "1"])
         .await;
     let origin = &c.nodes[0];
-    let _publisher = Publisher::start(&origin.rtmp_url(&key));
+    let mut publisher = Publisher::start(&origin.rtmp_url(&key));
     let http = reqwest::Client::new();
     hls::wait_segments(
         &http,
@@ -33,21 +35,23 @@ async fn player_prefers_whep_and_falls_back_to_hls() {
 
     let play = origin.url("/play/live/cam");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/player.mjs");
-    let out = tokio::process::Command::new("node")
+    let mut node = tokio::process::Command::new("node")
         .arg(script)
-        .args([&play, &play])
+        .args([&play, &play, "--reconnect"])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output()
-        .await
+        .spawn()
         .expect("node (and chromium + playwright-core, installed by .ci/run)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "browser failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .expect("the browser answers in time")
+            .unwrap()
+            .expect("a line from the browser (see its stderr above)")
+    };
+    let v: Value = serde_json::from_str(next_line().await.trim()).unwrap();
     println!("players: {v}");
     let (first, second) = (&v[0], &v[1]);
     for p in [first, second] {
@@ -73,4 +77,14 @@ async fn player_prefers_whep_and_falls_back_to_hls() {
         "HLS plays: {second}"
     );
     assert!(edge.metric("streamhub_webrtc_refused_total").await.unwrap() >= 1.0);
+
+    // The publisher goes (OBS losing its network, say) and comes back with the same key.
+    publisher.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _publisher = Publisher::start(&origin.rtmp_url(&key));
+    let again: Value = serde_json::from_str(next_line().await.trim()).unwrap();
+    println!("after the publisher came back: {again}");
+    assert!(again["reconnects"].as_u64().unwrap_or(0) >= 1, "{again}");
+    assert!(again["framesDecoded"].as_u64().unwrap() >= 25, "{again}");
+    assert!(node.wait().await.unwrap().success());
 }
