@@ -179,14 +179,22 @@ impl AacToOpus {
     /// Transcodes one AAC access unit (`dts` in the AAC track's timescale); appends the Opus
     /// packets it completes to `out`.
     pub fn push(&mut self, frame: &Frame, out: &mut Vec<Frame>) -> Result<(), TranscodeError> {
-        let continuous = self
-            .next_in
-            .is_some_and(|n| (frame.dts - n).abs() <= i64::from(self.in_rate) / 10);
-        if !continuous {
-            // A gap, a jump or the start: restart the 48 kHz timeline on this frame.
-            self.pcm.clear();
-            self.resampler.reset();
-            self.pcm_pts = frame.dts * i64::from(OPUS_RATE) / i64::from(self.in_rate);
+        let gap = self.next_in.map(|n| frame.dts - n);
+        match gap {
+            Some(0) => {}
+            // A short gap (an RTSP camera's lost RTP packet): silence keeps the Opus timeline
+            // on the AAC one.
+            Some(g) if g > 0 && g <= i64::from(self.in_rate) / 10 => {
+                self.decoded.clear();
+                self.decoded.resize(g as usize * self.channels, 0.0);
+                self.resample_into_pcm();
+            }
+            // The start, a jump, a long gap or a step back: restart the 48 kHz timeline here.
+            _ => {
+                self.pcm.clear();
+                self.resampler.reset();
+                self.pcm_pts = frame.dts * i64::from(OPUS_RATE) / i64::from(self.in_rate);
+            }
         }
         self.next_in = Some(frame.dts + AAC_FRAME);
         let packet = PacketRef::new(
@@ -195,22 +203,21 @@ impl AacToOpus {
             Duration::new(AAC_FRAME as u64),
             &frame.data,
         );
-        match self.decoder.decode_ref(&packet) {
-            Ok(buf) => buf.copy_to_vec_interleaved(&mut self.decoded),
-            Err(_) => {
-                // Keep the timeline: a lost frame becomes silence.
-                self.decode_errors += 1;
-                self.decoded.clear();
-                self.decoded.resize(AAC_FRAME as usize * self.channels, 0.0);
+        let decoded = match self.decoder.decode_ref(&packet) {
+            Ok(buf) => {
+                let channels = buf.spec().channels().count();
+                buf.copy_to_vec_interleaved(&mut self.decoded);
+                remix(&mut self.decoded, channels, self.channels)
             }
+            Err(_) => false,
+        };
+        if !decoded {
+            // Keep the timeline: a lost frame becomes silence.
+            self.decode_errors += 1;
+            self.decoded.clear();
+            self.decoded.resize(AAC_FRAME as usize * self.channels, 0.0);
         }
-        // A mono decoder output into a stereo encoder (or the reverse) cannot happen: both
-        // follow the AudioSpecificConfig; guard anyway so a lying ASC cannot misalign samples.
-        let frames = self.decoded.len() / self.channels;
-        self.decoded.truncate(frames * self.channels);
-        self.resampled.clear();
-        self.resampler.process(&self.decoded, &mut self.resampled);
-        self.pcm.extend_from_slice(&self.resampled);
+        self.resample_into_pcm();
         let step = OPUS_FRAME * self.channels;
         let mut start = 0;
         while self.pcm.len() - start >= step {
@@ -230,6 +237,34 @@ impl AacToOpus {
         }
         self.pcm.drain(..start);
         Ok(())
+    }
+}
+
+impl AacToOpus {
+    /// `decoded` (at the AAC rate) onto the end of the 48 kHz `pcm`.
+    fn resample_into_pcm(&mut self) {
+        self.resampled.clear();
+        self.resampler.process(&self.decoded, &mut self.resampled);
+        self.pcm.extend_from_slice(&self.resampled);
+    }
+}
+
+/// Turns interleaved `from`-channel audio into `to` channels (1 or 2) in place: mono is
+/// duplicated, stereo averaged. False for a layout it cannot map (the frame is dropped).
+fn remix(samples: &mut Vec<f32>, from: usize, to: usize) -> bool {
+    match (from, to) {
+        _ if from == to => true,
+        (1, 2) => {
+            let mono = std::mem::take(samples);
+            samples.extend(mono.iter().flat_map(|s| [*s, *s]));
+            true
+        }
+        (2, 1) => {
+            let stereo = std::mem::take(samples);
+            samples.extend(stereo.chunks_exact(2).map(|c| (c[0] + c[1]) / 2.0));
+            true
+        }
+        _ => false,
     }
 }
 
@@ -338,6 +373,17 @@ mod tests {
             assert!((s - 0.75 * k as f32).abs() < 1e-4, "{k}: {s}");
         }
         assert_eq!(out.len(), 15);
+    }
+
+    #[test]
+    fn remix_maps_mono_and_stereo() {
+        let mut v = vec![0.5, -0.5];
+        assert!(remix(&mut v, 1, 2));
+        assert_eq!(v, vec![0.5, 0.5, -0.5, -0.5]);
+        let mut v = vec![1.0, 0.0, 0.5, 0.5];
+        assert!(remix(&mut v, 2, 1));
+        assert_eq!(v, vec![0.5, 0.5]);
+        assert!(!remix(&mut v, 6, 2));
     }
 
     #[test]

@@ -171,6 +171,26 @@ fn a_48k_mono_tone_keeps_its_frequency_and_a_jump_restarts_the_timeline() {
 }
 
 #[test]
+fn a_lost_aac_frame_becomes_silence_and_the_opus_timeline_goes_on() {
+    let aac = aac_tone(440, 48_000, 1, 2);
+    let (_, whole) = transcode(&aac, &[(0, 0)]);
+    // Frame 40 lost on the way (an RTSP packet): the next one comes 2048 samples later.
+    let mut lossy = Aac {
+        asc: aac.asc.clone(),
+        rate: aac.rate,
+        channels: aac.channels,
+        frames: aac.frames.clone(),
+    };
+    lossy.frames.remove(40);
+    let (_, opus) = transcode(&lossy, &[(0, 0), (40, 41 * 1024)]);
+    assert!(
+        opus.windows(2).all(|w| w[1].dts - w[0].dts == 960),
+        "one continuous timeline"
+    );
+    assert_eq!(opus.len(), whole.len(), "the gap is filled, not skipped");
+}
+
+#[test]
 fn rooms_without_aac_or_with_opus_already_get_no_transcoded_track() {
     let mut t = AudioTranscode::default();
     let opus = TrackInfo {

@@ -423,7 +423,14 @@ impl Packager {
     /// Follows catalog changes: finishes the old run, installs a new init segment. Tracks the
     /// packager cannot carry (JPEG, an RTMP room's transcoded Opus) are left out.
     fn catalog(&mut self, tracks: Arc<Vec<TrackInfo>>) {
-        if Arc::ptr_eq(&tracks, &self.catalog) || *tracks == *self.catalog {
+        let same = Arc::ptr_eq(&tracks, &self.catalog)
+            || *tracks == *self.catalog
+            // A change in tracks HLS does not carry (a transcoded Opus track coming or going)
+            // keeps the run going.
+            || (self.segmenter.is_some()
+                && streamhub_shared::media::hls_tracks(&tracks)
+                    == streamhub_shared::media::hls_tracks(&self.catalog));
+        if same {
             self.catalog = tracks;
             return;
         }

@@ -75,8 +75,11 @@ pub struct Ingest {
     tracks: Vec<TrackInfo>,
     /// How long audio waits for the video's parameter sets (see [`Ingest::new`]).
     video_grace: Duration,
-    /// The audio track seen while it waited: announced with the video, in one catalog.
+    /// The audio track offered or seen while it waited: announced with the video, in one
+    /// catalog.
     waiting_audio: Option<TrackInfo>,
+    /// When the first media packet arrived (the grace counts from there, not from the offer).
+    first_media: Option<Instant>,
     /// The publisher needs to be asked for a keyframe.
     pub want_keyframe: bool,
 }
@@ -87,10 +90,12 @@ pub const AUDIO_WAITS_FOR_VIDEO: Duration = Duration::from_secs(3);
 
 impl Ingest {
     /// An ingest into `sink`. With a nonzero `video_grace` (the publisher offered video), audio
-    /// is dropped until the video's parameter sets are known or the grace is over: a room that
-    /// announced itself audio-only for its first second would start HLS players on an
-    /// audio-only init segment and switch catalogs under them.
-    pub fn new(sink: Box<dyn IngestSink>, video_grace: Duration) -> Self {
+    /// is dropped until the video's parameter sets are known or the grace (from the first media
+    /// packet) is over: a room that announced itself audio-only for its first second would start
+    /// HLS players on an audio-only init segment and switch catalogs under them. With
+    /// `audio_offered` (the offer sends Opus, always `opus/48000/2` in SDP), the audio track is
+    /// announced with the video even if no audio packet came first.
+    pub fn new(sink: Box<dyn IngestSink>, video_grace: Duration, audio_offered: bool) -> Self {
         Self {
             sink,
             start: Instant::now(),
@@ -100,7 +105,12 @@ impl Ingest {
             avcc: None,
             tracks: Vec::new(),
             video_grace,
-            waiting_audio: None,
+            waiting_audio: (audio_offered && !video_grace.is_zero()).then(|| TrackInfo {
+                id: AUDIO_TRACK,
+                timescale: 48_000,
+                codec: CodecConfig::Opus { channels: 2 },
+            }),
+            first_media: None,
             want_keyframe: true,
         }
     }
@@ -132,6 +142,7 @@ impl Ingest {
         marker: bool,
         payload: &[u8],
     ) -> Result<(), Dropped> {
+        self.first_media.get_or_insert_with(Instant::now);
         let units = self
             .video
             .push(seq, ts, marker, payload)
@@ -188,7 +199,8 @@ impl Ingest {
             timescale: 48_000,
             codec: CodecConfig::Opus { channels },
         };
-        if self.avcc.is_none() && self.start.elapsed() < self.video_grace {
+        let waited = self.first_media.get_or_insert_with(Instant::now).elapsed();
+        if self.avcc.is_none() && waited < self.video_grace {
             self.waiting_audio = Some(info);
             return Err(Dropped::NoConfig);
         }
@@ -246,7 +258,7 @@ mod tests {
     #[test]
     fn frames_wait_for_parameter_sets_then_build_the_catalog() {
         let seen = Seen::default();
-        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO);
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO, false);
         // A delta frame before any keyframe: nothing to decode it with.
         assert!(ing.video(1, 0, true, &[0x41, 1]).is_err());
         assert!(ing.want_keyframe);
@@ -274,7 +286,7 @@ mod tests {
     #[test]
     fn opus_packets_become_audio_frames() {
         let seen = Seen::default();
-        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO);
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::ZERO, true);
         ing.audio(1000, &[0xfc, 1, 2], 2).unwrap();
         ing.audio(1960, &[0xfc, 3], 2).unwrap();
         assert_eq!(ing.audio(2920, &[], 2), Err(Dropped::Bad));
@@ -287,7 +299,7 @@ mod tests {
     #[test]
     fn audio_waits_for_the_video_config_of_a_publisher_that_offered_video() {
         let seen = Seen::default();
-        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::from_secs(3600));
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::from_secs(3600), false);
         assert_eq!(ing.audio(1000, &[0xfc, 1], 2), Err(Dropped::NoConfig));
         assert!(seen.0.lock().unwrap().0.is_empty(), "no audio-only catalog");
         ing.video(2, 3000, false, &stap(&[SPS, PPS])).unwrap();
@@ -302,5 +314,18 @@ mod tests {
             "video and audio together"
         );
         assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn an_offered_audio_track_is_announced_with_the_video_even_before_its_first_packet() {
+        let seen = Seen::default();
+        let mut ing = Ingest::new(Box::new(seen.clone()), Duration::from_secs(3600), true);
+        ing.video(2, 3000, false, &stap(&[SPS, PPS])).unwrap();
+        ing.video(3, 3000, true, &[0x65, 9, 9]).unwrap();
+        ing.audio(1000, &[0xfc, 1], 2).unwrap();
+        let (tracks, _) = seen.0.lock().unwrap().clone();
+        assert_eq!(tracks.len(), 1, "one catalog: {tracks:?}");
+        assert_eq!(tracks[0].len(), 2, "video and the offered audio");
+        assert_eq!(tracks[0][1].codec, CodecConfig::Opus { channels: 2 });
     }
 }

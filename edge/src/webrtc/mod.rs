@@ -322,6 +322,7 @@ impl WebRtc {
         let mut pc = build_peer_connection(&ufrag, &pwd).map_err(neg)?;
         let mut plan = session::Plan {
             expect_video: matches!(role, Role::Publish { .. }) && codecs.h264,
+            audio_offered: matches!(role, Role::Publish { .. }) && codecs.opus,
             ..Default::default()
         };
         match &role {

@@ -46,6 +46,8 @@ pub(super) struct Plan {
     pub audio: Option<RTCRtpSenderId>,
     /// A publisher whose offer sends H.264: its audio waits for the video to start.
     pub expect_video: bool,
+    /// A publisher whose offer sends Opus.
+    pub audio_offered: bool,
 }
 
 pub(super) struct Session {
@@ -83,7 +85,9 @@ struct Feeder {
     consumer: MediaConsumer,
     video: Option<Out>,
     audio: Option<Out>,
-    avc: Option<AvcConfig>,
+    /// The video's decoder configuration, parsed and as the catalog carries it (its buffer
+    /// names the configuration in the shared packet cache).
+    avc: Option<(AvcConfig, bytes::Bytes)>,
     /// A frame with pts != dts (B-frames) was seen and logged.
     warned_bframes: bool,
 }
@@ -98,7 +102,8 @@ impl Session {
                 } else {
                     Duration::ZERO
                 };
-                (Some(Ingest::new(sink, grace)), Some(stop), None, None)
+                let ingest = Ingest::new(sink, grace, self.plan.audio_offered);
+                (Some(ingest), Some(stop), None, None)
             }
             Role::Play { media, hold } => (None, None, Some(media), hold),
         };
@@ -202,6 +207,12 @@ impl Session {
                     self.flush();
                 }
             }
+            // A viewer's request held back by the gate goes when its gap is over.
+            if let (None, Some(f)) = (ingest.as_ref(), feeder.as_ref()) {
+                if gate.poll(Instant::now()) {
+                    f.consumer.request_keyframe();
+                }
+            }
             let now = Instant::now();
             let wake = self
                 .pc
@@ -216,7 +227,7 @@ impl Session {
             let publishing_video = ingest.is_some() && video_rx.is_some();
             let pli_due = gate
                 .due()
-                .filter(|_| publishing_video)
+                .filter(|_| publishing_video || feeder.is_some())
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
@@ -339,7 +350,7 @@ impl Session {
             .iter()
             .find(|t| matches!(t.codec, CodecConfig::Opus { .. }));
         let avc = video_track.and_then(|t| match &t.codec {
-            CodecConfig::H264 { avcc, .. } => AvcConfig::parse(avcc).ok(),
+            CodecConfig::H264 { avcc, .. } => Some((AvcConfig::parse(avcc).ok()?, avcc.clone())),
             _ => None,
         });
         let video = match (self.plan.video, video_track) {
@@ -438,9 +449,11 @@ fn send_frame(
                 "the room's H.264 has B-frames; WebRTC viewers will see stutter (publish with -bf 0 or -tune zerolatency)"
             );
         }
-        let Some(avc) = f.avc.as_ref() else { return };
+        let Some((avc, avcc)) = f.avc.as_ref() else {
+            return;
+        };
         // Parameter sets in band before every keyframe: a viewer joining or recovering needs them.
-        let payloads = packets.h264(frame, avc, frame.keyframe, RTP_MTU);
+        let payloads = packets.h264(frame, avc, avcc, frame.keyframe, RTP_MTU);
         let ts = v.ts_base.wrapping_add(frame.pts as u32);
         write(pc, v, ts, &payloads, stats, now);
     } else if let Some(a) = f.audio.as_mut().filter(|a| a.track == frame.track) {
