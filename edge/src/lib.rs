@@ -14,4 +14,5 @@ pub mod origins;
 pub mod play;
 pub mod pull;
 pub mod relay;
+mod wait;
 pub mod webrtc;

@@ -29,6 +29,7 @@ use crate::hls::{run_packager, HlsRegistry, HlsRoom};
 use crate::origins::{Holder, Origins};
 use crate::relay::subscribe::Update;
 use crate::relay::{RelayClient, SubscribeError, Subscription};
+use crate::wait::{changed, sleep_until};
 
 /// Rooms pulled at once; more are refused (404) until one ends.
 pub const MAX_PULLED_ROOMS: usize = 10_000;
@@ -395,21 +396,6 @@ impl Pulls {
 
 /// Keyframe requests from an edge's viewers reach the origin at most this often per room.
 const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
-
-/// Resolves when `rx` (if any) changes; never if there is none.
-async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
-    match rx.as_mut() {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Why [`Pulls::follow`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

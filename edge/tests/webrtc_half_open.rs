@@ -8,24 +8,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{frame, h264_room, Viewer};
-use streamhub_edge::webrtc::{OpenError, Role, WebRtc, WebRtcConfig, CONNECT_TIMEOUT};
-use tokio_util::sync::CancellationToken;
+use streamhub_edge::webrtc::{OpenError, Role, CONNECT_TIMEOUT};
 
 const MAX_SESSIONS: usize = 200;
 const OFFERS: usize = 3000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_sessions_are_bounded_and_time_out() {
-    let node = WebRtc::bind(
-        WebRtcConfig {
-            udp: "127.0.0.1:0".parse().unwrap(),
-            public_ip: None,
-            max_sessions: MAX_SESSIONS,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let node = common::node(MAX_SESSIONS).await;
     let mut room = h264_room();
     room.push(frame(0));
     let handle = room.handle();

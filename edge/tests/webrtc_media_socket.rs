@@ -2,24 +2,14 @@
 //! using UDP GSO toward it (the socket has UDP GRO on, for its own GSO sends) must still be
 //! seen as so many datagrams, here garbage for no session, each counted.
 
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use streamhub_edge::webrtc::{WebRtc, WebRtcConfig};
-use tokio_util::sync::CancellationToken;
-
 #[tokio::test]
 async fn coalesced_datagrams_are_split_before_routing() {
-    let node = WebRtc::bind(
-        WebRtcConfig {
-            udp: "127.0.0.1:0".parse().unwrap(),
-            public_ip: None,
-            max_sessions: 10,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let node = common::node(10).await;
     let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let state = quinn_udp::UdpSocketState::new((&sender).into()).unwrap();
     let segments = state.max_gso_segments().min(10);

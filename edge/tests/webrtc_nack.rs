@@ -9,21 +9,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{frame, h264_room, rtp_seq, Viewer};
-use streamhub_edge::webrtc::{Role, WebRtc, WebRtcConfig};
-use tokio_util::sync::CancellationToken;
+use streamhub_edge::webrtc::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_video_packets_are_resent_on_nack() {
-    let node = WebRtc::bind(
-        WebRtcConfig {
-            udp: "127.0.0.1:0".parse().unwrap(),
-            public_ip: None,
-            max_sessions: 10,
-        },
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let node = common::node(10).await;
     let mut room = h264_room();
     room.push(frame(0));
     let mut viewer = Viewer::new().await;

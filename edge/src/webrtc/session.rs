@@ -30,6 +30,7 @@ use super::gso::GsoBatch;
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::packets::PacketCache;
 use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
+use crate::wait::{changed, sleep_until};
 
 /// RTP payload budget: 1200 bytes keeps a packet under any path MTU with SRTP and extensions.
 const RTP_MTU: usize = 1200;
@@ -265,7 +266,7 @@ impl Session {
                         gate.sent(Instant::now());
                     }
                 }
-                Ok(()) = viewer_request(&mut self.viewer_requests), if publishing_video => {
+                Ok(()) = changed(&mut self.viewer_requests), if publishing_video => {
                     viewers_asked = true;
                 }
                 () = sleep_until(pli_due), if pli_due.is_some() => {}
@@ -404,22 +405,6 @@ impl Session {
 fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     let any = p.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
-async fn viewer_request(
-    rx: &mut Option<tokio::sync::watch::Receiver<u64>>,
-) -> Result<(), tokio::sync::watch::error::RecvError> {
-    match rx.as_mut() {
-        Some(rx) => rx.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn next_frame(feeder: &mut Option<Feeder>) -> Result<Frame, RecvError> {

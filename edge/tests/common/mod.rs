@@ -20,9 +20,13 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::sync::Arc;
+
+use streamhub_edge::webrtc::{WebRtc, WebRtcConfig};
 use streamhub_shared::media::{CodecConfig, RoomMedia};
 use streamhub_shared::{Frame, TrackInfo};
 use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 
 /// x264 640x360 High profile AVCDecoderConfigurationRecord.
 pub const AVCC: &[u8] = &[
@@ -30,6 +34,18 @@ pub const AVCC: &[u8] = &[
     0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03, 0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x32, 0x0f, 0x16,
     0x2d, 0x96, 0x01, 0x00, 0x06, 0x68, 0xeb, 0xe3, 0xcb, 0x22, 0xc0, 0xfd, 0xf8, 0xf8, 0x00,
 ];
+
+/// A node's WebRTC side on a loopback port.
+pub async fn node(max_sessions: usize) -> Arc<WebRtc> {
+    let config = WebRtcConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        public_ip: None,
+        max_sessions,
+    };
+    WebRtc::bind(config, CancellationToken::new())
+        .await
+        .unwrap()
+}
 
 /// A room with one H.264 track (no frames yet).
 pub fn h264_room() -> RoomMedia {
