@@ -29,6 +29,17 @@ async fn post_sdp(url: &str, auth: Option<&str>, ctype: &str, body: &str) -> (u1
     (status, resp.text().await.unwrap_or_default())
 }
 
+/// The JSON line `webrtc.mjs` printed; fails with its output if it failed.
+fn browser_json(out: std::process::Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "browser failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.trim()).unwrap()
+}
+
 fn unique(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v.dedup();
@@ -185,14 +196,7 @@ async fn browser_whip_to_whep_through_an_edge() {
         }
     }
 
-    let out = browser.wait_with_output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "browser failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    let v = browser_json(browser.wait_with_output().await.unwrap());
     println!("browser: {v}");
     let play = &v["play"];
     assert_eq!(v["publish"]["status"], 201, "{v}");
@@ -296,13 +300,7 @@ async fn browser_whip_to_whep_through_an_edge() {
         .output()
         .await
         .expect("node");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "browser failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    let v = browser_json(out);
     println!("browser (RTMP room): {v}");
     let play = &v["play"];
     assert_eq!(play["status"], 201, "{v}");
