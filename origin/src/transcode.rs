@@ -91,10 +91,25 @@ impl AudioTranscode {
         if frame.track != source.id {
             return;
         }
+        let before = t.decode_errors;
         if let Err(error) = t.push(frame, out) {
             tracing::warn!(%error, "Opus encoding failed: WebRTC viewers lose the room's audio");
             self.transcoder = None;
+            return;
         }
+        // Undecodable AAC becomes silence for WebRTC viewers: say so, without a line a frame.
+        let after = t.decode_errors;
+        if after > before && (after == 1 || after.is_power_of_two()) {
+            tracing::warn!(
+                undecodable = after,
+                "the room's AAC frames do not decode: WebRTC viewers hear silence for them"
+            );
+        }
+    }
+
+    /// AAC frames of the current source that failed to decode (each became silence).
+    pub fn decode_errors(&self) -> u64 {
+        self.transcoder.as_ref().map_or(0, |t| t.decode_errors)
     }
 }
 
@@ -281,7 +296,8 @@ struct Resampler {
     /// Position of the next output sample, in input samples, relative to `last`'s successor
     /// (`pos` in [-1, 0) reads between `last` and the first new input sample).
     pos: f64,
-    last: Option<Vec<f32>>,
+    /// The previous call's last input frame (empty before the first call or after a reset).
+    last: Vec<f32>,
 }
 
 impl Resampler {
@@ -291,13 +307,13 @@ impl Resampler {
             to,
             channels,
             pos: 0.0,
-            last: None,
+            last: Vec::new(),
         }
     }
 
     fn reset(&mut self) {
         self.pos = 0.0;
-        self.last = None;
+        self.last.clear();
     }
 
     fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
@@ -311,15 +327,15 @@ impl Resampler {
             return;
         }
         let step = f64::from(self.from) / f64::from(self.to);
-        let sample = |i: isize, c: usize, last: &Option<Vec<f32>>| -> f32 {
+        let sample = |i: isize, c: usize, last: &[f32]| -> f32 {
             if i < 0 {
-                last.as_ref().map_or(input[c], |l| l[c])
+                last.get(c).copied().unwrap_or(input[c])
             } else {
                 input[i as usize * ch + c]
             }
         };
         // Output positions p (in input frames) while p + 1 is still inside this input.
-        let start = if self.last.is_some() { self.pos } else { 0.0 };
+        let start = if self.last.is_empty() { 0.0 } else { self.pos };
         let mut p = start;
         while p <= (frames - 1) as f64 {
             let i = p.floor();
@@ -338,7 +354,9 @@ impl Resampler {
         }
         // Carry the last input frame so the next call interpolates across the boundary.
         self.pos = p - frames as f64;
-        self.last = Some(input[(frames - 1) * ch..frames * ch].to_vec());
+        self.last.clear();
+        self.last
+            .extend_from_slice(&input[(frames - 1) * ch..frames * ch]);
     }
 }
 

@@ -60,6 +60,12 @@ fn aac_tone(freq: u32, rate: u32, channels: u8, seconds: u32) -> Aac {
 /// Runs the frames through the transcoder (AAC as track 1, `dts` from `start`), returns the
 /// catalog it published and the Opus frames.
 fn transcode(aac: &Aac, starts: &[(usize, i64)]) -> (Vec<TrackInfo>, Vec<Frame>) {
+    let (catalog, out, _) = transcode_counting(aac, starts);
+    (catalog, out)
+}
+
+/// As [`transcode`], with the number of AAC frames that did not decode.
+fn transcode_counting(aac: &Aac, starts: &[(usize, i64)]) -> (Vec<TrackInfo>, Vec<Frame>, u64) {
     let mut t = AudioTranscode::default();
     let catalog = t.catalog(vec![TrackInfo {
         id: 1,
@@ -85,7 +91,7 @@ fn transcode(aac: &Aac, starts: &[(usize, i64)]) -> (Vec<TrackInfo>, Vec<Frame>)
         };
         t.frame(&frame, &mut out);
     }
-    (catalog, out)
+    (catalog, out, t.decode_errors())
 }
 
 /// Decodes Opus packets to the first channel's 48 kHz samples.
@@ -188,6 +194,33 @@ fn a_lost_aac_frame_becomes_silence_and_the_opus_timeline_goes_on() {
         "one continuous timeline"
     );
     assert_eq!(opus.len(), whole.len(), "the gap is filled, not skipped");
+}
+
+#[test]
+fn garbage_aac_frames_become_counted_silence_and_the_tone_goes_on() {
+    let mut aac = aac_tone(1000, 48_000, 1, 3);
+    // Frames overwritten with noise (a corrupting relay, a buggy encoder).
+    let mut x = 0x2545_f491u32;
+    for i in [30, 31, 60] {
+        let noise: Vec<u8> = (0..aac.frames[i].len())
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        aac.frames[i] = Bytes::from(noise);
+    }
+    let (_, whole) = transcode(&aac_tone(1000, 48_000, 1, 3), &[(0, 0)]);
+    let (_, opus, errors) = transcode_counting(&aac, &[(0, 0)]);
+    assert!((1..=3).contains(&errors), "{errors} frames refused");
+    assert_eq!(opus.len(), whole.len(), "no frame of the timeline lost");
+    assert!(opus.windows(2).all(|w| w[1].dts - w[0].dts == 960));
+    // The tone is still there after the garbage.
+    let pcm = decode(&opus, 1);
+    let (freq, _) = tone(&pcm, 66 * 1024 + 4800);
+    assert!((freq - 1000.0).abs() <= 5.0, "{freq} Hz");
 }
 
 #[test]
