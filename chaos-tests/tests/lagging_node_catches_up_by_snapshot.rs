@@ -102,7 +102,13 @@ async fn write_apps(apis: Arc<[Api; 2]>, w: usize) -> Vec<String> {
     let mut names = Vec::new();
     for i in (w..APPS_WHILE_DOWN).step_by(WRITERS) {
         let name = format!("lag-{i}");
-        let r = apis[i % 2].create_app(&name).await.unwrap();
+        // A write may wait for a snapshot or an election: the client waits longer than the
+        // server's own write timeout, so a slow write is not mistaken for a refused one.
+        let r = apis[i % 2]
+            .with_timeout(Duration::from_secs(30))
+            .create_app(&name)
+            .await
+            .unwrap();
         assert_eq!(
             r.status,
             201,

@@ -4,13 +4,13 @@
 //! reachable, so it can still ask the minority to write). Same assertions as the loopback
 //! variant: the majority writes, the minority refuses, no split brain, catch-up after heal.
 
+use streamhub_chaos_tests::require;
 use streamhub_chaos_tests::scenarios::minority_partition;
 use streamhub_chaos_tests::{chaos_seed, netns, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_partition_between_network_namespaces() {
-    if !netns::available() {
-        eprintln!("skipped: network namespaces need root, iproute2 and iptables");
+    if !require(netns::NEEDS, netns::available()) {
         return;
     }
     let c = Cluster::start_in_netns(3, chaos_seed()).await;

@@ -7,12 +7,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use streamhub_chaos_tests::require::{browser_available, require, BROWSER};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Publisher};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn player_prefers_whep_and_falls_back_to_hls() {
-    if std::env::var("STREAMHUB_SKIP_BROWSER").as_deref() == Ok("1") {
+    if !require(BROWSER, browser_available()) {
         return;
     }
     let mut c = Cluster::start(1, chaos_seed()).await;

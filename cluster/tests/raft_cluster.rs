@@ -94,7 +94,7 @@ impl Member {
     }
 
     fn has_key(&self, id: &str) -> bool {
-        self.node.read(|s| s.api_keys.contains_key(id))
+        self.node.read(|s| s.tenants.api_keys.contains_key(id))
     }
 }
 

@@ -111,13 +111,14 @@ async fn kill9_keeps_acknowledged_writes() {
         acked
             .iter()
             .filter(|n| {
-                !s.apps
+                !s.tenants
+                    .apps
                     .contains_key(&AppName::new(n.as_str()).expect("name"))
             })
             .collect()
     });
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
-    assert!(node.read(|s| s.apps.len()) >= acked.len());
+    assert!(node.read(|s| s.tenants.apps.len()) >= acked.len());
     node.write(Command::CreateApp(app("after-kill")))
         .await
         .expect("write after kill");

@@ -48,7 +48,7 @@ async fn open(dir: &Path) -> RaftNode {
 
 fn has_app(node: &RaftNode, name: &str) -> bool {
     let name = AppName::new(name).expect("app name");
-    node.read(|s| s.apps.contains_key(&name))
+    node.read(|s| s.tenants.apps.contains_key(&name))
 }
 
 #[tokio::test]
@@ -111,7 +111,7 @@ async fn two_hundred_acknowledged_writes_survive_restart() {
     drop(node);
 
     let node = open(dir.path()).await;
-    assert_eq!(node.read(|s| s.apps.len()), 200);
+    assert_eq!(node.read(|s| s.tenants.apps.len()), 200);
     assert!((0..200).all(|i| has_app(&node, &format!("app-{i}"))));
     node.shutdown().await.expect("shutdown");
 }
@@ -161,7 +161,7 @@ async fn restart_from_snapshot_with_purged_log() {
     drop(node);
 
     let node = open(dir.path()).await;
-    assert_eq!(node.read(|s| s.apps.len()), 15);
+    assert_eq!(node.read(|s| s.tenants.apps.len()), 15);
     let metrics = node.metrics();
     assert_eq!(metrics.purged.map(|p| p.index), Some(snapshot_index));
     assert_eq!(metrics.snapshot.map(|s| s.index), Some(snapshot_index));

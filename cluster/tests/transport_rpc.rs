@@ -229,7 +229,9 @@ async fn a_down_server_is_unreachable_and_then_fails_fast() {
         let err = cli.request(addr, ECHO, Bytes::new(), T).await.unwrap_err();
         assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
         if err.to_string().contains("backing off") {
-            assert!(started.elapsed() < Duration::from_millis(50));
+            // No dial while backing off: the answer comes at once, far under the connect
+            // timeout (3 s) a dial would take to fail (a loaded machine may delay it a little).
+            assert!(started.elapsed() < Duration::from_secs(1));
             break;
         }
         assert!(Instant::now() < deadline, "never backed off: {err}");

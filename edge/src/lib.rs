@@ -1,18 +1,8 @@
-//! streamhub playback side: the relay from origins, HLS/LL-HLS packaging and serving, MJPEG
-//! fan-out, viewer steering, and the edge node that wires them.
+//! The streamhub edge node: it pulls rooms from the origins over the QUIC relay ([`pull`],
+//! following the placement it learns from [`origins`]) and serves them to the viewers near it
+//! with the media plane (`streamhub-media`); [`node`] wires it.
 
-pub mod access;
 pub mod config;
-pub mod envelope;
-pub mod hls;
-pub mod join;
-pub mod load;
-pub mod metrics;
-pub mod mjpeg;
 pub mod node;
 pub mod origins;
-pub mod play;
 pub mod pull;
-pub mod relay;
-mod wait;
-pub mod webrtc;

@@ -1,69 +1,238 @@
 //! An edge node: joins the cluster (first start) or restarts as the member it was, registers in
 //! the node registry through its heartbeats, pulls rooms from origins on demand and serves them
-//! as HLS/LL-HLS and MJPEG, and steers viewers. `run` owns every task and drains them on
-//! shutdown.
+//! as HLS/LL-HLS, MJPEG and WHEP, and steers viewers. `run` is wiring only: it owns every task
+//! and drains them on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::Router;
 use futures::future::BoxFuture;
-use streamhub_cluster::registry::SteeringPolicy;
+use streamhub_cluster::join::{self, Joiner};
+use streamhub_cluster::load::LoadSampler;
+use streamhub_cluster::registry::{SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
+use streamhub_media::access::KeySource;
+use streamhub_media::hls::http::RoomOpener;
+use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
+use streamhub_media::http::Serving;
+use streamhub_media::metrics::{PlaybackMetrics, PlaybackSample, PlaybackStats};
+use streamhub_media::mjpeg::{MediaLookup, Viewing};
+use streamhub_media::node::{Health, MetricsSource};
+use streamhub_media::play::{NodeDirectory, Steering};
+use streamhub_media::relay::RelayClient;
+use streamhub_media::webrtc::WebRtc;
 use streamhub_shared::{AppName, RoomName};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::access::KeySource;
 use crate::config::EdgeSettings;
-use crate::hls::http::{BlockingLimits, RoomOpener};
-use crate::hls::{HlsRegistry, HlsRoom, HlsStats, MediaCache};
-use crate::metrics::{PlaybackMetrics, PlaybackSample};
-use crate::mjpeg::{MediaLookup, MjpegStats, Viewing};
 use crate::origins::Origins;
-use crate::play::{NodeDirectory, Steering};
 use crate::pull::Pulls;
-use crate::relay::{RelayClient, RelayStats};
 
-/// How often the edge heartbeats (the registry's TTL is 10 s).
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-
-/// What the edge's HTTP handlers share.
-pub struct EdgeCtx {
-    pub settings: EdgeSettings,
-    pub origins: Arc<Origins>,
-    pub pulls: Arc<Pulls>,
-    pub hls: Arc<HlsRegistry>,
-    pub hls_stats: Arc<HlsStats>,
-    pub mjpeg_stats: Arc<MjpegStats>,
-    pub relay_stats: Arc<RelayStats>,
-    pub webrtc: Arc<crate::webrtc::WebRtc>,
-    registry: prometheus::Registry,
-    metrics: PlaybackMetrics,
-    ready: AtomicBool,
+/// Runs an edge until `shutdown` is cancelled, then drains it.
+pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let s = &settings.node;
+    let http = streamhub_media::node::open_http(s).await?;
+    let webrtc = WebRtc::bind(s.webrtc.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("binding WebRTC UDP {}", s.webrtc.udp))?;
+    let (identity, voters) = identity(&settings).await?;
+    let endpoint = Endpoint::bind(s.cluster, &identity, shutdown.clone())?;
+    let origins = Origins::new(endpoint.clone(), voters, Some(s.data_dir.clone()));
+    if let Err(e) = origins.refresh().await {
+        tracing::warn!(error = %e, "no origin answered yet; serving and retrying");
+    }
+    let tasks = TaskTracker::new();
+    let stats = PlaybackStats::default();
+    let hls = Arc::new(HlsRegistry::new(
+        s.hls.clone(),
+        Arc::new(MediaCache::new(s.cache_bytes)),
+    ));
+    let pulls = Pulls::new(
+        origins.clone(),
+        RelayClient::new(endpoint.clone(), stats.relay.clone()),
+        hls.clone(),
+        settings.linger,
+        tasks.clone(),
+        shutdown.clone(),
+    );
+    let metrics = Arc::new(EdgeMetrics::new(
+        stats.clone(),
+        hls.clone(),
+        pulls.clone(),
+        webrtc.clone(),
+    ));
+    let health = Health::default();
+    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc)
+        .merge(streamhub_media::node::routes(health.clone(), metrics));
+    tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
+    tasks.spawn(run_heartbeats(
+        s.node_name.clone(),
+        origins.clone(),
+        pulls,
+        stats,
+        shutdown.clone(),
+    ));
+    let serving = Serving::start(http, router, shutdown.clone());
+    health.set_ready();
+    println!("{}", banner(&settings, &origins, &webrtc));
+    serving.until_shutdown(&tasks).await;
+    endpoint.close().await;
+    Ok(())
 }
 
-impl EdgeCtx {
-    fn render_metrics(&self) -> String {
-        self.metrics.sample(&PlaybackSample {
-            hls: &self.hls_stats,
+/// Loads this edge's cluster identity, or joins through `--join` on the first start. Returns
+/// the identity and the origins' cluster addresses learned from the join.
+async fn identity(settings: &EdgeSettings) -> anyhow::Result<(NodeIdentity, Vec<String>)> {
+    let s = &settings.node;
+    if let Some(identity) = join::existing_identity(&s.data_dir, &s.node_name)? {
+        return Ok((identity, Vec::new()));
+    }
+    let who = Joiner {
+        name: s.node_name.clone(),
+        role: NodeRole::Edge,
+        cluster_addr: s.advertised_cluster_addr(),
+        http_url: s.public_base(),
+        rtmp_url: None,
+        region: s.region.clone(),
+    };
+    let (identity, answer) =
+        join::join_and_save(&s.data_dir, &s.join, s.join_token.as_deref(), &who).await?;
+    tracing::info!(voters = ?answer.voters, "joined the cluster as an edge");
+    Ok((identity, answer.voters))
+}
+
+/// The playback routes, each resolving rooms through the pulls from origins.
+fn http_router(
+    settings: &EdgeSettings,
+    origins: &Arc<Origins>,
+    pulls: &Arc<Pulls>,
+    hls: &Arc<HlsRegistry>,
+    stats: &PlaybackStats,
+    webrtc: &Arc<WebRtc>,
+) -> Router {
+    let s = &settings.node;
+    let steering = Arc::new(Steering {
+        directory: Arc::new(OriginsDirectory(origins.clone())),
+        me: s.node_name.clone(),
+        region: s.region.clone(),
+        public_url: s.public_base(),
+        region_header: s.region_header.clone(),
+        policy: SteeringPolicy::default(),
+    });
+    let media = Arc::new(PullMedia(pulls.clone()));
+    let playback = Router::new()
+        .merge(streamhub_media::hls::http::router(
+            hls.clone(),
+            stats.hls.clone(),
+            Some(Arc::new(PullOpener(pulls.clone()))),
+            s.blocking,
+        ))
+        .merge(streamhub_media::mjpeg::router(
+            media.clone(),
+            stats.mjpeg.clone(),
+            Default::default(),
+        ))
+        .merge(streamhub_media::webrtc::http::whep_router(
+            webrtc.clone(),
+            media,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(OriginsKeys(origins.clone())) as Arc<dyn KeySource>,
+            streamhub_media::access::check,
+        ));
+    playback.merge(streamhub_media::play::router(steering))
+}
+
+fn banner(settings: &EdgeSettings, origins: &Origins, webrtc: &WebRtc) -> String {
+    let s = &settings.node;
+    let base = s.public_base();
+    format!(
+        "streamhub edge {} ({}) ready\n  origins        {}\n  watch (HLS)    {base}/hls/<app>/<room>/index.m3u8\n  watch (MJPEG)  {base}/live/<app>/<room>/mjpeg\n  watch (WHEP)   {base}/whep/<app>/<room>  (media on udp {})\n  steering       {base}/play/<app>/<room>\n  metrics        {base}/metrics",
+        s.node_name,
+        s.region,
+        origins.addrs().join(", "),
+        webrtc.local_addr(),
+    )
+}
+
+/// Every [`HEARTBEAT_EVERY`]: this edge's load, through any origin, to the registry.
+async fn run_heartbeats(
+    node: String,
+    origins: Arc<Origins>,
+    pulls: Arc<Pulls>,
+    stats: PlaybackStats,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampler = LoadSampler::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (egress_bps, cpu) = sampler.sample(stats.bytes_out());
+        let beat = Heartbeat {
+            node: node.clone(),
+            load: NodeLoad {
+                rooms: pulls.list().len() as u32,
+                publishers: 0,
+                viewers: pulls.viewers() as u32,
+                egress_bps,
+                cpu,
+            },
+        };
+        if let Err(e) = origins.heartbeat(&beat).await {
+            tracing::warn!(error = %e, "heartbeat not delivered");
+        }
+    }
+}
+
+/// The edge's `/metrics`: the playback side.
+struct EdgeMetrics {
+    registry: prometheus::Registry,
+    playback: PlaybackMetrics,
+    stats: PlaybackStats,
+    hls: Arc<HlsRegistry>,
+    pulls: Arc<Pulls>,
+    webrtc: Arc<WebRtc>,
+}
+
+impl EdgeMetrics {
+    fn new(
+        stats: PlaybackStats,
+        hls: Arc<HlsRegistry>,
+        pulls: Arc<Pulls>,
+        webrtc: Arc<WebRtc>,
+    ) -> Self {
+        let registry = prometheus::Registry::new();
+        Self {
+            playback: PlaybackMetrics::new(&registry),
+            registry,
+            stats,
+            hls,
+            pulls,
+            webrtc,
+        }
+    }
+}
+
+impl MetricsSource for EdgeMetrics {
+    fn render(&self) -> String {
+        self.playback.sample(&PlaybackSample {
+            hls: &self.stats.hls,
             cache: self.hls.cache(),
-            relay: &self.relay_stats,
-            mjpeg: &self.mjpeg_stats,
+            relay: &self.stats.relay,
+            mjpeg: &self.stats.mjpeg,
             webrtc: &self.webrtc.stats,
             viewers: self.pulls.viewers() as u64,
             rooms: self.pulls.list().len() as u64,
         });
-        crate::metrics::render(&self.registry)
+        streamhub_media::metrics::render(&self.registry)
     }
 }
 
@@ -108,7 +277,7 @@ impl KeySource for OriginsKeys {
     fn app_key(
         &self,
         app: &AppName,
-    ) -> BoxFuture<'static, Option<streamhub_cluster::registry::AppKey>> {
+    ) -> BoxFuture<'static, Option<streamhub_cluster::query::AppKey>> {
         let (origins, app) = (self.0.clone(), app.clone());
         Box::pin(async move { origins.app_key(&app).await })
     }
@@ -119,217 +288,5 @@ struct OriginsDirectory(Arc<Origins>);
 impl NodeDirectory for OriginsDirectory {
     fn nodes(&self) -> Arc<Vec<NodeRecord>> {
         self.0.nodes()
-    }
-}
-
-/// Loads this edge's cluster identity, or joins through `--join` on the first start. Returns
-/// the identity and the origins' cluster addresses learned from the join.
-async fn identity(settings: &EdgeSettings) -> anyhow::Result<(NodeIdentity, Vec<String>)> {
-    let dir = settings.data_dir.join("cluster");
-    if NodeIdentity::exists(&dir) {
-        let identity = NodeIdentity::load(&dir).context("loading the edge's cluster identity")?;
-        if identity.name != settings.node_name {
-            anyhow::bail!(
-                "data dir {} belongs to node {:?}, not {:?}: start with --node-id {} or use another data dir",
-                settings.data_dir.display(),
-                identity.name,
-                settings.node_name,
-                identity.name
-            );
-        }
-        return Ok((identity, Vec::new()));
-    }
-    let token = settings
-        .join_token
-        .as_deref()
-        .context("first start: --join and --join-token are needed to join a cluster")?;
-    anyhow::ensure!(!settings.join.is_empty(), "first start: --join is needed");
-    let who = crate::join::Joiner {
-        name: settings.node_name.clone(),
-        role: NodeRole::Edge,
-        cluster_addr: settings.advertised_cluster_addr(),
-        http_url: settings.public_base(),
-        rtmp_url: None,
-        region: settings.region.clone(),
-    };
-    let (identity, answer) = crate::join::join(&settings.join, token, &who).await?;
-    identity
-        .save(&dir)
-        .context("saving the edge's cluster identity")?;
-    tracing::info!(voters = ?answer.voters, "joined the cluster as an edge");
-    Ok((identity, answer.voters))
-}
-
-fn http_router(ctx: Arc<EdgeCtx>) -> Router {
-    let steering = Arc::new(Steering {
-        directory: Arc::new(OriginsDirectory(ctx.origins.clone())),
-        me: ctx.settings.node_name.clone(),
-        region: ctx.settings.region.clone(),
-        public_url: ctx.settings.public_base(),
-        region_header: ctx.settings.region_header.clone(),
-        policy: SteeringPolicy::default(),
-    });
-    let limits = BlockingLimits {
-        per_client: ctx.settings.max_held_per_client,
-        ..BlockingLimits::default()
-    };
-    let playback = Router::new()
-        .merge(crate::hls::http::router(
-            ctx.hls.clone(),
-            ctx.hls_stats.clone(),
-            Some(Arc::new(PullOpener(ctx.pulls.clone()))),
-            limits,
-        ))
-        .merge(crate::mjpeg::router(
-            Arc::new(PullMedia(ctx.pulls.clone())),
-            ctx.mjpeg_stats.clone(),
-            Default::default(),
-        ))
-        .merge(crate::webrtc::http::whep_router(
-            ctx.webrtc.clone(),
-            Arc::new(PullMedia(ctx.pulls.clone())),
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(OriginsKeys(ctx.origins.clone())) as Arc<dyn KeySource>,
-            crate::access::check,
-        ));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(ctx.clone())
-        .merge(playback)
-        .merge(crate::play::router(steering))
-}
-
-async fn healthz(State(ctx): State<Arc<EdgeCtx>>) -> impl IntoResponse {
-    if ctx.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
-    }
-}
-
-async fn metrics(State(ctx): State<Arc<EdgeCtx>>) -> impl IntoResponse {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        ctx.render_metrics(),
-    )
-}
-
-/// Runs an edge until `shutdown` is cancelled, then drains it.
-pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let http = TcpListener::bind(settings.http)
-        .await
-        .with_context(|| format!("binding HTTP {}", settings.http))?;
-    let webrtc = crate::webrtc::WebRtc::bind(settings.webrtc.clone(), shutdown.clone())
-        .await
-        .with_context(|| format!("binding WebRTC UDP {}", settings.webrtc.udp))?;
-    let (identity, voters) = identity(&settings).await?;
-    let endpoint = Endpoint::bind(settings.cluster, &identity, shutdown.clone())?;
-    let origins = Origins::new(endpoint.clone(), voters, Some(settings.data_dir.clone()));
-    if let Err(e) = origins.refresh().await {
-        tracing::warn!(error = %e, "no origin answered yet; serving and retrying");
-    }
-    let tasks = TaskTracker::new();
-    let relay_stats = Arc::new(RelayStats::default());
-    let hls = Arc::new(HlsRegistry::new(
-        settings.hls.clone(),
-        Arc::new(MediaCache::new(settings.cache_bytes)),
-    ));
-    let relay = RelayClient::new(endpoint.clone(), relay_stats.clone());
-    let pulls = Pulls::new(
-        origins.clone(),
-        relay,
-        hls.clone(),
-        settings.linger,
-        tasks.clone(),
-        shutdown.clone(),
-    );
-    let registry = prometheus::Registry::new();
-    let ctx = Arc::new(EdgeCtx {
-        metrics: PlaybackMetrics::new(&registry),
-        registry,
-        settings,
-        origins: origins.clone(),
-        pulls,
-        hls,
-        hls_stats: Arc::default(),
-        mjpeg_stats: Arc::default(),
-        relay_stats,
-        webrtc,
-        ready: AtomicBool::new(false),
-    });
-    tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
-    tasks.spawn(run_heartbeats(ctx.clone(), shutdown.clone()));
-    let app = http_router(ctx.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
-    ctx.ready.store(true, Ordering::Release);
-    println!("{}", banner(&ctx));
-
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
-    tasks.close();
-    let drain = async {
-        tasks.wait().await;
-        let _ = server.await;
-    };
-    if tokio::time::timeout(Duration::from_secs(10), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("some tasks did not stop within 10 s");
-    }
-    endpoint.close().await;
-    Ok(())
-}
-
-fn banner(ctx: &EdgeCtx) -> String {
-    let s = &ctx.settings;
-    let base = s.public_base();
-    format!(
-        "streamhub edge {} ({}) ready\n  origins        {}\n  watch (HLS)    {base}/hls/<app>/<room>/index.m3u8\n  watch (MJPEG)  {base}/live/<app>/<room>/mjpeg\n  watch (WHEP)   {base}/whep/<app>/<room>  (media on udp {})\n  steering       {base}/play/<app>/<room>\n  metrics        {base}/metrics",
-        s.node_name,
-        s.region,
-        ctx.origins.addrs().join(", "),
-        ctx.webrtc.local_addr(),
-    )
-}
-
-/// Every [`HEARTBEAT_EVERY`]: this edge's load, through any origin, to the registry.
-async fn run_heartbeats(ctx: Arc<EdgeCtx>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sampler = crate::load::LoadSampler::new();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let bytes = ctx.hls_stats.bytes_out.load(Ordering::Relaxed)
-            + ctx.mjpeg_stats.bytes_out.load(Ordering::Relaxed);
-        let (egress_bps, cpu) = sampler.sample(bytes);
-        let beat = Heartbeat {
-            node: ctx.settings.node_name.clone(),
-            load: NodeLoad {
-                rooms: ctx.pulls.list().len() as u32,
-                publishers: 0,
-                viewers: ctx.pulls.viewers() as u32,
-                egress_bps,
-                cpu,
-            },
-        };
-        if let Err(e) = ctx.origins.heartbeat(&beat).await {
-            tracing::warn!(error = %e, "heartbeat not delivered");
-        }
     }
 }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use streamhub_cluster::query::{AppKey, StateAnswer, StateQuery};
 use streamhub_cluster::raft::network::resolve;
-use streamhub_cluster::registry::{AppKey, StateAnswer, StateQuery};
 use streamhub_cluster::state::{Heartbeat, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{kinds, Endpoint};
 use streamhub_shared::{AppName, RoomName};

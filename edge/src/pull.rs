@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use streamhub_cluster::backoff::Backoff;
 use streamhub_shared::media::{KeyframeGate, MediaHandle, RoomMedia};
 use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, RoomName};
@@ -25,11 +26,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hls::{run_packager, HlsRegistry, HlsRoom};
 use crate::origins::{Holder, Origins};
-use crate::relay::subscribe::Update;
-use crate::relay::{RelayClient, SubscribeError, Subscription};
-use crate::wait::{changed, sleep_until};
+use streamhub_media::hls::{run_packager, HlsRegistry, HlsRoom};
+use streamhub_media::relay::subscribe::Update;
+use streamhub_media::relay::{RelayClient, SubscribeError, Subscription};
+use streamhub_media::wait::{changed, sleep_until};
 
 /// Rooms pulled at once; more are refused (404) until one ends.
 pub const MAX_PULLED_ROOMS: usize = 10_000;
@@ -239,7 +240,7 @@ impl Pulls {
     #[tracing::instrument(skip_all, fields(app = %pulled.app, room = %pulled.room))]
     async fn run(self: Arc<Self>, pulled: Arc<Pulled>, mut holder: Option<Holder>) {
         let mut session = Session::default();
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
         loop {
             if pulled.cancel.is_cancelled() || pulled.idle_for() >= self.linger {
                 break;
@@ -248,7 +249,7 @@ impl Pulls {
                 holder = self.origins.placement(&pulled.app, &pulled.room).await;
             }
             let Some(h) = holder.take() else {
-                self.wait(&pulled, backoff(&mut failures)).await;
+                self.wait(&pulled, backoff.next_random_delay()).await;
                 continue;
             };
             let attempt = tokio::select! {
@@ -264,7 +265,7 @@ impl Pulls {
             };
             match attempt {
                 Ok(sub) => {
-                    failures = 0;
+                    backoff.succeeded();
                     pulled.subscriptions.fetch_add(1, Ordering::Relaxed);
                     session.start(&self.hls, &pulled, &sub, &h);
                     pulled.state.send_replace(PullState::Live);
@@ -303,7 +304,7 @@ impl Pulls {
                     self.origins
                         .invalidate_placement(&pulled.app, &pulled.room)
                         .await;
-                    self.wait(&pulled, backoff(&mut failures)).await;
+                    self.wait(&pulled, backoff.next_random_delay()).await;
                 }
             }
         }
@@ -465,31 +466,5 @@ impl Session {
     fn end(&mut self) {
         self.media = None;
         self.epoch = None;
-    }
-}
-
-/// Capped exponential backoff with jitter: `[50%, 100%)` of `min(base * 2^n, cap)`.
-fn backoff(failures: &mut u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << (*failures).min(10));
-    *failures = failures.saturating_add(1);
-    exp.min(BACKOFF_CAP)
-        .mul_f64(0.5 + 0.5 * rand::random::<f64>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut n = 0;
-        let first = backoff(&mut n);
-        assert!(first >= BACKOFF_BASE / 2 && first < BACKOFF_BASE);
-        for _ in 0..20 {
-            let d = backoff(&mut n);
-            assert!(d < BACKOFF_CAP);
-        }
-        let late = backoff(&mut n);
-        assert!(late >= BACKOFF_CAP / 2);
     }
 }

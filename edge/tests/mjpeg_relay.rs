@@ -9,15 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use streamhub_cluster::registry::{StateAnswer, StateQuery};
-use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole, Placement, TenantState};
+use streamhub_cluster::query::{StateAnswer, StateQuery};
+use streamhub_cluster::state::{ClusterState, NodeLoad, NodeRecord, NodeRole, Placement};
 use streamhub_cluster::transport::pki::{create_ca, issue_node_cert, CaBundle};
 use streamhub_cluster::transport::{kinds, service_fn, Endpoint, NodeIdentity, RemoteError};
-use streamhub_edge::hls::{HlsConfig, HlsRegistry};
-use streamhub_edge::mjpeg::{self, MediaLookup, MjpegStats, Viewing, BOUNDARY};
 use streamhub_edge::origins::Origins;
 use streamhub_edge::pull::Pulls;
-use streamhub_edge::relay::{RelayClient, RelayServer, RelaySource};
+use streamhub_media::hls::{HlsConfig, HlsRegistry};
+use streamhub_media::mjpeg::{self, MediaLookup, MjpegStats, Viewing, BOUNDARY};
+use streamhub_media::relay::{RelayClient, RelayServer, RelaySource};
 use streamhub_shared::media::{CodecConfig, MediaHandle, RoomMedia};
 use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, Frame, RoomName, TrackInfo};
@@ -76,7 +76,7 @@ fn start_origin(ca: &CaBundle) -> Arc<Origin> {
     server.register(&origin.endpoint);
     std::mem::forget(server); // lives for the whole test
                               // The tenant state an origin would answer from: one node, one placement.
-    let mut state = TenantState::default();
+    let mut state = ClusterState::default();
     let me = NodeRecord {
         name: "origin-1".into(),
         id: 1,
@@ -90,12 +90,12 @@ fn start_origin(ca: &CaBundle) -> Arc<Origin> {
         registered_at_ms: 0,
         last_heartbeat_ms: 0,
     };
-    state.nodes.insert(me.name.clone(), me);
+    state.registry.nodes.insert(me.name.clone(), me);
     let (app, room) = (
         AppName::new("cams").unwrap(),
         RoomName::new("door").unwrap(),
     );
-    state.placements.insert(
+    state.placements.rooms.insert(
         streamhub_cluster::state::room_key(&app, &room),
         Placement {
             app,
@@ -255,7 +255,8 @@ async fn a_relayed_jpeg_track_plays_as_mjpeg_and_frame_jpg_on_the_edge() {
     assert_eq!(resp.headers()["content-type"], "image/jpeg");
     assert_eq!(resp.bytes().await.unwrap(), pictures[0]);
 
-    // The multipart stream delivers consecutive pictures as they are published at 10 fps.
+    // The multipart stream delivers pictures as they are published at 10 fps, in order (a viewer
+    // that falls behind skips to the newest picture, as documented: no repeats, no going back).
     let mut stream = http.get(format!("{base}/mjpeg")).send().await.unwrap();
     assert!(stream.headers()["content-type"]
         .to_str()
@@ -290,8 +291,8 @@ async fn a_relayed_jpeg_track_plays_as_mjpeg_and_frame_jpg_on_the_edge() {
         .map(|p| *index.get(p.as_slice()).expect("a picture that was sent"))
         .collect();
     assert!(
-        seq.windows(2).all(|w| w[1] == w[0] + 1),
-        "consecutive pictures: {seq:?}"
+        seq.windows(2).all(|w| w[1] > w[0]),
+        "pictures in order, none twice: {seq:?}"
     );
     let newest = tokio::time::timeout(Duration::from_secs(5), async {
         loop {

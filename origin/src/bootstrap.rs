@@ -5,7 +5,8 @@ use streamhub_cluster::state::{AdminUser, App, Command, Ingress, IngressKind};
 use streamhub_shared::{AppName, RoomName};
 
 use crate::credentials::{hash_password, random_hex, random_token, sha256_hex, unix_now_ms};
-use crate::node::NodeCtx;
+use crate::services::PublicUrls;
+use crate::tenants::Tenants;
 
 /// What the first start created, for the banner.
 #[derive(Debug, Default)]
@@ -24,12 +25,12 @@ pub const DEMO_ROOM: &str = "main";
 /// Creates the admin (from `ADMIN_USER`/`ADMIN_PASS`, or a generated password) and the demo app,
 /// once. Later starts change nothing.
 pub async fn first_start(
-    ctx: &NodeCtx,
+    tenants: &Tenants,
     admin_user: &str,
     admin_pass: Option<&str>,
 ) -> anyhow::Result<FirstStart> {
     let mut out = FirstStart::default();
-    if ctx.raft.read(|s| s.admin.is_some()) {
+    if tenants.admin().is_some() {
         return Ok(out);
     }
     let password = match admin_pass {
@@ -41,51 +42,54 @@ pub async fn first_start(
         }
     };
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&password)).await?;
-    ctx.write(Command::BootstrapAdmin(AdminUser {
-        username: admin_user.to_string(),
-        password_hash,
-    }))
-    .await
-    .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    tenants
+        .write(Command::BootstrapAdmin(AdminUser {
+            username: admin_user.to_string(),
+            password_hash,
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
     let app = AppName::new(DEMO_APP)?;
-    if ctx.raft.read(|s| s.apps.is_empty()) {
+    if tenants.read(|s| s.tenants.apps.is_empty()) {
         let key = random_token("rk_", 32);
-        ctx.write(Command::CreateApp(App {
-            name: app.clone(),
-            display_name: Some("Demo".into()),
-            key_id: random_token("ak_", 16),
-            secret: random_hex(32),
-            created_at_ms: unix_now_ms(),
-        }))
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap demo app: {e}"))?;
-        ctx.write(Command::CreateIngress(Ingress {
-            id: format!("in_{}", random_hex(8)),
-            app,
-            room: RoomName::new(DEMO_ROOM)?,
-            name: Some("demo".into()),
-            kind: IngressKind::Rtmp,
-            key_hash: sha256_hex(&key),
-            url: None,
-            transport: None,
-            created_at_ms: unix_now_ms(),
-        }))
-        .await
-        .map_err(|e| anyhow::anyhow!("bootstrap demo ingress: {e}"))?;
+        tenants
+            .write(Command::CreateApp(App {
+                name: app.clone(),
+                display_name: Some("Demo".into()),
+                key_id: random_token("ak_", 16),
+                secret: random_hex(32),
+                created_at_ms: unix_now_ms(),
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap demo app: {e}"))?;
+        tenants
+            .write(Command::CreateIngress(Ingress {
+                id: format!("in_{}", random_hex(8)),
+                app,
+                room: RoomName::new(DEMO_ROOM)?,
+                name: Some("demo".into()),
+                kind: IngressKind::Rtmp,
+                key_hash: sha256_hex(&key),
+                url: None,
+                transport: None,
+                created_at_ms: unix_now_ms(),
+            }))
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap demo ingress: {e}"))?;
         out.demo_stream_key = Some(key);
     }
     Ok(out)
 }
 
-/// The start-up banner: where the API is, how to push, where to watch.
+/// The start-up banner: where the API is, how to push, where to watch, how to grow the cluster.
 pub fn banner(
-    ctx: &NodeCtx,
+    urls: &PublicUrls,
+    webrtc_udp: std::net::SocketAddr,
     first: &FirstStart,
     admin_user: &str,
-    join_token: Option<&str>,
 ) -> String {
-    let base = ctx.settings.public_base();
-    let rtmp = ctx.rtmp_url();
+    let base = urls.base();
+    let rtmp = urls.rtmp();
     let key = first
         .demo_stream_key
         .clone()
@@ -93,8 +97,8 @@ pub fn banner(
     let mut s = format!(
         "\nstreamhub origin {name} (region {region}) is ready\n\
          \n  dashboard/API  {base}/api/v1   (health: {base}/healthz, metrics: {base}/metrics)\n",
-        name = ctx.settings.node_name,
-        region = ctx.settings.region,
+        name = urls.node(),
+        region = urls.region(),
     );
     match &first.admin_password {
         Some(p) => {
@@ -114,15 +118,12 @@ pub fn banner(
          watch (HLS)    {base}/hls/{DEMO_APP}/{DEMO_ROOM}/index.m3u8   (ffplay or any HLS player)\n  \
          push (WHIP)    {base}/whip/{DEMO_APP}/{DEMO_ROOM}   (Bearer: the stream key; test page: {base}/publish/{DEMO_APP}/{DEMO_ROOM}; media on udp {udp})\n  \
          watch (WHEP)   {base}/whep/{DEMO_APP}/{DEMO_ROOM}   (player page: {base}/play/{DEMO_APP}/{DEMO_ROOM})\n",
-        udp = ctx.webrtc.local_addr(),
+        udp = webrtc_udp,
     );
-    if let Some(t) = join_token {
-        s += &format!(
-            "\n  cluster        new cluster; add an origin with:\n                 \
-             streamhub-origin --node-id <name> --cluster <addr:4433> --join {base} --join-token {t}\n                 \
-             (token valid 24 h; mint more: POST /api/v1/cluster/join-tokens)\n"
-        );
-    }
+    s += &format!(
+        "\n  cluster        add a node: mint a join token (POST {base}/api/v1/cluster/join-tokens as the admin), then\n                 \
+         streamhub-origin --node-id <name> --cluster <addr:4433> --join {base}   (token in STREAMHUB_JOIN_TOKEN)\n"
+    );
     if first.demo_stream_key.is_none() {
         s += "  (stream keys are shown once; create one: POST /api/v1/apps/:app/ingress {\"type\":\"rtmp\",\"room\":\"main\"})\n";
     }

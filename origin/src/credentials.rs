@@ -117,6 +117,44 @@ impl SessionKeys {
     }
 }
 
+/// Dashboard logins: session tokens, and the `ADMIN_USER`/`ADMIN_PASS` break-glass login.
+#[derive(Clone)]
+pub struct Sessions {
+    keys: SessionKeys,
+    break_glass: Option<std::sync::Arc<(String, String)>>,
+}
+
+impl Sessions {
+    /// Sessions signed with `keys`; `break_glass` is accepted as a login while it is set.
+    pub fn new(keys: SessionKeys, break_glass: Option<(String, String)>) -> Self {
+        Self {
+            keys,
+            break_glass: break_glass.map(std::sync::Arc::new),
+        }
+    }
+
+    /// A session token for `user`.
+    pub fn issue(&self, user: &str) -> String {
+        self.keys.issue(user, unix_now())
+    }
+
+    /// The claims of a valid session token.
+    pub fn check(&self, token: &str) -> Option<SessionClaims> {
+        self.keys.check(token)
+    }
+
+    /// Whether `user`/`password` is the break-glass login (compared in constant time).
+    pub fn is_break_glass(&self, user: &str, password: &str) -> bool {
+        self.break_glass
+            .as_deref()
+            .is_some_and(|(u, p)| u == user && constant_time_eq(p.as_bytes(), password.as_bytes()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Writes a secret file readable by the owner only.
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;

@@ -1,16 +1,28 @@
-//! The streamhub origin: ingest, the REST API and tenant state, wired into one node.
+//! The streamhub origin: ingest, the REST API and the tenant state, wired into one node.
+//!
+//! Services (each testable alone, handed to handlers as axum sub-states by [`services`]):
+//! [`tenants`] (the replicated state: reads, writes, credential lookups), [`placement`] (room
+//! claims, releases, fencing), [`admission`] (the one way into a room), [`rooms`] (the live
+//! rooms of this node), [`membership`] (joining, admitting and removing nodes, cluster status),
+//! [`heartbeat`] (load reports, lease renewal, revalidation). Ingest protocols: [`rtmp`],
+//! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
+//! wires them.
 
+pub mod admission;
 pub mod api;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;
-pub mod lease;
+pub mod heartbeat;
 pub mod membership;
 pub mod metrics;
 pub mod node;
+pub mod placement;
 pub mod rooms;
 pub mod rtmp;
 pub mod rtsp;
+pub mod services;
+pub mod tenants;
 pub mod transcode;
 pub mod whip;
 pub mod wsmjpeg;

@@ -1,14 +1,33 @@
-//! How a node comes to be in a cluster: bootstrap a new one (create the CA), join an existing one
-//! through any origin with a join token, or restart as the member it was.
+//! How an origin is in its cluster: it bootstraps a new one (creating the CA), joins an existing
+//! one through any origin with a join token, or restarts as the member it was ([`prepare`],
+//! [`Membership::settle`]); it admits and removes nodes, mints join tokens, and reports the
+//! cluster's status. It also answers the cluster services about the replicated state
+//! (`STATE_QUERY` for edges, `CLUSTER_STATUS` for origins).
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use streamhub_cluster::state::NodeRole;
-use streamhub_cluster::transport::pki::{CaBundle, NodeIdentity};
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use streamhub_cluster::join::{self, JoinAnswer, JoinRequest, Joiner, JOIN_TOKEN_PREFIX};
+use streamhub_cluster::query::StateQuery;
+use streamhub_cluster::raft::RaftNode;
+use streamhub_cluster::registry::is_up;
+use streamhub_cluster::state::{
+    ClusterCa, Command, CommandResponse, JoinToken, NodeLoad, NodeRecord, NodeRole,
+};
+use streamhub_cluster::transport::kinds::{CLUSTER_STATUS, STATE_QUERY};
+use streamhub_cluster::transport::pki::{self, CaBundle, NodeIdentity};
+use streamhub_cluster::transport::{service_fn, RemoteError};
+use streamhub_media::http::ApiError;
+use streamhub_media::node::config::NodeSettings;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
-use streamhub_cluster::registry::JoinAnswer;
+use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
+use crate::tenants::Tenants;
 
 /// How this start relates to the cluster.
 pub enum Startup {
@@ -20,82 +39,428 @@ pub enum Startup {
     Restart,
 }
 
-/// Where the node's certificate and key live.
-pub fn identity_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("cluster")
-}
-
-/// Loads, creates or fetches (by joining) this node's cluster identity.
+/// Loads, creates or fetches (by joining) this origin's cluster identity.
 pub async fn prepare(
-    settings: &Settings,
-    role: NodeRole,
+    settings: &NodeSettings,
+    rtmp_url: String,
 ) -> anyhow::Result<(NodeIdentity, Startup)> {
-    let dir = identity_dir(&settings.data_dir);
-    if NodeIdentity::exists(&dir) {
-        let identity = NodeIdentity::load(&dir).context("loading the node's cluster identity")?;
-        if identity.name != settings.node_name {
-            anyhow::bail!(
-                "data dir {} belongs to node {:?}, not {:?}: start with --node-id {} or use another data dir",
-                settings.data_dir.display(),
-                identity.name,
-                settings.node_name,
-                identity.name
-            );
-        }
-        if settings.join.is_some() {
+    if let Some(identity) = join::existing_identity(&settings.data_dir, &settings.node_name)? {
+        if !settings.join.is_empty() {
             tracing::info!("node already a cluster member; --join ignored");
         }
         return Ok((identity, Startup::Restart));
     }
-    match &settings.join {
-        Some(_) => {
-            let (identity, answer) = join(settings, role).await?;
-            identity
-                .save(&dir)
-                .context("saving the node's cluster identity")?;
-            Ok((identity, Startup::Join { answer }))
-        }
-        None => {
-            let (identity, ca) =
-                NodeIdentity::bootstrap("streamhub", &settings.node_name, "origin")
-                    .context("creating the cluster CA")?;
-            identity
-                .save(&dir)
-                .context("saving the node's cluster identity")?;
-            Ok((identity, Startup::Bootstrap { ca }))
-        }
+    if settings.join.is_empty() {
+        let (identity, ca) = NodeIdentity::bootstrap("streamhub", &settings.node_name, "origin")
+            .context("creating the cluster CA")?;
+        identity
+            .save(&join::identity_dir(&settings.data_dir))
+            .context("saving the node's cluster identity")?;
+        return Ok((identity, Startup::Bootstrap { ca }));
     }
-}
-
-/// Asks the origin at `--join` to admit this node; checks the CA against the token.
-async fn join(settings: &Settings, role: NodeRole) -> anyhow::Result<(NodeIdentity, JoinAnswer)> {
-    let join = settings.join.as_ref().context("no --join")?;
-    let who = streamhub_edge::join::Joiner {
+    let who = Joiner {
         name: settings.node_name.clone(),
-        role,
-        cluster_addr: advertised_cluster_addr(settings),
+        role: NodeRole::Origin,
+        cluster_addr: settings.advertised_cluster_addr(),
         http_url: settings.public_base(),
-        rtmp_url: matches!(role, NodeRole::Origin).then(|| {
-            format!(
-                "rtmp://{}:{}/live",
-                settings.public_host(),
-                settings.rtmp.port()
-            )
-        }),
+        rtmp_url: Some(rtmp_url),
         region: settings.region.clone(),
     };
-    Ok(streamhub_edge::join::join(std::slice::from_ref(&join.url), &join.token, &who).await?)
+    let (identity, answer) = join::join_and_save(
+        &settings.data_dir,
+        &settings.join,
+        settings.join_token.as_deref(),
+        &who,
+    )
+    .await?;
+    Ok((identity, Startup::Join { answer }))
 }
 
-/// The cluster address other nodes dial: the bind address, with an unspecified IP replaced by
-/// the public host.
-pub fn advertised_cluster_addr(settings: &Settings) -> String {
-    if let Some(addr) = &settings.cluster_advertise {
-        return addr.clone();
+/// The membership service of an origin.
+#[derive(Clone)]
+pub struct Membership {
+    raft: Arc<RaftNode>,
+    tenants: Tenants,
+    me: String,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Membership {
+    /// Membership of the node named `me`; background work goes to `tasks`.
+    pub fn new(
+        tenants: Tenants,
+        me: String,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            raft: tenants.raft().clone(),
+            tenants,
+            me,
+            tasks,
+            shutdown,
+        }
     }
-    if settings.cluster.ip().is_unspecified() {
-        format!("{}:{}", settings.public_host(), settings.cluster.port())
-    } else {
-        settings.cluster.to_string()
+
+    /// Mints a join token valid `ttl_ms`: `shj_<secret>.<first 16 hex of the CA fingerprint>`,
+    /// so the joiner can check it reached the right cluster before trusting the CA it is sent.
+    pub async fn mint_join_token(&self, ttl_ms: u64) -> Result<(String, u64), ApiError> {
+        let ca = self.ca()?;
+        let fp =
+            pki::ca_fingerprint(&ca.cert_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let token = format!("{}.{}", random_token(JOIN_TOKEN_PREFIX, 32), &fp[..16]);
+        let now = unix_now_ms();
+        let expires_at_ms = now + ttl_ms;
+        self.tenants
+            .write(Command::CreateJoinToken(JoinToken {
+                id: format!("jt_{}", random_hex(6)),
+                hash: sha256_hex(&token),
+                expires_at_ms,
+                created_at_ms: now,
+            }))
+            .await?;
+        Ok((token, expires_at_ms))
+    }
+
+    fn ca(&self) -> Result<ClusterCa, ApiError> {
+        self.raft
+            .read(|s| s.membership.cluster_ca.clone())
+            .ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))
+    }
+
+    /// Admits a node that presents a valid join token: signs its certificate, registers it,
+    /// and makes an origin a voter (in the background: it starts its Raft once it has its
+    /// certificate).
+    pub async fn admit(&self, req: JoinRequest) -> Result<JoinAnswer, ApiError> {
+        pki::validate_node_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let hash = sha256_hex(&req.token);
+        let now = unix_now_ms();
+        if self
+            .raft
+            .read(|s| s.membership.join_token_by_hash(&hash, now).is_none())
+        {
+            tracing::warn!(node = %req.name, "join refused: unknown or expired join token");
+            return Err(ApiError::Unauthorized(
+                "unknown or expired join token".into(),
+            ));
+        }
+        let ca = self.ca()?;
+        let node_id = streamhub_cluster::raft::node_id_from_name(&req.name);
+        let cert = pki::sign_node_csr(
+            &CaBundle {
+                cert_pem: ca.cert_pem.clone(),
+                key_pem: ca.key_pem.clone(),
+            },
+            &req.csr,
+            &req.name,
+            req.role.as_str(),
+        )
+        .map_err(|e| ApiError::BadRequest(format!("certificate request refused: {e}")))?;
+        let record = NodeRecord {
+            name: req.name.clone(),
+            id: node_id,
+            role: req.role,
+            region: req.region.clone(),
+            http_url: req.http_url.clone(),
+            rtmp_url: req.rtmp_url.clone(),
+            cluster_addr: req.cluster_addr.clone(),
+            version: req.version.clone(),
+            load: NodeLoad::default(),
+            registered_at_ms: now,
+            last_heartbeat_ms: now,
+        };
+        self.tenants
+            .write(Command::RegisterNode(record))
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::Conflict(what) => {
+                    tracing::warn!(node = %req.name, %what, "join refused: name or id already in the cluster");
+                    ApiError::Conflict(format!(
+                        "{what}: remove it first (POST /api/v1/cluster/nodes/:name/remove)"
+                    ))
+                }
+                other => other,
+            })?;
+        if req.role == NodeRole::Origin {
+            self.add_voter_in_background(node_id, req.cluster_addr.clone(), req.name.clone());
+        }
+        tracing::info!(node = %req.name, role = req.role.as_str(), "node admitted to the cluster");
+        Ok(JoinAnswer {
+            ca_cert: ca.cert_pem,
+            cert,
+            node_id,
+            voters: self.raft.status().nodes.values().cloned().collect(),
+        })
+    }
+
+    /// Adds an admitted origin as a voter, retrying for up to two minutes: the joiner starts
+    /// its Raft after it got its certificate, and the leader's replication reaches it as soon
+    /// as it listens.
+    fn add_voter_in_background(&self, node_id: u64, cluster_addr: String, name: String) {
+        let raft = self.raft.clone();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = raft.add_voter(node_id, cluster_addr.clone()) => r,
+                };
+                match attempt {
+                    Ok(()) => return tracing::info!(node = %name, "joined as voter"),
+                    Err(e) if Instant::now() > deadline => {
+                        return tracing::error!(node = %name, error = %e, "could not add voter")
+                    }
+                    Err(e) => tracing::debug!(node = %name, error = %e, "add voter: retrying"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    /// Removes a node from the registry, and an origin from the voters.
+    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+        let record = self
+            .raft
+            .read(|s| s.registry.nodes.get(name).cloned())
+            .ok_or_else(|| ApiError::NotFound(format!("node {name}")))?;
+        if record.role == NodeRole::Origin {
+            self.raft
+                .remove_node(record.id)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("membership change failed: {e}")))?;
+        }
+        self.tenants
+            .write(Command::RemoveNode {
+                name: name.to_string(),
+            })
+            .await?;
+        tracing::info!(node = %name, "node removed from the cluster");
+        Ok(())
+    }
+
+    /// Every node of the registry, with its health.
+    pub fn nodes(&self) -> Vec<Value> {
+        let now = unix_now_ms();
+        self.raft.read(|s| {
+            s.registry
+                .nodes
+                .values()
+                .map(|n| {
+                    let mut v = serde_json::to_value(n).unwrap_or_default();
+                    v["status"] = if is_up(n, now) { "up" } else { "down" }.into();
+                    v["lastHeartbeatMs"] = n.last_heartbeat_ms.into();
+                    v
+                })
+                .collect()
+        })
+    }
+
+    /// The node names of Raft ids, from the registry.
+    fn names(&self) -> HashMap<u64, String> {
+        self.raft.read(|s| {
+            s.registry
+                .nodes
+                .values()
+                .map(|n| (n.id, n.name.clone()))
+                .collect()
+        })
+    }
+
+    /// This node's view of the cluster; `applied` per node is known only on the leader.
+    pub fn local_status(&self) -> Value {
+        let st = self.raft.status();
+        let names = self.names();
+        let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| id.to_string());
+        let now = unix_now_ms();
+        let nodes: Vec<Value> = self.raft.read(|s| {
+            s.registry
+                .nodes
+                .values()
+                .map(|n| {
+                    let applied = if n.id == st.node_id {
+                        st.last_applied
+                    } else {
+                        st.replication.get(&n.id).copied().flatten()
+                    };
+                    json!({
+                        "name": n.name, "id": n.id, "role": n.role, "region": n.region,
+                        "clusterAddr": n.cluster_addr, "applied": applied,
+                        "health": if is_up(n, now) { "up" } else { "down" },
+                        "lastHeartbeatMsAgo": now.saturating_sub(n.last_heartbeat_ms),
+                    })
+                })
+                .collect()
+        });
+        json!({
+            "self": self.me,
+            "leader": st.leader.as_ref().map(name),
+            "term": st.term,
+            "state": format!("{:?}", st.state),
+            "voters": st.voters.iter().map(name).collect::<Vec<_>>(),
+            "learners": st.learners.iter().map(name).collect::<Vec<_>>(),
+            "lastApplied": st.last_applied,
+            "snapshotIndex": st.snapshot,
+            "nodes": nodes,
+        })
+    }
+
+    /// The cluster as the leader sees it (asked over the cluster transport), or this node's
+    /// view, marked `partial`, when the leader cannot be reached.
+    pub async fn status(&self) -> Value {
+        let st = self.raft.status();
+        let leader_addr = st
+            .leader
+            .filter(|l| *l != st.node_id)
+            .and_then(|l| st.nodes.get(&l).cloned());
+        if let Some(mut v) = self.peer_status(leader_addr.as_ref()).await {
+            v["self"] = self.me.clone().into();
+            return v;
+        }
+        let mut v = self.local_status();
+        v["partial"] = true.into();
+        v
+    }
+
+    /// The cluster view of the node at cluster address `addr` ([`CLUSTER_STATUS`]).
+    async fn peer_status(&self, addr: Option<&String>) -> Option<Value> {
+        let sock = streamhub_cluster::raft::network::resolve(addr?).await?;
+        let body = self
+            .raft
+            .endpoint()
+            .request(sock, CLUSTER_STATUS, Bytes::new(), Duration::from_secs(2))
+            .await
+            .ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Answers edges asking about the replicated state, and followers asking for the leader's
+    /// view of the cluster.
+    pub fn register_services(&self) {
+        let raft = self.raft.clone();
+        self.raft.endpoint().register(
+            STATE_QUERY,
+            service_fn(move |_peer, body| {
+                let raft = raft.clone();
+                async move {
+                    let q: StateQuery = serde_json::from_slice(&body)
+                        .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
+                    let now = unix_now_ms();
+                    let answer = raft.read(|s| q.answer(s, now));
+                    serde_json::to_vec(&answer)
+                        .map(Bytes::from)
+                        .map_err(|e| RemoteError::new("internal", e.to_string()))
+                }
+            }),
+        );
+        let this = self.clone();
+        self.raft.endpoint().register(
+            CLUSTER_STATUS,
+            service_fn(move |_peer, _body| {
+                let v = this.local_status();
+                async move { Ok(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())) }
+            }),
+        );
+    }
+
+    /// Finishes this start's part in the cluster: a bootstrap stores the CA and registers this
+    /// node; a joiner waits until it is a voter; a restarted member until it caught up.
+    pub async fn settle(&self, startup: Startup, me: NodeRecord) -> anyhow::Result<()> {
+        match startup {
+            Startup::Bootstrap { ca } => {
+                let ca = ClusterCa {
+                    cert_pem: ca.cert_pem,
+                    key_pem: ca.key_pem,
+                };
+                match self.raft.write(Command::InitCluster(ca)).await? {
+                    CommandResponse::Ok | CommandResponse::Exists { .. } => {}
+                    other => anyhow::bail!("initialising the cluster: {other:?}"),
+                }
+                match self.raft.write(Command::RegisterNode(me)).await? {
+                    CommandResponse::Ok | CommandResponse::Exists { .. } => Ok(()),
+                    other => anyhow::bail!("registering this node: {other:?}"),
+                }
+            }
+            Startup::Join { .. } => self.wait_until_voter().await,
+            Startup::Restart => self.wait_until_caught_up().await,
+        }
+    }
+
+    /// A restarted member serves nothing until it has caught up with the group: its own state
+    /// on disk may lag what it acknowledged before it stopped (applied < committed), and after
+    /// a crash it may even believe it still leads an old term. Ready when it leads with a
+    /// quorum (`ensure_linearizable`), or when it has applied what the current leader has
+    /// applied.
+    ///
+    /// While it waits (at most `QUIET_RESTART`) it does not call elections: a node that comes
+    /// back before its peers' connections to it are re-established would otherwise time out,
+    /// start elections with ever higher terms and depose the healthy leader. The bound keeps a
+    /// whole-cluster restart (where nobody else can lead) from waiting for ever.
+    async fn wait_until_caught_up(&self) -> anyhow::Result<()> {
+        const QUIET_RESTART: Duration = Duration::from_secs(3);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        let me = self.raft.node_id();
+        let elect = |on: bool| self.raft.raft().runtime_config().elect(on);
+        if self.raft.status().voters.len() > 1 {
+            elect(false);
+        }
+        let result = loop {
+            let st = self.raft.status();
+            if st.voters.len() <= 1 {
+                break Ok(());
+            }
+            if started.elapsed() > QUIET_RESTART {
+                elect(true);
+            }
+            match st.leader {
+                Some(l) if l == me => {
+                    let check = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        self.raft.raft().ensure_linearizable(),
+                    )
+                    .await;
+                    if matches!(check, Ok(Ok(_))) {
+                        break Ok(());
+                    }
+                }
+                Some(l) => {
+                    let leader_applied = self.peer_status(st.nodes.get(&l)).await;
+                    if let Some(target) = leader_applied.and_then(|v| v["lastApplied"].as_u64()) {
+                        if self.raft.status().last_applied >= Some(target) {
+                            tracing::info!(applied = target, "caught up with the leader");
+                            break Ok(());
+                        }
+                    }
+                }
+                None => {}
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "could not catch up with the cluster within 120 s (status {st:?})"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        elect(true);
+        result
+    }
+
+    /// A joiner is ready once it is a voter and has applied what the leader had committed.
+    async fn wait_until_voter(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let me = self.raft.node_id();
+        loop {
+            let st = self.raft.status();
+            if st.voters.contains(&me) && st.leader.is_some() && st.last_applied.is_some() {
+                tracing::info!(term = st.term, "joined the cluster as a voter");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("not added to the cluster within 120 s (status {st:?})");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -1,14 +1,34 @@
 //! `GET /metrics`: Prometheus text exposition, sampled from the node's counters at scrape time.
 
-use prometheus::{Encoder, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::Arc;
 
-use streamhub_edge::metrics::{PlaybackMetrics, PlaybackSample};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use streamhub_cluster::raft::RaftNode;
+use streamhub_media::hls::HlsRegistry;
+use streamhub_media::metrics::{
+    counter, gauge, render, sync_counter, PlaybackMetrics, PlaybackSample, PlaybackStats,
+};
+use streamhub_media::node::MetricsSource;
+use streamhub_media::webrtc::WebRtc;
 
-use crate::node::NodeCtx;
-use crate::rooms::Protocol;
+use crate::rooms::{Protocol, Rooms};
+use crate::rtmp::RtmpStats;
+use crate::wsmjpeg::WsStats;
 
-/// The node's Prometheus registry.
+/// What an origin's metrics are sampled from.
+pub struct Sources {
+    pub rooms: Arc<Rooms>,
+    pub playback: PlaybackStats,
+    pub hls: Arc<HlsRegistry>,
+    pub webrtc: Arc<WebRtc>,
+    pub rtmp: Arc<RtmpStats>,
+    pub ws: Arc<WsStats>,
+    pub raft: Arc<RaftNode>,
+}
+
+/// The origin's `/metrics`: its Prometheus registry and where each value comes from.
 pub struct Metrics {
+    sources: Sources,
     registry: Registry,
     live_rooms: IntGauge,
     publishers: IntGaugeVec,
@@ -30,35 +50,9 @@ pub struct Metrics {
     raft_applied: IntGauge,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric name");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
-}
-
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric name");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
-}
-
-/// Brings a monotonic counter up to `value` (sources are atomics that only grow).
-fn sync_counter(c: &IntCounter, value: u64) {
-    let cur = c.get();
-    if value > cur {
-        c.inc_by(value - cur);
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    /// Registers every metric.
-    pub fn new() -> Self {
+    /// Registers every metric, sampled from `sources`.
+    pub fn new(sources: Sources) -> Self {
         let r = Registry::new();
         let publishers = IntGaugeVec::new(
             Opts::new("streamhub_publishers", "Live publishers by protocol"),
@@ -143,13 +137,15 @@ impl Metrics {
                 "Last log index applied to the state machine",
             ),
             registry: r,
+            sources,
         }
     }
 
     /// Samples the node and renders the text format.
-    pub fn render(&self, ctx: &NodeCtx) -> String {
+    fn sample(&self) {
         use std::sync::atomic::Ordering::Relaxed;
-        let by_proto = ctx.rooms.publishers_by_protocol();
+        let src = &self.sources;
+        let by_proto = src.rooms.publishers_by_protocol();
         self.live_rooms.set(by_proto.values().sum::<usize>() as i64);
         for &p in Protocol::ALL {
             self.publishers
@@ -157,32 +153,29 @@ impl Metrics {
                 .set(by_proto.get(&p).copied().unwrap_or(0) as i64);
         }
         self.playback.sample(&PlaybackSample {
-            hls: &ctx.hls_stats,
-            cache: ctx.hls.cache(),
-            relay: &ctx.relay_stats,
-            mjpeg: &ctx.mjpeg_stats,
-            webrtc: &ctx.webrtc.stats,
+            hls: &src.playback.hls,
+            cache: src.hls.cache(),
+            relay: &src.playback.relay,
+            mjpeg: &src.playback.mjpeg,
+            webrtc: &src.webrtc.stats,
             viewers: 0,
-            rooms: ctx.hls.len() as u64,
+            rooms: src.hls.len() as u64,
         });
         sync_counter(
             &self.rtmp_connections,
-            ctx.rtmp_stats.connections_total.load(Relaxed),
+            src.rtmp.connections_total.load(Relaxed),
         );
-        sync_counter(
-            &self.rtmp_refused,
-            ctx.rtmp_stats.publish_refused.load(Relaxed),
-        );
+        sync_counter(&self.rtmp_refused, src.rtmp.publish_refused.load(Relaxed));
         sync_counter(
             &self.rtmp_handshake_failures,
-            ctx.rtmp_stats.handshake_failures.load(Relaxed),
+            src.rtmp.handshake_failures.load(Relaxed),
         );
         sync_counter(
             &self.rtmp_connections_refused,
-            ctx.rtmp_stats.connections_refused.load(Relaxed),
+            src.rtmp.connections_refused.load(Relaxed),
         );
-        sync_counter(&self.rtmp_bytes_in, ctx.rtmp_stats.bytes_in.load(Relaxed));
-        let ws = &ctx.ws_stats;
+        sync_counter(&self.rtmp_bytes_in, src.rtmp.bytes_in.load(Relaxed));
+        let ws = &src.ws;
         sync_counter(&self.ws_connections, ws.connections.load(Relaxed));
         sync_counter(&self.ws_refused, ws.refused.load(Relaxed));
         sync_counter(&self.ws_frames_in, ws.frames_in.load(Relaxed));
@@ -192,16 +185,18 @@ impl Metrics {
             ws.frames_rate_limited.load(Relaxed),
         );
         sync_counter(&self.ws_bytes_in, ws.bytes_in.load(Relaxed));
-        let m = ctx.raft.status();
+        let m = src.raft.status();
         self.raft_term.set(m.term as i64);
         self.raft_leader.set(m.leader.unwrap_or(0) as i64);
         self.raft_is_leader
             .set(i64::from(m.leader == Some(m.node_id)));
         self.raft_applied.set(m.last_applied.unwrap_or(0) as i64);
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl MetricsSource for Metrics {
+    fn render(&self) -> String {
+        self.sample();
+        render(&self.registry)
     }
 }

@@ -13,6 +13,7 @@ use streamhub_shared::media::{Frame, GroupPolicy, MediaHandle, RoomMedia, TrackI
 use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Grant, Refusal};
 use crate::transcode::AudioTranscode;
 
 /// The protocol a publisher speaks.
@@ -44,34 +45,14 @@ impl Protocol {
     }
 }
 
-/// What a publisher asks for: a room, on behalf of an ingress (stream key).
+/// An admitted publish: the grant, how it came, and the placement epoch it holds.
 #[derive(Debug, Clone)]
 pub struct PublishClaim {
-    pub app: AppName,
-    pub room: RoomName,
-    /// The ingress whose key was presented; the same ingress may take its room over.
-    pub ingress_id: String,
+    pub grant: Grant,
     pub protocol: Protocol,
     pub remote: SocketAddr,
     /// Placement epoch the cluster granted for this room (fencing token).
     pub epoch: u64,
-}
-
-/// Why a publish was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    #[error("unknown or revoked stream key")]
-    UnknownKey,
-    #[error("room {app}/{room} is already live from another publisher")]
-    RoomBusy { app: AppName, room: RoomName },
-    #[error("room {app}/{room} is already live on origin {node}")]
-    LiveElsewhere {
-        app: AppName,
-        room: RoomName,
-        node: String,
-    },
-    #[error("the cluster cannot place the room right now: {0}")]
-    Unavailable(String),
 }
 
 /// Called when a room starts so playback (the HLS packager) can attach to it.
@@ -87,7 +68,7 @@ pub trait RoomObserver: Send + Sync + 'static {
 struct LiveRoom {
     session: u64,
     epoch: u64,
-    ingress_id: String,
+    grant: Grant,
     protocol: Protocol,
     started_at: SystemTime,
     cancel: CancellationToken,
@@ -112,7 +93,8 @@ pub struct RoomSummary {
     pub app: AppName,
     pub room: RoomName,
     pub protocol: Protocol,
-    pub ingress_id: String,
+    /// The ingress id, or `token:<identity>` for a token publisher.
+    pub publisher: String,
     pub epoch: u64,
     pub started_at: SystemTime,
     pub tracks: Vec<TrackInfo>,
@@ -147,19 +129,17 @@ impl Rooms {
             .map(|r| r.media.clone())
     }
 
-    /// Claims a room. The same ingress takes its room over at once (the old session is cancelled);
-    /// any other publisher for a live room is refused.
-    /// Refuses, before any claim is made, a publisher whose room is live here from another
-    /// ingress (claiming first would bump the room's epoch and fence the live publisher).
+    /// Refuses a publisher whose room is live here from another publisher (before any claim is
+    /// made: claiming first would bump the room's epoch and fence the live publisher).
     pub fn check_busy(
         &self,
         app: &AppName,
         room: &RoomName,
-        ingress_id: &str,
-    ) -> Result<(), PublishError> {
+        publisher: &str,
+    ) -> Result<(), Refusal> {
         let live = self.live.lock().expect("rooms lock");
         match live.get(&(app.clone(), room.clone())) {
-            Some(old) if old.ingress_id != ingress_id => Err(PublishError::RoomBusy {
+            Some(old) if old.grant.publisher != publisher => Err(Refusal::BusyHere {
                 app: app.clone(),
                 room: room.clone(),
             }),
@@ -167,22 +147,22 @@ impl Rooms {
         }
     }
 
-    pub fn start_publish(self: &Arc<Self>, claim: PublishClaim) -> Result<Publisher, PublishError> {
+    /// Starts a publishing session. The same publisher takes its room over at once (the old
+    /// session is cancelled); any other publisher for a live room is refused.
+    pub fn start_publish(self: &Arc<Self>, claim: PublishClaim) -> Result<Publisher, Refusal> {
         let session = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = (claim.app.clone(), claim.room.clone());
+        let (app, room) = (claim.grant.app.clone(), claim.grant.room.clone());
+        let key = (app.clone(), room.clone());
         let cancel = CancellationToken::new();
         let tracks = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(PublishStats::default());
         let media = RoomMedia::with_policy(self.policy);
         let mut live = self.live.lock().expect("rooms lock");
         let takeover = match live.get(&key) {
-            Some(old) if old.ingress_id != claim.ingress_id => {
-                return Err(PublishError::RoomBusy {
-                    app: claim.app,
-                    room: claim.room,
-                })
+            Some(old) if old.grant.publisher != claim.grant.publisher => {
+                return Err(Refusal::BusyHere { app, room })
             }
             Some(old) => {
                 old.cancel.cancel();
@@ -195,7 +175,7 @@ impl Rooms {
             LiveRoom {
                 session,
                 epoch: claim.epoch,
-                ingress_id: claim.ingress_id.clone(),
+                grant: claim.grant.clone(),
                 protocol: claim.protocol,
                 started_at: SystemTime::now(),
                 cancel: cancel.clone(),
@@ -206,9 +186,7 @@ impl Rooms {
         );
         let publisher = Publisher {
             rooms: self.clone(),
-            app: claim.app.clone(),
-            room: claim.room.clone(),
-            ingress_id: claim.ingress_id.clone(),
+            claim,
             session,
             media,
             cancel,
@@ -220,16 +198,17 @@ impl Rooms {
         // Under the rooms lock, so observers see sessions of a room in the order they won it.
         // The observer must not block or take this lock (it only starts tasks).
         self.observer
-            .room_started(&claim.app, &claim.room, &publisher, takeover);
+            .room_started(&app, &room, &publisher, takeover);
         drop(live);
         Ok(publisher)
     }
 
-    /// Ends every live session published with `ingress_id` (its key was revoked).
-    pub fn revoke_ingress(&self, ingress_id: &str) -> usize {
+    /// Ends every live session of `publisher` (an ingress id or a token publisher: its
+    /// credential was revoked).
+    pub fn revoke(&self, publisher: &str) -> usize {
         let live = self.live.lock().expect("rooms lock");
         let mut n = 0;
-        for r in live.values().filter(|r| r.ingress_id == ingress_id) {
+        for r in live.values().filter(|r| r.grant.publisher == publisher) {
             r.cancel.cancel();
             n += 1;
         }
@@ -270,7 +249,7 @@ impl Rooms {
                     app: a.clone(),
                     room: r.clone(),
                     protocol: l.protocol,
-                    ingress_id: l.ingress_id.clone(),
+                    publisher: l.grant.publisher.clone(),
                     epoch: l.epoch,
                     started_at: l.started_at,
                     tracks,
@@ -306,10 +285,10 @@ impl Rooms {
         }
     }
 
-    /// The ingress of every live session of this node.
-    pub fn ingress_ids(&self) -> Vec<String> {
+    /// The grant of every live session of this node.
+    pub fn grants(&self) -> Vec<Grant> {
         let live = self.live.lock().expect("rooms lock");
-        live.values().map(|l| l.ingress_id.clone()).collect()
+        live.values().map(|l| l.grant.clone()).collect()
     }
 
     /// `(app, room, epoch)` of every live room of this node.
@@ -334,9 +313,7 @@ impl Rooms {
 /// The handle of a live publishing session. Dropping it ends the room.
 pub struct Publisher {
     rooms: Arc<Rooms>,
-    app: AppName,
-    room: RoomName,
-    ingress_id: String,
+    claim: PublishClaim,
     session: u64,
     media: RoomMedia,
     cancel: CancellationToken,
@@ -351,17 +328,29 @@ pub struct Publisher {
 impl Publisher {
     /// The room's app.
     pub fn app(&self) -> &AppName {
-        &self.app
-    }
-
-    /// The ingress this session publishes for.
-    pub fn ingress_id(&self) -> &str {
-        &self.ingress_id
+        &self.claim.grant.app
     }
 
     /// The room's name.
     pub fn room(&self) -> &RoomName {
-        &self.room
+        &self.claim.grant.room
+    }
+
+    /// What admitted this session.
+    pub fn grant(&self) -> &Grant {
+        &self.claim.grant
+    }
+
+    /// The placement epoch this session holds its room at.
+    pub fn epoch(&self) -> u64 {
+        self.claim.epoch
+    }
+
+    /// A new session of the same publisher, with the same claim, started before this one is
+    /// dropped: a takeover of its own, so the room (and its placement) is never given up in
+    /// between (a pull reconnecting its camera).
+    pub fn renew(&self) -> Result<Publisher, Refusal> {
+        self.rooms.start_publish(self.claim.clone())
     }
 
     /// Publishes the track catalog (codec configs).
@@ -423,6 +412,7 @@ impl Publisher {
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        self.rooms.finish(&self.app, &self.room, self.session);
+        self.rooms
+            .finish(&self.claim.grant.app, &self.claim.grant.room, self.session);
     }
 }

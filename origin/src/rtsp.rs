@@ -18,14 +18,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use retina::client::{PlayOptions, Session, SessionOptions, SetupOptions, Transport};
 use retina::codec::{CodecItem, FrameFormat, ParametersRef};
+use streamhub_cluster::backoff::Backoff;
 use streamhub_cluster::state::{Command, Ingress, IngressKind, IngressStatus};
+use streamhub_media::http::ApiError;
 use streamhub_shared::media::{CodecConfig, Frame, TrackInfo};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::ApiError;
+use crate::admission::{Admission, Credential, PublishRequest};
 use crate::credentials::unix_now_ms;
-use crate::node::NodeCtx;
-use crate::rooms::{Protocol, PublishClaim, Publisher};
+use crate::placement::Placement;
+use crate::rooms::{Protocol, Publisher};
+use crate::tenants::Tenants;
 
 /// How often the supervisor looks for url ingresses nobody pulls.
 const SUPERVISE_EVERY: Duration = Duration::from_secs(2);
@@ -66,146 +70,275 @@ pub fn check_transport(t: Option<&str>) -> Result<String, ApiError> {
     }
 }
 
-/// The pulls this origin runs, by ingress id: a std Mutex held for a map operation.
-#[derive(Default)]
+/// The pulls this origin runs.
 pub struct Pulls {
+    admission: Arc<Admission>,
+    placement: Placement,
+    tenants: Tenants,
+    me: String,
+    tasks: TaskTracker,
+    /// The running pulls by ingress id: a std Mutex held for a map operation.
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
-/// Every [`SUPERVISE_EVERY`]: starts pulls for url ingresses whose room no live lease holds and
-/// this origin could claim.
-pub async fn run_supervisor(ctx: Arc<NodeCtx>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+impl Pulls {
+    /// The pulls of the origin named `me`, spawned on `tasks`.
+    pub fn new(
+        admission: Arc<Admission>,
+        placement: Placement,
+        tenants: Tenants,
+        me: String,
+        tasks: TaskTracker,
+    ) -> Self {
+        Self {
+            admission,
+            placement,
+            tenants,
+            me,
+            tasks,
+            running: Mutex::default(),
         }
-        let now = unix_now_ms();
-        let orphans: Vec<Ingress> = ctx.raft.read(|s| {
-            s.ingresses
-                .values()
-                .filter(|i| i.kind == IngressKind::Url)
-                .filter(|i| {
-                    s.placement(&i.app, &i.room)
-                        .is_none_or(|p| p.lease_until_ms <= now)
-                })
-                .cloned()
-                .collect()
+    }
+
+    /// Every [`SUPERVISE_EVERY`]: starts pulls for url ingresses whose room no live lease holds
+    /// and this origin could claim.
+    pub async fn run_supervisor(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(SUPERVISE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = unix_now_ms();
+            let orphans: Vec<Ingress> = self.tenants.read(|s| {
+                s.tenants
+                    .ingresses
+                    .values()
+                    .filter(|i| i.kind == IngressKind::Url)
+                    .filter(|i| s.placements.live(&i.app, &i.room, now).is_none())
+                    .cloned()
+                    .collect()
+            });
+            for ingress in orphans {
+                if self.is_running(&ingress.id) {
+                    continue;
+                }
+                let req = PublishRequest {
+                    room: Some((ingress.app.clone(), ingress.room.clone())),
+                    credential: Credential::Pull {
+                        ingress_id: ingress.id.clone(),
+                    },
+                    protocol: Protocol::Rtsp,
+                    remote: SocketAddr::from(([0, 0, 0, 0], 0)),
+                };
+                match self.admission.admit(req).await {
+                    Ok(publisher) => self.start(ingress, publisher, &shutdown),
+                    Err(e) => tracing::debug!(ingress = %ingress.id, error = %e, "not claimed"),
+                }
+            }
+        }
+    }
+
+    fn is_running(&self, id: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.contains_key(id)
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        ingress: Ingress,
+        publisher: Publisher,
+        shutdown: &CancellationToken,
+    ) {
+        let cancel = shutdown.child_token();
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.insert(ingress.id.clone(), cancel.clone());
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let id = ingress.id.clone();
+            this.pull(ingress, publisher, cancel).await;
+            let mut running = this.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.remove(&id);
         });
-        for ingress in orphans {
-            if is_running(&ctx, &ingress.id) {
-                continue;
+    }
+
+    /// Stops the pull of `id` on this origin, if it runs one (the ingress was deleted).
+    pub fn stop(&self, id: &str) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cancel) = running.get(id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Pulls one ingress for as long as this origin holds its room: reconnects the camera with
+    /// backoff; stops when the key is deleted, the room is placed elsewhere, or the node stops.
+    #[tracing::instrument(skip_all, fields(ingress = %ingress.id, app = %ingress.app, room = %ingress.room))]
+    async fn pull(&self, ingress: Ingress, mut publisher: Publisher, cancel: CancellationToken) {
+        let url = ingress.url.clone().unwrap_or_default();
+        let epoch = publisher.epoch();
+        let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let mut last_state = String::new();
+        loop {
+            self.report(&ingress, &mut last_state, "connecting", None)
+                .await;
+            let stopped = publisher.stop_token();
+            let mut went_live = false;
+            let attempt = tokio::select! {
+                r = self.stream(&ingress, &url, &mut publisher, &mut last_state, &mut went_live) => r,
+                () = stopped.cancelled() => Err("the room was taken over or fenced".to_string()),
+                () = cancel.cancelled() => return,
+            };
+            let error = match attempt {
+                Ok(()) => "the camera ended the stream".to_string(),
+                Err(e) => e,
+            };
+            tracing::warn!(%error, "camera lost");
+            let ours = self.tenants.ingress(&ingress.id).is_some()
+                && self
+                    .placement
+                    .still_ours(&ingress.app, &ingress.room, epoch);
+            if stopped.is_cancelled() || !ours {
+                tracing::info!("ingress deleted or room placed elsewhere: pull stopped");
+                return;
             }
-            match crate::lease::claim(&ctx, &ingress.app, &ingress.room).await {
-                Ok(epoch) => start(&ctx, ingress, epoch, &shutdown),
-                Err(e) => tracing::debug!(ingress = %ingress.id, error = %e, "not claimed"),
+            self.report(&ingress, &mut last_state, "retrying", Some(error))
+                .await;
+            if went_live {
+                backoff.succeeded();
+            }
+            let wait = backoff.next_random_delay();
+            // The publisher stays (and so the lease) while we wait.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return,
+                () = stopped.cancelled() => return,
+            }
+            // The next attempt is a new publisher session, started before the old one is
+            // dropped, so the room (and its lease) is never given up in between.
+            match publisher.renew() {
+                Ok(next) => publisher = next,
+                Err(e) => return tracing::warn!(error = %e, "cannot publish the pulled room"),
             }
         }
     }
-}
 
-fn is_running(ctx: &NodeCtx, id: &str) -> bool {
-    let running = ctx.rtsp.running.lock().unwrap_or_else(|e| e.into_inner());
-    running.contains_key(id)
-}
-
-fn start(ctx: &Arc<NodeCtx>, ingress: Ingress, epoch: u64, shutdown: &CancellationToken) {
-    let cancel = shutdown.child_token();
-    {
-        let mut running = ctx.rtsp.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.insert(ingress.id.clone(), cancel.clone());
-    }
-    let ctx2 = ctx.clone();
-    ctx.tasks.spawn(async move {
-        let id = ingress.id.clone();
-        pull(&ctx2, ingress, epoch, cancel).await;
-        let mut running = ctx2.rtsp.running.lock().unwrap_or_else(|e| e.into_inner());
-        running.remove(&id);
-    });
-}
-
-/// Pulls one ingress for as long as this origin holds its room: reconnects the camera with
-/// backoff; stops when the key is deleted, the room is placed elsewhere, or the node stops.
-#[tracing::instrument(skip_all, fields(ingress = %ingress.id, app = %ingress.app, room = %ingress.room))]
-async fn pull(ctx: &NodeCtx, ingress: Ingress, epoch: u64, cancel: CancellationToken) {
-    let url = ingress.url.clone().unwrap_or_default();
-    let claim = PublishClaim {
-        app: ingress.app.clone(),
-        room: ingress.room.clone(),
-        ingress_id: ingress.id.clone(),
-        protocol: Protocol::Rtsp,
-        remote: SocketAddr::from(([0, 0, 0, 0], 0)),
-        epoch,
-    };
-    let mut publisher = match ctx.rooms.start_publish(claim.clone()) {
-        Ok(p) => p,
-        Err(e) => return tracing::warn!(error = %e, "cannot publish the pulled room"),
-    };
-    let mut failures = 0u32;
-    let mut last_state = String::new();
-    loop {
-        report(ctx, &ingress, &mut last_state, "connecting", None).await;
-        let stopped = publisher.stop_token();
-        let mut went_live = false;
-        let attempt = tokio::select! {
-            r = stream(ctx, &ingress, &url, &mut publisher, &mut last_state, &mut went_live) => r,
-            () = stopped.cancelled() => Err("the room was taken over or fenced".to_string()),
-            () = cancel.cancelled() => return,
-        };
-        let error = match attempt {
-            Ok(()) => "the camera ended the stream".to_string(),
-            Err(e) => e,
-        };
-        tracing::warn!(%error, "camera lost");
-        if stopped.is_cancelled() || !still_ours(ctx, &ingress, epoch) {
-            tracing::info!("ingress deleted or room placed elsewhere: pull stopped");
+    async fn report(
+        &self,
+        ingress: &Ingress,
+        last: &mut String,
+        state: &str,
+        error: Option<String>,
+    ) {
+        // One Raft write per change of state, not per attempt (a flapping camera costs little).
+        if last == state {
             return;
         }
-        report(ctx, &ingress, &mut last_state, "retrying", Some(error)).await;
-        failures = if went_live {
-            1
-        } else {
-            failures.saturating_add(1)
+        *last = state.to_string();
+        let status = IngressStatus {
+            state: state.to_string(),
+            node: self.me.clone(),
+            last_error: error.map(short),
+            since_ms: unix_now_ms(),
         };
-        let exp = BACKOFF_BASE
-            .saturating_mul(1u32 << failures.min(8))
-            .min(BACKOFF_CAP);
-        let wait = exp.mul_f64(0.5 + 0.5 * rand::random::<f64>());
-        // The publisher stays (and so the lease) while we wait.
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = cancel.cancelled() => return,
-            () = stopped.cancelled() => return,
+        let cmd = Command::SetIngressStatus {
+            id: ingress.id.clone(),
+            status,
+        };
+        if let Err(e) = self.tenants.write(cmd).await {
+            tracing::debug!(error = %e, "ingress status not written");
         }
-        // The next attempt is a new publisher session, started before the old one is dropped:
-        // a takeover of our own, so the room (and its lease) is never given up in between.
-        match ctx.rooms.start_publish(claim.clone()) {
-            Ok(next) => publisher = next,
-            Err(e) => return tracing::warn!(error = %e, "cannot publish the pulled room"),
+    }
+
+    /// One camera connection: DESCRIBE, SETUP of the H.264 and AAC streams, PLAY, then frames
+    /// into the room until the camera stops or falls silent.
+    async fn stream(
+        &self,
+        ingress: &Ingress,
+        url: &str,
+        publisher: &mut Publisher,
+        last_state: &mut String,
+        went_live: &mut bool,
+    ) -> Result<(), String> {
+        let (mut demuxed, picked) = connect(ingress, url).await?;
+        let mut mapper = Mapper::new(picked);
+        let mut live = false;
+        loop {
+            let item = tokio::time::timeout(SILENCE, demuxed.next())
+                .await
+                .map_err(|_| format!("no frame for {SILENCE:?}"))?;
+            let Some(item) = item else { return Ok(()) };
+            let item = item.map_err(|e| e.to_string())?;
+            let params = match &item {
+                CodecItem::VideoFrame(f) => demuxed
+                    .streams()
+                    .get(f.stream_id())
+                    .and_then(|s| s.parameters()),
+                CodecItem::AudioFrame(f) => demuxed
+                    .streams()
+                    .get(f.stream_id())
+                    .and_then(|s| s.parameters()),
+                _ => None,
+            };
+            if let Some(tracks) = mapper.catalog(&item, params) {
+                publisher.set_tracks(tracks);
+            }
+            if let Some(frame) = mapper.frame(item) {
+                publisher.push(frame);
+                if !live {
+                    live = true;
+                    *went_live = true;
+                    self.report(ingress, last_state, "live", None).await;
+                    tracing::info!("camera live");
+                }
+            }
         }
     }
 }
 
-/// True while the ingress exists and this origin holds its room at `epoch` with a lease that
-/// has not run out (a partitioned origin must not keep pulling once another may have claimed).
-fn still_ours(ctx: &NodeCtx, ingress: &Ingress, epoch: u64) -> bool {
-    let me = &ctx.settings.node_name;
-    let now = unix_now_ms();
-    ctx.raft.read(|s| {
-        s.ingresses.contains_key(&ingress.id)
-            && s.placement(&ingress.app, &ingress.room)
-                .is_some_and(|p| &p.node == me && p.epoch == epoch && p.lease_until_ms > now)
-    })
-}
+/// The demuxed session of a camera and the streams picked from it.
+type Connected = (retina::client::Demuxed, Vec<(usize, Kind)>);
 
-/// Stops the pull of `id` on this origin, if it runs one (the ingress was deleted).
-pub fn stop(ctx: &NodeCtx, id: &str) {
-    let running = ctx.rtsp.running.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(cancel) = running.get(id) {
-        cancel.cancel();
-    }
+/// DESCRIBE, SETUP of the H.264 and AAC streams and PLAY, within [`CONNECT_TIMEOUT`].
+async fn connect(ingress: &Ingress, url: &str) -> Result<Connected, String> {
+    let (bare, creds) = split_credentials(url);
+    let parsed = url::Url::parse(&bare).map_err(|e| e.to_string())?;
+    let transport = match ingress.transport.as_deref() {
+        Some("udp") => Transport::Udp(Default::default()),
+        _ => Transport::Tcp(Default::default()),
+    };
+    let connect = async {
+        let options = SessionOptions::default()
+            .user_agent(format!("streamhub/{}", env!("CARGO_PKG_VERSION")))
+            .creds(
+                creds
+                    .map(|(username, password)| retina::client::Credentials { username, password }),
+            );
+        let mut session = Session::describe(parsed, options)
+            .await
+            .map_err(|e| e.to_string())?;
+        let picked = pick_streams(session.streams());
+        if picked.is_empty() {
+            return Err("the camera offers no H.264 or AAC stream".to_string());
+        }
+        for &(i, _) in &picked {
+            let setup = SetupOptions::default()
+                .transport(transport.clone())
+                .frame_format(FrameFormat::MP4);
+            session.setup(i, setup).await.map_err(|e| e.to_string())?;
+        }
+        let playing = session
+            .play(PlayOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let demuxed = playing.demuxed().map_err(|e| e.to_string())?;
+        Ok::<_, String>((demuxed, picked))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
 }
 
 /// The URL without its credentials (`rtsp://host/path`) and the credentials, if any: retina
@@ -248,113 +381,6 @@ fn short(error: String) -> String {
         end -= 1;
     }
     line[..end].to_string()
-}
-
-async fn report(
-    ctx: &NodeCtx,
-    ingress: &Ingress,
-    last: &mut String,
-    state: &str,
-    error: Option<String>,
-) {
-    // One Raft write per change of state, not per attempt (a flapping camera costs little).
-    if last == state {
-        return;
-    }
-    *last = state.to_string();
-    let status = IngressStatus {
-        state: state.to_string(),
-        node: ctx.settings.node_name.clone(),
-        last_error: error.map(short),
-        since_ms: unix_now_ms(),
-    };
-    let cmd = Command::SetIngressStatus {
-        id: ingress.id.clone(),
-        status,
-    };
-    if let Err(e) = ctx.write(cmd).await {
-        tracing::debug!(error = %e, "ingress status not written");
-    }
-}
-
-/// One camera connection: DESCRIBE, SETUP of the H.264 and AAC streams, PLAY, then frames into
-/// the room until the camera stops or falls silent.
-async fn stream(
-    ctx: &NodeCtx,
-    ingress: &Ingress,
-    url: &str,
-    publisher: &mut Publisher,
-    last_state: &mut String,
-    went_live: &mut bool,
-) -> Result<(), String> {
-    let (bare, creds) = split_credentials(url);
-    let parsed = url::Url::parse(&bare).map_err(|e| e.to_string())?;
-    let transport = match ingress.transport.as_deref() {
-        Some("udp") => Transport::Udp(Default::default()),
-        _ => Transport::Tcp(Default::default()),
-    };
-    let connect = async {
-        let options = SessionOptions::default()
-            .user_agent(format!("streamhub/{}", env!("CARGO_PKG_VERSION")))
-            .creds(
-                creds
-                    .map(|(username, password)| retina::client::Credentials { username, password }),
-            );
-        let mut session = Session::describe(parsed, options)
-            .await
-            .map_err(|e| e.to_string())?;
-        let picked = pick_streams(session.streams());
-        if picked.is_empty() {
-            return Err("the camera offers no H.264 or AAC stream".to_string());
-        }
-        for &(i, _) in &picked {
-            let setup = SetupOptions::default()
-                .transport(transport.clone())
-                .frame_format(FrameFormat::MP4);
-            session.setup(i, setup).await.map_err(|e| e.to_string())?;
-        }
-        let playing = session
-            .play(PlayOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let demuxed = playing.demuxed().map_err(|e| e.to_string())?;
-        Ok::<_, String>((demuxed, picked))
-    };
-    let (mut demuxed, picked) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-        .await
-        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))??;
-    let mut mapper = Mapper::new(picked);
-    let mut live = false;
-    loop {
-        let item = tokio::time::timeout(SILENCE, demuxed.next())
-            .await
-            .map_err(|_| format!("no frame for {SILENCE:?}"))?;
-        let Some(item) = item else { return Ok(()) };
-        let item = item.map_err(|e| e.to_string())?;
-        let params = match &item {
-            CodecItem::VideoFrame(f) => demuxed
-                .streams()
-                .get(f.stream_id())
-                .and_then(|s| s.parameters()),
-            CodecItem::AudioFrame(f) => demuxed
-                .streams()
-                .get(f.stream_id())
-                .and_then(|s| s.parameters()),
-            _ => None,
-        };
-        if let Some(tracks) = mapper.catalog(&item, params) {
-            publisher.set_tracks(tracks);
-        }
-        if let Some(frame) = mapper.frame(item) {
-            publisher.push(frame);
-            if !live {
-                live = true;
-                *went_live = true;
-                report(ctx, ingress, last_state, "live", None).await;
-                tracing::info!("camera live");
-            }
-        }
-    }
 }
 
 /// What a stream of the camera becomes.

@@ -8,7 +8,7 @@
 //! task calls it inline (a few hundred microseconds of CPU per 20 ms of audio).
 
 use bytes::Bytes;
-use opus::{Application, Bitrate, Channels, Encoder};
+use streamhub_opus::{Application, Channels, Encoder};
 use streamhub_shared::media::{CodecConfig, Frame, TrackId, TrackInfo};
 use symphonia_codec_aac::AacDecoder;
 use symphonia_core::codecs::audio::well_known::CODEC_ID_AAC;
@@ -33,7 +33,7 @@ pub enum TranscodeError {
     #[error("AAC decoder refused the configuration: {0}")]
     Decoder(String),
     #[error("Opus encoder: {0}")]
-    Encoder(#[from] opus::Error),
+    Encoder(#[from] streamhub_opus::Error),
 }
 
 /// Keeps a room's catalog and frames in step with its transcoded Opus track: the ingest hands
@@ -163,7 +163,7 @@ impl AacToOpus {
             (Channels::Stereo, 96_000)
         };
         let mut encoder = Encoder::new(OPUS_RATE, layout, Application::Audio)?;
-        encoder.set_bitrate(Bitrate::Bits(bitrate))?;
+        encoder.set_bitrate(bitrate)?;
         Ok(Self {
             decoder,
             encoder,

@@ -97,11 +97,11 @@ fn transcode_counting(aac: &Aac, starts: &[(usize, i64)]) -> (Vec<TrackInfo>, Ve
 /// Decodes Opus packets to the first channel's 48 kHz samples.
 fn decode(frames: &[Frame], channels: u8) -> Vec<f32> {
     let layout = if channels == 1 {
-        opus::Channels::Mono
+        streamhub_opus::Channels::Mono
     } else {
-        opus::Channels::Stereo
+        streamhub_opus::Channels::Stereo
     };
-    let mut d = opus::Decoder::new(48_000, layout).unwrap();
+    let mut d = streamhub_opus::Decoder::new(48_000, layout).unwrap();
     let ch = usize::from(channels);
     let mut pcm = vec![0f32; 5760 * ch];
     let mut left = Vec::new();

@@ -1,9 +1,7 @@
 //! The REST API against a real node: envelope, auth, scoping, validation, bad bodies.
 
-mod common;
-
-use common::*;
 use serde_json::json;
+use streamhub_testkit::{Origin, ADMIN_USER};
 
 fn err_code(body: &serde_json::Value) -> &str {
     body["error"]["code"]
@@ -14,50 +12,56 @@ fn err_code(body: &serde_json::Value) -> &str {
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_apps_keys_tokens_ingress() {
     let origin = Origin::start().await;
-    let anon = Api::new(&origin, None);
+    let anon = origin.api();
 
     // Login: wrong password 401, no token 401, garbage token 401.
     let r = anon
         .post(
-            "/api/v1/auth/login",
+            "/auth/login",
             json!({"username": ADMIN_USER, "password": "nope"}),
         )
-        .await;
-    assert_eq!((r.0, err_code(&r.1)), (401, "unauthorized"), "{r:?}");
-    let r = anon.get("/api/v1/apps").await;
-    assert_eq!((r.0, err_code(&r.1)), (401, "unauthorized"));
-    let r = anon.with_token("not-a-jwt").get("/api/v1/apps").await;
-    assert_eq!(r.0, 401);
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, err_code(&r.body)),
+        (401, "unauthorized"),
+        "{r:?}"
+    );
+    let r = anon.get("/apps").await.unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (401, "unauthorized"));
+    let r = anon.with_token("not-a-jwt").get("/apps").await.unwrap();
+    assert_eq!(r.status, 401);
     let admin = origin.admin().await;
 
     // Apps: create, validate names, conflict, get, patch, list.
-    let r = admin.post("/api/v1/apps", json!({"name": "shop"})).await;
-    assert_eq!(r.0, 201, "{r:?}");
-    assert!(r.1["data"]["keyId"].as_str().unwrap().starts_with("ak_"));
+    let r = admin.post("/apps", json!({"name": "shop"})).await.unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.body["data"]["keyId"].as_str().unwrap().starts_with("ak_"));
     assert!(
-        r.1["data"].get("secret").is_none(),
+        r.body["data"].get("secret").is_none(),
         "secret must not leak: {r:?}"
     );
     for bad in ["Shop", "a/b", "", "x".repeat(33).as_str(), "../etc"] {
-        let r = admin.post("/api/v1/apps", json!({"name": bad})).await;
+        let r = admin.post("/apps", json!({"name": bad})).await.unwrap();
         assert_eq!(
-            (r.0, err_code(&r.1)),
+            (r.status, err_code(&r.body)),
             (400, "bad_request"),
             "{bad:?}: {r:?}"
         );
     }
-    let r = admin.post("/api/v1/apps", json!({"name": "shop"})).await;
-    assert_eq!((r.0, err_code(&r.1)), (409, "conflict"));
+    let r = admin.post("/apps", json!({"name": "shop"})).await.unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (409, "conflict"));
     let r = admin
-        .patch("/api/v1/apps/shop", json!({"displayName": "The Shop"}))
-        .await;
+        .patch("/apps/shop", json!({"displayName": "The Shop"}))
+        .await
+        .unwrap();
     assert_eq!(
-        (r.0, &r.1["data"]["displayName"]),
+        (r.status, &r.body["data"]["displayName"]),
         (200, &json!("The Shop"))
     );
-    admin.post("/api/v1/apps", json!({"name": "other"})).await;
-    let r = admin.get("/api/v1/apps").await;
-    let names: Vec<&str> = r.1["data"]
+    admin.post("/apps", json!({"name": "other"})).await.unwrap();
+    let r = admin.get("/apps").await.unwrap();
+    let names: Vec<&str> = r.body["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -67,107 +71,117 @@ async fn auth_apps_keys_tokens_ingress() {
         names.contains(&"shop") && names.contains(&"other"),
         "{names:?}"
     );
-    let r = admin.get("/api/v1/apps/nope").await;
-    assert_eq!((r.0, err_code(&r.1)), (404, "not_found"));
+    let r = admin.get("/apps/nope").await.unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (404, "not_found"));
 
     // API keys: the secret once, hashed at rest; app-scoped keys are confined.
-    let r = admin.post("/api/v1/api-keys", json!({})).await;
-    assert_eq!(r.0, 400, "missing name: {r:?}");
+    let r = admin.post("/api-keys", json!({})).await.unwrap();
+    assert_eq!(r.status, 400, "missing name: {r:?}");
     let r = admin
-        .post("/api/v1/api-keys", json!({"name": "ci", "app": "shop"}))
-        .await;
-    assert_eq!(r.0, 201, "{r:?}");
-    let scoped_secret = r.1["data"]["secret"].as_str().unwrap().to_string();
-    let scoped_id = r.1["data"]["id"].as_str().unwrap().to_string();
+        .post("/api-keys", json!({"name": "ci", "app": "shop"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let scoped_secret = r.body["data"]["secret"].as_str().unwrap().to_string();
+    let scoped_id = r.body["data"]["id"].as_str().unwrap().to_string();
     assert!(scoped_secret.starts_with("sk_"));
-    let r = admin.get("/api/v1/api-keys").await;
+    let r = admin.get("/api-keys").await.unwrap();
     assert!(
-        !r.1.to_string().contains(&scoped_secret),
+        !r.body.to_string().contains(&scoped_secret),
         "secret listed: {r:?}"
     );
     let scoped = anon.with_token(&scoped_secret);
-    assert_eq!(scoped.get("/api/v1/apps/shop").await.0, 200);
-    let r = scoped.get("/api/v1/apps/other").await;
-    assert_eq!((r.0, err_code(&r.1)), (403, "forbidden"));
+    assert_eq!(scoped.get("/apps/shop").await.unwrap().status, 200);
+    let r = scoped.get("/apps/other").await.unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (403, "forbidden"));
     let r = scoped
-        .post(
-            "/api/v1/apps/other/tokens",
-            json!({"room": "r", "identity": "x"}),
-        )
-        .await;
-    assert_eq!(r.0, 403);
-    let r = scoped.get("/api/v1/apps").await;
+        .post("/apps/other/tokens", json!({"room": "r", "identity": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    let r = scoped.get("/apps").await.unwrap();
     assert_eq!(
-        r.1["data"].as_array().unwrap().len(),
+        r.body["data"].as_array().unwrap().len(),
         1,
         "scoped list: {r:?}"
     );
     assert_eq!(
-        scoped.post("/api/v1/apps", json!({"name": "new"})).await.0,
+        scoped
+            .post("/apps", json!({"name": "new"}))
+            .await
+            .unwrap()
+            .status,
         403
     );
     assert_eq!(
         scoped
-            .post("/api/v1/api-keys", json!({"name": "x"}))
+            .post("/api-keys", json!({"name": "x"}))
             .await
-            .0,
+            .unwrap()
+            .status,
         403
     );
 
     // A global key works everywhere; an IP allow-list that excludes us is refused.
     let r = admin
-        .post("/api/v1/api-keys", json!({"name": "global"}))
-        .await;
-    let global = anon.with_token(r.1["data"]["secret"].as_str().unwrap());
-    assert_eq!(global.get("/api/v1/apps/other").await.0, 200);
+        .post("/api-keys", json!({"name": "global"}))
+        .await
+        .unwrap();
+    let global = anon.with_token(r.body["data"]["secret"].as_str().unwrap());
+    assert_eq!(global.get("/apps/other").await.unwrap().status, 200);
     let r = admin
         .post(
-            "/api/v1/api-keys",
+            "/api-keys",
             json!({"name": "ipk", "allowIps": ["10.9.9.0/24"]}),
         )
-        .await;
-    let fenced = anon.with_token(r.1["data"]["secret"].as_str().unwrap());
-    assert_eq!(fenced.get("/api/v1/apps").await.0, 403);
+        .await
+        .unwrap();
+    let fenced = anon.with_token(r.body["data"]["secret"].as_str().unwrap());
+    assert_eq!(fenced.get("/apps").await.unwrap().status, 403);
     let r = admin
         .post(
-            "/api/v1/api-keys",
+            "/api-keys",
             json!({"name": "ipk2", "allowIps": ["127.0.0.1"]}),
         )
-        .await;
+        .await
+        .unwrap();
     assert_eq!(
-        anon.with_token(r.1["data"]["secret"].as_str().unwrap())
-            .get("/api/v1/apps")
+        anon.with_token(r.body["data"]["secret"].as_str().unwrap())
+            .get("/apps")
             .await
-            .0,
+            .unwrap()
+            .status,
         200
     );
     let r = admin
         .post(
-            "/api/v1/api-keys",
+            "/api-keys",
             json!({"name": "bad", "allowIps": ["not-an-ip"]}),
         )
-        .await;
-    assert_eq!(r.0, 400);
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
 
     // Deleting a key revokes it at once.
     assert_eq!(
         admin
-            .delete(&format!("/api/v1/api-keys/{scoped_id}"))
+            .delete(&format!("/api-keys/{scoped_id}"))
             .await
-            .0,
+            .unwrap()
+            .status,
         204
     );
-    assert_eq!(scoped.get("/api/v1/apps/shop").await.0, 401);
+    assert_eq!(scoped.get("/apps/shop").await.unwrap().status, 401);
 
     // Tokens: LiveKit-shaped response, namespaced room, ttl forms, bad ttl.
     let r = admin
         .post(
-            "/api/v1/apps/shop/tokens",
+            "/apps/shop/tokens",
             json!({"room": "demo", "identity": "phone-42", "canPublish": true, "canSubscribe": true, "ttl": "30m"}),
         )
-        .await;
-    assert_eq!(r.0, 201, "{r:?}");
-    let d = &r.1["data"];
+        .await.unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let d = &r.body["data"];
     assert_eq!(d["room"], "shop-demo");
     assert_eq!(d["app"], "shop");
     for k in [
@@ -183,89 +197,94 @@ async fn auth_apps_keys_tokens_ingress() {
     assert_eq!(claims["video"]["room"], "shop-demo");
     assert_eq!(claims["video"]["canPublish"], true);
     assert_eq!(claims["video"]["roomJoin"], true);
-    let app = admin.get("/api/v1/apps/shop").await;
-    assert_eq!(claims["iss"], app.1["data"]["keyId"]);
+    let app = admin.get("/apps/shop").await.unwrap();
+    assert_eq!(claims["iss"], app.body["data"]["keyId"]);
     let ttl = claims["exp"].as_u64().unwrap() - claims["nbf"].as_u64().unwrap();
     assert!((1800..=1806).contains(&ttl), "ttl {ttl}");
     let r = admin
         .post(
-            "/api/v1/apps/shop/tokens",
+            "/apps/shop/tokens",
             json!({"room": "demo", "identity": "x", "ttl": 120}),
         )
-        .await;
-    assert_eq!(r.0, 201);
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
     for bad in [json!("forever"), json!("0"), json!("99d")] {
         let r = admin
             .post(
-                "/api/v1/apps/shop/tokens",
+                "/apps/shop/tokens",
                 json!({"room": "demo", "identity": "x", "ttl": bad}),
             )
-            .await;
-        assert_eq!(r.0, 400, "ttl {bad}: {r:?}");
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "ttl {bad}: {r:?}");
     }
 
     // Ingress: create, list, get, delete; only rtmp for now.
     let r = admin
         .post(
-            "/api/v1/apps/shop/ingress",
+            "/apps/shop/ingress",
             json!({"type": "rtmp", "room": "stage", "name": "OBS"}),
         )
-        .await;
-    assert_eq!(r.0, 201, "{r:?}");
-    let d = &r.1["data"];
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let d = &r.body["data"];
     assert_eq!(d["roomName"], "shop-stage");
     assert_eq!(
         d["url"].as_str().unwrap(),
-        format!("rtmp://127.0.0.1:{}/live", origin.rtmp.port())
+        format!("rtmp://127.0.0.1:{}/live", origin.config().rtmp.port())
     );
     assert!(d["streamKey"].as_str().unwrap().starts_with("rk_"));
     let id = d["ingressId"].as_str().unwrap().to_string();
-    let list = admin.get("/api/v1/apps/shop/ingress").await;
-    assert_eq!(list.1["data"].as_array().unwrap().len(), 1);
+    let list = admin.get("/apps/shop/ingress").await.unwrap();
+    assert_eq!(list.body["data"].as_array().unwrap().len(), 1);
     assert!(
-        list.1["data"][0].get("streamKey").is_none(),
+        list.body["data"][0].get("streamKey").is_none(),
         "key listed: {list:?}"
     );
     assert_eq!(
         admin
-            .get(&format!("/api/v1/apps/shop/ingress/{id}"))
+            .get(&format!("/apps/shop/ingress/{id}"))
             .await
-            .0,
+            .unwrap()
+            .status,
         200
     );
     assert_eq!(
         admin
-            .get(&format!("/api/v1/apps/other/ingress/{id}"))
+            .get(&format!("/apps/other/ingress/{id}"))
             .await
-            .0,
+            .unwrap()
+            .status,
         404
     );
     let r = admin
-        .post(
-            "/api/v1/apps/shop/ingress",
-            json!({"type": "srt", "room": "x"}),
-        )
-        .await;
-    assert_eq!(r.0, 400);
+        .post("/apps/shop/ingress", json!({"type": "srt", "room": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
     assert_eq!(
         admin
-            .delete(&format!("/api/v1/apps/shop/ingress/{id}"))
+            .delete(&format!("/apps/shop/ingress/{id}"))
             .await
-            .0,
+            .unwrap()
+            .status,
         204
     );
     assert_eq!(
         admin
-            .get(&format!("/api/v1/apps/shop/ingress/{id}"))
+            .get(&format!("/apps/shop/ingress/{id}"))
             .await
-            .0,
+            .unwrap()
+            .status,
         404
     );
 
     // Deleting an app removes it.
-    assert_eq!(admin.delete("/api/v1/apps/other").await.0, 204);
-    assert_eq!(admin.get("/api/v1/apps/other").await.0, 404);
-    assert_eq!(admin.get("/api/v1/apps/shop/rooms").await.0, 200);
+    assert_eq!(admin.delete("/apps/other").await.unwrap().status, 204);
+    assert_eq!(admin.get("/apps/other").await.unwrap().status, 404);
+    assert_eq!(admin.get("/apps/shop/rooms").await.unwrap().status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -273,31 +292,38 @@ async fn bad_bodies_get_clear_errors() {
     let origin = Origin::start().await;
     let admin = origin.admin().await;
     let r = admin
-        .post_raw("/api/v1/apps", b"{not json".to_vec(), "application/json")
-        .await;
-    assert_eq!((r.0, err_code(&r.1)), (400, "bad_request"), "{r:?}");
+        .post_raw("/apps", b"{not json".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (400, "bad_request"), "{r:?}");
     let r = admin
-        .post_raw(
-            "/api/v1/apps",
-            b"{\"name\": 5}".to_vec(),
-            "application/json",
-        )
-        .await;
-    assert_eq!((r.0, err_code(&r.1)), (400, "bad_request"), "{r:?}");
-    assert!(r.1["error"]["message"].is_string(), "{r:?}");
+        .post_raw("/apps", b"{\"name\": 5}".to_vec(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (400, "bad_request"), "{r:?}");
+    assert!(r.body["error"]["message"].is_string(), "{r:?}");
     let r = admin
-        .post_raw("/api/v1/apps", b"name=x".to_vec(), "text/plain")
-        .await;
-    assert_eq!((r.0, err_code(&r.1)), (415, "unsupported_media_type"));
+        .post_raw("/apps", b"name=x".to_vec(), "text/plain")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, err_code(&r.body)),
+        (415, "unsupported_media_type")
+    );
     let huge = format!("{{\"name\":\"{}\"}}", "a".repeat(200 * 1024));
     let r = admin
-        .post_raw("/api/v1/apps", huge.into_bytes(), "application/json")
-        .await;
-    assert_eq!((r.0, err_code(&r.1)), (413, "payload_too_large"), "{r:?}");
-    let r = admin.get("/api/v1/no-such-route").await;
-    assert_eq!((r.0, err_code(&r.1)), (404, "not_found"));
+        .post_raw("/apps", huge.into_bytes(), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, err_code(&r.body)),
+        (413, "payload_too_large"),
+        "{r:?}"
+    );
+    let r = admin.get("/no-such-route").await.unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (404, "not_found"));
     // The node is still fine.
-    assert_eq!(admin.get("/api/v1/apps").await.0, 200);
+    assert_eq!(admin.get("/apps").await.unwrap().status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

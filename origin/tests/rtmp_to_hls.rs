@@ -1,20 +1,21 @@
 //! ffmpeg pushes H.264 + AAC over RTMP; ffprobe reads the HLS back over HTTP and decodes it.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use streamhub_testkit::hls::{client, ffprobe_hls, get_text, wait_segments};
+use streamhub_testkit::{poll, Origin, Publisher};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rtmp_publish_is_playable_as_hls() {
     let origin = Origin::start().await;
     let api = origin.admin().await;
-    let key = api.app_with_ingress("live", "cam1").await;
-    let publisher = Publisher::start(&origin.rtmp_url(&key), 12);
+    let key = api.rtmp_ingress("live", "cam1").await.unwrap();
+    let publisher = Publisher::for_secs(&origin.rtmp_url(&key), 12);
 
     let playlist_url = origin.url("/hls/live/cam1/index.m3u8");
-    let playlist = wait_segments(&playlist_url, 3, Duration::from_secs(30)).await;
+    let playlist = wait_segments(&client(), &playlist_url, 3, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert!(playlist.contains("#EXT-X-MAP:URI=\"init-"), "{playlist}");
     assert!(playlist.contains("#EXT-X-VERSION:"), "{playlist}");
 
@@ -37,8 +38,9 @@ async fn rtmp_publish_is_playable_as_hls() {
     }
 
     // The rooms API shows the live room with its tracks.
-    let (s, rooms) = api.get("/api/v1/apps/live/rooms").await;
-    assert_eq!(s, 200);
+    let r = api.get("/apps/live/rooms").await.unwrap();
+    assert_eq!(r.status, 200);
+    let rooms = r.body;
     let room = &rooms["data"][0];
     assert_eq!(room["room"], "cam1", "{rooms}");
     assert_eq!(room["publisher"]["protocol"], "rtmp");
@@ -61,7 +63,7 @@ async fn rtmp_publish_is_playable_as_hls() {
     assert_eq!(audio["sampleRate"], 44100);
 
     // Metrics reflect the live room, the publisher, HLS traffic and the Raft state.
-    let (s, metrics) = get_text(&origin.url("/metrics")).await;
+    let (s, metrics) = get_text(&origin.url("/metrics")).await.unwrap();
     assert_eq!(s, 200);
     let value = |name: &str| -> f64 {
         metrics
@@ -82,6 +84,7 @@ async fn rtmp_publish_is_playable_as_hls() {
     // ffprobe decodes the HLS stream: real frames, both codecs, plausible duration.
     let probe = tokio::task::spawn_blocking(move || ffprobe_hls(&playlist_url))
         .await
+        .unwrap()
         .unwrap();
     assert!(probe.codecs.contains(&"h264".to_string()), "{probe:?}");
     assert!(probe.codecs.contains(&"aac".to_string()), "{probe:?}");
@@ -96,15 +99,22 @@ async fn rtmp_publish_is_playable_as_hls() {
     assert!(ok, "ffmpeg publisher failed: {err}");
 
     // After the publisher ends, the room is no longer live and the playlist is closed.
-    poll("room offline", Duration::from_secs(10), || async {
-        let (_, rooms) = api.get("/api/v1/apps/live/rooms").await;
-        rooms["data"]
+    poll("room offline", Duration::from_secs(20), || async {
+        let r = api
+            .get("/apps/live/rooms")
+            .await
+            .map_err(|e| e.to_string())?;
+        r.body["data"]
             .as_array()
             .is_some_and(|a| a.is_empty())
             .then_some(())
+            .ok_or(format!("{:?}", r.body))
     })
-    .await;
-    let (_, playlist) = get_text(&origin.url("/hls/live/cam1/index.m3u8")).await;
+    .await
+    .unwrap();
+    let (_, playlist) = get_text(&origin.url("/hls/live/cam1/index.m3u8"))
+        .await
+        .unwrap();
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
 }
 
@@ -112,14 +122,16 @@ async fn rtmp_publish_is_playable_as_hls() {
 async fn segments_are_fmp4_with_moof_and_init_has_moov() {
     let origin = Origin::start().await;
     let api = origin.admin().await;
-    let key = api.app_with_ingress("live", "boxes").await;
-    let _publisher = Publisher::start(&origin.rtmp_url(&key), 8);
+    let key = api.rtmp_ingress("live", "boxes").await.unwrap();
+    let _publisher = Publisher::start(&origin.rtmp_url(&key));
     let playlist = wait_segments(
+        &client(),
         &origin.url("/hls/live/boxes/index.m3u8"),
         1,
         Duration::from_secs(30),
     )
-    .await;
+    .await
+    .unwrap();
     let seg = playlist
         .lines()
         .find(|l| l.ends_with(".m4s"))

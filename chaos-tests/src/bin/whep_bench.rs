@@ -19,24 +19,12 @@
 //! machine the client, not the edge, may be what limits N; the edge's CPU share is reported
 //! separately from the client's.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::BytesMut;
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::message::RTCMessage;
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::RTCPeerConnectionBuilder;
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use streamhub_chaos_tests::whep::{RunEnd, Viewer, ViewerOptions};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
-use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 const SECS: u64 = 20;
@@ -49,117 +37,40 @@ struct Counts {
     failed: AtomicU64,
 }
 
-/// One WHEP viewer until `stop`: offer, POST, answer, then receive and count RTP.
+/// One WHEP viewer until `stop`: the test kit's viewer, lean (no interceptors), counting RTP.
 async fn viewer(
     whep: String,
     http: reqwest::Client,
     counts: Arc<Counts>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
-    let local = socket.local_addr()?;
-    let mut media = MediaEngine::default();
-    media.register_default_codecs()?;
-    let mut pc = RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(media)
-        .build(Instant::now())?;
-    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-        pc.add_transceiver_from_kind(
-            kind,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )?;
-    }
-    let offer = pc.create_offer(None)?;
-    pc.set_local_description(Instant::now(), offer)?;
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: local.ip().to_string(),
-            port: local.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    let sdp = pc
-        .local_description()
-        .map(|d| d.sdp)
-        .ok_or_else(|| anyhow::anyhow!("no offer"))?;
-    let resp = http
-        .post(&whep)
-        .header("content-type", "application/sdp")
-        .body(sdp)
-        .send()
-        .await?;
-    anyhow::ensure!(resp.status() == 201, "WHEP answered {}", resp.status());
-    let location = resp
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let answer = resp.text().await?;
-    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
-    let mut buf = vec![0u8; 2048];
+    let options = ViewerOptions {
+        audio: true,
+        interceptors: false,
+    };
+    let mut v = Viewer::with(options).await?;
+    let location = v.play(&http, &whep, None).await?;
     let mut connected = false;
-    loop {
-        while let Some(msg) = pc.poll_write() {
-            let _ = socket.try_send_to(&msg.message, msg.transport.peer_addr);
-        }
-        while let Some(ev) = pc.poll_event() {
-            if let rtc::peer_connection::event::RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
-                use rtc::peer_connection::state::RTCPeerConnectionState as S;
-                if s == S::Connected && !connected {
+    let end = v
+        .run_until(
+            stop.cancelled(),
+            |_| false,
+            |p| {
+                if !connected {
                     connected = true;
                     counts.connected.fetch_add(1, Ordering::Relaxed);
                 }
-                if s == S::Failed {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-            }
-        }
-        while let Some(msg) = pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, p) = msg.message {
                 counts.packets.fetch_add(1, Ordering::Relaxed);
                 counts
                     .bytes
                     .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-            }
-        }
-        let now = Instant::now();
-        let wake = pc.poll_timeout().unwrap_or(now + Duration::from_secs(1));
-        if wake <= now {
-            pc.handle_timeout(now)?;
-            continue;
-        }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                pc.handle_timeout(Instant::now())?;
-            }
-            r = socket.recv_from(&mut buf) => {
-                let (n, from): (usize, SocketAddr) = r?;
-                let _ = pc.handle_read(TaggedBytesMut {
-                    now: Instant::now(),
-                    transport: TransportContext {
-                        local_addr: local,
-                        peer_addr: from,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: BytesMut::from(&buf[..n]),
-                });
-            }
-        }
+            },
+        )
+        .await;
+    if end == RunEnd::Failed {
+        counts.failed.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(loc) = location {
-        let url = reqwest::Url::parse(&whep)?.join(&loc)?;
+    if let Some(url) = location {
         let _ = http.delete(url).send().await;
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The Raft group that replicates the tenant state: openraft wired as storage + network + node.
 //!
 //! - [`log_store`]: the Raft log and vote in sled, flushed before a write is acknowledged.
-//! - [`state_machine`]: the [`TenantState`](crate::state::TenantState) replica and its snapshots.
+//! - [`state_machine`]: the [`ClusterState`](crate::state::ClusterState) replica and its snapshots.
 //! - [`network`]: Raft RPCs over the cluster QUIC [`Endpoint`](crate::transport::Endpoint).
 //! - [`node`]: [`RaftNode`], the handle the rest of the process uses; writes and membership
 //!   changes are routed to the leader by the private `leader` module.

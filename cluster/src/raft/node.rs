@@ -16,7 +16,7 @@ use super::log_store::SledLogStore;
 use super::network::{register_raft_services, QuicNetworkFactory};
 use super::state_machine::{SharedState, SledStateMachine};
 use super::{NodeId, StorageError, StorageLease, TypeConfig};
-use crate::state::{Command, CommandResponse, TenantState};
+use crate::state::{ClusterState, Command, CommandResponse};
 use crate::transport::{kinds, Endpoint, RpcError};
 
 /// How long `open` waits for a single voter to lead and catch up its state machine.
@@ -545,11 +545,11 @@ impl RaftNode {
 
     /// Runs `f` on the local replica of the tenant state (not linearizable on a follower).
     ///
-    /// A poisoned lock is read anyway: it only poisons if `TenantState::apply` panicked, which
+    /// A poisoned lock is read anyway: it only poisons if `ClusterState::apply` panicked, which
     /// also stops the Raft core, so writes fail loudly while reads keep serving the last state.
-    pub fn read<T>(&self, f: impl FnOnce(&TenantState) -> T) -> T {
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        f(&state.tenants)
+        f(&state.cluster)
     }
 
     /// This node's id.

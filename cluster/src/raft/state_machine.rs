@@ -1,4 +1,4 @@
-//! The replicated [`TenantState`] and its snapshots.
+//! The replicated [`ClusterState`] and its snapshots.
 //!
 //! The state lives in memory behind an `Arc<RwLock<..>>` shared with the node's readers. It is made
 //! durable by snapshots (tree `snapshot` of the same sled `Db`) plus the log: on open the last
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::log_store::{io_err, Entry};
 use super::{LogId, NodeId, StorageError, StorageLease, TypeConfig};
-use crate::state::{CommandResponse, TenantState};
+use crate::state::{ClusterState, CommandResponse};
 
 const SNAPSHOT_TREE: &str = "snapshot";
 const KEY_META: &str = "meta";
@@ -25,14 +25,15 @@ const KEY_DATA: &str = "data";
 /// Metadata of a snapshot of this group.
 pub type SnapshotMetaOf = SnapshotMeta<NodeId, BasicNode>;
 
-/// Everything the state machine holds: the tenant state and the Raft bookkeeping applied with it.
+/// Everything the state machine holds: the cluster state and the Raft bookkeeping applied with it.
 ///
 /// This is also the snapshot format (JSON), so a snapshot restores all three together.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMachineData {
-    /// The replicated tenant state.
-    pub tenants: TenantState,
-    /// The id of the last entry applied to `tenants`.
+    /// The replicated cluster state (named `tenants` in snapshots, as it was first called).
+    #[serde(rename = "tenants")]
+    pub cluster: ClusterState,
+    /// The id of the last entry applied to `cluster`.
     pub last_applied: Option<LogId>,
     /// The last membership applied, with the id of its entry.
     pub last_membership: StoredMembership<NodeId, BasicNode>,
@@ -203,7 +204,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
                 state.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => CommandResponse::Ok,
-                    EntryPayload::Normal(cmd) => state.tenants.apply(&cmd),
+                    EntryPayload::Normal(cmd) => state.cluster.apply(&cmd),
                     EntryPayload::Membership(m) => {
                         state.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResponse::Ok
@@ -303,7 +304,13 @@ mod tests {
 
     fn app_names(sm: &SledStateMachine) -> Vec<String> {
         let state = sm.read_state().expect("read state");
-        state.tenants.apps.keys().map(|n| n.to_string()).collect()
+        state
+            .cluster
+            .tenants
+            .apps
+            .keys()
+            .map(|n| n.to_string())
+            .collect()
     }
 
     #[tokio::test]

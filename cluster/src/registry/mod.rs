@@ -1,11 +1,62 @@
-//! The node registry as seen by its readers: which node a viewer should be sent to.
+//! The node registry as its readers use it: whether a node is up, and which node a viewer should
+//! be sent to.
 //!
-//! The registry itself (node records, heartbeats, room placement) lives in the replicated
-//! [`TenantState`](crate::state::TenantState); this module holds the plain, clock-free decisions
-//! made on top of it.
+//! The records themselves (name, role, region, URLs, load, last heartbeat) are replicated in
+//! [`crate::state::registry`]; this module holds the plain, clock-free rules read on top of them,
+//! each in one place.
 
-pub mod query;
 pub mod steering;
 
-pub use query::{AppKey, JoinAnswer, JoinRequest, StateAnswer, StateQuery};
+use std::time::Duration;
+
 pub use steering::{client_region, Choice, Reason, SteeringPolicy};
+
+use crate::state::NodeRecord;
+
+/// How often every node heartbeats: its load reaches the registry, and an origin's room leases
+/// are renewed.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
+/// A node whose last heartbeat is this old (or older) is down: shown `down`, not steered to.
+pub const NODE_TTL_MS: u64 = 10_000;
+
+/// Whether `node` is up at `now_ms`: its last heartbeat is less than `ttl_ms` old. A heartbeat
+/// exactly `ttl_ms` old has expired, as a placement lease does; one stamped after `now_ms`
+/// (another origin's clock runs ahead) counts as fresh.
+pub fn is_up_within(node: &NodeRecord, now_ms: u64, ttl_ms: u64) -> bool {
+    now_ms.saturating_sub(node.last_heartbeat_ms) < ttl_ms
+}
+
+/// [`is_up_within`] the registry's [`NODE_TTL_MS`].
+pub fn is_up(node: &NodeRecord, now_ms: u64) -> bool {
+    is_up_within(node, now_ms, NODE_TTL_MS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NodeLoad, NodeRole};
+
+    #[test]
+    fn a_node_is_down_from_exactly_the_ttl_on() {
+        let node = NodeRecord {
+            name: "o".into(),
+            id: 1,
+            role: NodeRole::Origin,
+            region: "eu".into(),
+            http_url: "http://o".into(),
+            rtmp_url: None,
+            cluster_addr: "o:4433".into(),
+            version: "0".into(),
+            load: NodeLoad::default(),
+            registered_at_ms: 0,
+            last_heartbeat_ms: 50_000,
+        };
+        assert!(is_up(&node, 50_000 + NODE_TTL_MS - 1));
+        assert!(!is_up(&node, 50_000 + NODE_TTL_MS), "the boundary is down");
+        assert!(
+            is_up(&node, 40_000),
+            "a heartbeat from a clock ahead is fresh"
+        );
+    }
+}

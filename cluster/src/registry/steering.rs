@@ -60,7 +60,7 @@ pub struct SteeringPolicy {
 impl Default for SteeringPolicy {
     fn default() -> Self {
         Self {
-            node_ttl_ms: 10_000,
+            node_ttl_ms: super::NODE_TTL_MS,
             prefer_edges: true,
         }
     }
@@ -138,7 +138,7 @@ impl SteeringPolicy {
 
     /// Whether `node` has sent a heartbeat within the last `node_ttl_ms` before `now_ms`.
     pub fn is_healthy(&self, node: &NodeRecord, now_ms: u64) -> bool {
-        now_ms.saturating_sub(node.last_heartbeat_ms) < self.node_ttl_ms
+        super::is_up_within(node, now_ms, self.node_ttl_ms)
     }
 }
 

@@ -22,5 +22,4 @@ pub use endpoint::{
 };
 pub use error::{RemoteError, RpcError, TransportError};
 pub use pki::{peer_name, CaBundle, NodeIdentity, NodeKey, PkiError};
-pub use pool::Backoff;
 pub use tls::ALPN;

@@ -1,5 +1,5 @@
 //! Outgoing connections: one per peer address, reused by every request, redialed on failure with
-//! capped exponential backoff and jitter between failed dials.
+//! capped exponential backoff and jitter between failed dials ([`Backoff`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,50 +9,18 @@ use std::time::Duration;
 use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
+use crate::backoff::Backoff;
+
 /// The first delay after a failed dial.
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 /// The longest delay between dials of one peer.
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// Capped exponential backoff between failed dials of one peer. Sans-IO: the caller passes `now`
-/// and the jitter.
-#[derive(Debug, Clone, Default)]
-pub struct Backoff {
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
-impl Backoff {
-    /// Records a failed dial at `now`; `jitter` in `[0, 1)` scales the delay into `[50%, 100%)`.
-    /// Returns the delay before the next dial is allowed.
-    pub fn failed(&mut self, now: Instant, jitter: f64) -> Duration {
-        let exp = BACKOFF_BASE.saturating_mul(1u32 << self.failures.min(16));
-        let full = exp.min(BACKOFF_CAP);
-        let delay = full.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
-        self.failures = self.failures.saturating_add(1);
-        self.retry_at = Some(now + delay);
-        delay
-    }
-
-    /// Forgets past failures after a successful dial.
-    pub fn succeeded(&mut self) {
-        *self = Self::default();
-    }
-
-    /// If dialing is not allowed yet at `now`, how long until it is.
-    pub fn wait(&self, now: Instant) -> Option<Duration> {
-        self.retry_at
-            .filter(|at| *at > now)
-            .map(|at| at.duration_since(now))
-    }
-}
 
 /// The outcome of one dial, shared by every request waiting for it.
 pub(crate) type Dial = Shared<BoxFuture<'static, Result<quinn::Connection, String>>>;
 
 /// The state of one peer: its live connection, the dial in progress, or the backoff after failed
 /// dials.
-#[derive(Default)]
 pub(crate) struct PeerSlot {
     conn: Option<quinn::Connection>,
     dialing: Option<Dial>,
@@ -60,6 +28,18 @@ pub(crate) struct PeerSlot {
     last_error: String,
     /// The node name the peer's certificate must carry, if the caller knows it.
     pub(crate) expected_name: Option<String>,
+}
+
+impl Default for PeerSlot {
+    fn default() -> Self {
+        Self {
+            conn: None,
+            dialing: None,
+            backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
+            last_error: String::new(),
+            expected_name: None,
+        }
+    }
 }
 
 /// What a request finds in a peer's slot.
@@ -162,31 +142,5 @@ impl Pool {
                 conn.close(0u32.into(), b"shutdown");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-        let now = Instant::now();
-        let mut b = Backoff::default();
-        assert_eq!(b.wait(now), None);
-        let first = b.failed(now, 0.999);
-        assert!(first > Duration::from_millis(49) && first < Duration::from_millis(50));
-        assert_eq!(b.failed(now, 0.0), Duration::from_millis(50));
-        assert_eq!(b.failed(now, 0.0), Duration::from_millis(100));
-        for _ in 0..40 {
-            b.failed(now, 0.0);
-        }
-        assert_eq!(b.failed(now, 0.0), BACKOFF_CAP / 2);
-        assert!(b.failed(now, 0.999) <= BACKOFF_CAP);
-        assert!(b.wait(now).is_some());
-        assert_eq!(b.wait(now + BACKOFF_CAP), None);
-        b.succeeded();
-        assert_eq!(b.wait(now), None);
-        assert_eq!(b.failed(now, 0.0), Duration::from_millis(25));
     }
 }

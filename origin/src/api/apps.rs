@@ -11,7 +11,8 @@ use streamhub_shared::AppName;
 
 use super::{data, data_with, ApiError, Json, Principal};
 use crate::credentials::{random_hex, random_token, unix_now_ms};
-use crate::node::NodeCtx;
+use crate::rooms::Rooms;
+use crate::tenants::Tenants;
 
 /// Body of `POST /apps`.
 #[derive(Debug, Deserialize)]
@@ -58,9 +59,9 @@ fn check_display_name(d: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
-/// `POST /apps`.
+/// `POST /apps` (admin or global key).
 pub async fn create(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
     Json(req): Json<CreateApp>,
 ) -> Result<Response, ApiError> {
@@ -74,17 +75,18 @@ pub async fn create(
         secret: random_hex(32),
         created_at_ms: unix_now_ms(),
     };
-    ctx.write(Command::CreateApp(app.clone())).await?;
+    tenants.write(Command::CreateApp(app.clone())).await?;
     Ok(data_with(StatusCode::CREATED, AppView::from(&app)))
 }
 
 /// `GET /apps`: every app, or the key's own app for an app-scoped key.
 pub async fn list(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let apps: Vec<AppView> = ctx.raft.read(|s| {
-        s.apps
+    let apps: Vec<AppView> = tenants.read(|s| {
+        s.tenants
+            .apps
             .values()
             .filter(|a| who.scope().is_none_or(|x| x == &a.name))
             .map(AppView::from)
@@ -101,49 +103,54 @@ pub fn authorize_app(who: &Principal, app: &str) -> Result<AppName, ApiError> {
 }
 
 /// The app record, or 404.
-pub fn load_app(ctx: &NodeCtx, app: &AppName) -> Result<App, ApiError> {
-    ctx.raft
-        .read(|s| s.apps.get(app).cloned())
+pub fn load_app(tenants: &Tenants, app: &AppName) -> Result<App, ApiError> {
+    tenants
+        .app(app)
         .ok_or_else(|| ApiError::NotFound(format!("app {app}")))
 }
 
-/// `GET /apps/:app`.
+/// `GET /apps/:app` (any principal of the app).
 pub async fn get(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
-    Ok(data(AppView::from(&load_app(&ctx, &app)?)))
+    Ok(data(AppView::from(&load_app(&tenants, &app)?)))
 }
 
-/// `PATCH /apps/:app`.
+/// `PATCH /apps/:app` (any principal of the app).
 pub async fn update(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
     Path(app): Path<String>,
     Json(req): Json<UpdateApp>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
     check_display_name(&req.display_name)?;
-    ctx.write(Command::UpdateApp {
-        name: app.clone(),
-        display_name: req.display_name,
-    })
-    .await?;
-    Ok(data(AppView::from(&load_app(&ctx, &app)?)))
+    tenants
+        .write(Command::UpdateApp {
+            name: app.clone(),
+            display_name: req.display_name,
+        })
+        .await?;
+    Ok(data(AppView::from(&load_app(&tenants, &app)?)))
 }
 
-/// `DELETE /apps/:app`: removes the app, its ingresses and app keys, and ends its live rooms.
+/// `DELETE /apps/:app` (admin or global key): removes the app, its ingresses and app keys, and
+/// ends its live rooms (here at once, on other origins within a heartbeat).
 pub async fn delete(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(rooms): State<Arc<Rooms>>,
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let app = authorize_app(&who, &app)?;
     who.check_global()?;
-    ctx.write(Command::DeleteApp { name: app.clone() }).await?;
-    let ended = ctx.rooms.revoke_app(&app);
+    tenants
+        .write(Command::DeleteApp { name: app.clone() })
+        .await?;
+    let ended = rooms.revoke_app(&app);
     tracing::info!(%app, ended, "app deleted");
     Ok(StatusCode::NO_CONTENT)
 }

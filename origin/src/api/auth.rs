@@ -2,16 +2,15 @@
 //! IP-restricted). Authorization decisions read the local replica of the tenant state.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
 use axum::http::request::Parts;
 use serde::Deserialize;
 use streamhub_shared::AppName;
 
 use super::{data, ApiError, Json};
-use crate::credentials::{sha256_hex, unix_now, verify_password};
-use crate::node::NodeCtx;
+use crate::credentials::{verify_password, Sessions};
+use crate::tenants::Tenants;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -52,30 +51,26 @@ impl Principal {
     }
 }
 
-impl FromRequestParts<Arc<NodeCtx>> for Principal {
+impl<S> FromRequestParts<S> for Principal
+where
+    S: Send + Sync,
+    Tenants: FromRef<S>,
+    Sessions: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<NodeCtx>) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing Authorization: Bearer header".into()))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into())
-            })?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let token = streamhub_media::http::bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized("an Authorization: Bearer <token> header is needed".into())
+        })?;
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
         if token.starts_with("sk_") {
-            return key_principal(ctx, token, remote);
+            return key_principal(&Tenants::from_ref(state), token, remote);
         }
-        match ctx.sessions.check(token) {
+        match Sessions::from_ref(state).check(token) {
             Some(claims) => Ok(Principal::Admin { user: claims.sub }),
             None => Err(ApiError::Unauthorized("invalid or expired token".into())),
         }
@@ -83,14 +78,12 @@ impl FromRequestParts<Arc<NodeCtx>> for Principal {
 }
 
 fn key_principal(
-    ctx: &NodeCtx,
+    tenants: &Tenants,
     token: &str,
     remote: Option<IpAddr>,
 ) -> Result<Principal, ApiError> {
-    let hash = sha256_hex(token);
-    let key = ctx
-        .raft
-        .read(|s| s.api_key_by_hash(&hash).cloned())
+    let key = tenants
+        .api_key_by_secret(token)
         .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?;
     if !key.allow_ips.is_empty() {
         let allowed = remote.is_some_and(|ip| ip_allowed(&key.allow_ips, ip));
@@ -132,12 +125,13 @@ pub struct LoginRequest {
     password: String,
 }
 
-/// `POST /auth/login` -> `{data:{token}}`.
+/// `POST /auth/login` -> `{data:{token}}` (anyone; the credentials decide).
 pub async fn login(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(sessions): State<Sessions>,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let admin = ctx.raft.read(|s| s.admin.clone());
+    let admin = tenants.admin();
     let stored_ok = admin.as_ref().is_some_and(|a| a.username == req.username) && {
         let phc = admin
             .as_ref()
@@ -149,21 +143,14 @@ pub async fn login(
             .await
             .unwrap_or(false)
     };
-    let break_glass = ctx.break_glass.as_ref().is_some_and(|(u, p)| {
-        u == &req.username && constant_time_eq(p.as_bytes(), req.password.as_bytes())
-    });
-    if !(stored_ok || break_glass) {
+    if !(stored_ok || sessions.is_break_glass(&req.username, &req.password)) {
         tracing::warn!(user = %req.username, "failed dashboard login");
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
-    let token = ctx.sessions.issue(&req.username, unix_now());
+    let token = sessions.issue(&req.username);
     Ok(data(
         serde_json::json!({ "token": token, "expiresIn": crate::credentials::SESSION_TTL_SECS }),
     ))
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use streamhub_shared::{AppName, RoomName};
 use super::apps::{authorize_app, load_app};
 use super::{data, data_with, ApiError, Json, Principal};
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
-use crate::node::NodeCtx;
+use crate::rooms::Rooms;
+use crate::services::Services;
+use crate::tenants::Tenants;
 
 /// Body of `POST /apps/:app/ingress`.
 #[derive(Debug, Deserialize)]
@@ -53,11 +55,13 @@ pub struct IngressView {
     transport: Option<String>,
 }
 
-fn view(ctx: &NodeCtx, i: &Ingress) -> IngressView {
-    let status = ctx.raft.read(|s| s.ingress_status.get(&i.id).cloned());
+fn view(s: &Services, i: &Ingress) -> IngressView {
+    let status = s
+        .tenants
+        .read(|st| st.tenants.ingress_status.get(&i.id).cloned());
     let url = match i.kind {
         IngressKind::Url => crate::rtsp::redacted(i.url.as_deref().unwrap_or_default()),
-        _ => ctx.rtmp_url(),
+        _ => s.urls.rtmp(),
     };
     IngressView {
         state: match i.kind {
@@ -78,18 +82,19 @@ fn view(ctx: &NodeCtx, i: &Ingress) -> IngressView {
         room_name: format!("{}-{}", i.app, i.room),
         name: i.name.clone(),
         url,
-        live: ctx
+        live: s
             .rooms
             .list(Some(&i.app))
             .iter()
-            .any(|r| r.ingress_id == i.id),
+            .any(|r| r.publisher == i.id),
         created_at_ms: i.created_at_ms,
     }
 }
 
-/// `POST /apps/:app/ingress` -> `{ingressId, url, streamKey, roomName}`.
+/// `POST /apps/:app/ingress` -> `{ingressId, url, streamKey, roomName}` (any principal of the
+/// app; a pulled `url` ingress only a global one).
 pub async fn create(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(services): State<Services>,
     who: Principal,
     Path(app): Path<String>,
     Json(req): Json<CreateIngress>,
@@ -125,7 +130,7 @@ pub async fn create(
             "name must be at most 128 characters".into(),
         ));
     }
-    load_app(&ctx, &app)?;
+    load_app(&services.tenants, &app)?;
     let stream_key = random_token("rk_", 32);
     let ingress = Ingress {
         id: format!("in_{}", random_hex(8)),
@@ -138,8 +143,11 @@ pub async fn create(
         url,
         transport,
     };
-    ctx.write(Command::CreateIngress(ingress.clone())).await?;
-    let mut body = serde_json::to_value(view(&ctx, &ingress))
+    services
+        .tenants
+        .write(Command::CreateIngress(ingress.clone()))
+        .await?;
+    let mut body = serde_json::to_value(view(&services, &ingress))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     if kind == IngressKind::Rtmp {
         body["streamKey"] = serde_json::Value::String(stream_key);
@@ -147,54 +155,62 @@ pub async fn create(
     Ok(data_with(StatusCode::CREATED, body))
 }
 
-/// `GET /apps/:app/ingress`.
+/// `GET /apps/:app/ingress` (any principal of the app).
 pub async fn list(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(services): State<Services>,
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
-    load_app(&ctx, &app)?;
-    let all: Vec<Ingress> = ctx.raft.read(|s| {
-        s.ingresses
+    load_app(&services.tenants, &app)?;
+    let all: Vec<Ingress> = services.tenants.read(|s| {
+        s.tenants
+            .ingresses
             .values()
             .filter(|i| i.app == app && i.kind != IngressKind::Ws)
             .cloned()
             .collect()
     });
-    Ok(data(all.iter().map(|i| view(&ctx, i)).collect::<Vec<_>>()))
+    Ok(data(
+        all.iter().map(|i| view(&services, i)).collect::<Vec<_>>(),
+    ))
 }
 
-fn find(ctx: &NodeCtx, app: &AppName, id: &str) -> Result<Ingress, ApiError> {
-    ctx.raft
-        .read(|s| s.ingresses.get(id).filter(|i| &i.app == app).cloned())
+fn find(tenants: &Tenants, app: &AppName, id: &str) -> Result<Ingress, ApiError> {
+    tenants
+        .ingress(id)
+        .filter(|i| &i.app == app)
         .ok_or_else(|| ApiError::NotFound(format!("ingress {id}")))
 }
 
-/// `GET /apps/:app/ingress/:id`.
+/// `GET /apps/:app/ingress/:id` (any principal of the app).
 pub async fn get(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(services): State<Services>,
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
-    Ok(data(view(&ctx, &find(&ctx, &app, &id)?)))
+    Ok(data(view(&services, &find(&services.tenants, &app, &id)?)))
 }
 
-/// `DELETE /apps/:app/ingress/:id`: revokes the key and drops its live publisher.
+/// `DELETE /apps/:app/ingress/:id` (any principal of the app): revokes the key and drops its
+/// live publisher (here at once, on other origins within a heartbeat).
 pub async fn delete(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(rooms): State<Arc<Rooms>>,
+    State(rtsp): State<Arc<crate::rtsp::Pulls>>,
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let app = authorize_app(&who, &app)?;
-    ctx.write(Command::DeleteIngress {
-        app: app.clone(),
-        id: id.clone(),
-    })
-    .await?;
-    crate::rtsp::stop(&ctx, &id);
-    let dropped = ctx.rooms.revoke_ingress(&id);
+    tenants
+        .write(Command::DeleteIngress {
+            app: app.clone(),
+            id: id.clone(),
+        })
+        .await?;
+    rtsp.stop(&id);
+    let dropped = rooms.revoke(&id);
     tracing::info!(%app, ingress = %id, dropped, "ingress deleted");
     Ok(StatusCode::NO_CONTENT)
 }

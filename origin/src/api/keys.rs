@@ -1,7 +1,5 @@
 //! API keys: the secret is shown once at creation; only its SHA-256 is stored.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -11,7 +9,7 @@ use streamhub_shared::AppName;
 
 use super::{data, data_with, ApiError, Json, Principal};
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
-use crate::node::NodeCtx;
+use crate::tenants::Tenants;
 
 /// Body of `POST /api-keys`.
 #[derive(Debug, Deserialize)]
@@ -65,9 +63,9 @@ fn validate_allow_ips(list: &[String]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /api-keys` -> the `sk_…` secret, once.
+/// `POST /api-keys` (admin or global key) -> the `sk_…` secret, once.
 pub async fn create(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
     Json(req): Json<CreateKey>,
 ) -> Result<Response, ApiError> {
@@ -89,32 +87,31 @@ pub async fn create(
         prefix: secret[..7].to_string(),
         created_at_ms: unix_now_ms(),
     };
-    ctx.write(Command::CreateApiKey(key.clone())).await?;
+    tenants.write(Command::CreateApiKey(key.clone())).await?;
     let mut view =
         serde_json::to_value(KeyView::from(&key)).map_err(|e| ApiError::Internal(e.to_string()))?;
     view["secret"] = serde_json::Value::String(secret);
     Ok(data_with(StatusCode::CREATED, view))
 }
 
-/// `GET /api-keys`.
+/// `GET /api-keys` (admin or global key).
 pub async fn list(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     who.check_global()?;
-    let keys: Vec<KeyView> = ctx
-        .raft
-        .read(|s| s.api_keys.values().map(KeyView::from).collect());
+    let keys: Vec<KeyView> =
+        tenants.read(|s| s.tenants.api_keys.values().map(KeyView::from).collect());
     Ok(data(keys))
 }
 
-/// `DELETE /api-keys/:id`.
+/// `DELETE /api-keys/:id` (admin or global key).
 pub async fn delete(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
     who: Principal,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     who.check_global()?;
-    ctx.write(Command::DeleteApiKey { id }).await?;
+    tenants.write(Command::DeleteApiKey { id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,31 +1,26 @@
-//! The REST API under `/api/v1`.
+//! The REST API under `/api/v1`. Each handler takes the services it uses; who may call it is
+//! decided by its [`Principal`] checks; every body follows the one body rule ([`Json`]).
 
 mod apps;
 mod auth;
-pub mod cluster;
-mod error;
+mod cluster;
 mod ingress;
 mod keys;
 mod rooms;
 mod tokens;
 mod ws_ingest;
 
-use std::sync::Arc;
-
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
 pub use auth::Principal;
-pub use error::{data, data_with, ApiError, Json};
+pub use streamhub_media::http::{data, data_with, ApiError, Json, JSON_BODY_LIMIT};
 
-use crate::node::NodeCtx;
-
-/// Largest JSON body the API accepts.
-pub const BODY_LIMIT: usize = 64 * 1024;
+use crate::services::Services;
 
 /// The `/api/v1` routes.
-pub fn router(ctx: Arc<NodeCtx>) -> Router {
+pub fn router(services: Services) -> Router {
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/api-keys", post(keys::create).get(keys::list))
@@ -59,8 +54,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/cluster/nodes/{name}/remove", post(cluster::remove))
         .route("/nodes", get(cluster::nodes))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(ctx);
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .with_state(services);
     Router::new().nest("/api/v1", v1)
 }
 

@@ -9,8 +9,9 @@ use streamhub_shared::media::CodecConfig;
 
 use super::apps::{authorize_app, load_app};
 use super::{data, ApiError, Principal};
-use crate::node::NodeCtx;
-use crate::rooms::RoomSummary;
+use crate::rooms::{RoomSummary, Rooms};
+use crate::services::PublicUrls;
+use crate::tenants::Tenants;
 
 fn track_json(summary: &RoomSummary, i: usize, elapsed: f64) -> Value {
     let t = &summary.tracks[i];
@@ -50,17 +51,19 @@ fn track_json(summary: &RoomSummary, i: usize, elapsed: f64) -> Value {
     v
 }
 
-/// `GET /apps/:app/rooms`.
+/// `GET /apps/:app/rooms` (any principal of the app): the rooms live here with their tracks, and
+/// those live on other origins.
 pub async fn list(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(live): State<Arc<Rooms>>,
+    State(urls): State<PublicUrls>,
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
-    load_app(&ctx, &app)?;
+    load_app(&tenants, &app)?;
     let now = SystemTime::now();
-    let mut rooms: Vec<Value> = ctx
-        .rooms
+    let mut rooms: Vec<Value> = live
         .list(Some(&app))
         .iter()
         .map(|r| {
@@ -73,22 +76,23 @@ pub async fn list(
             json!({
                 "room": r.room,
                 "roomName": format!("{}-{}", r.app, r.room),
-                "publisher": { "protocol": r.protocol, "ingressId": r.ingress_id },
+                "publisher": { "protocol": r.protocol, "ingressId": r.publisher },
                 "startedAtMs": started_ms,
                 "tracks": (0..r.tracks.len()).map(|i| track_json(r, i, elapsed)).collect::<Vec<_>>(),
                 "bytesIn": r.bytes_in,
-                "origin": ctx.settings.node_name,
+                "origin": urls.node(),
                 "epoch": r.epoch,
             })
         })
         .collect();
     // Rooms live on other origins, from the placement table (their tracks are known there).
     let now_ms = crate::credentials::unix_now_ms();
-    let me = &ctx.settings.node_name;
-    let remote: Vec<Value> = ctx.raft.read(|s| {
+    let me = urls.node();
+    let remote: Vec<Value> = tenants.read(|s| {
         s.placements
+            .rooms
             .values()
-            .filter(|p| p.app == app && &p.node != me && p.lease_until_ms > now_ms)
+            .filter(|p| p.app == app && p.node != me && p.is_live(now_ms))
             .map(|p| {
                 json!({
                     "room": p.room,

@@ -14,7 +14,9 @@ use streamhub_shared::RoomName;
 use super::apps::{authorize_app, load_app};
 use super::{data_with, ApiError, Json, Principal};
 use crate::credentials::unix_now;
-use crate::node::NodeCtx;
+use crate::services::PublicUrls;
+use crate::tenants::Tenants;
+use streamhub_media::play::Steering;
 
 /// A TTL given as `"1h"`/`"30m"` or a number of seconds.
 #[derive(Debug, Deserialize)]
@@ -52,9 +54,11 @@ fn yes() -> bool {
     true
 }
 
-/// `POST /apps/:app/tokens`.
+/// `POST /apps/:app/tokens` (any principal of the app).
 pub async fn mint(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(urls): State<PublicUrls>,
+    State(steering): State<Arc<Steering>>,
     who: Principal,
     Path(app): Path<String>,
     Json(req): Json<TokenRequest>,
@@ -70,7 +74,7 @@ pub async fn mint(
         None => std::time::Duration::from_secs(3600),
         Some(t) => t.parse()?,
     };
-    let record = load_app(&ctx, &app)?;
+    let record = load_app(&tenants, &app)?;
     let now = unix_now();
     let namespaced = format!("{app}-{room}");
     let claims = AccessClaims {
@@ -86,13 +90,12 @@ pub async fn mint(
         },
     };
     let token = mint_token(&claims, record.secret.as_bytes());
-    let base = ctx.settings.public_base();
-    let ws_base = base.replacen("http", "ws", 1);
+    let base = urls.base();
+    let ws_base = urls.ws_base();
     // The viewer's best node (same region first, then least loaded) plays the room.
-    let play_base = ctx
-        .steering
-        .choose(&ctx.settings.region)
-        .map_or_else(|| base.clone(), |t| t.base);
+    let play_base = steering
+        .choose(urls.region())
+        .map_or_else(|| base.to_string(), |t| t.base);
     let body = json!({
         "token": token,
         "app": app,

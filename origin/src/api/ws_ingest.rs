@@ -15,19 +15,20 @@ use streamhub_shared::RoomName;
 use super::apps::{authorize_app, load_app};
 use super::{data, data_with, ApiError, Json, Principal};
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
-use crate::node::NodeCtx;
+use crate::rooms::Rooms;
+use crate::services::{PublicUrls, Services};
+use crate::tenants::Tenants;
 
 /// Body of `POST /apps/:app/ws-ingest`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CreateWsIngest {
     room: String,
     name: Option<String>,
 }
 
-fn view(ctx: &NodeCtx, i: &Ingress) -> Value {
-    let base = ctx.settings.public_base();
-    let ws_base = base.replacen("http", "ws", 1);
+fn view(urls: &PublicUrls, rooms: &Rooms, i: &Ingress) -> Value {
+    let base = urls.base();
+    let ws_base = urls.ws_base();
     let (app, room) = (&i.app, &i.room);
     json!({
         "ingressId": i.id,
@@ -39,14 +40,15 @@ fn view(ctx: &NodeCtx, i: &Ingress) -> Value {
         "wsUrl": format!("{ws_base}/ingest/ws?app={app}&room={room}"),
         "mjpegUrl": format!("{base}/live/{app}/{room}/mjpeg"),
         "frameUrl": format!("{base}/live/{app}/{room}/frame.jpg"),
-        "live": ctx.rooms.list(Some(app)).iter().any(|r| r.ingress_id == i.id),
+        "live": rooms.list(Some(app)).iter().any(|r| r.publisher == i.id),
         "createdAtMs": i.created_at_ms,
     })
 }
 
-/// `POST /apps/:app/ws-ingest` -> `{streamKey: "wsk_…", wsUrl, mjpegUrl, …}`.
+/// `POST /apps/:app/ws-ingest` (any principal of the app) -> `{streamKey: "wsk_…", wsUrl,
+/// mjpegUrl, …}`.
 pub async fn create(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(services): State<Services>,
     who: Principal,
     Path(app): Path<String>,
     Json(req): Json<CreateWsIngest>,
@@ -58,7 +60,7 @@ pub async fn create(
             "name must be at most 128 characters".into(),
         ));
     }
-    load_app(&ctx, &app)?;
+    load_app(&services.tenants, &app)?;
     let key = random_token("wsk_", 32);
     let ingress = Ingress {
         id: format!("ws_{}", random_hex(8)),
@@ -71,15 +73,19 @@ pub async fn create(
         transport: None,
         created_at_ms: unix_now_ms(),
     };
-    ctx.write(Command::CreateIngress(ingress.clone())).await?;
-    let mut body = view(&ctx, &ingress);
+    services
+        .tenants
+        .write(Command::CreateIngress(ingress.clone()))
+        .await?;
+    let mut body = view(&services.urls, &services.rooms, &ingress);
     body["streamKey"] = key.into();
     Ok(data_with(StatusCode::CREATED, body))
 }
 
-fn keys_of(ctx: &NodeCtx, app: &streamhub_shared::AppName) -> Vec<Ingress> {
-    ctx.raft.read(|s| {
-        s.ingresses
+fn keys_of(tenants: &Tenants, app: &streamhub_shared::AppName) -> Vec<Ingress> {
+    tenants.read(|s| {
+        s.tenants
+            .ingresses
             .values()
             .filter(|i| &i.app == app && i.kind == IngressKind::Ws)
             .cloned()
@@ -87,38 +93,42 @@ fn keys_of(ctx: &NodeCtx, app: &streamhub_shared::AppName) -> Vec<Ingress> {
     })
 }
 
-/// `GET /apps/:app/ws-ingest`: the device keys (without their secrets).
+/// `GET /apps/:app/ws-ingest` (any principal of the app): the device keys (without their
+/// secrets).
 pub async fn list(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(services): State<Services>,
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let app = authorize_app(&who, &app)?;
-    load_app(&ctx, &app)?;
+    load_app(&services.tenants, &app)?;
     Ok(data(
-        keys_of(&ctx, &app)
+        keys_of(&services.tenants, &app)
             .iter()
-            .map(|i| view(&ctx, i))
+            .map(|i| view(&services.urls, &services.rooms, i))
             .collect::<Vec<_>>(),
     ))
 }
 
-/// `DELETE /apps/:app/ws-ingest/:id`: revokes the key and disconnects its device.
+/// `DELETE /apps/:app/ws-ingest/:id` (any principal of the app): revokes the key and
+/// disconnects its device.
 pub async fn delete(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(tenants): State<Tenants>,
+    State(rooms): State<Arc<Rooms>>,
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let app = authorize_app(&who, &app)?;
-    if !keys_of(&ctx, &app).iter().any(|i| i.id == id) {
+    if !keys_of(&tenants, &app).iter().any(|i| i.id == id) {
         return Err(ApiError::NotFound(format!("device key {id}")));
     }
-    ctx.write(Command::DeleteIngress {
-        app: app.clone(),
-        id: id.clone(),
-    })
-    .await?;
-    let dropped = ctx.rooms.revoke_ingress(&id);
+    tenants
+        .write(Command::DeleteIngress {
+            app: app.clone(),
+            id: id.clone(),
+        })
+        .await?;
+    let dropped = rooms.revoke(&id);
     tracing::info!(%app, key = %id, dropped, "device key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 pub use server::serve;
 
-/// What the RTMP server asks of the node when a publisher presents a stream key.
+/// What the RTMP server asks of the node when a publisher presents a stream key (the node's
+/// [`Admission`](crate::admission::Admission)).
 pub trait IngestBackend: Send + Sync + 'static {
     /// Resolves the key and claims the room (a Raft write in a cluster, hence async); Err
     /// refuses the publish with a reason.
@@ -23,10 +24,7 @@ pub trait IngestBackend: Send + Sync + 'static {
         &self,
         stream_key: String,
         remote: std::net::SocketAddr,
-    ) -> futures::future::BoxFuture<
-        'static,
-        Result<crate::rooms::Publisher, crate::rooms::PublishError>,
-    >;
+    ) -> futures::future::BoxFuture<'_, Result<crate::rooms::Publisher, crate::admission::Refusal>>;
 }
 
 /// Limits of the RTMP listener.

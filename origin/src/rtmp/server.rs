@@ -385,7 +385,8 @@ mod tests {
     //! real room registry behind a small backend.
 
     use super::*;
-    use crate::rooms::{Protocol, PublishClaim, PublishError, RoomObserver, Rooms};
+    use crate::admission::{Basis, Grant, Refusal};
+    use crate::rooms::{Protocol, PublishClaim, RoomObserver, Rooms};
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{
         ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
@@ -406,14 +407,17 @@ mod tests {
             &self,
             key: String,
             remote: SocketAddr,
-        ) -> futures::future::BoxFuture<'static, Result<Publisher, PublishError>> {
+        ) -> futures::future::BoxFuture<'_, Result<Publisher, Refusal>> {
             let result = if !matches!(key.as_str(), "key1" | "key2") {
-                Err(PublishError::UnknownKey)
+                Err(Refusal::NotFound("unknown or revoked stream key".into()))
             } else {
                 self.0.start_publish(PublishClaim {
-                    app: AppName::new("demo").expect("app"),
-                    room: RoomName::new("cam").expect("room"),
-                    ingress_id: "ingress-1".into(),
+                    grant: Grant {
+                        app: AppName::new("demo").expect("app"),
+                        room: RoomName::new("cam").expect("room"),
+                        publisher: "ingress-1".into(),
+                        basis: Basis::Ingress("ingress-1".into()),
+                    },
                     protocol: Protocol::Rtmp,
                     remote,
                     epoch: 1,

@@ -9,6 +9,7 @@ pub mod gate;
 pub mod server;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use server::upgrade;
@@ -38,6 +39,13 @@ impl Default for WsConfig {
             idle_timeout: Duration::from_secs(15),
         }
     }
+}
+
+/// WebSocket-MJPEG ingest's limits and counters, as the handler receives them.
+#[derive(Debug, Default)]
+pub struct WsIngest {
+    pub config: WsConfig,
+    pub stats: Arc<WsStats>,
 }
 
 /// Counters of WebSocket-MJPEG ingest, exported as metrics.

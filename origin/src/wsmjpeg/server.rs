@@ -12,15 +12,13 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use streamhub_cluster::state::IngressKind;
+use streamhub_media::http::ApiError;
 use streamhub_shared::{AppName, RoomName};
 
 use super::gate::{Gate, Outcome};
-use super::{WsConfig, WsStats};
-use crate::api::ApiError;
-use crate::credentials::sha256_hex;
-use crate::node::NodeCtx;
-use crate::rooms::{Protocol, PublishClaim, Publisher};
+use super::{WsConfig, WsIngest, WsStats};
+use crate::admission::{Admission, Credential, PublishRequest};
+use crate::rooms::{Protocol, Publisher};
 
 /// Close code: the key was revoked (do not retry with it).
 const CLOSE_POLICY: u16 = 1008;
@@ -44,101 +42,64 @@ pub struct WsQuery {
     key: Option<String>,
 }
 
-fn key_of(headers: &HeaderMap, query: &WsQuery) -> Option<String> {
-    let bearer = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|v| v.trim().to_string());
-    bearer
-        .or_else(|| query.key.clone())
-        .filter(|k| !k.is_empty())
-}
-
-/// `GET /ingest/ws?app=<app>&room=<room>` with `Authorization: Bearer wsk_…` (or `&key=`).
+/// `GET /ingest/ws?app=<app>&room=<room>` with `Authorization: Bearer wsk_…` (or `&key=`):
+/// anyone, the device key decides.
 pub async fn upgrade(
-    State(ctx): State<Arc<NodeCtx>>,
+    State(admission): State<Arc<Admission>>,
+    State(ingest): State<Arc<WsIngest>>,
+    State(shutdown): State<tokio_util::sync::CancellationToken>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    match admit(&ctx, &query, &headers, remote).await {
+    match admit(&admission, &query, &headers, remote).await {
         Ok(publisher) => {
-            ctx.ws_stats.connections.fetch_add(1, Ordering::Relaxed);
-            let config = ctx.ws_config.clone();
-            let stats = ctx.ws_stats.clone();
-            let (shutdown, raft) = (ctx.shutdown.clone(), ctx.raft.clone());
+            ingest.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let config = ingest.config.clone();
+            let stats = ingest.stats.clone();
             ws.max_message_size(config.max_message_bytes)
                 .max_frame_size(config.max_message_bytes)
                 .on_upgrade(move |socket| async move {
-                    let revoked = {
-                        let id = publisher.ingress_id().to_string();
-                        move || raft.read(|s| !s.ingresses.contains_key(&id))
-                    };
+                    let grant = publisher.grant().clone();
+                    let revoked = move || !admission.holds(&grant);
                     run(socket, publisher, config, stats, shutdown, revoked).await
                 })
         }
         Err(e) => {
-            ctx.ws_stats.refused.fetch_add(1, Ordering::Relaxed);
+            ingest.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, error = %e, "WebSocket-MJPEG device refused");
             e.into_response()
         }
     }
 }
 
-/// Checks the key against the room and claims the room for this node.
+/// Admits the device into the room it names (before the upgrade, so a refusal is a plain HTTP
+/// status the device can log).
 async fn admit(
-    ctx: &NodeCtx,
+    admission: &Admission,
     query: &WsQuery,
     headers: &HeaderMap,
     remote: SocketAddr,
 ) -> Result<Publisher, ApiError> {
     let app = AppName::new(query.app.clone())?;
     let room = RoomName::new(query.room.clone())?;
-    let key = key_of(headers, query).ok_or_else(|| {
-        ApiError::Unauthorized(
-            "a device key (wsk_…) is needed: Authorization: Bearer or ?key=".into(),
-        )
-    })?;
-    let hash = sha256_hex(&key);
-    let ingress = ctx
-        .raft
-        .read(|s| s.ingress_by_key_hash(&hash).cloned())
-        .filter(|i| i.kind == IngressKind::Ws)
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked device key".into()))?;
-    if ingress.app != app || ingress.room != room {
-        return Err(ApiError::Forbidden(format!(
-            "this key publishes to {}/{}, not {app}/{room}",
-            ingress.app, ingress.room
-        )));
-    }
-    ctx.rooms
-        .check_busy(&app, &room, &ingress.id)
-        .map_err(ApiError::from)?;
-    crate::lease::check_free(ctx, &app, &room).map_err(ApiError::from)?;
-    let epoch = crate::lease::claim(ctx, &app, &room)
-        .await
-        .map_err(ApiError::from)?;
-    let started = if ctx.raft.read(|s| !s.ingresses.contains_key(&ingress.id)) {
-        Err(ApiError::Unauthorized("the device key was revoked".into()))
-    } else {
-        ctx.rooms
-            .start_publish(PublishClaim {
-                app: app.clone(),
-                room: room.clone(),
-                ingress_id: ingress.id,
-                protocol: Protocol::Ws,
-                remote,
-                epoch,
-            })
-            .map_err(ApiError::from)
+    let key = streamhub_media::http::bearer(headers)
+        .map(str::to_string)
+        .or_else(|| query.key.clone())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "a device key (wsk_…) is needed: Authorization: Bearer or ?key=".into(),
+            )
+        })?;
+    let req = PublishRequest {
+        room: Some((app, room)),
+        credential: Credential::DeviceKey(key),
+        protocol: Protocol::Ws,
+        remote,
     };
-    if started.is_err() && ctx.rooms.media(&app, &room).is_none() {
-        // The claim will not be used: give the room back now, not at lease expiry.
-        crate::lease::release(ctx, &app, &room, epoch).await;
-    }
-    started
+    Ok(admission.admit(req).await?)
 }
 
 /// Why a device's session ended.

@@ -1,0 +1,242 @@
+//! A WebRTC viewer written on the `rtc` crate (sans-IO, one UDP socket per viewer): what the
+//! media-plane tests and the WHEP load benchmark play rooms with. It offers receive-only video
+//! (and audio if asked), takes the answer, and runs the connection while a test watches every
+//! datagram and every RTP packet.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+
+/// What a viewer asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewerOptions {
+    /// Receive audio too.
+    pub audio: bool,
+    /// Run rtc's default interceptors (NACK, receiver reports): a browser-like viewer. Off for
+    /// a lean load client.
+    pub interceptors: bool,
+}
+
+impl Default for ViewerOptions {
+    fn default() -> Self {
+        Self {
+            audio: false,
+            interceptors: true,
+        }
+    }
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The time or the stop signal came.
+    Stopped,
+    /// The connection failed.
+    Failed,
+}
+
+/// One viewer: a receive-only peer connection on its own socket.
+pub struct Viewer {
+    pub pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    /// Set once the connection has been connected.
+    pub connected: bool,
+}
+
+impl Viewer {
+    /// A browser-like video viewer (see [`ViewerOptions::default`]).
+    pub async fn new() -> Viewer {
+        Viewer::with(ViewerOptions::default())
+            .await
+            .expect("a WebRTC viewer on loopback")
+    }
+
+    /// A viewer with `options`, its offer made.
+    pub async fn with(options: ViewerOptions) -> anyhow::Result<Viewer> {
+        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let local = socket.local_addr()?;
+        let mut media = MediaEngine::default();
+        media.register_default_codecs()?;
+        let mut builder = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build());
+        if options.interceptors {
+            let registry = register_default_interceptors(Registry::new(), &mut media)?;
+            builder = builder.with_interceptor_registry(registry);
+        }
+        let mut pc = builder.with_media_engine(media).build(Instant::now())?;
+        let kinds: &[RtpCodecKind] = if options.audio {
+            &[RtpCodecKind::Video, RtpCodecKind::Audio]
+        } else {
+            &[RtpCodecKind::Video]
+        };
+        for &kind in kinds {
+            let recv = RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            };
+            pc.add_transceiver_from_kind(kind, Some(recv))?;
+        }
+        let offer = pc.create_offer(None)?;
+        pc.set_local_description(Instant::now(), offer)?;
+        let host = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&host).to_json()?)?;
+        Ok(Viewer {
+            pc,
+            socket,
+            local,
+            connected: false,
+        })
+    }
+
+    /// The SDP offer to POST.
+    pub fn offer(&self) -> String {
+        self.pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or_default()
+    }
+
+    /// Takes the server's answer.
+    pub fn answer(&mut self, sdp: String) -> anyhow::Result<()> {
+        let answer = RTCSessionDescription::answer(sdp)?;
+        self.pc.set_remote_description(Instant::now(), answer)?;
+        Ok(())
+    }
+
+    /// POSTs the offer to a WHEP URL (with `token` as the bearer, if any) and takes the answer;
+    /// the session's resource URL (`Location`), to DELETE when done.
+    pub async fn play(
+        &mut self,
+        http: &reqwest::Client,
+        whep: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Option<String>> {
+        let mut req = http
+            .post(whep)
+            .header("content-type", "application/sdp")
+            .body(self.offer());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|l| reqwest::Url::parse(whep).and_then(|u| u.join(l)))
+            .transpose()?
+            .map(|u| u.to_string());
+        let body = resp.text().await?;
+        anyhow::ensure!(status == 201, "WHEP answered {status}: {body}");
+        self.answer(body)?;
+        Ok(location)
+    }
+
+    /// Runs the connection for `secs`: `lose` sees every datagram first (true: it is lost on the
+    /// way), `rtp` every RTP packet that comes out.
+    pub async fn run(
+        &mut self,
+        secs: f64,
+        lose: impl FnMut(&[u8]) -> bool,
+        rtp: impl FnMut(&rtc::rtp::Packet),
+    ) -> RunEnd {
+        let deadline = tokio::time::sleep(Duration::from_secs_f64(secs));
+        self.run_until(deadline, lose, rtp).await
+    }
+
+    /// Runs the connection until `stop` resolves or the connection fails (see
+    /// [`Viewer::run`]).
+    pub async fn run_until(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        mut lose: impl FnMut(&[u8]) -> bool,
+        mut rtp: impl FnMut(&rtc::rtp::Packet),
+    ) -> RunEnd {
+        let mut buf = vec![0u8; 2048];
+        tokio::pin!(stop);
+        loop {
+            while let Some(msg) = self.pc.poll_write() {
+                let _ = self
+                    .socket
+                    .try_send_to(&msg.message, msg.transport.peer_addr);
+            }
+            while let Some(ev) = self.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    self.connected |= s == RTCPeerConnectionState::Connected;
+                    if s == RTCPeerConnectionState::Failed {
+                        return RunEnd::Failed;
+                    }
+                }
+            }
+            while let Some(msg) = self.pc.poll_read() {
+                if let RTCMessage::RtpPacket(_, p) = msg.message {
+                    rtp(&p);
+                }
+            }
+            let now = Instant::now();
+            let wake = self
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_millis(50));
+            tokio::select! {
+                () = &mut stop => return RunEnd::Stopped,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let _ = self.pc.handle_timeout(Instant::now());
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { return RunEnd::Failed };
+                    if lose(&buf[..n]) {
+                        continue;
+                    }
+                    let _ = self.pc.handle_read(TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: self.local,
+                            peer_addr: from,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&buf[..n]),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The RTP sequence number of a (S)RTP datagram of a dynamic payload type; RTCP, STUN and DTLS
+/// are `None`. (SRTP leaves the header in the clear.)
+pub fn rtp_seq(d: &[u8]) -> Option<u16> {
+    let pt = d.get(1)? & 0x7f;
+    (d.len() >= 12 && d[0] >> 6 == 2 && (96..=127).contains(&pt))
+        .then(|| u16::from_be_bytes([d[2], d[3]]))
+}

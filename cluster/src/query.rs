@@ -1,0 +1,129 @@
+//! What nodes that are not Raft voters (edges) ask origins about the replicated state, over the
+//! cluster transport ([`STATE_QUERY`](crate::transport::kinds::STATE_QUERY)).
+//!
+//! Answers come from the asked origin's replica: fresh within a heartbeat in practice, never
+//! linearizable. Edges use them for placement (retried on a wrong answer) and offline token
+//! checks (keys change rarely, and deleting an app also ends its rooms on the origins).
+
+use serde::{Deserialize, Serialize};
+use streamhub_shared::{AppName, RoomName};
+
+use crate::state::{ClusterState, NodeRecord, Placement};
+
+/// A question about the tenant state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub enum StateQuery {
+    /// Which origin holds `app/room`, and how to reach it.
+    Placement { app: AppName, room: RoomName },
+    /// The signing key of `app`, to verify its tokens offline.
+    AppKey { app: AppName },
+    /// The node registry, for steering.
+    Nodes,
+}
+
+/// The key an app signs its tokens with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppKey {
+    pub app: AppName,
+    /// Goes into the `iss` claim.
+    pub key_id: String,
+    /// HS256 secret (hex).
+    pub secret: String,
+}
+
+/// The answer to a [`StateQuery`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "a", rename_all = "snake_case")]
+pub enum StateAnswer {
+    /// The live placement (an expired lease counts as none) and the holder's record.
+    Placement {
+        placement: Option<Placement>,
+        holder: Option<Box<NodeRecord>>,
+    },
+    /// The app's key, if the app exists.
+    AppKey { key: Option<AppKey> },
+    /// Every registered node.
+    Nodes { nodes: Vec<NodeRecord> },
+}
+
+impl StateQuery {
+    /// Answers from `state` at `now_ms`.
+    pub fn answer(&self, state: &ClusterState, now_ms: u64) -> StateAnswer {
+        match self {
+            StateQuery::Placement { app, room } => {
+                let placement = state.placements.live(app, room, now_ms).cloned();
+                let holder = placement
+                    .as_ref()
+                    .and_then(|p| state.registry.nodes.get(&p.node))
+                    .cloned()
+                    .map(Box::new);
+                StateAnswer::Placement { placement, holder }
+            }
+            StateQuery::AppKey { app } => StateAnswer::AppKey {
+                key: state.tenants.apps.get(app).map(|a| AppKey {
+                    app: a.name.clone(),
+                    key_id: a.key_id.clone(),
+                    secret: a.secret.clone(),
+                }),
+            },
+            StateQuery::Nodes => StateAnswer::Nodes {
+                nodes: state.registry.nodes.values().cloned().collect(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, NodeLoad, NodeRole};
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            id: 1,
+            role: NodeRole::Origin,
+            region: "eu".into(),
+            http_url: "http://o".into(),
+            rtmp_url: None,
+            cluster_addr: "127.0.0.1:1".into(),
+            version: "0".into(),
+            load: NodeLoad::default(),
+            registered_at_ms: 0,
+            last_heartbeat_ms: 0,
+        }
+    }
+
+    #[test]
+    fn placement_answers_skip_expired_leases() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(node("o1")));
+        let (app, room) = (AppName::new("a").unwrap(), RoomName::new("r").unwrap());
+        s.apply(&Command::ClaimRoom {
+            app: app.clone(),
+            room: room.clone(),
+            node: "o1".into(),
+            at_ms: 1000,
+            lease_ms: 10_000,
+        });
+        let q = StateQuery::Placement { app, room };
+        match q.answer(&s, 5000) {
+            StateAnswer::Placement {
+                placement: Some(p),
+                holder: Some(h),
+            } => assert_eq!((p.node.as_str(), h.name.as_str()), ("o1", "o1")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            q.answer(&s, 11_000),
+            StateAnswer::Placement {
+                placement: None,
+                holder: None
+            }
+        );
+        let json = serde_json::to_string(&q).unwrap();
+        assert_eq!(serde_json::from_str::<StateQuery>(&json).unwrap(), q);
+    }
+}

@@ -1,0 +1,235 @@
+//! The replicated state of the cluster, one module per domain: [`tenants`] (admin, apps, API
+//! keys, ingresses), [`registry`] (nodes, their load and heartbeats), [`placement`] (which
+//! origin holds each live room) and [`membership`] (the cluster CA, join tokens).
+//! [`ClusterState::apply`] only dispatches each [`Command`] to its domain.
+//!
+//! Plain, deterministic code: every input (ids, secrets, hashes, timestamps) is decided by the
+//! node that proposes a [`Command`], so every replica applies the same log to the same state.
+//! The domains are flattened into one JSON object, so snapshots keep the layout they had when
+//! this was one struct.
+
+pub mod membership;
+pub mod placement;
+pub mod registry;
+pub mod tenants;
+
+use serde::{Deserialize, Serialize};
+use streamhub_shared::{AppName, RoomName};
+
+pub use membership::{ClusterCa, JoinToken, Membership};
+pub use placement::{room_key, Placement, Placements};
+pub use registry::{Heartbeat, NodeLoad, NodeRecord, NodeRole, Registry};
+pub use tenants::{AdminUser, ApiKey, App, Ingress, IngressKind, IngressStatus, Tenants};
+
+/// A change to the replicated state: the payload of a Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets the admin if none exists yet (first start); a second bootstrap is a no-op.
+    BootstrapAdmin(AdminUser),
+    CreateApp(App),
+    UpdateApp {
+        name: AppName,
+        display_name: Option<String>,
+    },
+    /// Deletes the app with its ingresses and its app-scoped API keys.
+    DeleteApp {
+        name: AppName,
+    },
+    CreateApiKey(ApiKey),
+    DeleteApiKey {
+        id: String,
+    },
+    CreateIngress(Ingress),
+    DeleteIngress {
+        app: AppName,
+        id: String,
+    },
+    /// Stores the cluster CA once (first start of the first origin).
+    InitCluster(ClusterCa),
+    CreateJoinToken(JoinToken),
+    /// Adds a node to the registry; refused if the name is taken.
+    RegisterNode(NodeRecord),
+    /// The origin pulling `id` reports a state change.
+    SetIngressStatus {
+        id: String,
+        status: IngressStatus,
+    },
+    /// Forgets a node and releases the rooms it held.
+    RemoveNode {
+        name: String,
+    },
+    /// Heartbeats of one or more nodes at `at_ms`: updates their load and renews their leases.
+    Heartbeats {
+        at_ms: u64,
+        beats: Vec<Heartbeat>,
+    },
+    /// `node` claims `app/room` at `at_ms`: granted if free, already its own, or the holder's
+    /// lease has expired (then with a higher epoch).
+    ClaimRoom {
+        app: AppName,
+        room: RoomName,
+        node: String,
+        at_ms: u64,
+        lease_ms: u64,
+    },
+    /// `node` gives up `app/room` if it still holds it at `epoch`.
+    ReleaseRoom {
+        app: AppName,
+        room: RoomName,
+        node: String,
+        epoch: u64,
+    },
+}
+
+/// The result of applying one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResponse {
+    Ok,
+    /// Nothing changed because the thing already exists.
+    Exists {
+        what: String,
+    },
+    /// Nothing changed because the thing does not exist.
+    NotFound {
+        what: String,
+    },
+    /// A room claim was granted at this epoch.
+    Claimed {
+        epoch: u64,
+    },
+    /// A room claim was refused: another node holds a live lease.
+    Busy {
+        node: String,
+        epoch: u64,
+    },
+}
+
+/// Everything the control plane replicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    #[serde(flatten)]
+    pub tenants: Tenants,
+    #[serde(flatten)]
+    pub registry: Registry,
+    #[serde(flatten)]
+    pub placements: Placements,
+    #[serde(flatten)]
+    pub membership: Membership,
+}
+
+impl ClusterState {
+    /// Applies one command. Deterministic: the same commands in the same order give the same state.
+    pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        match cmd {
+            Command::BootstrapAdmin(admin) => self.tenants.bootstrap_admin(admin),
+            Command::CreateApp(app) => self.tenants.create_app(app),
+            Command::UpdateApp { name, display_name } => {
+                self.tenants.update_app(name, display_name)
+            }
+            Command::DeleteApp { name } => self.tenants.delete_app(name),
+            Command::CreateApiKey(key) => self.tenants.create_api_key(key),
+            Command::DeleteApiKey { id } => self.tenants.delete_api_key(id),
+            Command::CreateIngress(ing) => self.tenants.create_ingress(ing),
+            Command::DeleteIngress { app, id } => self.tenants.delete_ingress(app, id),
+            Command::SetIngressStatus { id, status } => {
+                let holder = self
+                    .tenants
+                    .ingresses
+                    .get(id)
+                    .and_then(|i| self.placements.get(&i.app, &i.room))
+                    .map(|p| p.node.as_str());
+                self.tenants.set_ingress_status(id, status, holder)
+            }
+            Command::InitCluster(ca) => self.membership.init(ca),
+            Command::CreateJoinToken(t) => self.membership.add_join_token(t),
+            Command::RegisterNode(n) => self.registry.register(n),
+            Command::RemoveNode { name } => {
+                let removed = self.registry.remove(name);
+                if removed == CommandResponse::Ok {
+                    self.placements.release_all(name);
+                }
+                removed
+            }
+            Command::Heartbeats { at_ms, beats } => {
+                for beat in beats {
+                    self.registry.heartbeat(*at_ms, beat);
+                    self.placements.renew(&beat.node, *at_ms);
+                }
+                CommandResponse::Ok
+            }
+            Command::ClaimRoom {
+                app,
+                room,
+                node,
+                at_ms,
+                lease_ms,
+            } => self.placements.claim(app, room, node, *at_ms, *lease_ms),
+            Command::ReleaseRoom {
+                app,
+                room,
+                node,
+                epoch,
+            } => self.placements.release(app, room, node, *epoch),
+        }
+    }
+}
+
+fn exists(what: impl Into<String>) -> CommandResponse {
+    CommandResponse::Exists { what: what.into() }
+}
+
+fn not_found(what: impl Into<String>) -> CommandResponse {
+    CommandResponse::NotFound { what: what.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenants::tests::{app, ingress, key};
+    use super::*;
+
+    #[test]
+    fn replay_is_deterministic() {
+        let cmds = vec![
+            Command::CreateApp(app("a")),
+            Command::CreateApiKey(key("k1", Some("a"))),
+            Command::CreateIngress(ingress("i1", "a")),
+            Command::DeleteApiKey { id: "k1".into() },
+        ];
+        let (mut s1, mut s2) = (ClusterState::default(), ClusterState::default());
+        for c in &cmds {
+            s1.apply(c);
+        }
+        let json = serde_json::to_string(&cmds).unwrap();
+        let back: Vec<Command> = serde_json::from_str(&json).unwrap();
+        for c in &back {
+            s2.apply(c);
+        }
+        assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn the_json_layout_is_flat_as_before_the_split() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateApp(app("a")));
+        s.apply(&Command::RegisterNode(registry::tests::node("o1", 1)));
+        let v = serde_json::to_value(&s).unwrap();
+        for key in [
+            "admin",
+            "apps",
+            "apiKeys",
+            "ingresses",
+            "ingressStatus",
+            "nodes",
+            "placements",
+            "lastEpoch",
+            "clusterCa",
+            "joinTokens",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        let back: ClusterState = serde_json::from_value(v).unwrap();
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,231 @@
+//! Room placement: which origin holds each live room, under a lease its heartbeats renew, with
+//! an epoch that grows each time the room changes hands (the fencing token of a publish).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use streamhub_shared::{AppName, RoomName};
+
+use super::{not_found, CommandResponse};
+
+/// Which origin holds a live room, under a lease renewed by that origin's heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub app: AppName,
+    pub room: RoomName,
+    /// Name of the origin holding the room.
+    pub node: String,
+    /// Grows each time the room changes hands; a node holding an older epoch has lost the room.
+    pub epoch: u64,
+    pub lease_ms: u64,
+    pub lease_until_ms: u64,
+    pub since_ms: u64,
+}
+
+impl Placement {
+    /// Whether the holder's lease still runs at `now_ms` (a lease is over from exactly
+    /// `lease_until_ms` on).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.lease_until_ms > now_ms
+    }
+}
+
+/// Key of a room in the placement table.
+pub fn room_key(app: &AppName, room: &RoomName) -> String {
+    format!("{app}/{room}")
+}
+
+/// The placement part of the replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placements {
+    /// Room placement, by [`room_key`].
+    #[serde(default, rename = "placements")]
+    pub rooms: BTreeMap<String, Placement>,
+    /// Highest placement epoch ever granted: epochs never repeat, so fencing by epoch is safe.
+    #[serde(default)]
+    pub last_epoch: u64,
+}
+
+impl Placements {
+    /// The placement of a room, if any (live or not).
+    pub fn get(&self, app: &AppName, room: &RoomName) -> Option<&Placement> {
+        self.rooms.get(&room_key(app, room))
+    }
+
+    /// The holder of `app/room` while its lease runs at `now_ms`.
+    pub fn live(&self, app: &AppName, room: &RoomName, now_ms: u64) -> Option<&Placement> {
+        self.get(app, room).filter(|p| p.is_live(now_ms))
+    }
+
+    /// `node` claims `app/room` at `at_ms`: granted if free, already its own, or the holder's
+    /// lease has expired (then with a higher epoch).
+    pub(super) fn claim(
+        &mut self,
+        app: &AppName,
+        room: &RoomName,
+        node: &str,
+        at_ms: u64,
+        lease_ms: u64,
+    ) -> CommandResponse {
+        let key = room_key(app, room);
+        let (epoch, since_ms) = match self.rooms.get(&key) {
+            Some(p) if p.node == node => (p.epoch, p.since_ms),
+            Some(p) if p.is_live(at_ms) => {
+                return CommandResponse::Busy {
+                    node: p.node.clone(),
+                    epoch: p.epoch,
+                }
+            }
+            _ => {
+                self.last_epoch += 1;
+                (self.last_epoch, at_ms)
+            }
+        };
+        self.rooms.insert(
+            key,
+            Placement {
+                app: app.clone(),
+                room: room.clone(),
+                node: node.to_string(),
+                epoch,
+                lease_ms,
+                lease_until_ms: at_ms + lease_ms,
+                since_ms,
+            },
+        );
+        CommandResponse::Claimed { epoch }
+    }
+
+    /// `node` gives up `app/room` if it still holds it at `epoch`.
+    pub(super) fn release(
+        &mut self,
+        app: &AppName,
+        room: &RoomName,
+        node: &str,
+        epoch: u64,
+    ) -> CommandResponse {
+        let key = room_key(app, room);
+        match self.rooms.get(&key) {
+            Some(p) if p.node == node && p.epoch == epoch => {
+                self.rooms.remove(&key);
+                CommandResponse::Ok
+            }
+            _ => not_found(format!("placement of {key} by {node}@{epoch}")),
+        }
+    }
+
+    /// Renews every lease `node` holds from `at_ms` (its heartbeat was committed).
+    pub(super) fn renew(&mut self, node: &str, at_ms: u64) {
+        for p in self.rooms.values_mut().filter(|p| p.node == node) {
+            p.lease_until_ms = p.lease_until_ms.max(at_ms + p.lease_ms);
+        }
+    }
+
+    /// Releases every room `node` holds (it left the cluster).
+    pub(super) fn release_all(&mut self, node: &str) {
+        self.rooms.retain(|_, p| p.node != node);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::registry::tests::node;
+    use super::super::{ClusterState, Command, Heartbeat, NodeLoad};
+    use super::*;
+
+    fn claim(node: &str, at_ms: u64) -> Command {
+        Command::ClaimRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: node.into(),
+            at_ms,
+            lease_ms: 10_000,
+        }
+    }
+
+    fn release(node: &str, epoch: u64) -> Command {
+        Command::ReleaseRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: node.into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn placement_lease_fences_and_expires() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(node("x", 1)));
+        s.apply(&Command::RegisterNode(node("y", 2)));
+        assert_eq!(
+            s.apply(&claim("x", 1_000)),
+            CommandResponse::Claimed { epoch: 1 }
+        );
+        // Re-claim by the holder keeps the epoch.
+        assert_eq!(
+            s.apply(&claim("x", 2_000)),
+            CommandResponse::Claimed { epoch: 1 }
+        );
+        // Another node is refused while the lease is live...
+        assert_eq!(
+            s.apply(&claim("y", 5_000)),
+            CommandResponse::Busy {
+                node: "x".into(),
+                epoch: 1
+            }
+        );
+        // ...heartbeats renew it...
+        s.apply(&Command::Heartbeats {
+            at_ms: 9_000,
+            beats: vec![Heartbeat {
+                node: "x".into(),
+                load: NodeLoad::default(),
+            }],
+        });
+        assert!(matches!(
+            s.apply(&claim("y", 15_000)),
+            CommandResponse::Busy { .. }
+        ));
+        assert_eq!(s.registry.nodes["x"].last_heartbeat_ms, 9_000);
+        // ...and once it expires, y takes the room with a higher epoch.
+        assert_eq!(
+            s.apply(&claim("y", 19_001)),
+            CommandResponse::Claimed { epoch: 2 }
+        );
+        // x's stale release does nothing.
+        assert!(matches!(
+            s.apply(&release("x", 1)),
+            CommandResponse::NotFound { .. }
+        ));
+        assert_eq!(s.placements.rooms["a/r"].node, "y");
+        // Epochs never repeat, even after a release.
+        assert_eq!(s.apply(&release("y", 2)), CommandResponse::Ok);
+        assert_eq!(
+            s.apply(&claim("x", 30_000)),
+            CommandResponse::Claimed { epoch: 3 }
+        );
+    }
+
+    #[test]
+    fn removing_a_node_releases_its_rooms() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(node("x", 1)));
+        s.apply(&claim("x", 1_000));
+        let rm = Command::RemoveNode { name: "x".into() };
+        assert_eq!(s.apply(&rm), CommandResponse::Ok);
+        assert!(s.placements.rooms.is_empty());
+        assert!(s.registry.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_lease_is_over_at_exactly_its_end() {
+        let mut s = ClusterState::default();
+        s.apply(&claim("x", 1_000));
+        let (a, r) = (AppName::new("a").unwrap(), RoomName::new("r").unwrap());
+        assert!(s.placements.live(&a, &r, 10_999).is_some());
+        assert!(s.placements.live(&a, &r, 11_000).is_none());
+        assert!(s.placements.get(&a, &r).is_some());
+    }
+}

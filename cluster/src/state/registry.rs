@@ -1,0 +1,148 @@
+//! The node registry: every origin and edge with its role, region, URLs, version, last reported
+//! load and last heartbeat. Liveness and steering rules read it in [`crate::registry`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{exists, not_found, CommandResponse};
+
+/// What a node does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Origin,
+    Edge,
+}
+
+impl NodeRole {
+    /// `origin` or `edge`, as in certificates, logs and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Origin => "origin",
+            NodeRole::Edge => "edge",
+        }
+    }
+}
+
+/// Load a node reports in its heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeLoad {
+    pub rooms: u32,
+    pub publishers: u32,
+    pub viewers: u32,
+    pub egress_bps: u64,
+    /// CPU use of the node's process, in percent of one core.
+    pub cpu: f32,
+}
+
+impl Eq for NodeLoad {}
+
+/// A node of the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// Readable, unique name (`origin-eu-1`); the certificate's CN.
+    pub name: String,
+    /// Numeric id used by Raft (derived from the name).
+    pub id: u64,
+    pub role: NodeRole,
+    pub region: String,
+    pub http_url: String,
+    pub rtmp_url: Option<String>,
+    pub cluster_addr: String,
+    pub version: String,
+    pub load: NodeLoad,
+    pub registered_at_ms: u64,
+    pub last_heartbeat_ms: u64,
+}
+
+/// One node's heartbeat inside a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub node: String,
+    pub load: NodeLoad,
+}
+
+/// The registry part of the replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registry {
+    /// Every node, by name.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeRecord>,
+}
+
+impl Registry {
+    /// Adds a node; refused if its name or id is taken.
+    pub(super) fn register(&mut self, n: &NodeRecord) -> CommandResponse {
+        if let Some(old) = self.nodes.get(&n.name) {
+            return exists(format!(
+                "node {} (registered at {})",
+                old.name, old.cluster_addr
+            ));
+        }
+        if let Some(old) = self.nodes.values().find(|o| o.id == n.id) {
+            return exists(format!("node id {} (used by {})", n.id, old.name));
+        }
+        self.nodes.insert(n.name.clone(), n.clone());
+        CommandResponse::Ok
+    }
+
+    pub(super) fn remove(&mut self, name: &str) -> CommandResponse {
+        match self.nodes.remove(name) {
+            Some(_) => CommandResponse::Ok,
+            None => not_found(format!("node {name}")),
+        }
+    }
+
+    /// Records the load and time of `beat` (a heartbeat never moves a node's time back).
+    pub(super) fn heartbeat(&mut self, at_ms: u64, beat: &Heartbeat) {
+        if let Some(n) = self.nodes.get_mut(&beat.node) {
+            n.load = beat.load.clone();
+            n.last_heartbeat_ms = n.last_heartbeat_ms.max(at_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::{ClusterState, Command};
+    use super::*;
+
+    pub(crate) fn node(name: &str, id: u64) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            id,
+            role: NodeRole::Origin,
+            region: "eu".into(),
+            http_url: format!("http://{name}"),
+            rtmp_url: None,
+            cluster_addr: format!("{name}:4433"),
+            version: "0".into(),
+            load: NodeLoad::default(),
+            registered_at_ms: 0,
+            last_heartbeat_ms: 0,
+        }
+    }
+
+    #[test]
+    fn node_names_and_ids_are_unique() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            s.apply(&Command::RegisterNode(node("o1", 1))),
+            CommandResponse::Ok
+        );
+        assert!(matches!(
+            s.apply(&Command::RegisterNode(node("o1", 2))),
+            CommandResponse::Exists { .. }
+        ));
+        assert!(matches!(
+            s.apply(&Command::RegisterNode(node("o2", 1))),
+            CommandResponse::Exists { .. }
+        ));
+        assert_eq!(s.registry.nodes.len(), 1);
+    }
+}

@@ -1,0 +1,334 @@
+//! Tenants: the admin account, apps (with their token signing secrets), API keys and ingresses
+//! (stream keys, device keys, pulled sources) with the state of pulled ones.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use streamhub_shared::{AppName, RoomName};
+
+use super::{exists, not_found, CommandResponse};
+
+/// The dashboard administrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminUser {
+    pub username: String,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct App {
+    pub name: AppName,
+    pub display_name: Option<String>,
+    /// Key id that goes into the `iss` claim of this app's tokens.
+    pub key_id: String,
+    /// HS256 secret of this app's tokens (hex).
+    pub secret: String,
+    pub created_at_ms: u64,
+}
+
+/// An API key; only its SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// When set, the key may only touch this app.
+    pub app: Option<AppName>,
+    /// Client addresses or CIDR ranges allowed to use the key; empty = any.
+    pub allow_ips: Vec<String>,
+    /// SHA-256 of the secret (hex).
+    pub hash: String,
+    /// First characters of the secret, to recognise it in lists.
+    pub prefix: String,
+    pub created_at_ms: u64,
+}
+
+/// The kind of an ingress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressKind {
+    Rtmp,
+    /// A WebSocket-MJPEG device key (`wsk_…`).
+    Ws,
+    /// A source the origin pulls (`rtsp://…`); the key is unused.
+    Url,
+}
+
+/// A way into a room: for RTMP, a stream key (only its SHA-256 is stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    pub id: String,
+    pub app: AppName,
+    pub room: RoomName,
+    pub name: Option<String>,
+    pub kind: IngressKind,
+    /// SHA-256 of the stream key (hex).
+    pub key_hash: String,
+    pub created_at_ms: u64,
+    /// For `Url` ingresses: the source to pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// For `Url` ingresses: `tcp` (RTP interleaved, the default) or `udp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+}
+
+/// Where a pulled ingress is, as last reported by the origin pulling it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    /// `connecting`, `live` or `retrying`.
+    pub state: String,
+    /// The origin pulling it.
+    pub node: String,
+    pub last_error: Option<String>,
+    pub since_ms: u64,
+}
+
+/// The tenant part of the replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenants {
+    pub admin: Option<AdminUser>,
+    pub apps: BTreeMap<AppName, App>,
+    pub api_keys: BTreeMap<String, ApiKey>,
+    pub ingresses: BTreeMap<String, Ingress>,
+    /// The state of pulled ingresses, by ingress id.
+    #[serde(default)]
+    pub ingress_status: BTreeMap<String, IngressStatus>,
+}
+
+impl Tenants {
+    pub(super) fn bootstrap_admin(&mut self, admin: &AdminUser) -> CommandResponse {
+        if self.admin.is_some() {
+            return exists("admin");
+        }
+        self.admin = Some(admin.clone());
+        CommandResponse::Ok
+    }
+
+    pub(super) fn create_app(&mut self, app: &App) -> CommandResponse {
+        if self.apps.contains_key(&app.name) {
+            return exists(format!("app {}", app.name));
+        }
+        self.apps.insert(app.name.clone(), app.clone());
+        CommandResponse::Ok
+    }
+
+    pub(super) fn update_app(
+        &mut self,
+        name: &AppName,
+        display_name: &Option<String>,
+    ) -> CommandResponse {
+        match self.apps.get_mut(name) {
+            Some(app) => {
+                app.display_name.clone_from(display_name);
+                CommandResponse::Ok
+            }
+            None => not_found(format!("app {name}")),
+        }
+    }
+
+    /// Deletes the app with its ingresses (and their states) and its app-scoped API keys.
+    pub(super) fn delete_app(&mut self, name: &AppName) -> CommandResponse {
+        if self.apps.remove(name).is_none() {
+            return not_found(format!("app {name}"));
+        }
+        self.ingresses.retain(|_, i| &i.app != name);
+        let ingresses = &self.ingresses;
+        self.ingress_status
+            .retain(|id, _| ingresses.contains_key(id));
+        self.api_keys.retain(|_, k| k.app.as_ref() != Some(name));
+        CommandResponse::Ok
+    }
+
+    pub(super) fn create_api_key(&mut self, key: &ApiKey) -> CommandResponse {
+        if let Some(app) = &key.app {
+            if !self.apps.contains_key(app) {
+                return not_found(format!("app {app}"));
+            }
+        }
+        if self.api_keys.contains_key(&key.id) {
+            return exists(format!("api key {}", key.id));
+        }
+        self.api_keys.insert(key.id.clone(), key.clone());
+        CommandResponse::Ok
+    }
+
+    pub(super) fn delete_api_key(&mut self, id: &str) -> CommandResponse {
+        match self.api_keys.remove(id) {
+            Some(_) => CommandResponse::Ok,
+            None => not_found(format!("api key {id}")),
+        }
+    }
+
+    pub(super) fn create_ingress(&mut self, ing: &Ingress) -> CommandResponse {
+        if !self.apps.contains_key(&ing.app) {
+            return not_found(format!("app {}", ing.app));
+        }
+        if self.ingresses.contains_key(&ing.id) {
+            return exists(format!("ingress {}", ing.id));
+        }
+        self.ingresses.insert(ing.id.clone(), ing.clone());
+        CommandResponse::Ok
+    }
+
+    pub(super) fn delete_ingress(&mut self, app: &AppName, id: &str) -> CommandResponse {
+        match self.ingresses.get(id) {
+            Some(ing) if &ing.app == app => {
+                self.ingresses.remove(id);
+                self.ingress_status.remove(id);
+                CommandResponse::Ok
+            }
+            _ => not_found(format!("ingress {id}")),
+        }
+    }
+
+    /// Records the state of a pulled ingress, reported by `holder` (the origin placing its room,
+    /// checked by the caller).
+    pub(super) fn set_ingress_status(
+        &mut self,
+        id: &str,
+        status: &IngressStatus,
+        holder: Option<&str>,
+    ) -> CommandResponse {
+        if !self.ingresses.contains_key(id) {
+            return not_found(format!("ingress {id}"));
+        }
+        // Only the origin holding the room reports on its pull (a stale one may not).
+        if holder != Some(status.node.as_str()) {
+            return not_found(format!("placement of {id} on {}", status.node));
+        }
+        self.ingress_status.insert(id.to_string(), status.clone());
+        CommandResponse::Ok
+    }
+
+    /// The ingress whose stream key hashes to `key_hash`.
+    pub fn ingress_by_key_hash(&self, key_hash: &str) -> Option<&Ingress> {
+        self.ingresses.values().find(|i| i.key_hash == key_hash)
+    }
+
+    /// The API key whose secret hashes to `hash`.
+    pub fn api_key_by_hash(&self, hash: &str) -> Option<&ApiKey> {
+        self.api_keys.values().find(|k| k.hash == hash)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::{ClusterState, Command};
+    use super::*;
+
+    pub(crate) fn app(name: &str) -> App {
+        App {
+            name: AppName::new(name).unwrap(),
+            display_name: None,
+            key_id: format!("ak_{name}"),
+            secret: "00".into(),
+            created_at_ms: 1,
+        }
+    }
+
+    pub(crate) fn ingress(id: &str, app: &str) -> Ingress {
+        Ingress {
+            id: id.into(),
+            app: AppName::new(app).unwrap(),
+            room: RoomName::new("r").unwrap(),
+            name: None,
+            kind: IngressKind::Rtmp,
+            key_hash: format!("h-{id}"),
+            url: None,
+            transport: None,
+            created_at_ms: 1,
+        }
+    }
+
+    pub(crate) fn key(id: &str, app: Option<&str>) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            name: id.into(),
+            app: app.map(|a| AppName::new(a).unwrap()),
+            allow_ips: vec![],
+            hash: format!("h-{id}"),
+            prefix: "sk_x".into(),
+            created_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn create_app_twice_is_exists() {
+        let mut s = ClusterState::default();
+        assert_eq!(s.apply(&Command::CreateApp(app("a"))), CommandResponse::Ok);
+        assert!(matches!(
+            s.apply(&Command::CreateApp(app("a"))),
+            CommandResponse::Exists { .. }
+        ));
+        assert_eq!(s.tenants.apps.len(), 1);
+    }
+
+    #[test]
+    fn ingress_needs_its_app_and_delete_checks_app() {
+        let mut s = ClusterState::default();
+        assert!(matches!(
+            s.apply(&Command::CreateIngress(ingress("i1", "a"))),
+            CommandResponse::NotFound { .. }
+        ));
+        s.apply(&Command::CreateApp(app("a")));
+        s.apply(&Command::CreateApp(app("b")));
+        assert_eq!(
+            s.apply(&Command::CreateIngress(ingress("i1", "a"))),
+            CommandResponse::Ok
+        );
+        assert_eq!(s.tenants.ingress_by_key_hash("h-i1").unwrap().id, "i1");
+        let foreign = Command::DeleteIngress {
+            app: AppName::new("b").unwrap(),
+            id: "i1".into(),
+        };
+        assert!(matches!(
+            s.apply(&foreign),
+            CommandResponse::NotFound { .. }
+        ));
+        assert!(s.tenants.ingresses.contains_key("i1"));
+    }
+
+    #[test]
+    fn delete_app_cascades() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateApp(app("a")));
+        s.apply(&Command::CreateApp(app("b")));
+        s.apply(&Command::CreateIngress(ingress("i1", "a")));
+        s.apply(&Command::CreateIngress(ingress("i2", "b")));
+        s.apply(&Command::CreateApiKey(key("k1", Some("a"))));
+        s.apply(&Command::CreateApiKey(key("k2", None)));
+        let name = AppName::new("a").unwrap();
+        assert_eq!(s.apply(&Command::DeleteApp { name }), CommandResponse::Ok);
+        assert_eq!(s.tenants.ingresses.keys().collect::<Vec<_>>(), vec!["i2"]);
+        assert_eq!(s.tenants.api_keys.keys().collect::<Vec<_>>(), vec!["k2"]);
+    }
+
+    #[test]
+    fn bootstrap_admin_only_once() {
+        let mut s = ClusterState::default();
+        let a = AdminUser {
+            username: "admin".into(),
+            password_hash: "h1".into(),
+        };
+        let b = AdminUser {
+            username: "other".into(),
+            password_hash: "h2".into(),
+        };
+        assert_eq!(
+            s.apply(&Command::BootstrapAdmin(a.clone())),
+            CommandResponse::Ok
+        );
+        assert!(matches!(
+            s.apply(&Command::BootstrapAdmin(b)),
+            CommandResponse::Exists { .. }
+        ));
+        assert_eq!(s.tenants.admin, Some(a));
+    }
+}

@@ -1,0 +1,162 @@
+//! Viewer tokens, verified offline: a request under `/hls/{app}/{room}/…` or
+//! `/live/{app}/{room}/…` that presents an access token (`?token=` or `Authorization: Bearer`)
+//! has it checked against the app's signing key — from the local replica on an origin, from the
+//! cached key an edge asked an origin for — before it is served: signature, expiry, issuer, the
+//! room (`<app>-<room>`) and `canSubscribe`. A bad token is a 401 with the error envelope.
+//!
+//! Playback without a token stays open (apps have no private playback yet); a player that holds
+//! a token gets it enforced, and WHEP will require one.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use futures::future::BoxFuture;
+use streamhub_cluster::query::AppKey;
+use streamhub_shared::auth::{self, AccessClaims};
+use streamhub_shared::{AppName, RoomName};
+
+use crate::http::error;
+
+/// Where a node finds an app's signing key.
+pub trait KeySource: Send + Sync + 'static {
+    /// The key of `app`, if the app exists.
+    fn app_key(&self, app: &AppName) -> BoxFuture<'static, Option<AppKey>>;
+}
+
+/// Checks a viewer token for `app/room` against the app's key.
+pub fn verify_viewer(
+    token: &str,
+    app: &AppName,
+    room: &RoomName,
+    key: &AppKey,
+) -> Result<AccessClaims, String> {
+    let claims =
+        auth::verify(token, &key.key_id, key.secret.as_bytes()).map_err(|e| e.to_string())?;
+    let want = format!("{app}-{room}");
+    if claims.video.room != want {
+        return Err(format!(
+            "the token is for room {:?}, not {want:?}",
+            claims.video.room
+        ));
+    }
+    if !claims.video.can_subscribe {
+        return Err("the token does not allow subscribing".into());
+    }
+    Ok(claims)
+}
+
+/// The token a request presents, if any: any non-empty `token=` of the query, else a Bearer
+/// header (an empty query value cannot hide a header).
+fn presented(req: &Request) -> Option<String> {
+    let from_query = req.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, v)| k == "token" && !v.is_empty())
+            .map(|(_, v)| v.into_owned())
+    });
+    from_query.or_else(|| crate::http::bearer(req.headers()).map(str::to_string))
+}
+
+/// The app and room of a playback path (`/hls/{app}/{room}/…`, `/live/{app}/{room}/…`), read
+/// the way the routes read it (percent-decoded), so an encoded name cannot slip past the check.
+fn room_of(path: &str) -> Option<(AppName, RoomName)> {
+    let rest = path
+        .strip_prefix("/hls/")
+        .or_else(|| path.strip_prefix("/live/"))
+        .or_else(|| path.strip_prefix("/whep/"))?;
+    let mut it = rest.split('/');
+    let decode = |s: &str| -> Option<String> {
+        let bytes: Vec<u8> =
+            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned().into_bytes())?;
+        String::from_utf8(bytes).ok()
+    };
+    let (app, room) = (decode(it.next()?)?, decode(it.next()?)?);
+    Some((AppName::new(app).ok()?, RoomName::new(room).ok()?))
+}
+
+/// Middleware: verifies a presented token before the request is served.
+pub async fn check(State(keys): State<Arc<dyn KeySource>>, req: Request, next: Next) -> Response {
+    let Some(token) = presented(&req) else {
+        return next.run(req).await;
+    };
+    let Some((app, room)) = room_of(req.uri().path()) else {
+        // Bad names are answered (400) by the route itself.
+        return next.run(req).await;
+    };
+    let Some(key) = keys.app_key(&app).await else {
+        return error(StatusCode::UNAUTHORIZED, &format!("unknown app {app}"));
+    };
+    match verify_viewer(&token, &app, &room, &key) {
+        Ok(_) => next.run(req).await,
+        Err(why) => error(
+            StatusCode::UNAUTHORIZED,
+            &format!("viewer token refused: {why}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use streamhub_shared::auth::{mint, VideoGrant};
+
+    fn key() -> AppKey {
+        AppKey {
+            app: AppName::new("live").unwrap(),
+            key_id: "key-1".into(),
+            secret: "00112233".into(),
+        }
+    }
+
+    fn token(room: &str, can_subscribe: bool, exp_in: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let claims = AccessClaims {
+            iss: "key-1".into(),
+            sub: "viewer".into(),
+            nbf: (now - 5) as u64,
+            exp: (now + exp_in) as u64,
+            video: VideoGrant {
+                room: room.into(),
+                room_join: true,
+                can_publish: false,
+                can_subscribe,
+            },
+        };
+        mint(&claims, b"00112233")
+    }
+
+    #[test]
+    fn checks_signature_room_grant_and_expiry() {
+        let (app, room) = (AppName::new("live").unwrap(), RoomName::new("cam").unwrap());
+        assert!(verify_viewer(&token("live-cam", true, 60), &app, &room, &key()).is_ok());
+        assert!(verify_viewer(&token("live-other", true, 60), &app, &room, &key()).is_err());
+        assert!(verify_viewer(&token("live-cam", false, 60), &app, &room, &key()).is_err());
+        assert!(verify_viewer(&token("live-cam", true, -10), &app, &room, &key()).is_err());
+        let mut other = key();
+        other.secret = "ffff".into();
+        assert!(verify_viewer(&token("live-cam", true, 60), &app, &room, &other).is_err());
+        assert!(verify_viewer("garbage", &app, &room, &key()).is_err());
+    }
+
+    #[test]
+    fn finds_the_room_of_playback_paths() {
+        let r = room_of("/hls/live/cam/index.m3u8").unwrap();
+        assert_eq!((r.0.as_str(), r.1.as_str()), ("live", "cam"));
+        let r = room_of("/live/li%76e/c%61m/mjpeg").unwrap();
+        assert_eq!(
+            (r.0.as_str(), r.1.as_str()),
+            ("live", "cam"),
+            "decoded like the routes"
+        );
+        assert!(room_of("/live/cams/door/mjpeg").is_some());
+        assert!(room_of("/play/live/cam").is_none());
+        assert!(room_of("/hls/Bad/cam/index.m3u8").is_none());
+    }
+}

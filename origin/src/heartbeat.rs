@@ -1,0 +1,195 @@
+//! Heartbeats of an origin: every [`HEARTBEAT_EVERY`] its load goes to the registry (on the
+//! leader, every node's beats go into one Raft entry, which also renews every lease they hold),
+//! then local publishers are checked against the replicated state: credentials revoked through
+//! any origin ([`Admission::revalidate`]) and rooms placed elsewhere ([`Placement::fence`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamhub_cluster::load::LoadSampler;
+use streamhub_cluster::raft::RaftNode;
+use streamhub_cluster::registry::HEARTBEAT_EVERY;
+use streamhub_cluster::state::{Command, Heartbeat, NodeLoad, NodeRole};
+use streamhub_cluster::transport::kinds::HEARTBEAT;
+use streamhub_cluster::transport::{service_fn, RemoteError};
+use streamhub_media::metrics::PlaybackStats;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::credentials::unix_now_ms;
+use crate::placement::{Placement, LEASE};
+use crate::rooms::Rooms;
+
+/// Heartbeats collected by the leader between two flushes: one Raft entry carries every node's
+/// beat (and renews every lease), whatever the number of nodes.
+#[derive(Debug, Default)]
+pub struct HeartbeatBatch {
+    pending: Mutex<BTreeMap<String, NodeLoad>>,
+}
+
+impl HeartbeatBatch {
+    /// Records `beat`, replacing an older one of the same node.
+    pub fn add(&self, beat: Heartbeat) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the registry: only registered nodes are kept when flushed.
+        if p.len() < 10_000 || p.contains_key(&beat.node) {
+            p.insert(beat.node, beat.load);
+        }
+    }
+
+    fn take(&self) -> Vec<Heartbeat> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *p)
+            .into_iter()
+            .map(|(node, load)| Heartbeat { node, load })
+            .collect()
+    }
+}
+
+/// What an origin's heartbeats need.
+pub struct Heartbeats {
+    pub raft: Arc<RaftNode>,
+    pub me: String,
+    pub batch: HeartbeatBatch,
+    pub rooms: Arc<Rooms>,
+    pub admission: Arc<Admission>,
+    pub placement: Placement,
+    pub stats: PlaybackStats,
+}
+
+impl Heartbeats {
+    /// Every [`HEARTBEAT_EVERY`]: sends this node's load, then drops local publishers that lost
+    /// their credential or their room.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut load = LoadSampler::new();
+        let mut last_ok = Instant::now();
+        let mut last_seen_beat = 0u64;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let (egress_bps, cpu) = load.sample(self.stats.bytes_out());
+            let rooms = self.rooms.held().len() as u32;
+            let beat = Heartbeat {
+                node: self.me.clone(),
+                load: NodeLoad {
+                    rooms,
+                    publishers: rooms,
+                    viewers: 0,
+                    egress_bps,
+                    cpu,
+                },
+            };
+            self.send(beat).await;
+            // Our leases are renewed when our own beat is committed: watch the replicated
+            // registry.
+            let seen = self.raft.read(|s| {
+                s.registry
+                    .nodes
+                    .get(&self.me)
+                    .map_or(0, |n| n.last_heartbeat_ms)
+            });
+            if seen > last_seen_beat {
+                last_seen_beat = seen;
+                last_ok = Instant::now();
+            }
+            self.admission.revalidate();
+            self.placement
+                .fence(&self.rooms, last_ok.elapsed() >= LEASE);
+        }
+    }
+
+    /// On the leader: add to the batch and flush it. Elsewhere: hand the beat to the leader.
+    async fn send(&self, beat: Heartbeat) {
+        let st = self.raft.status();
+        if st.leader == Some(st.node_id) {
+            self.batch.add(beat);
+            let beats = self.batch.take();
+            let known: Vec<Heartbeat> = self.raft.read(|s| {
+                beats
+                    .into_iter()
+                    .filter(|b| s.registry.nodes.contains_key(&b.node))
+                    .collect()
+            });
+            let cmd = Command::Heartbeats {
+                at_ms: unix_now_ms(),
+                beats: known,
+            };
+            if let Err(e) = self.raft.write(cmd).await {
+                tracing::warn!(error = %e, "heartbeat batch not committed");
+            }
+            return;
+        }
+        let body = bytes::Bytes::from(serde_json::to_vec(&beat).unwrap_or_default());
+        if let Err(e) = self.to_leader(body).await {
+            tracing::warn!(error = %e, "heartbeat not delivered to the leader");
+        }
+    }
+
+    /// Sends a heartbeat body to the current leader.
+    async fn to_leader(&self, body: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
+        let st = self.raft.status();
+        let leader = st.leader.and_then(|l| st.nodes.get(&l).cloned());
+        let sock = match leader {
+            Some(addr) => streamhub_cluster::raft::network::resolve(&addr).await,
+            None => None,
+        };
+        let sock = sock.ok_or_else(|| RemoteError::new("unavailable", "no leader known"))?;
+        self.raft
+            .endpoint()
+            .request(sock, HEARTBEAT, body, Duration::from_secs(1))
+            .await
+            .map_err(|e| RemoteError::new("unavailable", e.to_string()))
+    }
+
+    /// Serves [`HEARTBEAT`]: the leader batches what peers send; another origin hands an
+    /// edge's beat on to the leader, so nodes that are not voters may send theirs to any origin.
+    pub fn register_service(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.raft.endpoint().register(
+            HEARTBEAT,
+            service_fn(move |peer, body| {
+                let this = weak.upgrade();
+                async move {
+                    let this =
+                        this.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
+                    this.serve(&peer.name, body).await
+                }
+            }),
+        );
+    }
+
+    async fn serve(&self, peer: &str, body: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
+        let beat: Heartbeat = serde_json::from_slice(&body)
+            .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
+        // A node may only heartbeat for itself (its name is in its certificate); an origin may
+        // hand on another node's beat.
+        let from_origin = self.raft.read(|s| {
+            s.registry
+                .nodes
+                .get(peer)
+                .is_some_and(|n| n.role == NodeRole::Origin)
+        });
+        if beat.node != peer && !from_origin {
+            return Err(RemoteError::new("forbidden", "heartbeat for another node"));
+        }
+        let st = self.raft.status();
+        if st.leader == Some(st.node_id) {
+            self.batch.add(beat);
+            return Ok(bytes::Bytes::new());
+        }
+        if from_origin {
+            // Handed on by an origin that thinks we lead: do not bounce it around during an
+            // election; the sender's next beat finds the new leader.
+            return Err(RemoteError::new(
+                "not_leader",
+                "this origin is not the leader",
+            ));
+        }
+        self.to_leader(body).await
+    }
+}

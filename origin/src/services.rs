@@ -1,0 +1,97 @@
+//! The services of an origin, as its HTTP handlers receive them: each handler names the ones it
+//! uses (axum `FromRef` sub-states), so what a piece of code may touch shows in its signature.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use streamhub_media::node::config::NodeSettings;
+use streamhub_media::play::Steering;
+use streamhub_media::webrtc::WebRtc;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Admission;
+use crate::credentials::Sessions;
+use crate::membership::Membership;
+use crate::rooms::Rooms;
+use crate::rtsp::Pulls;
+use crate::tenants::Tenants;
+use crate::wsmjpeg::WsIngest;
+
+/// Every service an origin's handlers may ask for.
+#[derive(Clone, FromRef)]
+pub struct Services {
+    /// The tenant state (Raft reads and writes, credential lookups).
+    pub tenants: Tenants,
+    /// Dashboard logins.
+    pub sessions: Sessions,
+    /// The one way into a room.
+    pub admission: Arc<Admission>,
+    /// The live rooms of this node.
+    pub rooms: Arc<Rooms>,
+    /// Cluster membership and status.
+    pub membership: Membership,
+    /// Where this node is reached.
+    pub urls: PublicUrls,
+    /// Viewer steering over the registry.
+    pub steering: Arc<Steering>,
+    /// The WebRTC media port (WHIP ingest, WHEP playback).
+    pub webrtc: Arc<WebRtc>,
+    /// The RTSP pulls this origin runs.
+    pub rtsp: Arc<Pulls>,
+    /// WebSocket-MJPEG ingest limits and counters.
+    pub ws: Arc<WsIngest>,
+    /// Cancelled when the node stops.
+    pub shutdown: CancellationToken,
+}
+
+/// Where this node is reached: what minted URLs and the start banner say.
+#[derive(Debug, Clone)]
+pub struct PublicUrls(Arc<UrlsInner>);
+
+#[derive(Debug)]
+struct UrlsInner {
+    node: String,
+    region: String,
+    base: String,
+    host: String,
+    rtmp_port: u16,
+}
+
+impl PublicUrls {
+    /// The URLs of the node `settings` describe, with RTMP on `rtmp_port` (the bound one, when
+    /// the setting was port 0).
+    pub fn new(settings: &NodeSettings, rtmp_port: u16) -> Self {
+        Self(Arc::new(UrlsInner {
+            node: settings.node_name.clone(),
+            region: settings.region.clone(),
+            base: settings.public_base(),
+            host: settings.public_host(),
+            rtmp_port,
+        }))
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.0.node
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &str {
+        &self.0.region
+    }
+
+    /// The public base URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.0.base
+    }
+
+    /// The base URL of WebSockets (`ws://` or `wss://`).
+    pub fn ws_base(&self) -> String {
+        self.0.base.replacen("http", "ws", 1)
+    }
+
+    /// What a user pastes into OBS's Server field: `rtmp://<public host>:<port>/live`.
+    pub fn rtmp(&self) -> String {
+        format!("rtmp://{}:{}/live", self.0.host, self.0.rtmp_port)
+    }
+}
