@@ -291,6 +291,55 @@ async fn auth_apps_keys_tokens_ingress() {
 async fn bad_bodies_get_clear_errors() {
     let origin = Origin::start().await;
     let admin = origin.admin().await;
+    // A setting this version does not know is refused, by name, and nothing changes: an
+    // operator never believes it applied. The same rule holds on every write endpoint.
+    let r = admin.create_app("x").await.unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = admin
+        .patch("/apps/x", json!({"playback": "token", "bogus": 1}))
+        .await
+        .unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (400, "bad_request"), "{r:?}");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"playback\"") && message.contains("\"bogus\""),
+        "{r:?}"
+    );
+    for (path, body) in [
+        ("/apps", json!({"name": "y", "colour": "red"})),
+        ("/api-keys", json!({"name": "k", "scope": "all"})),
+        (
+            "/apps/x/ingress",
+            json!({"type": "rtmp", "room": "r", "latency": 1}),
+        ),
+        ("/apps/x/ws-ingest", json!({"room": "r", "fps": 5})),
+        (
+            "/apps/x/tokens",
+            json!({"room": "r", "identity": "i", "admin": true}),
+        ),
+        (
+            "/cluster/join-tokens",
+            json!({"ttl": "1h", "role": "edge", "x": 1}),
+        ),
+        (
+            "/auth/login",
+            json!({"username": "admin", "password": "p", "otp": 1}),
+        ),
+    ] {
+        let r = admin.post(path, body).await.unwrap();
+        assert_eq!(
+            (r.status, err_code(&r.body)),
+            (400, "bad_request"),
+            "{path}: {r:?}"
+        );
+    }
+    let r = admin.get("/apps/x").await.unwrap();
+    assert_eq!(
+        r.body["data"]["displayName"],
+        serde_json::Value::Null,
+        "{r:?}"
+    );
+    assert_eq!(admin.get("/apps/y").await.unwrap().status, 404);
     let r = admin
         .post_raw("/apps", b"{not json".to_vec(), "application/json")
         .await
@@ -320,6 +369,9 @@ async fn bad_bodies_get_clear_errors() {
         (413, "payload_too_large"),
         "{r:?}"
     );
+    // The server answered before reading the whole body and closed that connection: go on with
+    // a client that does not reuse it.
+    let admin = origin.admin().await;
     let r = admin.get("/no-such-route").await.unwrap();
     assert_eq!((r.status, err_code(&r.body)), (404, "not_found"));
     // The node is still fine.
