@@ -13,6 +13,10 @@ use serde_json::{json, Value};
 use streamhub_chaos_tests::require::{browser_available, require, BROWSER};
 use streamhub_chaos_tests::{chaos_seed, hls, poll, Cluster, Publisher};
 
+/// An audio-only offer (valid SDP; not a whole WebRTC offer: it is refused before that matters).
+const OPUS_ONLY: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+
 const VP8_ONLY: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
 a=rtpmap:96 VP8/90000\r\n";
@@ -86,26 +90,12 @@ async fn browser_whip_to_whep_through_an_edge() {
     );
     assert_eq!(post_sdp(&whip, Some("a.b.c"), sdp, VP8_ONLY).await.0, 401);
     assert_eq!(
-        post_sdp(
-            &whip,
-            Some(&viewer_token),
-            sdp,
-            "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
-        )
-        .await
-        .0,
+        post_sdp(&whip, Some(&viewer_token), sdp, OPUS_ONLY).await.0,
         403,
         "a token without canPublish"
     );
     assert_eq!(
-        post_sdp(
-            &whip,
-            Some(&other_room),
-            sdp,
-            "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"
-        )
-        .await
-        .0,
+        post_sdp(&whip, Some(&other_room), sdp, OPUS_ONLY).await.0,
         403
     );
     let (status, body) = post_sdp(&whip, Some(&publish_token), sdp, "hello").await;
@@ -154,13 +144,7 @@ async fn browser_whip_to_whep_through_an_edge() {
     })
     .await
     .unwrap();
-    let (status, body) = post_sdp(
-        &whip,
-        Some(&stream_key),
-        sdp,
-        "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n",
-    )
-    .await;
+    let (status, body) = post_sdp(&whip, Some(&stream_key), sdp, OPUS_ONLY).await;
     assert_eq!(status, 409, "{body}");
     // The edge packages the WHIP room's H.264 and Opus for HLS (CMAF).
     let playlist = edge.url("/hls/live/cam/index.m3u8");

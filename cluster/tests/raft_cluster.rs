@@ -159,19 +159,32 @@ fn leader_index(members: &[Member]) -> Option<usize> {
         .position(|m| m.node.status().leader == Some(m.id))
 }
 
+/// The leader's index once there is one (an election can happen at any time on a loaded
+/// machine: no test assumes which node leads).
+async fn wait_leader(members: &[Member]) -> usize {
+    until(15, "a leader", || leader_index(members).is_some()).await;
+    leader_index(members).expect("a leader")
+}
+
+/// The indexes of the members that are not `leader`.
+fn followers(members: &[Member], leader: usize) -> (usize, usize) {
+    let f: Vec<usize> = (0..members.len()).filter(|i| *i != leader).collect();
+    (f[0], f[1])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_forward_failover_and_restart_catch_up() {
     let root = tempfile::tempdir().unwrap();
     let (_ca, mut members) = three_nodes(root.path()).await;
-    let leader = leader_index(&members).expect("a leader");
-    assert_eq!(members[leader].name, "n1");
+    let leader = wait_leader(&members).await;
+    let (f1, f2) = followers(&members, leader);
     let status = members[leader].node.status();
     assert_eq!(status.learners, Vec::<NodeId>::new());
     assert_eq!(status.nodes.len(), 3);
     assert_eq!(status.nodes[&members[2].id], members[2].addr.to_string());
 
     // A write on a follower is forwarded, and readable there at once.
-    let follower = &members[2];
+    let follower = &members[f2];
     assert_eq!(
         follower.node.write(key("k1")).await.unwrap(),
         CommandResponse::Ok
@@ -183,17 +196,20 @@ async fn join_forward_failover_and_restart_catch_up() {
         status.replication.values().all(|m| m.is_some())
     })
     .await;
-    assert!(members[1]
-        .node
-        .status()
-        .replication
-        .values()
-        .all(Option::is_none));
+    // (Only the leader knows them; a follower that just won an election would too.)
+    if leader_index(&members) == Some(leader) {
+        assert!(members[f1]
+            .node
+            .status()
+            .replication
+            .values()
+            .all(Option::is_none));
+    }
 
     // Same id at another address is refused, from any member.
-    let err = members[1]
+    let err = members[f1]
         .node
-        .add_voter(members[2].id, "127.0.0.1:1".into())
+        .add_voter(members[f2].id, "127.0.0.1:1".into())
         .await
         .unwrap_err();
     assert!(
@@ -201,13 +217,14 @@ async fn join_forward_failover_and_restart_catch_up() {
         "{err:?}"
     );
     // The same id at the same address is a no-op.
-    members[1]
+    members[f1]
         .node
-        .add_voter(members[2].id, members[2].addr.to_string())
+        .add_voter(members[f2].id, members[f2].addr.to_string())
         .await
         .unwrap();
 
     // The leader goes away: the survivors elect a new one and keep taking writes.
+    let leader = wait_leader(&members).await;
     let old = members.remove(leader).stop().await;
     until(15, "a new leader among the survivors", || {
         leader_index(&members).is_some()
@@ -243,30 +260,41 @@ async fn join_forward_failover_and_restart_catch_up() {
 async fn a_node_that_missed_purged_entries_catches_up_by_snapshot() {
     let root = tempfile::tempdir().unwrap();
     let (_ca, mut members) = three_nodes(root.path()).await;
-    assert_eq!(leader_index(&members), Some(0));
+    let leader = wait_leader(&members).await;
+    let (_, lagger) = followers(&members, leader);
+    // The two that stay are members[0] and members[1] after the lagger is taken out; writes go
+    // through either (followers forward them).
     members[0].node.write(key("before")).await.unwrap();
-    let n3_id = members[2].id;
-    until(5, "n3 has the first write", || members[2].has_key("before")).await;
-    let lagging = members.pop().unwrap();
+    let n3_id = members[lagger].id;
+    until(15, "the lagger has the first write", || {
+        members[lagger].has_key("before")
+    })
+    .await;
+    let lagging = members.remove(lagger);
     let lagging_last = lagging.node.status().last_log_index.unwrap();
     let stopped = lagging.stop().await;
 
     for i in 0..120 {
         members[0].node.write(key(&format!("k{i}"))).await.unwrap();
     }
-    until(10, "the leader purged what n3 lacks", || {
-        members[0]
-            .node
-            .status()
-            .purged
-            .is_some_and(|p| p > lagging_last + 1)
+    // Whichever of the two leads now purged its log past what the lagger has.
+    until(20, "the leader purged what the lagger lacks", || {
+        members.iter().any(|m| {
+            let st = m.node.status();
+            st.leader == Some(m.id) && st.purged.is_some_and(|p| p > lagging_last + 1)
+        })
     })
     .await;
-    let leader_purged = members[0].node.status().purged.unwrap();
+    let leader_purged = members
+        .iter()
+        .map(|m| m.node.status())
+        .filter(|st| st.leader == Some(st.node_id))
+        .find_map(|st| st.purged)
+        .unwrap_or(lagging_last + 2);
 
     let back = Member::restart(stopped).await;
     assert_eq!(back.id, n3_id);
-    until(20, "n3 caught up", || back.has_key("k119")).await;
+    until(30, "the lagger caught up", || back.has_key("k119")).await;
     let status = back.node.status();
     // Entries (lagging_last, leader_purged] existed nowhere but in a snapshot.
     assert!(

@@ -350,11 +350,11 @@ pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     if parsed.username().is_empty() && parsed.password().is_none() {
         return (url.to_string(), None);
     }
+    // Userinfo is percent-encoded (not form-encoded: `+` and `&` are themselves).
     let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("x={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
     };
     let creds = (
         decode(parsed.username()),
@@ -515,6 +515,9 @@ mod tests {
         let (bare, creds) = split_credentials("rtsp://admin:p%40ss@10.0.0.7:554/h264");
         assert_eq!(bare, "rtsp://10.0.0.7:554/h264");
         assert_eq!(creds, Some(("admin".into(), "p@ss".into())));
+        // `+` and `&` are literal in userinfo (form decoding got them wrong).
+        let (_, creds) = split_credentials("rtsp://a+b:p&q@cam/x");
+        assert_eq!(creds, Some(("a+b".into(), "p&q".into())));
         assert_eq!(redacted("rtsp://admin:secret@cam/x"), "rtsp://***@cam/x");
         assert_eq!(redacted("rtsp://cam/x"), "rtsp://cam/x");
     }

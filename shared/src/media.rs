@@ -19,14 +19,14 @@ pub type TrackId = u32;
 pub enum CodecConfig {
     /// H.264; `avcc` is the AVCDecoderConfigurationRecord; frames are AVCC (length-prefixed NALUs).
     H264 {
-        #[serde(with = "bytes_b64")]
+        #[serde(with = "bytes_hex")]
         avcc: Bytes,
         width: u16,
         height: u16,
     },
     /// AAC; `asc` is the AudioSpecificConfig; frames are raw AAC access units (no ADTS).
     Aac {
-        #[serde(with = "bytes_b64")]
+        #[serde(with = "bytes_hex")]
         asc: Bytes,
         sample_rate: u32,
         channels: u8,
@@ -564,33 +564,21 @@ impl MediaConsumer {
     }
 }
 
-mod bytes_b64 {
+/// Codec configuration bytes in JSON (catalogs travel as JSON in relay control messages): as
+/// lowercase hex.
+mod bytes_hex {
     use bytes::Bytes;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex(b))
+        s.serialize_str(&hex::encode(b))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
         let s = String::deserialize(d)?;
-        unhex(&s)
+        hex::decode(&s)
             .map(Bytes::from)
-            .ok_or_else(|| serde::de::Error::custom("invalid hex"))
-    }
-
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    fn unhex(s: &str) -> Option<Vec<u8>> {
-        if !s.len().is_multiple_of(2) {
-            return None;
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-            .collect()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -68,11 +68,10 @@ fn room_of(path: &str) -> Option<(AppName, RoomName)> {
         .or_else(|| path.strip_prefix("/whep/"))?;
     let mut it = rest.split('/');
     let decode = |s: &str| -> Option<String> {
-        let bytes: Vec<u8> =
-            url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned().into_bytes())?;
-        String::from_utf8(bytes).ok()
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
     };
     let (app, room) = (decode(it.next()?)?, decode(it.next()?)?);
     Some((AppName::new(app).ok()?, RoomName::new(room).ok()?))

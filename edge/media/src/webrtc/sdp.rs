@@ -2,6 +2,8 @@
 //! H.264 (packetization-mode 1) or Opus, a WHEP offer must receive the room's codecs. The
 //! answers here become `400` (not an offer) and `406` (no usable codec) with a reason.
 
+use rtc::sdp::{MediaDescription, SessionDescription};
+
 /// The usable codecs of one offer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OfferCodecs {
@@ -27,7 +29,8 @@ pub enum OfferError {
 /// Largest offer accepted (browsers send 5-15 KB).
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 
-/// Reads the codecs of an offer; fails on text that is not an SDP session description.
+/// Reads the codecs of an offer; fails on text that is not an SDP session description (parsed by
+/// the `rtc` crate's SDP parser, the one the session itself uses).
 pub fn offer_codecs(sdp: &str) -> Result<OfferCodecs, OfferError> {
     if sdp.len() > MAX_OFFER_BYTES {
         return Err(OfferError::Malformed(format!(
@@ -35,55 +38,53 @@ pub fn offer_codecs(sdp: &str) -> Result<OfferCodecs, OfferError> {
             sdp.len()
         )));
     }
-    let mut lines = sdp.lines().map(str::trim_end);
-    if lines.next() != Some("v=0") {
-        return Err(OfferError::Malformed("it does not start with v=0".into()));
-    }
-    if !sdp.lines().any(|l| l.starts_with("m=")) {
+    let desc = SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp))
+        .map_err(|e| OfferError::Malformed(e.to_string()))?;
+    if desc.media_descriptions.is_empty() {
         return Err(OfferError::Malformed("it has no media section".into()));
     }
     let mut out = OfferCodecs::default();
-    // Per media section: its kind, the H.264 payload types and those with packetization-mode=1.
-    let mut kind = "";
-    let mut h264_pts: Vec<&str> = Vec::new();
-    fn flush(kind: &str, h264_pts: &mut Vec<&str>, pm1: &mut Vec<&str>, out: &mut OfferCodecs) {
-        if kind == "video" && h264_pts.iter().any(|pt| pm1.contains(pt)) {
-            out.h264 = true;
-        }
-        h264_pts.clear();
-        pm1.clear();
-    }
-    let mut pm1: Vec<&str> = Vec::new();
-    for line in sdp.lines().map(str::trim_end) {
-        if let Some(m) = line.strip_prefix("m=") {
-            flush(kind, &mut h264_pts, &mut pm1, &mut out);
-            kind = m.split(' ').next().unwrap_or("");
-            match kind {
-                "video" => out.video = true,
-                "audio" => out.audio = true,
-                _ => {}
+    for m in &desc.media_descriptions {
+        let codecs = m.codecs();
+        let named = |name: &'static str| {
+            codecs
+                .values()
+                .filter(move |c| c.name.eq_ignore_ascii_case(name))
+                .map(|c| c.payload_type)
+        };
+        match m.media_name.media.as_str() {
+            "video" => {
+                out.video = true;
+                let pm1 = packetization_mode_1(m);
+                out.h264 |= named("H264").any(|pt| pm1.contains(&pt));
             }
-        } else if let Some(map) = line.strip_prefix("a=rtpmap:") {
-            let (pt, codec) = map.split_once(' ').unwrap_or((map, ""));
-            let name = codec.split('/').next().unwrap_or("");
-            if kind == "video" && name.eq_ignore_ascii_case("H264") {
-                h264_pts.push(pt);
+            "audio" => {
+                out.audio = true;
+                out.opus |= named("opus").next().is_some();
             }
-            if kind == "audio" && name.eq_ignore_ascii_case("opus") {
-                out.opus = true;
-            }
-        } else if let Some(fmtp) = line.strip_prefix("a=fmtp:") {
-            let (pt, params) = fmtp.split_once(' ').unwrap_or((fmtp, ""));
-            if params
-                .split(';')
-                .any(|p| p.trim().eq_ignore_ascii_case("packetization-mode=1"))
-            {
-                pm1.push(pt);
-            }
+            _ => {}
         }
     }
-    flush(kind, &mut h264_pts, &mut pm1, &mut out);
     Ok(out)
+}
+
+/// The payload types of a media section whose `a=fmtp` says `packetization-mode=1` (parameters
+/// read leniently: some encoders put a space after each `;`).
+fn packetization_mode_1(m: &MediaDescription) -> Vec<u8> {
+    m.attributes
+        .iter()
+        .filter(|a| a.key == "fmtp")
+        .filter_map(|a| {
+            let (pt, params) = a.value.as_deref()?.split_once(' ')?;
+            let mode_1 = params
+                .split(';')
+                .filter_map(|p| p.trim().split_once('='))
+                .any(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("packetization-mode") && v.trim() == "1"
+                });
+            mode_1.then(|| pt.trim().parse().ok()).flatten()
+        })
+        .collect()
 }
 
 /// Decides a WHIP offer: at least one of H.264 (mode 1) video and Opus audio.
@@ -166,8 +167,18 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
 
     #[test]
     fn an_h264_payload_type_in_the_audio_section_does_not_count() {
-        let sdp = "v=0\r\nm=audio 9 RTP/AVP 102\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1\r\n";
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 RTP/AVP 102\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1\r\n";
         assert!(!offer_codecs(sdp).unwrap().h264);
+    }
+
+    #[test]
+    fn fmtp_parameters_are_read_with_spaces_after_semicolons() {
+        let sdp = CHROME_LIKE.replace(
+            "level-asymmetry-allowed=1;packetization-mode=1",
+            "level-asymmetry-allowed=1; packetization-mode=1",
+        );
+        assert!(offer_codecs(&sdp).unwrap().h264);
     }
 
     #[test]

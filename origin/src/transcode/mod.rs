@@ -1,8 +1,9 @@
 //! AAC to Opus for the WebRTC viewers of AAC rooms (RTMP, RTSP).
 //!
 //! Browsers take Opus over WebRTC, not AAC. The origin decodes a room's AAC once (symphonia's
-//! AAC-LC decoder), resamples it to 48 kHz, encodes 20 ms Opus packets (libopus) and publishes
-//! them as an extra track of the same room, so every edge only forwards. HLS keeps the AAC track.
+//! AAC-LC decoder), resamples it to 48 kHz (band-limited, `resample`), encodes 20 ms Opus
+//! packets (libopus) and publishes them as an extra track of the same room, so every edge only
+//! forwards. HLS keeps the AAC track.
 //!
 //! Sans-IO: [`AudioTranscode`] turns catalogs and frames into catalogs and frames; the ingest
 //! task calls it inline (a few hundred microseconds of CPU per 20 ms of audio).
@@ -15,6 +16,10 @@ use symphonia_core::codecs::audio::well_known::CODEC_ID_AAC;
 use symphonia_core::codecs::audio::{AudioCodecParameters, AudioDecoder, AudioDecoderOptions};
 use symphonia_core::packet::PacketRef;
 use symphonia_core::units::{Duration, Timestamp};
+
+mod resample;
+
+use resample::Resampler;
 
 /// Track id of the transcoded Opus track (ingests use 0 for video and 1 for AAC).
 pub const OPUS_TRACK: TrackId = 2;
@@ -283,115 +288,9 @@ fn remix(samples: &mut Vec<f32>, from: usize, to: usize) -> bool {
     }
 }
 
-/// A linear-interpolation resampler for interleaved audio.
-///
-/// Good enough to go from 44.1 (or 32, 22.05...) kHz to 48 kHz for WebRTC listeners: upsampling
-/// aliases nothing, and the gentle high-frequency roll-off of linear interpolation is under the
-/// Opus encoder's own band limit at these bitrates. 48 kHz input passes through untouched.
-#[derive(Debug)]
-struct Resampler {
-    from: u32,
-    to: u32,
-    channels: usize,
-    /// Position of the next output sample, in input samples, relative to `last`'s successor
-    /// (`pos` in [-1, 0) reads between `last` and the first new input sample).
-    pos: f64,
-    /// The previous call's last input frame (empty before the first call or after a reset).
-    last: Vec<f32>,
-}
-
-impl Resampler {
-    fn new(from: u32, to: u32, channels: usize) -> Self {
-        Self {
-            from,
-            to,
-            channels,
-            pos: 0.0,
-            last: Vec::new(),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.pos = 0.0;
-        self.last.clear();
-    }
-
-    fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
-        let ch = self.channels;
-        if self.from == self.to {
-            out.extend_from_slice(input);
-            return;
-        }
-        let frames = input.len() / ch;
-        if frames == 0 {
-            return;
-        }
-        let step = f64::from(self.from) / f64::from(self.to);
-        let sample = |i: isize, c: usize, last: &[f32]| -> f32 {
-            if i < 0 {
-                last.get(c).copied().unwrap_or(input[c])
-            } else {
-                input[i as usize * ch + c]
-            }
-        };
-        // Output positions p (in input frames) while p + 1 is still inside this input.
-        let start = if self.last.is_empty() { 0.0 } else { self.pos };
-        let mut p = start;
-        while p <= (frames - 1) as f64 {
-            let i = p.floor();
-            let frac = (p - i) as f32;
-            let i = i as isize;
-            for c in 0..ch {
-                let a = sample(i, c, &self.last);
-                let b = if i + 1 < frames as isize {
-                    sample(i + 1, c, &self.last)
-                } else {
-                    a
-                };
-                out.push(a + (b - a) * frac);
-            }
-            p += step;
-        }
-        // Carry the last input frame so the next call interpolates across the boundary.
-        self.pos = p - frames as f64;
-        self.last.clear();
-        self.last
-            .extend_from_slice(&input[(frames - 1) * ch..frames * ch]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resampler_keeps_the_rate_ratio_across_calls() {
-        let mut r = Resampler::new(44_100, 48_000, 2);
-        let mut out = Vec::new();
-        let input = vec![0.5f32; 1024 * 2];
-        for _ in 0..441 {
-            r.process(&input, &mut out);
-        }
-        // 441 * 1024 input frames at 44.1 kHz are 480 * 1024 frames at 48 kHz.
-        let frames = out.len() / 2;
-        assert!((frames as i64 - 480 * 1024).abs() <= 2, "{frames}");
-        assert!(out.iter().all(|s| (s - 0.5).abs() < 1e-6));
-    }
-
-    #[test]
-    fn resampler_interpolates_a_ramp_across_call_boundaries() {
-        let mut r = Resampler::new(3, 4, 1);
-        let mut out = Vec::new();
-        let ramp: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        for chunk in ramp.chunks(3) {
-            r.process(chunk, &mut out);
-        }
-        // Output sample k sits at input position 0.75 * k.
-        for (k, s) in out.iter().enumerate() {
-            assert!((s - 0.75 * k as f32).abs() < 1e-4, "{k}: {s}");
-        }
-        assert_eq!(out.len(), 15);
-    }
 
     #[test]
     fn remix_maps_mono_and_stereo() {
