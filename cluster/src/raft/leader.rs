@@ -152,6 +152,16 @@ fn not_leader(raft: &Raft<TypeConfig>) -> Option<LeaderRefusal> {
     })
 }
 
+/// The membership as this node sees it, which must lead.
+fn membership_here(
+    raft: &Raft<TypeConfig>,
+) -> Result<std::sync::Arc<openraft::StoredMembership<NodeId, BasicNode>>, LeaderRefusal> {
+    if let Some(refusal) = not_leader(raft) {
+        return Err(refusal);
+    }
+    Ok(raft.metrics().borrow().membership_config.clone())
+}
+
 /// Adds `node_id` at `addr` as a voter on this node, which must lead: first as a learner until it
 /// has caught up, then as a voter. Idempotent for the same address.
 pub(crate) async fn add_voter_local(
@@ -160,11 +170,8 @@ pub(crate) async fn add_voter_local(
     addr: String,
     limit: Duration,
 ) -> Result<(), LeaderRefusal> {
-    if let Some(refusal) = not_leader(raft) {
-        return Err(refusal);
-    }
-    let membership = raft.metrics().borrow().membership_config.clone();
-    let membership = membership.membership();
+    let config = membership_here(raft)?;
+    let membership = config.membership();
     if let Some(existing) = membership.get_node(&node_id) {
         if existing.addr != addr {
             return Err(LeaderRefusal::IdCollision {
@@ -195,11 +202,8 @@ pub(crate) async fn remove_local(
     node_id: NodeId,
     limit: Duration,
 ) -> Result<(), LeaderRefusal> {
-    if let Some(refusal) = not_leader(raft) {
-        return Err(refusal);
-    }
-    let membership = raft.metrics().borrow().membership_config.clone();
-    let membership = membership.membership();
+    let config = membership_here(raft)?;
+    let membership = config.membership();
     let ids = BTreeSet::from([node_id]);
     let change = if membership.voter_ids().any(|id| id == node_id) {
         // `retain = false`: the removed voter is not kept as a learner.

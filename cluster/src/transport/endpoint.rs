@@ -159,6 +159,18 @@ impl Shared {
         let services = self.services.read().unwrap_or_else(PoisonError::into_inner);
         services.get(&kind).cloned()
     }
+
+    /// Sets (`Some`) or removes (`None`) the service of `kind`.
+    fn set_service(&self, kind: u16, service: Option<Service>) {
+        let mut services = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match service {
+            Some(s) => services.insert(kind, s),
+            None => services.remove(&kind),
+        };
+    }
 }
 
 /// The node's cluster endpoint: accepts peers (mutual TLS against the cluster CA), serves RPCs
@@ -253,13 +265,7 @@ impl Endpoint {
     }
 
     fn insert_service(&self, kind: u16, service: Service) {
-        let mut services = self
-            .inner
-            .shared
-            .services
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        services.insert(kind, service);
+        self.inner.shared.set_service(kind, Some(service));
     }
 
     /// Opens a long-lived stream of `kind` to `addr` and waits (within `timeout`) until the peer
@@ -299,13 +305,7 @@ impl Endpoint {
 
     /// Stops serving `kind`; later requests of that kind get `UnknownKind`.
     pub fn unregister(&self, kind: u16) {
-        let mut services = self
-            .inner
-            .shared
-            .services
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        services.remove(&kind);
+        self.inner.shared.set_service(kind, None);
     }
 
     /// Requires the peer at `addr` to present a certificate for node `name` from the next dial on

@@ -217,6 +217,26 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
 }
 
+/// The client's address (`0.0.0.0:0` when the server was started without connect info, as some
+/// tests are): the one place per-address limits read it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        Ok(ClientAddr(addr))
+    }
+}
+
 /// The app and room of a path, checked; the error says what is wrong.
 pub fn room_names(app: &str, room: &str) -> Result<(AppName, RoomName), String> {
     let app = AppName::new(app).map_err(|e| e.to_string())?;

@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +24,7 @@ use futures::future::BoxFuture;
 use streamhub_shared::media::{CodecConfig, MediaHandle};
 use streamhub_shared::{AppName, Frame, RoomName, TrackId};
 
-use crate::http::room_names;
+use crate::http::{room_names, ClientAddr};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The multipart boundary.
@@ -143,21 +142,6 @@ impl Drop for ClientSlot {
     }
 }
 
-/// The client's address, when the server was started with connect info.
-struct Client(SocketAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for Client {
-    type Rejection = Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-        Ok(Client(addr))
-    }
-}
-
 use crate::http::error;
 
 /// The room's JPEG track, or the answer to give.
@@ -185,7 +169,7 @@ async fn open(
 
 async fn frame_jpg(
     State(st): State<MjpegState>,
-    Client(client): Client,
+    ClientAddr(client): ClientAddr,
     Path((app, room)): Path<(String, String)>,
 ) -> Response {
     let (viewing, track) = match open(&st, &app, &room, client).await {
@@ -233,7 +217,7 @@ async fn frame_jpg(
 
 async fn stream(
     State(st): State<MjpegState>,
-    Client(client): Client,
+    ClientAddr(client): ClientAddr,
     Path((app, room)): Path<(String, String)>,
 ) -> Response {
     if let Err(m) = room_names(&app, &room) {

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
-use axum::http::request::Parts;
+use crate::http::ClientAddr;
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -250,22 +250,11 @@ pub fn router(
         })
 }
 
-/// The client's address, when the server was started with connect info (tests may not be).
-struct Client(SocketAddr);
-
-impl<S: Send + Sync> FromRequestParts<S> for Client {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let addr = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
-        Ok(Client(addr))
-    }
-}
-
-async fn serve(State(state): State<HttpState>, Client(client): Client, uri: Uri) -> Response {
+async fn serve(
+    State(state): State<HttpState>,
+    ClientAddr(client): ClientAddr,
+    uri: Uri,
+) -> Response {
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     let rest = uri.path().strip_prefix("/hls/").unwrap_or_default();
     if rest.contains('%') {
@@ -318,6 +307,33 @@ fn hold_limit(hls: &HlsRoom) -> Duration {
     hls.config().target_duration.saturating_mul(3)
 }
 
+/// Holds a request until segment `msn` (part `part`, if given) exists, for at most
+/// [`hold_limit`], within the per-node and per-client bounds: whether it appeared, or the 503
+/// when the bound is reached (the request is refused at once, never queued).
+async fn hold(
+    state: &HttpState,
+    hls: &HlsRoom,
+    client: SocketAddr,
+    msn: u64,
+    part: Option<u32>,
+) -> Result<bool, Response> {
+    let Some(_permit) = state.holds.acquire(client.ip()) else {
+        return Err(error(
+            &state.stats,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many held requests",
+        ));
+    };
+    state.stats.blocked.fetch_add(1, Ordering::Relaxed);
+    // `wait_for` looks at the current progress first: nothing is missed since the caller's look.
+    let mut progress = hls.subscribe();
+    let appeared = matches!(
+        tokio::time::timeout(hold_limit(hls), progress.wait_for(|p| p.has(msn, part))).await,
+        Ok(Ok(_))
+    );
+    Ok(appeared)
+}
+
 async fn blocking_playlist(
     state: &HttpState,
     hls: &HlsRoom,
@@ -331,18 +347,11 @@ async fn blocking_playlist(
         return error(&state.stats, StatusCode::BAD_REQUEST, &message);
     }
     if !now.has(msn, d.part) && !hls.is_ended() {
-        let Some(_permit) = state.holds.acquire(client.ip()) else {
-            return error(
-                &state.stats,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many held requests",
-            );
+        let appeared = match hold(state, hls, client, msn, d.part).await {
+            Ok(appeared) => appeared,
+            Err(refused) => return refused,
         };
-        state.stats.blocked.fetch_add(1, Ordering::Relaxed);
-        let wait = progress.wait_for(|p| p.has(msn, d.part));
-        if !matches!(tokio::time::timeout(hold_limit(hls), wait).await, Ok(Ok(_)))
-            && !hls.is_ended()
-        {
+        if !appeared && !hls.is_ended() {
             let message = "the requested segment or part did not appear in time";
             return error(&state.stats, StatusCode::SERVICE_UNAVAILABLE, message);
         }
@@ -398,17 +407,9 @@ async fn part(
     if !hinted || hls.is_ended() {
         return error(&state.stats, StatusCode::NOT_FOUND, "no such part");
     }
-    let Some(_permit) = state.holds.acquire(client.ip()) else {
-        return error(
-            &state.stats,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many held requests",
-        );
-    };
-    state.stats.blocked.fetch_add(1, Ordering::Relaxed);
-    let mut progress = hls.subscribe();
-    let wait = progress.wait_for(|p| p.has(msn, Some(index)));
-    let _ = tokio::time::timeout(hold_limit(hls), wait).await;
+    if let Err(refused) = hold(state, hls, client, msn, Some(index)).await {
+        return refused;
+    }
     match hls.part(msn, index) {
         Some(body) => ok(
             &state.stats,
