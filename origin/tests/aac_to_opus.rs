@@ -2,60 +2,10 @@
 //! the origin's transcoder turns it into Opus packets, libopus decodes them, and the tone's
 //! frequency and level must come back.
 
-use std::process::Command;
-
 use bytes::Bytes;
 use streamhub_origin::transcode::{AudioTranscode, OPUS_TRACK};
 use streamhub_shared::media::{CodecConfig, Frame, TrackInfo};
-
-/// One AAC track as ffmpeg wrote it: its AudioSpecificConfig and raw access units.
-struct Aac {
-    asc: Vec<u8>,
-    rate: u32,
-    channels: u8,
-    frames: Vec<Bytes>,
-}
-
-/// Encodes `seconds` of a sine at `freq` Hz to AAC-LC (ADTS) with ffmpeg and splits the frames.
-fn aac_tone(freq: u32, rate: u32, channels: u8, seconds: u32) -> Aac {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tone.aac");
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency={freq}:sample_rate={rate}"))
-        .args(["-t", &seconds.to_string(), "-ac", &channels.to_string()])
-        .args(["-c:a", "aac", "-b:a", "128k", "-f", "adts"])
-        .arg(&path)
-        .status()
-        .expect("ffmpeg (installed by .ci/run)");
-    assert!(status.success());
-    let data = std::fs::read(&path).unwrap();
-    let mut frames = Vec::new();
-    let mut asc = Vec::new();
-    let mut at = 0;
-    while at + 7 <= data.len() {
-        let h = &data[at..at + 7];
-        assert_eq!((h[0], h[1] & 0xf0), (0xff, 0xf0), "ADTS sync at {at}");
-        let protection_absent = h[1] & 1 == 1;
-        let object_type = (h[2] >> 6) + 1;
-        let freq_index = (h[2] >> 2) & 0x0f;
-        let chan = ((h[2] & 1) << 2) | (h[3] >> 6);
-        let len = (usize::from(h[3] & 3) << 11) | (usize::from(h[4]) << 3) | usize::from(h[5] >> 5);
-        let head = if protection_absent { 7 } else { 9 };
-        asc = vec![
-            (object_type << 3) | (freq_index >> 1),
-            ((freq_index & 1) << 7) | (chan << 3),
-        ];
-        frames.push(Bytes::copy_from_slice(&data[at + head..at + len]));
-        at += len;
-    }
-    Aac {
-        asc,
-        rate,
-        channels,
-        frames,
-    }
-}
+use streamhub_testkit::audio::{aac_tone, Aac};
 
 /// Runs the frames through the transcoder (AAC as track 1, `dts` from `start`), returns the
 /// catalog it published and the Opus frames.

@@ -2,13 +2,14 @@
 //! scenarios and the benchmarks. It knows the product only from the outside: it runs the real
 //! binaries ([`binary`], [`node`], [`single`]) and drives them with real clients ([`api`],
 //! [`publisher`] (ffmpeg), [`hls`] (HTTP + ffprobe), [`camera`] (WebSocket-MJPEG, RTSP),
-//! [`whep`] (a WebRTC viewer on the `rtc` crate)).
+//! [`whep`] (a WebRTC viewer on the `rtc` crate)), [`audio`] (AAC made by ffmpeg).
 //!
 //! Tests wait with [`poll`] (never a bare sleep), take ports from [`ports`] (never two alike,
 //! across the test processes of one machine), and state what they need with [`require`]: a test
 //! whose feature cannot run here fails under CI instead of passing without having run.
 
 pub mod api;
+pub mod audio;
 pub mod binary;
 pub mod camera;
 pub mod hls;
