@@ -113,7 +113,7 @@ impl Cluster {
             .expect("admin login on origin-1");
         // Joiners join one at a time, as an operator would; each waits to be caught up.
         for i in 2..=n {
-            let token = admin.join_token().await.expect("mint a join token");
+            let token = admin.join_token("origin").await.expect("mint a join token");
             let join = Join {
                 url: self.nodes[0].url(""),
                 token,
@@ -169,7 +169,7 @@ impl Cluster {
         via: usize,
         args: &[&str],
     ) -> Node {
-        let join = self.join_via(via).await;
+        let join = self.join_via_as(via, "edge").await;
         let mut cfg = self.config(name, Some(join));
         cfg.role = crate::node::Role::Edge;
         cfg.region = region.to_string();
@@ -185,6 +185,13 @@ impl Cluster {
         Node::spawn(cfg, self.timeline.clone()).expect("spawn extra node")
     }
 
+    /// Starts an edge outside `nodes` (e.g. one that must be refused) without waiting for it.
+    pub fn spawn_extra_edge(&mut self, name: &str, join: Option<Join>) -> Node {
+        let mut cfg = self.config(name, join);
+        cfg.role = crate::node::Role::Edge;
+        Node::spawn(cfg, self.timeline.clone()).expect("spawn extra edge")
+    }
+
     /// Records a test event in the fault timeline.
     pub fn note(&self, event: impl Into<String>) {
         self.timeline.record(event);
@@ -195,12 +202,17 @@ impl Cluster {
         self.timeline.clone()
     }
 
-    /// A join descriptor for a new node: a fresh token minted through node `via`.
+    /// A join descriptor for a new origin: a fresh single-use token minted through node `via`.
     pub async fn join_via(&self, via: usize) -> Join {
+        self.join_via_as(via, "origin").await
+    }
+
+    /// A join descriptor for a new node of `role`, minted through node `via`.
+    pub async fn join_via_as(&self, via: usize, role: &str) -> Join {
         let admin = self.nodes[via].admin().await.expect("admin login");
         Join {
             url: self.nodes[via].url(""),
-            token: admin.join_token().await.expect("mint a join token"),
+            token: admin.join_token(role).await.expect("mint a join token"),
         }
     }
 

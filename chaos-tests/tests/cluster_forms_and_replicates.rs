@@ -159,7 +159,7 @@ async fn assert_membership_unchanged(c: &Cluster, api: &Api, stranger: Option<&s
 async fn wrong_token_is_refused(c: &mut Cluster, api: &Api) {
     // A real token with one character of its secret changed: right format, right cluster
     // fingerprint, wrong secret.
-    let mut token: Vec<char> = api.join_token().await.unwrap().chars().collect();
+    let mut token: Vec<char> = api.join_token("origin").await.unwrap().chars().collect();
     let at = token.iter().position(|&ch| ch == '_').map_or(0, |p| p + 1);
     token[at] = if token[at] == 'a' { 'b' } else { 'a' };
     let join = Join {

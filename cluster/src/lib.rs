@@ -8,5 +8,6 @@ pub mod load;
 pub mod query;
 pub mod raft;
 pub mod registry;
+pub mod seal;
 pub mod state;
 pub mod transport;

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use streamhub_shared::{AppName, RoomName};
 
-use crate::state::{ClusterState, NodeRecord, Placement};
+use crate::state::{App, ClusterState, NodeRecord, Placement};
 
 /// A question about the tenant state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,21 +16,36 @@ use crate::state::{ClusterState, NodeRecord, Placement};
 pub enum StateQuery {
     /// Which origin holds `app/room`, and how to reach it.
     Placement { app: AppName, room: RoomName },
-    /// The signing key of `app`, to verify its tokens offline.
+    /// The public key of `app`, to verify its EdDSA tokens offline.
     AppKey { app: AppName },
     /// The node registry, for steering.
     Nodes,
+    /// Checks an access token of `app` that the asker cannot verify itself (HS256, whose
+    /// secret never leaves the origins). Answered by the origin's service, not from the state.
+    VerifyToken { app: AppName, token: String },
 }
 
-/// The key an app signs its tokens with.
+/// What verifies an app's EdDSA tokens: public material only (it cannot mint a token).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppKey {
     pub app: AppName,
     /// Goes into the `iss` claim.
     pub key_id: String,
-    /// HS256 secret (hex).
-    pub secret: String,
+    /// The Ed25519 public key (base64url); `None` for an app not yet given a key pair.
+    #[serde(default)]
+    pub verify_key: Option<String>,
+}
+
+impl AppKey {
+    /// The public key material of `app`.
+    pub fn of(app: &App) -> Self {
+        Self {
+            app: app.name.clone(),
+            key_id: app.key_id.clone(),
+            verify_key: app.verify_key.clone(),
+        }
+    }
 }
 
 /// The answer to a [`StateQuery`].
@@ -46,6 +61,11 @@ pub enum StateAnswer {
     AppKey { key: Option<AppKey> },
     /// Every registered node.
     Nodes { nodes: Vec<NodeRecord> },
+    /// The claims of a verified token, or why it was refused.
+    Verified {
+        claims: Option<streamhub_shared::auth::AccessClaims>,
+        error: Option<String>,
+    },
 }
 
 impl StateQuery {
@@ -62,11 +82,11 @@ impl StateQuery {
                 StateAnswer::Placement { placement, holder }
             }
             StateQuery::AppKey { app } => StateAnswer::AppKey {
-                key: state.tenants.apps.get(app).map(|a| AppKey {
-                    app: a.name.clone(),
-                    key_id: a.key_id.clone(),
-                    secret: a.secret.clone(),
-                }),
+                key: state.tenants.apps.get(app).map(AppKey::of),
+            },
+            StateQuery::VerifyToken { .. } => StateAnswer::Verified {
+                claims: None,
+                error: Some("a token is verified with the app's secret, not the state".into()),
             },
             StateQuery::Nodes => StateAnswer::Nodes {
                 nodes: state.registry.nodes.values().cloned().collect(),
@@ -93,6 +113,7 @@ mod tests {
             load: NodeLoad::default(),
             registered_at_ms: 0,
             last_heartbeat_ms: 0,
+            cert_fingerprint: None,
         }
     }
 

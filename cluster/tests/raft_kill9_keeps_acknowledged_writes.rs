@@ -24,6 +24,8 @@ fn app(name: &str) -> App {
         key_id: format!("ak_{name}"),
         secret: "00".into(),
         created_at_ms: 1,
+        signing_key: None,
+        verify_key: None,
     }
 }
 

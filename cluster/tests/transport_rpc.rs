@@ -20,7 +20,11 @@ const SMALL: u16 = 0x7004;
 const T: Duration = Duration::from_secs(5);
 
 fn identity(ca: &CaBundle, name: &str) -> NodeIdentity {
-    let (cert, key) = issue_node_cert(ca, name, "origin").unwrap();
+    identity_as(ca, name, "origin")
+}
+
+fn identity_as(ca: &CaBundle, name: &str, role: &str) -> NodeIdentity {
+    let (cert, key) = issue_node_cert(ca, name, role).unwrap();
     NodeIdentity::from_pem(ca.cert_pem.clone(), cert, key).unwrap()
 }
 
@@ -360,5 +364,92 @@ impl streamhub_cluster::transport::RpcService for EchoService {
         let mut out = format!("{}:", peer.name).into_bytes();
         out.extend_from_slice(&body);
         Box::pin(async move { Ok(Bytes::from(out)) })
+    }
+}
+
+#[tokio::test]
+async fn each_kind_admits_only_the_roles_it_declares() {
+    let ca = create_ca("test").unwrap();
+    let srv = server(&ca, "origin-1", local());
+    srv.register(
+        streamhub_cluster::transport::kinds::HEARTBEAT,
+        service_fn(|peer, _| async move { Ok(Bytes::from(peer.role.as_str())) }),
+    );
+    let edge = Endpoint::bind(
+        local(),
+        &identity_as(&ca, "edge-1", "edge"),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let addr = srv.local_addr();
+    // ECHO is not declared for edges: refused before its handler runs.
+    match edge.request(addr, ECHO, Bytes::from_static(b"x"), T).await {
+        Err(RpcError::Remote(e)) => assert_eq!(e.code, "forbidden", "{e:?}"),
+        other => panic!("an edge reached an origin-only kind: {other:?}"),
+    }
+    // HEARTBEAT is for any node, and the handler sees the role from the certificate.
+    let kind = streamhub_cluster::transport::kinds::HEARTBEAT;
+    let answer = edge.request(addr, kind, Bytes::new(), T).await.unwrap();
+    assert_eq!(&answer[..], b"edge");
+    let origin = client(&ca, "origin-2");
+    assert_eq!(
+        &origin.request(addr, ECHO, Bytes::new(), T).await.unwrap()[..],
+        b"origin-2:"
+    );
+    // A certificate with no known role is not served at all.
+    let odd = Endpoint::bind(
+        local(),
+        &identity_as(&ca, "odd-1", "admin"),
+        CancellationToken::new(),
+    )
+    .unwrap();
+    assert!(odd.request(addr, kind, Bytes::new(), T).await.is_err());
+    for ep in [edge, origin, odd, srv] {
+        ep.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_loses_its_connections_and_every_new_handshake() {
+    let ca = create_ca("test").unwrap();
+    let srv = server(&ca, "origin-1", local());
+    let cli = client(&ca, "origin-2");
+    let keeper = client(&ca, "origin-3");
+    let addr = srv.local_addr();
+    assert!(cli.request(addr, ECHO, Bytes::new(), T).await.is_ok());
+    assert!(keeper.request(addr, ECHO, Bytes::new(), T).await.is_ok());
+    let conn = cli.connection(addr).await.unwrap();
+    // Another certificate revoked: nothing happens to this one.
+    srv.set_revoked([identity(&ca, "unused").fingerprint].into());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(conn.close_reason().is_none());
+    // Revoke origin-2's certificate: its open connection is closed at once...
+    let cli_fp = cli.fingerprint().to_string();
+    srv.set_revoked([cli_fp.clone()].into());
+    tokio::time::timeout(T, conn.closed())
+        .await
+        .expect("the open connection is closed");
+    assert!(srv.is_revoked(&cli_fp));
+    // ...and every new handshake fails, while other peers are untouched. (In TLS 1.3 the
+    // server checks the client's certificate after the client thinks it is connected: the
+    // client may see a lost connection rather than a failed dial.)
+    for _ in 0..3 {
+        assert!(cli.request(addr, ECHO, Bytes::new(), T).await.is_err());
+    }
+    if let Ok(conn) = cli.connection(addr).await {
+        // The handshake "succeeded" here: the server's refusal names the revocation.
+        let reason = tokio::time::timeout(T, conn.closed()).await.unwrap();
+        assert!(reason.to_string().contains("Revoked"), "{reason}");
+    }
+    let fresh = client(&ca, "origin-2b");
+    assert!(fresh.request(addr, ECHO, Bytes::new(), T).await.is_ok());
+    assert!(keeper.request(addr, ECHO, Bytes::new(), T).await.is_ok());
+    // A client refuses a server whose certificate it knows is revoked.
+    let wary = client(&ca, "origin-4");
+    wary.set_revoked([srv.fingerprint().to_string()].into());
+    let err = wary.request(addr, ECHO, Bytes::new(), T).await.unwrap_err();
+    assert!(matches!(err, RpcError::Unreachable { .. }), "{err:?}");
+    for ep in [cli, keeper, fresh, wary, srv] {
+        ep.close().await;
     }
 }

@@ -14,7 +14,7 @@ use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::registry::{SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
-use streamhub_media::access::KeySource;
+use streamhub_media::access::TokenVerifier;
 use streamhub_media::hls::http::RoomOpener;
 use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
 use streamhub_media::http::Serving;
@@ -141,7 +141,7 @@ fn http_router(
             media,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(OriginsKeys(origins.clone())) as Arc<dyn KeySource>,
+            Arc::new(OriginsKeys(origins.clone())) as Arc<dyn TokenVerifier>,
             streamhub_media::access::check,
         ));
     playback.merge(streamhub_media::play::router(steering))
@@ -185,6 +185,8 @@ async fn run_heartbeats(
                 egress_bps,
                 cpu,
             },
+            // Set by the origin from this node's certificate.
+            cert_fingerprint: None,
         };
         if let Err(e) = origins.heartbeat(&beat).await {
             tracing::warn!(error = %e, "heartbeat not delivered");
@@ -270,16 +272,17 @@ impl MediaLookup for PullMedia {
     }
 }
 
-/// App keys from the origins, cached (see [`Origins::app_key`]).
+/// Viewer tokens checked with what the origins give an edge (see [`Origins::verify_token`]).
 struct OriginsKeys(Arc<Origins>);
 
-impl KeySource for OriginsKeys {
-    fn app_key(
+impl TokenVerifier for OriginsKeys {
+    fn verify(
         &self,
         app: &AppName,
-    ) -> BoxFuture<'static, Option<streamhub_cluster::query::AppKey>> {
-        let (origins, app) = (self.0.clone(), app.clone());
-        Box::pin(async move { origins.app_key(&app).await })
+        token: &str,
+    ) -> BoxFuture<'static, Result<streamhub_shared::auth::AccessClaims, String>> {
+        let (origins, app, token) = (self.0.clone(), app.clone(), token.to_string());
+        Box::pin(async move { origins.verify_token(&app, &token).await })
     }
 }
 

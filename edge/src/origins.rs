@@ -14,10 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use streamhub_cluster::query::{AppKey, StateAnswer, StateQuery};
 use streamhub_cluster::raft::network::resolve;
 use streamhub_cluster::state::{Heartbeat, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{kinds, Endpoint};
+use streamhub_shared::auth::{self, AccessClaims, VerifyKeys};
 use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +31,12 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Name of the file in the data dir that lists known origins.
 const ORIGINS_FILE: &str = "origins.json";
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// The origin holding a room, and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +59,8 @@ pub struct Origins {
     next: AtomicUsize,
     placements: moka::future::Cache<RoomKey, Option<Holder>>,
     apps: moka::future::Cache<AppName, Option<AppKey>>,
+    /// HS256 tokens an origin verified, by the SHA-256 of app and token.
+    verified: moka::future::Cache<[u8; 32], AccessClaims>,
     nodes: Mutex<Arc<Vec<NodeRecord>>>,
     file: Option<PathBuf>,
     /// Placement lookups in flight (uncached): viewers asking for random room names cannot
@@ -87,6 +97,10 @@ impl Origins {
                 .build(),
             apps: moka::future::Cache::builder()
                 .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            verified: moka::future::Cache::builder()
+                .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             nodes: Mutex::new(Arc::new(Vec::new())),
@@ -194,7 +208,69 @@ impl Origins {
             .await;
     }
 
-    /// The signing key of `app` (cached for 30 s), for verifying viewer tokens offline.
+    /// The claims of a valid token of `app`: an EdDSA token is verified here with the app's
+    /// public key; an HS256 (LiveKit) token, whose secret only origins hold, by an origin, and
+    /// the answer is kept (until the token expires, at most 30 s).
+    pub async fn verify_token(&self, app: &AppName, token: &str) -> Result<AccessClaims, String> {
+        match auth::algorithm(token) {
+            Some(auth::Algorithm::HS256) => self.verify_at_origin(app, token).await,
+            _ => {
+                let key = self
+                    .app_key(app)
+                    .await
+                    .ok_or_else(|| format!("unknown app {app}"))?;
+                auth::verify_any(
+                    token,
+                    &key.key_id,
+                    VerifyKeys {
+                        eddsa: key.verify_key.as_deref(),
+                        hs256: None,
+                    },
+                )
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn verify_at_origin(&self, app: &AppName, token: &str) -> Result<AccessClaims, String> {
+        let id: [u8; 32] = Sha256::new()
+            .chain_update(app.as_str())
+            .chain_update([0])
+            .chain_update(token)
+            .finalize()
+            .into();
+        let now = unix_now();
+        if let Some(claims) = self.verified.get(&id).await {
+            if claims.exp > now {
+                return Ok(claims);
+            }
+        }
+        // Shares the bound of placement lookups: random tokens cannot flood the origins.
+        let _permit = self
+            .lookups
+            .try_acquire()
+            .map_err(|_| "too many token checks in flight; retry".to_string())?;
+        let q = StateQuery::VerifyToken {
+            app: app.clone(),
+            token: token.to_string(),
+        };
+        match self.query(&q).await? {
+            StateAnswer::Verified {
+                claims: Some(claims),
+                ..
+            } => {
+                self.verified.insert(id, claims.clone()).await;
+                Ok(claims)
+            }
+            StateAnswer::Verified { error, .. } => {
+                Err(error.unwrap_or_else(|| "refused by the origin".into()))
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
+    /// The public key of `app` (cached for 30 s; an unknown app is asked again), for verifying
+    /// viewer tokens offline.
     pub async fn app_key(&self, app: &AppName) -> Option<AppKey> {
         if let Some(cached) = self.apps.get(app).await {
             return cached;
@@ -203,9 +279,11 @@ impl Origins {
         let Ok(_permit) = self.lookups.try_acquire() else {
             return None;
         };
+        // An unknown app is not cached: it may be created in a moment.
         let lookup = async {
             match self.query(&StateQuery::AppKey { app: app.clone() }).await {
-                Ok(StateAnswer::AppKey { key }) => Ok(key),
+                Ok(StateAnswer::AppKey { key: Some(key) }) => Ok(Some(key)),
+                Ok(StateAnswer::AppKey { key: None }) => Err("unknown app".to_string()),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
                 Err(e) => Err(e),
             }

@@ -89,6 +89,7 @@ fn start_origin(ca: &CaBundle) -> Arc<Origin> {
         load: NodeLoad::default(),
         registered_at_ms: 0,
         last_heartbeat_ms: 0,
+        cert_fingerprint: None,
     };
     state.registry.nodes.insert(me.name.clone(), me);
     let (app, room) = (

@@ -145,7 +145,14 @@ impl Admission {
 
     /// Admits a publisher (see the module docs for the steps).
     pub async fn admit(&self, req: PublishRequest) -> Result<Publisher, Refusal> {
-        let grant = self.authenticate(&req)?;
+        let grant = match self.authenticate(&req) {
+            // Maybe made a moment ago through another origin: confirm before refusing.
+            Err(Refusal::NotFound(_)) => {
+                self.tenants.fresh().await;
+                self.authenticate(&req)?
+            }
+            other => other?,
+        };
         for policy in &self.policies {
             policy.check(&grant, &req)?;
         }
@@ -220,9 +227,11 @@ impl Admission {
     fn token_grant(&self, app: &AppName, room: &RoomName, token: &str) -> Result<Grant, Refusal> {
         let key = self
             .tenants
-            .app_key(app)
+            .app_signer(app)
+            .map_err(|e| Refusal::Unavailable(e.to_string()))?
             .ok_or_else(|| Refusal::NotFound(format!("unknown app {app}")))?;
-        let claims = streamhub_shared::auth::verify(token, &key.key_id, key.secret.as_bytes())
+        let claims = key
+            .verify(token)
             .map_err(|e| Refusal::NotFound(format!("publish token refused: {e}")))?;
         let want = format!("{app}-{room}");
         if claims.video.room != want {
@@ -392,7 +401,9 @@ mod tests {
         .await
         .expect("raft");
         let raft = Arc::new(raft);
-        let tenants = Tenants::new(raft.clone());
+        let keyring = crate::keyring::Keyring::load(dir.path().join("cluster")).expect("keyring");
+        keyring.create().expect("cluster key");
+        let tenants = Tenants::new(raft.clone(), keyring);
         let app = AppName::new("live").expect("app");
         tenants
             .write(Command::CreateApp(App {
@@ -401,6 +412,8 @@ mod tests {
                 key_id: "ak_1".into(),
                 secret: "00".into(),
                 created_at_ms: 1,
+                signing_key: None,
+                verify_key: None,
             }))
             .await
             .expect("app");
@@ -619,6 +632,48 @@ mod tests {
             Err(Refusal::NotFound(_))
         ));
         assert_eq!(w.last_epoch(), 0, "a refused credential claimed");
+    }
+
+    #[tokio::test]
+    async fn tokens_signed_either_way_publish_and_end_with_their_app() {
+        use streamhub_shared::auth::{mint, mint_eddsa, AccessClaims, VideoGrant};
+        let w = world().await;
+        let app = AppName::new("tok").expect("app");
+        let record = w.tenants.new_app(app.clone(), None).expect("new app");
+        w.tenants
+            .write(Command::CreateApp(record))
+            .await
+            .expect("create");
+        let signer = w.tenants.app_signer(&app).expect("open").expect("app");
+        let claims = |room: &str| AccessClaims {
+            iss: signer.key_id.clone(),
+            sub: format!("cam-{room}"),
+            nbf: 0,
+            exp: 4_000_000_000,
+            video: VideoGrant {
+                room: format!("tok-{room}"),
+                room_join: true,
+                can_publish: true,
+                can_subscribe: false,
+            },
+        };
+        let eddsa =
+            mint_eddsa(&claims("a"), signer.ed25519.as_ref().expect("key pair")).expect("mint");
+        let hs256 = mint(&claims("b"), signer.hs256.as_bytes());
+        let admission = w.admission(During::Nothing);
+        let mut publishers = Vec::new();
+        for (room, token) in [("a", eddsa), ("b", hs256)] {
+            let mut req = w.request(Protocol::Whip, Credential::AccessToken(token));
+            req.room = Some((app.clone(), RoomName::new(room).expect("room")));
+            publishers.push(admission.admit(req).await.expect("admitted"));
+        }
+        // The app is deleted (through any origin): its token publishers end at revalidation.
+        w.tenants
+            .write(Command::DeleteApp { name: app.clone() })
+            .await
+            .expect("delete");
+        admission.revalidate();
+        assert!(publishers.iter().all(|p| p.is_cancelled()));
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! First-start setup: the admin account, and a `demo` app with an RTMP ingress so a new node can
 //! be pushed to and watched right away. Secrets are printed once and stored only as hashes.
 
-use streamhub_cluster::state::{AdminUser, App, Command, Ingress, IngressKind};
+use streamhub_cluster::state::{AdminUser, Command, Ingress, IngressKind};
 use streamhub_shared::{AppName, RoomName};
 
 use crate::credentials::{hash_password, random_hex, random_token, sha256_hex, unix_now_ms};
@@ -46,20 +46,18 @@ pub async fn first_start(
         .write(Command::BootstrapAdmin(AdminUser {
             username: admin_user.to_string(),
             password_hash,
+            sessions_after: 0,
         }))
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
     let app = AppName::new(DEMO_APP)?;
     if tenants.read(|s| s.tenants.apps.is_empty()) {
         let key = random_token("rk_", 32);
+        let demo = tenants
+            .new_app(app.clone(), Some("Demo".into()))
+            .map_err(|e| anyhow::anyhow!("bootstrap demo app: {e}"))?;
         tenants
-            .write(Command::CreateApp(App {
-                name: app.clone(),
-                display_name: Some("Demo".into()),
-                key_id: random_token("ak_", 16),
-                secret: random_hex(32),
-                created_at_ms: unix_now_ms(),
-            }))
+            .write(Command::CreateApp(demo))
             .await
             .map_err(|e| anyhow::anyhow!("bootstrap demo app: {e}"))?;
         tenants

@@ -1,7 +1,7 @@
-//! Secrets this node makes and checks: API keys, stream keys, app signing secrets, the admin
-//! password (argon2id) and the dashboard session JWT (HS256, secret kept in the data dir).
+//! Secrets this node makes and checks: API keys, stream keys, app key pairs, the admin password
+//! (argon2id) and the dashboard session JWT (HS256 with the cluster's session key).
 
-use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -10,6 +10,9 @@ use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use streamhub_media::http::ApiError;
+
+use crate::tenants::Tenants;
 
 /// A random alphanumeric string of `len` characters with a readable prefix (`sk_`, `rk_`...).
 pub fn random_token(prefix: &str, len: usize) -> String {
@@ -53,6 +56,32 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// An Ed25519 key pair for an app's EdDSA tokens.
+pub struct AppKeyPair {
+    /// The private key, PKCS#8 DER.
+    pub pkcs8: Vec<u8>,
+    /// The public key, 32 bytes base64url (what edges get).
+    pub verify_key: String,
+}
+
+impl AppKeyPair {
+    /// A new random pair.
+    pub fn generate() -> Self {
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+            .expect("the system RNG is available");
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .expect("a key ring just generated parses");
+        Self {
+            verify_key: base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(pair.public_key().as_ref()),
+            pkcs8: pkcs8.as_ref().to_vec(),
+        }
+    }
+}
+
 /// Claims of a dashboard session token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionClaims {
@@ -60,9 +89,12 @@ pub struct SessionClaims {
     pub role: String,
     pub iat: u64,
     pub exp: u64,
+    /// The session's id: what a logout revokes.
+    #[serde(default)]
+    pub jti: String,
 }
 
-/// Signs and checks dashboard session tokens with the node's secret.
+/// Signs and checks dashboard session tokens with one secret.
 #[derive(Clone)]
 pub struct SessionKeys {
     encoding: EncodingKey,
@@ -71,22 +103,11 @@ pub struct SessionKeys {
 
 /// How long a dashboard session lasts.
 pub const SESSION_TTL_SECS: u64 = 12 * 3600;
+/// The environment variable that gives every origin the session key (at least 32 characters)
+/// instead of the cluster's generated one.
+pub const SESSION_KEY_ENV: &str = "STREAMHUB_JWT_SECRET";
 
 impl SessionKeys {
-    /// Loads `<data_dir>/jwt-secret`, creating it (mode 0600) on first start.
-    pub fn load_or_create(data_dir: &Path) -> std::io::Result<Self> {
-        let path = data_dir.join("jwt-secret");
-        let secret = match std::fs::read_to_string(&path) {
-            Ok(s) if s.trim().len() >= 32 => s.trim().to_string(),
-            _ => {
-                let s = random_hex(32);
-                write_private(&path, &s)?;
-                s
-            }
-        };
-        Ok(Self::from_secret(secret.as_bytes()))
-    }
-
     /// Keys from a raw secret.
     pub fn from_secret(secret: &[u8]) -> Self {
         Self {
@@ -95,19 +116,21 @@ impl SessionKeys {
         }
     }
 
-    /// A session token for `user`, valid [`SESSION_TTL_SECS`].
-    pub fn issue(&self, user: &str, now: u64) -> String {
+    /// A session token for `user`, valid [`SESSION_TTL_SECS`] from `now`.
+    pub fn issue(&self, user: &str, now: u64) -> (String, SessionClaims) {
         let claims = SessionClaims {
             sub: user.to_string(),
             role: "admin".into(),
             iat: now,
             exp: now + SESSION_TTL_SECS,
+            jti: random_hex(16),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 encoding of plain claims cannot fail")
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 encoding of plain claims cannot fail");
+        (token, claims)
     }
 
-    /// The claims of a valid, unexpired session token.
+    /// The claims of a token with a valid signature, not expired.
     pub fn check(&self, token: &str) -> Option<SessionClaims> {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 0;
@@ -117,58 +140,93 @@ impl SessionKeys {
     }
 }
 
-/// Dashboard logins: session tokens, and the `ADMIN_USER`/`ADMIN_PASS` break-glass login.
+/// Dashboard logins, the same on every origin: sessions are signed with the cluster's session
+/// key (sealed in the replicated state, or [`SESSION_KEY_ENV`]), refused once logged out or
+/// issued before the last password change; and the `ADMIN_USER`/`ADMIN_PASS` break-glass login.
 #[derive(Clone)]
 pub struct Sessions {
-    keys: SessionKeys,
-    break_glass: Option<std::sync::Arc<(String, String)>>,
+    tenants: Tenants,
+    from_env: Option<SessionKeys>,
+    /// The keys of the sealed session key last opened, by its sealed text.
+    opened: Arc<RwLock<Option<(String, SessionKeys)>>>,
+    break_glass: Option<Arc<(String, String)>>,
 }
 
 impl Sessions {
-    /// Sessions signed with `keys`; `break_glass` is accepted as a login while it is set.
-    pub fn new(keys: SessionKeys, break_glass: Option<(String, String)>) -> Self {
-        Self {
-            keys,
-            break_glass: break_glass.map(std::sync::Arc::new),
+    /// Sessions of the cluster `tenants` belongs to; `break_glass` is accepted as a login while
+    /// it is set. Refuses a [`SESSION_KEY_ENV`] shorter than 32 characters.
+    pub fn new(tenants: Tenants, break_glass: Option<(String, String)>) -> anyhow::Result<Self> {
+        let from_env = match std::env::var(SESSION_KEY_ENV) {
+            Ok(secret) if secret.len() >= 32 => Some(SessionKeys::from_secret(secret.as_bytes())),
+            Ok(_) => anyhow::bail!("{SESSION_KEY_ENV} must be at least 32 characters"),
+            Err(_) => None,
+        };
+        Ok(Self {
+            tenants,
+            from_env,
+            opened: Arc::default(),
+            break_glass: break_glass.map(Arc::new),
+        })
+    }
+
+    fn keys(&self) -> Result<SessionKeys, ApiError> {
+        if let Some(keys) = &self.from_env {
+            return Ok(keys.clone());
         }
+        let sealed = self
+            .tenants
+            .read(|s| s.membership.session_key.clone())
+            .ok_or_else(|| {
+                ApiError::Unavailable("the cluster's session key is not made yet".into())
+            })?;
+        if let Some((text, keys)) = &*self.opened.read().unwrap_or_else(PoisonError::into_inner) {
+            if *text == sealed {
+                return Ok(keys.clone());
+            }
+        }
+        let secret = self
+            .tenants
+            .keyring()
+            .open_text(streamhub_cluster::seal::place::SESSION_KEY, &sealed)?;
+        let keys = SessionKeys::from_secret(secret.as_bytes());
+        *self.opened.write().unwrap_or_else(PoisonError::into_inner) = Some((sealed, keys.clone()));
+        Ok(keys)
     }
 
     /// A session token for `user`.
-    pub fn issue(&self, user: &str) -> String {
-        self.keys.issue(user, unix_now())
+    pub fn issue(&self, user: &str) -> Result<(String, SessionClaims), ApiError> {
+        Ok(self.keys()?.issue(user, unix_now()))
     }
 
-    /// The claims of a valid session token.
+    /// The claims of a valid session: signed with the cluster's key, not expired, not logged
+    /// out, not older than the last password change.
     pub fn check(&self, token: &str) -> Option<SessionClaims> {
-        self.keys.check(token)
+        let claims = self.keys().ok()?.check(token)?;
+        let valid = self.tenants.read(|s| {
+            let after = s.tenants.admin.as_ref().map_or(0, |a| a.sessions_after);
+            claims.iat >= after && !s.membership.revoked_sessions.contains_key(&claims.jti)
+        });
+        valid.then_some(claims)
     }
 
-    /// Whether `user`/`password` is the break-glass login (compared in constant time).
+    /// Whether `user`/`password` is the break-glass login (compared in constant time). It ends
+    /// once the admin's password has been changed through the API.
     pub fn is_break_glass(&self, user: &str, password: &str) -> bool {
-        self.break_glass
-            .as_deref()
-            .is_some_and(|(u, p)| u == user && constant_time_eq(p.as_bytes(), password.as_bytes()))
+        let changed = self.tenants.read(|s| {
+            s.tenants
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.sessions_after > 0)
+        });
+        !changed
+            && self.break_glass.as_deref().is_some_and(|(u, p)| {
+                u == user && constant_time_eq(p.as_bytes(), password.as_bytes())
+            })
     }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Writes a secret file readable by the owner only.
-pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Seconds since the Unix epoch.
@@ -204,11 +262,17 @@ mod tests {
     fn session_tokens_check_secret_and_expiry() {
         let k = SessionKeys::from_secret(b"0123456789abcdef0123456789abcdef");
         let now = unix_now();
-        let t = k.issue("admin", now);
+        let (t, claims) = k.issue("admin", now);
         assert_eq!(k.check(&t).unwrap().sub, "admin");
+        assert_eq!(claims.jti.len(), 32);
+        assert_ne!(
+            k.issue("admin", now).1.jti,
+            claims.jti,
+            "one id per session"
+        );
         let other = SessionKeys::from_secret(b"another-secret-another-secret-xx");
         assert!(other.check(&t).is_none());
-        let old = k.issue("admin", now - SESSION_TTL_SECS - 10);
+        let (old, _) = k.issue("admin", now - SESSION_TTL_SECS - 10);
         assert!(k.check(&old).is_none());
     }
 

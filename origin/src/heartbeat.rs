@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::raft::RaftNode;
 use streamhub_cluster::registry::HEARTBEAT_EVERY;
-use streamhub_cluster::state::{Command, Heartbeat, NodeLoad, NodeRole};
+use streamhub_cluster::state::{Command, Heartbeat, NodeLoad};
 use streamhub_cluster::transport::kinds::HEARTBEAT;
-use streamhub_cluster::transport::{service_fn, RemoteError};
+use streamhub_cluster::transport::{service_fn, PeerInfo, PeerRole, RemoteError};
 use streamhub_media::metrics::PlaybackStats;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ use crate::rooms::Rooms;
 /// beat (and renews every lease), whatever the number of nodes.
 #[derive(Debug, Default)]
 pub struct HeartbeatBatch {
-    pending: Mutex<BTreeMap<String, NodeLoad>>,
+    pending: Mutex<BTreeMap<String, (NodeLoad, Option<String>)>>,
 }
 
 impl HeartbeatBatch {
@@ -34,7 +34,7 @@ impl HeartbeatBatch {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded by the registry: only registered nodes are kept when flushed.
         if p.len() < 10_000 || p.contains_key(&beat.node) {
-            p.insert(beat.node, beat.load);
+            p.insert(beat.node, (beat.load, beat.cert_fingerprint));
         }
     }
 
@@ -42,7 +42,11 @@ impl HeartbeatBatch {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *p)
             .into_iter()
-            .map(|(node, load)| Heartbeat { node, load })
+            .map(|(node, (load, cert_fingerprint))| Heartbeat {
+                node,
+                load,
+                cert_fingerprint,
+            })
             .collect()
     }
 }
@@ -51,6 +55,11 @@ impl HeartbeatBatch {
 pub struct Heartbeats {
     pub raft: Arc<RaftNode>,
     pub me: String,
+    /// The fingerprint of this node's certificate, sent with its own beats.
+    pub fingerprint: String,
+    /// A node that is not healthy (its Raft stopped, its storage failing, no quorum) does not
+    /// beat: its registry entry goes down and steering stops sending viewers to it.
+    pub health: streamhub_media::node::Health,
     pub batch: HeartbeatBatch,
     pub rooms: Arc<Rooms>,
     pub admission: Arc<Admission>,
@@ -83,8 +92,11 @@ impl Heartbeats {
                     egress_bps,
                     cpu,
                 },
+                cert_fingerprint: Some(self.fingerprint.clone()),
             };
-            self.send(beat).await;
+            if self.health.is_healthy() {
+                self.send(beat).await;
+            }
             // Our leases are renewed when our own beat is committed: watch the replicated
             // registry.
             let seen = self.raft.read(|s| {
@@ -157,24 +169,26 @@ impl Heartbeats {
                 async move {
                     let this =
                         this.ok_or_else(|| RemoteError::new("shutting_down", "node is stopping"))?;
-                    this.serve(&peer.name, body).await
+                    this.serve(&peer, body).await
                 }
             }),
         );
     }
 
-    async fn serve(&self, peer: &str, body: bytes::Bytes) -> Result<bytes::Bytes, RemoteError> {
-        let beat: Heartbeat = serde_json::from_slice(&body)
+    async fn serve(
+        &self,
+        peer: &PeerInfo,
+        body: bytes::Bytes,
+    ) -> Result<bytes::Bytes, RemoteError> {
+        let mut beat: Heartbeat = serde_json::from_slice(&body)
             .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
         // A node may only heartbeat for itself (its name is in its certificate); an origin may
-        // hand on another node's beat.
-        let from_origin = self.raft.read(|s| {
-            s.registry
-                .nodes
-                .get(peer)
-                .is_some_and(|n| n.role == NodeRole::Origin)
-        });
-        if beat.node != peer && !from_origin {
+        // hand on another node's beat, with the fingerprint it was received with.
+        let from_origin = peer.role == PeerRole::Origin;
+        if beat.node == peer.name {
+            beat.cert_fingerprint = Some(peer.fingerprint.clone());
+        } else if !from_origin {
+            tracing::warn!(peer = %peer.name, named = %beat.node, "refused a heartbeat for another node");
             return Err(RemoteError::new("forbidden", "heartbeat for another node"));
         }
         let st = self.raft.status();
@@ -190,6 +204,7 @@ impl Heartbeats {
                 "this origin is not the leader",
             ));
         }
+        let body = bytes::Bytes::from(serde_json::to_vec(&beat).unwrap_or_default());
         self.to_leader(body).await
     }
 }

@@ -4,16 +4,20 @@
 //! [`tenants`] (the replicated state: reads, writes, credential lookups), [`placement`] (room
 //! claims, releases, fencing), [`admission`] (the one way into a room), [`rooms`] (the live
 //! rooms of this node), [`membership`] (joining, admitting and removing nodes, cluster status),
-//! [`heartbeat`] (load reports, lease renewal, revalidation). Ingest protocols: [`rtmp`],
+//! [`heartbeat`] (load reports, lease renewal, revalidation), [`keyring`] (the cluster key that
+//! seals the state's secrets), [`trust`] (revocation, health, data dir permissions),
+//! [`audit`] (the audit log). Ingest protocols: [`rtmp`],
 //! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
 //! wires them.
 
 pub mod admission;
 pub mod api;
+pub mod audit;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;
 pub mod heartbeat;
+pub mod keyring;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -24,5 +28,6 @@ pub mod rtsp;
 pub mod services;
 pub mod tenants;
 pub mod transcode;
+pub mod trust;
 pub mod whip;
 pub mod wsmjpeg;

@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use streamhub_cluster::join::{self, JoinAnswer, JoinRequest, Joiner, JOIN_TOKEN_PREFIX};
-use streamhub_cluster::query::StateQuery;
+use streamhub_cluster::query::{StateAnswer, StateQuery};
 use streamhub_cluster::raft::RaftNode;
 use streamhub_cluster::registry::is_up;
+use streamhub_cluster::seal::place;
 use streamhub_cluster::state::{
     ClusterCa, Command, CommandResponse, JoinToken, NodeLoad, NodeRecord, NodeRole,
 };
@@ -76,6 +77,30 @@ pub async fn prepare(
     Ok((identity, Startup::Join { answer }))
 }
 
+/// Answers a node's question about the state; what must not be refused by mistake (an app
+/// made a moment ago through another origin) is confirmed with a read barrier first.
+async fn answer_query(tenants: &Tenants, q: StateQuery) -> StateAnswer {
+    match q {
+        StateQuery::VerifyToken { app, token } => match tenants.verify_token(&app, &token).await {
+            Ok(claims) => StateAnswer::Verified {
+                claims: Some(claims),
+                error: None,
+            },
+            Err(error) => StateAnswer::Verified {
+                claims: None,
+                error: Some(error),
+            },
+        },
+        StateQuery::AppKey { app } => StateAnswer::AppKey {
+            key: tenants.app_key_fresh(&app).await,
+        },
+        q => {
+            let now = unix_now_ms();
+            tenants.read(|s| q.answer(s, now))
+        }
+    }
+}
+
 /// The membership service of an origin.
 #[derive(Clone)]
 pub struct Membership {
@@ -103,30 +128,76 @@ impl Membership {
         }
     }
 
-    /// Mints a join token valid `ttl_ms`: `shj_<secret>.<first 16 hex of the CA fingerprint>`,
-    /// so the joiner can check it reached the right cluster before trusting the CA it is sent.
-    pub async fn mint_join_token(&self, ttl_ms: u64) -> Result<(String, u64), ApiError> {
-        let ca = self.ca()?;
-        let fp =
-            pki::ca_fingerprint(&ca.cert_pem).map_err(|e| ApiError::Internal(e.to_string()))?;
+    /// Mints a join token for a node of `role`, good for `uses` joins within `ttl_ms`:
+    /// `shj_<secret>.<first 16 hex of the CA fingerprint>`, so the joiner can check it reached
+    /// the right cluster before trusting the CA it is sent. Only its hash is stored; the token
+    /// is returned once and never logged.
+    pub async fn mint_join_token(
+        &self,
+        role: NodeRole,
+        uses: u32,
+        ttl_ms: u64,
+    ) -> Result<(String, JoinToken), ApiError> {
+        let ca = self.ca_cert()?;
+        let fp = pki::ca_fingerprint(&ca).map_err(|e| ApiError::Internal(e.to_string()))?;
         let token = format!("{}.{}", random_token(JOIN_TOKEN_PREFIX, 32), &fp[..16]);
         let now = unix_now_ms();
-        let expires_at_ms = now + ttl_ms;
+        let record = JoinToken {
+            id: format!("jt_{}", random_hex(6)),
+            hash: sha256_hex(&token),
+            expires_at_ms: now + ttl_ms,
+            created_at_ms: now,
+            role: Some(role),
+            uses_left: uses,
+        };
         self.tenants
-            .write(Command::CreateJoinToken(JoinToken {
-                id: format!("jt_{}", random_hex(6)),
-                hash: sha256_hex(&token),
-                expires_at_ms,
-                created_at_ms: now,
-            }))
+            .write(Command::CreateJoinToken(record.clone()))
             .await?;
-        Ok((token, expires_at_ms))
+        tracing::info!(id = %record.id, role = role.as_str(), uses, "join token minted");
+        Ok((token, record))
     }
 
-    fn ca(&self) -> Result<ClusterCa, ApiError> {
+    /// The join tokens still valid (their secrets are not stored).
+    pub fn join_tokens(&self) -> Vec<JoinToken> {
+        let now = unix_now_ms();
+        self.raft.read(|s| {
+            s.membership
+                .join_tokens
+                .values()
+                .filter(|t| t.expires_at_ms > now && t.uses_left > 0)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Revokes the join token `id`.
+    pub async fn delete_join_token(&self, id: &str) -> Result<(), ApiError> {
+        self.tenants
+            .write(Command::DeleteJoinToken { id: id.to_string() })
+            .await?;
+        tracing::info!(%id, "join token revoked");
+        Ok(())
+    }
+
+    fn ca_cert(&self) -> Result<String, ApiError> {
         self.raft
-            .read(|s| s.membership.cluster_ca.clone())
+            .read(|s| s.membership.cluster_ca.as_ref().map(|c| c.cert_pem.clone()))
             .ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))
+    }
+
+    /// The cluster CA with its key opened (origins only: the key is sealed in the state).
+    fn ca(&self) -> Result<CaBundle, ApiError> {
+        let ca = self
+            .raft
+            .read(|s| s.membership.cluster_ca.clone())
+            .ok_or_else(|| ApiError::Unavailable("the cluster CA is not initialised yet".into()))?;
+        Ok(CaBundle {
+            key_pem: self
+                .tenants
+                .keyring()
+                .open_text(place::CA_KEY, &ca.key_pem)?,
+            cert_pem: ca.cert_pem,
+        })
     }
 
     /// Admits a node that presents a valid join token: signs its certificate, registers it,
@@ -136,27 +207,37 @@ impl Membership {
         pki::validate_node_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let hash = sha256_hex(&req.token);
         let now = unix_now_ms();
-        if self
-            .raft
-            .read(|s| s.membership.join_token_by_hash(&hash, now).is_none())
-        {
-            tracing::warn!(node = %req.name, "join refused: unknown or expired join token");
-            return Err(ApiError::Unauthorized(
-                "unknown or expired join token".into(),
-            ));
-        }
         let ca = self.ca()?;
         let node_id = streamhub_cluster::raft::node_id_from_name(&req.name);
-        let cert = pki::sign_node_csr(
-            &CaBundle {
-                cert_pem: ca.cert_pem.clone(),
-                key_pem: ca.key_pem.clone(),
-            },
-            &req.csr,
-            &req.name,
-            req.role.as_str(),
-        )
-        .map_err(|e| ApiError::BadRequest(format!("certificate request refused: {e}")))?;
+        // The certificate carries the role the token was minted for (checked when it is spent
+        // below): a joiner cannot ask for more.
+        let cert = pki::sign_node_csr(&ca, &req.csr, &req.name, req.role.as_str())
+            .map_err(|e| ApiError::BadRequest(format!("certificate request refused: {e}")))?;
+        let fingerprint =
+            pki::pem_fingerprint(&cert).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // Spent atomically in the log: two joins with a single-use token cannot both pass.
+        let spent = self
+            .raft
+            .write(Command::UseJoinToken {
+                hash,
+                role: req.role,
+                at_ms: now,
+            })
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        match spent {
+            CommandResponse::Ok => {}
+            CommandResponse::Refused { why } => {
+                tracing::warn!(node = %req.name, role = req.role.as_str(), %why, "join refused");
+                return Err(ApiError::Forbidden(why));
+            }
+            _ => {
+                tracing::warn!(node = %req.name, "join refused: unknown, expired or used-up join token");
+                return Err(ApiError::Unauthorized(
+                    "unknown, expired or used-up join token".into(),
+                ));
+            }
+        }
         let record = NodeRecord {
             name: req.name.clone(),
             id: node_id,
@@ -169,6 +250,7 @@ impl Membership {
             load: NodeLoad::default(),
             registered_at_ms: now,
             last_heartbeat_ms: now,
+            cert_fingerprint: Some(fingerprint),
         };
         self.tenants
             .write(Command::RegisterNode(record))
@@ -187,7 +269,7 @@ impl Membership {
         }
         tracing::info!(node = %req.name, role = req.role.as_str(), "node admitted to the cluster");
         Ok(JoinAnswer {
-            ca_cert: ca.cert_pem,
+            ca_cert: ca.cert_pem.clone(),
             cert,
             node_id,
             voters: self.raft.status().nodes.values().cloned().collect(),
@@ -234,9 +316,10 @@ impl Membership {
         self.tenants
             .write(Command::RemoveNode {
                 name: name.to_string(),
+                at_ms: unix_now_ms(),
             })
             .await?;
-        tracing::info!(node = %name, "node removed from the cluster");
+        tracing::info!(node = %name, fingerprint = ?record.cert_fingerprint, "node removed from the cluster; its certificate is revoked");
         Ok(())
     }
 
@@ -338,16 +421,15 @@ impl Membership {
     /// Answers edges asking about the replicated state, and followers asking for the leader's
     /// view of the cluster.
     pub fn register_services(&self) {
-        let raft = self.raft.clone();
+        let tenants = self.tenants.clone();
         self.raft.endpoint().register(
             STATE_QUERY,
             service_fn(move |_peer, body| {
-                let raft = raft.clone();
+                let tenants = tenants.clone();
                 async move {
                     let q: StateQuery = serde_json::from_slice(&body)
                         .map_err(|e| RemoteError::new("bad_request", e.to_string()))?;
-                    let now = unix_now_ms();
-                    let answer = raft.read(|s| q.answer(s, now));
+                    let answer = answer_query(&tenants, q).await;
                     serde_json::to_vec(&answer)
                         .map(Bytes::from)
                         .map_err(|e| RemoteError::new("internal", e.to_string()))
@@ -369,13 +451,34 @@ impl Membership {
     pub async fn settle(&self, startup: Startup, me: NodeRecord) -> anyhow::Result<()> {
         match startup {
             Startup::Bootstrap { ca } => {
+                // The CA key enters the log sealed; the key that opens it never does.
+                let key = self.tenants.keyring().create()?;
+                match self
+                    .raft
+                    .write(Command::SetClusterKeyCheck { check: key.check() })
+                    .await?
+                {
+                    CommandResponse::Ok => {}
+                    other => anyhow::bail!("recording the cluster key: {other:?}"),
+                }
                 let ca = ClusterCa {
+                    key_pem: key.seal(place::CA_KEY, ca.key_pem.as_bytes()),
                     cert_pem: ca.cert_pem,
-                    key_pem: ca.key_pem,
                 };
                 match self.raft.write(Command::InitCluster(ca)).await? {
                     CommandResponse::Ok | CommandResponse::Exists { .. } => {}
                     other => anyhow::bail!("initialising the cluster: {other:?}"),
+                }
+                let session_key = key.seal(place::SESSION_KEY, random_hex(32).as_bytes());
+                match self
+                    .raft
+                    .write(Command::SetSessionKey {
+                        sealed: session_key,
+                    })
+                    .await?
+                {
+                    CommandResponse::Ok | CommandResponse::Exists { .. } => {}
+                    other => anyhow::bail!("making the session key: {other:?}"),
                 }
                 match self.raft.write(Command::RegisterNode(me)).await? {
                     CommandResponse::Ok | CommandResponse::Exists { .. } => Ok(()),

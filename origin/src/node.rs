@@ -10,12 +10,11 @@ use anyhow::Context as _;
 use axum::routing::get;
 use axum::Router;
 use futures::future::BoxFuture;
-use streamhub_cluster::query::AppKey;
 use streamhub_cluster::raft::{RaftNode, Start};
 use streamhub_cluster::registry::SteeringPolicy;
 use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::Endpoint;
-use streamhub_media::access::KeySource;
+use streamhub_media::access::TokenVerifier;
 use streamhub_media::hls::{HlsRegistry, MediaCache};
 use streamhub_media::http::Serving;
 use streamhub_media::metrics::PlaybackStats;
@@ -24,6 +23,7 @@ use streamhub_media::node::Health;
 use streamhub_media::play::{NodeDirectory, Steering};
 use streamhub_media::relay::{RelayServer, RelaySource};
 use streamhub_media::webrtc::WebRtc;
+use streamhub_shared::auth::AccessClaims;
 use streamhub_shared::media::{GroupPolicy, MediaHandle};
 use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, RoomName};
@@ -34,8 +34,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
 use crate::config::Settings;
-use crate::credentials::{unix_now_ms, SessionKeys, Sessions};
+use crate::credentials::{unix_now_ms, Sessions};
 use crate::heartbeat::{HeartbeatBatch, Heartbeats};
+use crate::keyring::Keyring;
 use crate::membership::{self, Membership, Startup};
 use crate::metrics::{Metrics, Sources};
 use crate::placement::{Placement, Released};
@@ -56,6 +57,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let urls = PublicUrls::new(s, rtmp_listener.local_addr()?.port());
     let (identity, startup) = membership::prepare(s, urls.rtmp()).await?;
     let endpoint = Endpoint::bind(s.cluster, &identity, shutdown.clone())?;
+    let keyring = Keyring::load(streamhub_cluster::join::identity_dir(&s.data_dir))?;
+    keyring.register_service(&endpoint);
+    if let Startup::Join { answer } = &startup {
+        // Before the state arrives: without the key its secrets cannot be opened.
+        keyring
+            .fetch_at_join(&endpoint, &answer.voters, Duration::from_secs(60))
+            .await?;
+    }
+    forget_node_session_secret(&s.data_dir);
     let raft = Arc::new(open_raft(&settings, endpoint, &startup).await?);
     let webrtc = WebRtc::bind(s.webrtc.clone(), shutdown.clone())
         .await
@@ -77,7 +87,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             target: s.hls.target_duration,
         },
     );
-    let tenants = Tenants::new(raft.clone());
+    let tenants = Tenants::new(raft.clone(), keyring.clone());
     let placement = Placement::new(raft.clone(), s.node_name.clone());
     let admission = Arc::new(Admission::new(
         tenants.clone(),
@@ -90,9 +100,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         tasks.clone(),
         shutdown.clone(),
     );
+    let health = Health::default();
     let heartbeats = Arc::new(Heartbeats {
         raft: raft.clone(),
         me: s.node_name.clone(),
+        fingerprint: identity.fingerprint.clone(),
+        health: health.clone(),
         batch: HeartbeatBatch::default(),
         rooms: rooms.clone(),
         admission: admission.clone(),
@@ -112,8 +125,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     );
     relay.register(raft.endpoint());
     membership
-        .settle(startup, own_record(&settings, &urls, &raft))
+        .settle(
+            startup,
+            own_record(&settings, &urls, &raft, &identity.fingerprint),
+        )
         .await?;
+    tasks.spawn(keyring.clone().maintain(raft.clone(), shutdown.clone()));
+    tasks.spawn(crate::trust::run_revocations(
+        raft.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::trust::run_health(
+        raft.clone(),
+        health.clone(),
+        s.data_dir.clone(),
+        shutdown.clone(),
+    ));
     let admin_user = std::env::var("ADMIN_USER").unwrap_or_else(|_| "admin".into());
     let admin_pass = std::env::var("ADMIN_PASS").ok().filter(|p| !p.is_empty());
     let first = crate::bootstrap::first_start(&tenants, &admin_user, admin_pass.as_deref()).await?;
@@ -149,11 +176,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         raft: raft.clone(),
     }));
     let services = Services {
-        tenants,
-        sessions: Sessions::new(
-            SessionKeys::load_or_create(&s.data_dir)?,
-            admin_pass.map(|p| (admin_user.clone(), p)),
-        ),
+        tenants: tenants.clone(),
+        sessions: Sessions::new(tenants.clone(), admin_pass.map(|p| (admin_user.clone(), p)))?,
         admission,
         rooms,
         membership,
@@ -171,7 +195,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ws,
         shutdown: shutdown.clone(),
     };
-    let health = Health::default();
     let router = http_router(&settings, services, &hls, &stats)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
     let serving = Serving::start(http, router, shutdown.clone());
@@ -198,7 +221,7 @@ fn http_router(
     stats: &PlaybackStats,
 ) -> Router {
     let media = Arc::new(RoomsMedia(services.rooms.clone()));
-    let keys = Arc::new(TenantKeys(services.tenants.clone())) as Arc<dyn KeySource>;
+    let keys = Arc::new(TenantKeys(services.tenants.clone())) as Arc<dyn TokenVerifier>;
     let playback = Router::new()
         .merge(streamhub_media::hls::http::router(
             hls.clone(),
@@ -250,8 +273,22 @@ async fn open_raft(
     Ok(RaftNode::open_with_config(&s.data_dir, raft_id, addr, endpoint, start, config).await?)
 }
 
+/// Removes the per-node session secret of versions before sessions were cluster-wide: it
+/// signs nothing any more.
+fn forget_node_session_secret(data_dir: &std::path::Path) {
+    let old = data_dir.join("jwt-secret");
+    if old.is_file() && std::fs::remove_file(&old).is_ok() {
+        tracing::info!(path = %old.display(), "removed the old per-node session secret (sessions are cluster-wide now)");
+    }
+}
+
 /// This origin's record in the registry (written when it bootstraps a cluster).
-fn own_record(settings: &Settings, urls: &PublicUrls, raft: &RaftNode) -> NodeRecord {
+fn own_record(
+    settings: &Settings,
+    urls: &PublicUrls,
+    raft: &RaftNode,
+    fingerprint: &str,
+) -> NodeRecord {
     let s = &settings.node;
     let now = unix_now_ms();
     NodeRecord {
@@ -266,6 +303,7 @@ fn own_record(settings: &Settings, urls: &PublicUrls, raft: &RaftNode) -> NodeRe
         load: NodeLoad::default(),
         registered_at_ms: now,
         last_heartbeat_ms: now,
+        cert_fingerprint: Some(fingerprint.to_string()),
     }
 }
 
@@ -343,13 +381,17 @@ impl RelaySource for OriginRelaySource {
     }
 }
 
-/// App keys from this origin's replica.
+/// Viewer tokens checked with this origin's keys (both signatures).
 struct TenantKeys(Tenants);
 
-impl KeySource for TenantKeys {
-    fn app_key(&self, app: &AppName) -> BoxFuture<'static, Option<AppKey>> {
-        let key = self.0.app_key(app);
-        Box::pin(async move { key })
+impl TokenVerifier for TenantKeys {
+    fn verify(
+        &self,
+        app: &AppName,
+        token: &str,
+    ) -> BoxFuture<'static, Result<AccessClaims, String>> {
+        let (tenants, app, token) = (self.0.clone(), app.clone(), token.to_string());
+        Box::pin(async move { tenants.verify_token(&app, &token).await })
     }
 }
 

@@ -177,7 +177,13 @@ impl Pulls {
     /// backoff; stops when the key is deleted, the room is placed elsewhere, or the node stops.
     #[tracing::instrument(skip_all, fields(ingress = %ingress.id, app = %ingress.app, room = %ingress.room))]
     async fn pull(&self, ingress: Ingress, mut publisher: Publisher, cancel: CancellationToken) {
-        let url = ingress.url.clone().unwrap_or_default();
+        let url = match self.tenants.ingress_url(&ingress) {
+            Ok(url) => url.unwrap_or_default(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the ingress's source URL");
+                return;
+            }
+        };
         let epoch = publisher.epoch();
         let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
         let mut last_state = String::new();

@@ -1,18 +1,60 @@
 //! The tenant state as an origin serves it: reads from this origin's Raft replica, writes through
 //! the leader, and the credential lookups every ingest and the API make (a secret is hashed
 //! here, once, before it is looked up).
+//!
+//! A lookup that misses may be a follower behind the leader (a key created a moment ago
+//! through another origin): [`Tenants::fresh`] is the read barrier the callers run before they
+//! refuse.
+//!
+//! App secrets are sealed in the state; [`Tenants::app_signer`] opens them with the cluster key.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use streamhub_cluster::query::AppKey;
 use streamhub_cluster::raft::RaftNode;
+use streamhub_cluster::seal::place;
 use streamhub_cluster::state::{
     AdminUser, ApiKey, App, ClusterState, Command, CommandResponse, Ingress, IngressKind,
 };
 use streamhub_media::http::ApiError;
+use streamhub_shared::auth::{AccessClaims, TokenError, VerifyKeys};
 use streamhub_shared::AppName;
+use tokio::time::Instant;
 
-use crate::credentials::sha256_hex;
+use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms, AppKeyPair};
+use crate::keyring::Keyring;
+
+/// How long a read barrier may take before the local replica answers as it is.
+const BARRIER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An app's opened signing material (origins only).
+pub struct AppSigner {
+    /// Goes into the `iss` claim.
+    pub key_id: String,
+    /// The HS256 secret of LiveKit-compatible tokens.
+    pub hs256: String,
+    /// The Ed25519 private key (PKCS#8), when the app has one.
+    pub ed25519: Option<Vec<u8>>,
+    /// The Ed25519 public key (base64url).
+    pub verify_key: Option<String>,
+}
+
+impl AppSigner {
+    /// Verifies a token of this app signed either way.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        streamhub_shared::auth::verify_any(
+            token,
+            &self.key_id,
+            VerifyKeys {
+                eddsa: self.verify_key.as_deref(),
+                hs256: Some(self.hs256.as_bytes()),
+            },
+        )
+    }
+}
 
 /// Why a write to the tenant state did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,12 +85,42 @@ impl From<WriteError> for ApiError {
 #[derive(Clone)]
 pub struct Tenants {
     raft: Arc<RaftNode>,
+    keyring: Keyring,
+    /// One read barrier at a time; each covers every miss that came before it started.
+    barrier: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
 
 impl Tenants {
-    /// The tenant state of `raft`'s replica.
-    pub fn new(raft: Arc<RaftNode>) -> Self {
-        Self { raft }
+    /// The tenant state of `raft`'s replica; secrets open with `keyring`.
+    pub fn new(raft: Arc<RaftNode>, keyring: Keyring) -> Self {
+        Self {
+            raft,
+            keyring,
+            barrier: Arc::default(),
+        }
+    }
+
+    /// The cluster key of this origin.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Makes the local replica at least as fresh as the cluster was when this was called (a
+    /// linearizable read barrier), so a lookup that missed can be tried once more before it
+    /// becomes a refusal. Concurrent callers share barriers: at most one runs at a time, and a
+    /// caller whose miss came before a barrier started waits for that one only. Without a
+    /// quorum this gives up after a bound and the replica answers as it is.
+    pub async fn fresh(&self) {
+        let asked = Instant::now();
+        let mut last_started = self.barrier.lock().await;
+        if last_started.is_some_and(|started| started >= asked) {
+            return;
+        }
+        let started = Instant::now();
+        if let Err(e) = self.raft.barrier(BARRIER_TIMEOUT).await {
+            tracing::warn!(error = %e, "read barrier failed; answering from the local replica");
+        }
+        *last_started = Some(started);
     }
 
     /// Reads the local replica (fresh within a heartbeat on followers, never blocking).
@@ -77,15 +149,100 @@ impl Tenants {
         self.read(|s| s.tenants.apps.get(app).cloned())
     }
 
-    /// The key `app` signs its tokens with.
+    /// What verifies `app`'s EdDSA tokens (public: what an edge gets).
     pub fn app_key(&self, app: &AppName) -> Option<AppKey> {
-        self.read(|s| {
-            s.tenants.apps.get(app).map(|a| AppKey {
-                app: a.name.clone(),
-                key_id: a.key_id.clone(),
-                secret: a.secret.clone(),
-            })
+        self.read(|s| s.tenants.apps.get(app).map(AppKey::of))
+    }
+
+    /// `app`'s signing material, opened with the cluster key; `Ok(None)` if there is no such
+    /// app.
+    pub fn app_signer(&self, app: &AppName) -> Result<Option<AppSigner>, ApiError> {
+        let Some(record) = self.app(app) else {
+            return Ok(None);
+        };
+        let name = record.name.as_str();
+        let hs256 = self
+            .keyring
+            .open_text(&place::app_secret(name), &record.secret)?;
+        let ed25519 = match &record.signing_key {
+            Some(sealed) => {
+                let b64 = self
+                    .keyring
+                    .open_text(&place::app_signing_key(name), sealed)?;
+                Some(
+                    B64.decode(b64)
+                        .map_err(|e| ApiError::Internal(format!("app {name} signing key: {e}")))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Some(AppSigner {
+            key_id: record.key_id,
+            hs256,
+            ed25519,
+            verify_key: record.verify_key,
+        }))
+    }
+
+    /// `app`'s signing material, confirming a miss with a read barrier (an app created a
+    /// moment ago through another origin).
+    pub async fn app_signer_fresh(&self, app: &AppName) -> Result<Option<AppSigner>, ApiError> {
+        if let Some(signer) = self.app_signer(app)? {
+            return Ok(Some(signer));
+        }
+        self.fresh().await;
+        self.app_signer(app)
+    }
+
+    /// What verifies `app`'s EdDSA tokens, confirming a miss with a read barrier.
+    pub async fn app_key_fresh(&self, app: &AppName) -> Option<AppKey> {
+        if let Some(key) = self.app_key(app) {
+            return Some(key);
+        }
+        self.fresh().await;
+        self.app_key(app)
+    }
+
+    /// The claims of a valid access token of `app`, signed either way.
+    pub async fn verify_token(&self, app: &AppName, token: &str) -> Result<AccessClaims, String> {
+        let signer = self
+            .app_signer_fresh(app)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("unknown app {app}"))?;
+        signer.verify(token).map_err(|e| e.to_string())
+    }
+
+    /// A new app with fresh secrets, sealed with the cluster key.
+    pub fn new_app(&self, name: AppName, display_name: Option<String>) -> Result<App, ApiError> {
+        let key = self.keyring.key()?;
+        let pair = AppKeyPair::generate();
+        Ok(App {
+            secret: key.seal(&place::app_secret(name.as_str()), random_hex(32).as_bytes()),
+            signing_key: Some(key.seal(
+                &place::app_signing_key(name.as_str()),
+                B64.encode(&pair.pkcs8).as_bytes(),
+            )),
+            verify_key: Some(pair.verify_key),
+            key_id: random_token("ak_", 16),
+            created_at_ms: unix_now_ms(),
+            display_name,
+            name,
         })
+    }
+
+    /// The source URL of a pulled ingress, opened.
+    pub fn ingress_url(&self, ingress: &Ingress) -> Result<Option<String>, ApiError> {
+        ingress
+            .url
+            .as_deref()
+            .map(|u| self.keyring.open_text(&place::ingress_url(&ingress.id), u))
+            .transpose()
+    }
+
+    /// `url` sealed as the source of ingress `id`.
+    pub fn seal_ingress_url(&self, id: &str, url: &str) -> Result<String, ApiError> {
+        self.keyring.seal(&place::ingress_url(id), url.as_bytes())
     }
 
     /// The ingress of `kind` whose key is `key`.

@@ -1,7 +1,13 @@
-//! Access tokens for publishers and viewers: LiveKit-compatible JWT claims, signed HS256 with the
-//! app's own secret, so any node holding the app's key verifies them offline.
+//! Access tokens for publishers and viewers: LiveKit-compatible JWT claims, signed two ways:
+//!
+//! - **EdDSA** (Ed25519) with the app's signing key: what streamhub mints by default. Origins
+//!   hold the private key; edges get only the public key, so an edge verifies viewer tokens
+//!   offline and can never mint a token.
+//! - **HS256** with the app's shared secret: what LiveKit clients expect. Only origins hold the
+//!   secret (anyone who can verify such a token can also mint one).
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+pub use jsonwebtoken::Algorithm;
+use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 /// The `video` grant of a LiveKit access token.
@@ -36,6 +42,60 @@ pub enum TokenError {
     Malformed(String),
     #[error("token was issued for key {found:?}, expected {expected:?}")]
     WrongIssuer { expected: String, found: String },
+    /// The token is signed with an algorithm this node holds no key for (HS256 on an edge).
+    #[error("token is signed with {0:?}, which this node cannot verify")]
+    NoKey(String),
+}
+
+/// What a node holds to verify an app's tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyKeys<'a> {
+    /// The app's Ed25519 public key (32 bytes, base64url): for EdDSA tokens.
+    pub eddsa: Option<&'a str>,
+    /// The app's HS256 secret: for LiveKit-compatible tokens (origins only).
+    pub hs256: Option<&'a [u8]>,
+}
+
+/// The algorithm in a token's header (`EdDSA`, `HS256`, ...), if it has a readable header.
+pub fn algorithm(token: &str) -> Option<Algorithm> {
+    jsonwebtoken::decode_header(token).ok().map(|h| h.alg)
+}
+
+/// Signs `claims` with an Ed25519 key (PKCS#8 DER).
+pub fn mint_eddsa(claims: &AccessClaims, pkcs8: &[u8]) -> Result<String, TokenError> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        claims,
+        &EncodingKey::from_ed_der(pkcs8),
+    )
+    .map_err(|e| TokenError::Malformed(format!("signing key: {e}")))
+}
+
+/// Verifies a token signed either way, with the key its header names; signature, expiry and
+/// issuer as [`verify`] does.
+pub fn verify_any(
+    token: &str,
+    key_id: &str,
+    keys: VerifyKeys<'_>,
+) -> Result<AccessClaims, TokenError> {
+    match algorithm(token) {
+        Some(Algorithm::EdDSA) => {
+            let x = keys
+                .eddsa
+                .ok_or_else(|| TokenError::NoKey("EdDSA".into()))?;
+            let key = DecodingKey::from_ed_components(x)
+                .map_err(|e| TokenError::Malformed(format!("verify key: {e}")))?;
+            decode(token, key_id, &key, Algorithm::EdDSA)
+        }
+        Some(Algorithm::HS256) => match keys.hs256 {
+            Some(secret) => verify(token, key_id, secret),
+            None => Err(TokenError::NoKey("HS256".into())),
+        },
+        Some(other) => Err(TokenError::Malformed(format!(
+            "unsupported algorithm {other:?}"
+        ))),
+        None => Err(TokenError::Malformed("no readable JWT header".into())),
+    }
 }
 
 /// Signs `claims` with `secret` (HS256).
@@ -48,18 +108,32 @@ pub fn mint(claims: &AccessClaims, secret: &[u8]) -> String {
     .expect("HS256 encoding of plain claims cannot fail")
 }
 
-/// Verifies signature, expiry and issuer (`key_id`); no leeway on expiry.
+/// Verifies an HS256 token's signature, expiry and issuer (`key_id`); no leeway on expiry.
 pub fn verify(token: &str, key_id: &str, secret: &[u8]) -> Result<AccessClaims, TokenError> {
-    let mut v = Validation::new(Algorithm::HS256);
+    decode(
+        token,
+        key_id,
+        &DecodingKey::from_secret(secret),
+        Algorithm::HS256,
+    )
+}
+
+fn decode(
+    token: &str,
+    key_id: &str,
+    key: &DecodingKey,
+    alg: Algorithm,
+) -> Result<AccessClaims, TokenError> {
+    let mut v = Validation::new(alg);
     v.leeway = 0;
     v.validate_nbf = true;
     v.set_required_spec_claims(&["exp", "iss", "sub"]);
-    let data = jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_secret(secret), &v)
-        .map_err(|e| match e.kind() {
-        jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-        jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
-        _ => TokenError::Malformed(e.to_string()),
-    })?;
+    let data =
+        jsonwebtoken::decode::<AccessClaims>(token, key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+            _ => TokenError::Malformed(e.to_string()),
+        })?;
     if data.claims.iss != key_id {
         return Err(TokenError::WrongIssuer {
             expected: key_id.to_string(),
@@ -115,6 +189,57 @@ mod tests {
             verify("garbage", "ak_1", b"secret"),
             Err(TokenError::Malformed(_))
         ));
+    }
+
+    /// An Ed25519 key pair as origins make them: PKCS#8 (v2) and the raw public key, base64url.
+    fn ed25519() -> (Vec<u8>, String) {
+        // A fixed PKCS#8 v1 document of a test key (RFC 8410 section 10.3) and its public key.
+        let pkcs8 = hex::decode(
+            "302e020100300506032b657004220420d4ee72dbf913584ad5b6d8f1f769f8ad3afe7c28cbf1d4fbe097a88f44755842",
+        )
+        .unwrap();
+        let public = "Gb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE".to_string();
+        (pkcs8, public)
+    }
+
+    #[test]
+    fn eddsa_tokens_verify_with_the_public_key_only() {
+        let (pkcs8, public) = ed25519();
+        let t = mint_eddsa(&claims(FAR), &pkcs8).unwrap();
+        assert_eq!(algorithm(&t), Some(Algorithm::EdDSA));
+        let edge = VerifyKeys {
+            eddsa: Some(&public),
+            hs256: None,
+        };
+        assert_eq!(verify_any(&t, "ak_1", edge).unwrap(), claims(FAR));
+        // A HS256 token cannot be checked where only the public key is.
+        let hs = mint(&claims(FAR), b"secret");
+        assert!(matches!(
+            verify_any(&hs, "ak_1", edge),
+            Err(TokenError::NoKey(_))
+        ));
+        let origin = VerifyKeys {
+            eddsa: Some(&public),
+            hs256: Some(b"secret"),
+        };
+        assert!(verify_any(&hs, "ak_1", origin).is_ok());
+        // Another key's signature, or an HS256 token forged with the public key as secret.
+        let forged = mint(&claims(FAR), public.as_bytes());
+        assert!(verify_any(&forged, "ak_1", edge).is_err());
+        let mut other = public.clone().into_bytes();
+        other[0] = if other[0] == b'A' { b'B' } else { b'A' };
+        let other = String::from_utf8(other).unwrap();
+        assert!(verify_any(
+            &t,
+            "ak_1",
+            VerifyKeys {
+                eddsa: Some(&other),
+                hs256: None
+            }
+        )
+        .is_err());
+        let old = mint_eddsa(&claims(1000), &pkcs8).unwrap();
+        assert_eq!(verify_any(&old, "ak_1", edge), Err(TokenError::Expired));
     }
 
     fn base64_decode(s: &str) -> Option<Vec<u8>> {

@@ -173,10 +173,11 @@ impl Api {
         Ok(r.data().clone())
     }
 
-    /// Mints a join token (`POST /cluster/join-tokens`).
-    pub async fn join_token(&self) -> anyhow::Result<String> {
+    /// Mints a single-use join token for a node of `role` (`origin` or `edge`) (`POST
+    /// /cluster/join-tokens`).
+    pub async fn join_token(&self, role: &str) -> anyhow::Result<String> {
         let r = self
-            .post("/cluster/join-tokens", json!({"ttl": "1h"}))
+            .post("/cluster/join-tokens", json!({"role": role, "ttl": "1h"}))
             .await?;
         anyhow::ensure!(r.status == 201, "mint join token on {}: {r:?}", self.base);
         Ok(r.data()["token"]

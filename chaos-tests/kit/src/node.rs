@@ -196,7 +196,9 @@ impl Node {
             cmd.args(["--rtmp", &c.rtmp.to_string()]);
         }
         if let Some(j) = &c.join {
-            cmd.args(["--join", &j.url, "--join-token", &j.token]);
+            // The token goes by environment, as the docs advise (flags show in `ps`).
+            cmd.args(["--join", &j.url])
+                .env("STREAMHUB_JOIN_TOKEN", &j.token);
         }
         let log = std::env::var("CHAOS_LOG").unwrap_or_else(|_| {
             "info,openraft=warn,sled=warn,rtc_dtls=error,streamhub_edge=debug".into()

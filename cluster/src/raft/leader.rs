@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -75,6 +75,12 @@ pub(crate) enum LeaderRefusal {
     /// The leader's Raft core stopped.
     #[error("leader's raft core stopped: {message}")]
     Stopped { message: String },
+    /// The caller may not make this write (an origin writing for another node).
+    #[error("refused: {message}")]
+    Forbidden { message: String },
+    /// The leader could not confirm it still leads: no quorum answered.
+    #[error("the leader cannot reach a quorum: {message}")]
+    NoQuorum { message: String },
 }
 
 impl LeaderRefusal {
@@ -85,6 +91,23 @@ impl LeaderRefusal {
                 leader_addr: to.leader_node.map(|n| n.addr),
             },
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => e.into(),
+            RaftError::Fatal(fatal) => Self::Stopped {
+                message: fatal.to_string(),
+            },
+        }
+    }
+}
+
+impl LeaderRefusal {
+    fn from_check(e: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> Self {
+        match e {
+            RaftError::APIError(CheckIsLeaderError::ForwardToLeader(to)) => Self::NotLeader {
+                leader_id: to.leader_id,
+                leader_addr: to.leader_node.map(|n| n.addr),
+            },
+            RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => Self::NoQuorum {
+                message: e.to_string(),
+            },
             RaftError::Fatal(fatal) => Self::Stopped {
                 message: fatal.to_string(),
             },
@@ -132,6 +155,22 @@ pub(crate) async fn write_local(
             response: written.data,
             log_index: written.log_id.index,
         })
+    })
+    .await
+}
+
+/// The index a linearizable read must wait for, on this node, which must lead: confirmed with a
+/// quorum that it still leads (openraft's `ensure_linearizable`).
+pub(crate) async fn read_index_local(
+    raft: &Raft<TypeConfig>,
+    limit: Duration,
+) -> Result<u64, LeaderRefusal> {
+    bounded(limit, async {
+        let log_id = raft
+            .ensure_linearizable()
+            .await
+            .map_err(LeaderRefusal::from_check)?;
+        Ok(log_id.map_or(0, |l| l.index))
     })
     .await
 }
@@ -319,12 +358,28 @@ pub(crate) fn register_leader_services(
     let r = raft.clone();
     endpoint.register(
         kinds::CLIENT_WRITE,
-        service_fn(move |_peer, body| {
+        service_fn(move |peer, body| {
             let raft = r.clone();
             async move {
                 let cmd: Command = decode(&body)?;
+                // A write that speaks for a node (heartbeats, room claims) comes from that node.
+                if let Some(other) = cmd.nodes_named().into_iter().find(|n| *n != peer.name) {
+                    tracing::warn!(from = %peer.name, %other, "refused a write made for another node");
+                    let refusal: Result<AppliedWrite, _> = Err(LeaderRefusal::Forbidden {
+                        message: format!("{} may not write for node {other}", peer.name),
+                    });
+                    return encode(&refusal);
+                }
                 encode(&write_local(&raft, cmd, write_limit).await)
             }
+        }),
+    );
+    let r = raft.clone();
+    endpoint.register(
+        kinds::READ_INDEX,
+        service_fn(move |_peer, _body| {
+            let raft = r.clone();
+            async move { encode(&read_index_local(&raft, write_limit).await) }
         }),
     );
     let r = raft.clone();
@@ -364,11 +419,12 @@ pub(crate) fn leave_request(node_id: NodeId) -> impl Serialize {
 }
 
 /// Every kind this module and [`super::network`] register, for unregistering on shutdown.
-pub(crate) const RAFT_KINDS: [u16; 6] = [
+pub(crate) const RAFT_KINDS: [u16; 7] = [
     kinds::RAFT_APPEND,
     kinds::RAFT_VOTE,
     kinds::RAFT_SNAPSHOT,
     kinds::CLIENT_WRITE,
     kinds::JOIN_CLUSTER,
     kinds::LEAVE_CLUSTER,
+    kinds::READ_INDEX,
 ];

@@ -150,6 +150,18 @@ pub enum WriteError {
     /// This node's Raft core stopped; the node must be restarted.
     #[error("raft core stopped")]
     Fatal(#[from] Fatal<NodeId>),
+    /// The leader refused the write: it names another node than the one asking.
+    #[error("write refused: {message}")]
+    Forbidden {
+        /// Why.
+        message: String,
+    },
+    /// The leader cannot reach a quorum (a read barrier could not be confirmed).
+    #[error("no quorum: {message}")]
+    NoQuorum {
+        /// openraft's reason.
+        message: String,
+    },
 }
 
 /// Failure of [`RaftNode::add_voter`] or [`RaftNode::remove_node`].
@@ -218,6 +230,8 @@ impl From<RouteError> for WriteError {
                 LeaderRefusal::Membership(e) => Self::Membership(e),
                 LeaderRefusal::Timeout { after } => Self::Timeout { after },
                 LeaderRefusal::Stopped { message } => Self::LeaderStopped { message },
+                LeaderRefusal::Forbidden { message } => Self::Forbidden { message },
+                LeaderRefusal::NoQuorum { message } => Self::NoQuorum { message },
                 // `on_leader` retries these; they only end up here if a leader misbehaves.
                 other @ (LeaderRefusal::NotLeader { .. } | LeaderRefusal::IdCollision { .. }) => {
                     Self::LeaderStopped {
@@ -254,11 +268,12 @@ impl From<RouteError> for MembershipError {
                 },
                 LeaderRefusal::Membership(e) => Self::Refused(e),
                 LeaderRefusal::Timeout { after } => Self::Timeout { after },
-                other @ (LeaderRefusal::Stopped { .. } | LeaderRefusal::NotLeader { .. }) => {
-                    Self::LeaderStopped {
-                        message: other.to_string(),
-                    }
-                }
+                other @ (LeaderRefusal::Stopped { .. }
+                | LeaderRefusal::NotLeader { .. }
+                | LeaderRefusal::Forbidden { .. }
+                | LeaderRefusal::NoQuorum { .. }) => Self::LeaderStopped {
+                    message: other.to_string(),
+                },
             },
         }
     }
@@ -498,6 +513,34 @@ impl RaftNode {
                 waited: waited.elapsed(),
             })?;
         Ok(applied.response)
+    }
+
+    /// A linearizable read barrier: waits until this node has applied every entry committed
+    /// before the call. On the leader that is after confirming with a quorum that it still
+    /// leads; on a follower, up to the read index it asks the leader for. A read of the local
+    /// replica after `Ok` sees every write acknowledged before the call, on any node.
+    pub async fn barrier(&self, timeout: Duration) -> Result<(), WriteError> {
+        let deadline = Instant::now() + timeout;
+        let raft = &self.raft;
+        let index: u64 = leader::on_leader(
+            self.node_id,
+            &self.endpoint,
+            kinds::READ_INDEX,
+            &(),
+            deadline,
+            |limit| leader::read_index_local(raft, limit),
+        )
+        .await?;
+        let waited = Instant::now();
+        self.raft
+            .wait(Some(deadline.saturating_duration_since(Instant::now())))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|_| WriteError::NotAppliedLocally {
+                index,
+                waited: waited.elapsed(),
+            })?;
+        Ok(())
     }
 
     /// Adds node `node_id`, whose endpoint is at `cluster_addr`, as a voter: first as a learner

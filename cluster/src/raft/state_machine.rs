@@ -282,6 +282,8 @@ mod tests {
             key_id: format!("ak_{name}"),
             secret: "00".into(),
             created_at_ms: index,
+            signing_key: None,
+            verify_key: None,
         };
         Entry {
             log_id: log_id(1, 1, index),

@@ -51,6 +51,7 @@ mod tests {
             load: NodeLoad::default(),
             registered_at_ms: 0,
             last_heartbeat_ms: 50_000,
+            cert_fingerprint: None,
         };
         assert!(is_up(&node, 50_000 + NODE_TTL_MS - 1));
         assert!(!is_up(&node, 50_000 + NODE_TTL_MS), "the boundary is down");

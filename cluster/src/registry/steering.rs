@@ -215,6 +215,7 @@ mod tests {
             },
             registered_at_ms: 0,
             last_heartbeat_ms: NOW,
+            cert_fingerprint: None,
         }
     }
 

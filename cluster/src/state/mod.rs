@@ -16,10 +16,14 @@ pub mod tenants;
 use serde::{Deserialize, Serialize};
 use streamhub_shared::{AppName, RoomName};
 
-pub use membership::{ClusterCa, JoinToken, Membership};
+pub use membership::{ClusterCa, JoinToken, Membership, RevokedCert, JOIN_TOKEN_UNKNOWN};
 pub use placement::{room_key, Placement, Placements};
 pub use registry::{Heartbeat, NodeLoad, NodeRecord, NodeRole, Registry};
-pub use tenants::{AdminUser, ApiKey, App, Ingress, IngressKind, IngressStatus, Tenants};
+pub use tenants::{
+    AdminUser, ApiKey, App, AppSecrets, Ingress, IngressKind, IngressStatus, Tenants,
+};
+
+use std::collections::BTreeMap;
 
 /// A change to the replicated state: the payload of a Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +52,44 @@ pub enum Command {
     /// Stores the cluster CA once (first start of the first origin).
     InitCluster(ClusterCa),
     CreateJoinToken(JoinToken),
+    /// Spends one use of a join token for a joiner of `role`: refused if the token was minted
+    /// for another role, unknown, expired or used up.
+    UseJoinToken {
+        hash: String,
+        role: NodeRole,
+        at_ms: u64,
+    },
+    DeleteJoinToken {
+        id: String,
+    },
+    /// Records the cluster key's check value (first proposal wins).
+    SetClusterKeyCheck {
+        check: String,
+    },
+    /// Stores the sealed dashboard session key (first proposal wins).
+    SetSessionKey {
+        sealed: String,
+    },
+    /// Ends dashboard session `jti` (it expires at `exp`, Unix seconds; `now` prunes older).
+    RevokeSession {
+        jti: String,
+        exp: u64,
+        now: u64,
+    },
+    /// Changes the admin's password; sessions issued before `at_secs` end.
+    SetAdminPassword {
+        password_hash: String,
+        at_secs: u64,
+    },
+    /// Seals what a state written before sealing holds in plaintext (see `Tenants::seal`).
+    SealSecrets {
+        #[serde(default)]
+        ca_key: Option<String>,
+        #[serde(default)]
+        apps: BTreeMap<AppName, AppSecrets>,
+        #[serde(default)]
+        ingress_urls: BTreeMap<String, String>,
+    },
     /// Adds a node to the registry; refused if the name is taken.
     RegisterNode(NodeRecord),
     /// The origin pulling `id` reports a state change.
@@ -55,9 +97,11 @@ pub enum Command {
         id: String,
         status: IngressStatus,
     },
-    /// Forgets a node and releases the rooms it held.
+    /// Forgets a node, releases the rooms it held and revokes its certificate.
     RemoveNode {
         name: String,
+        #[serde(default)]
+        at_ms: u64,
     },
     /// Heartbeats of one or more nodes at `at_ms`: updates their load and renews their leases.
     Heartbeats {
@@ -82,6 +126,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The nodes a command speaks for: a heartbeat or a room claim may only come from the node
+    /// it names (the leader checks this for writes forwarded by other nodes).
+    pub fn nodes_named(&self) -> Vec<&str> {
+        match self {
+            Command::Heartbeats { beats, .. } => beats.iter().map(|b| b.node.as_str()).collect(),
+            Command::ClaimRoom { node, .. } | Command::ReleaseRoom { node, .. } => {
+                vec![node.as_str()]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// The result of applying one command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -103,6 +161,10 @@ pub enum CommandResponse {
     Busy {
         node: String,
         epoch: u64,
+    },
+    /// Nothing changed: the command is not allowed (e.g. a join token of another role).
+    Refused {
+        why: String,
     },
 }
 
@@ -144,14 +206,43 @@ impl ClusterState {
             }
             Command::InitCluster(ca) => self.membership.init(ca),
             Command::CreateJoinToken(t) => self.membership.add_join_token(t),
-            Command::RegisterNode(n) => self.registry.register(n),
-            Command::RemoveNode { name } => {
-                let removed = self.registry.remove(name);
-                if removed == CommandResponse::Ok {
-                    self.placements.release_all(name);
-                }
-                removed
+            Command::UseJoinToken { hash, role, at_ms } => {
+                self.membership.use_join_token(hash, *role, *at_ms)
             }
+            Command::DeleteJoinToken { id } => self.membership.delete_join_token(id),
+            Command::SetClusterKeyCheck { check } => self.membership.set_key_check(check),
+            Command::SetSessionKey { sealed } => self.membership.set_session_key(sealed),
+            Command::RevokeSession { jti, exp, now } => {
+                self.membership.revoke_session(jti, *exp, *now)
+            }
+            Command::SetAdminPassword {
+                password_hash,
+                at_secs,
+            } => self.tenants.set_admin_password(password_hash, *at_secs),
+            Command::SealSecrets {
+                ca_key,
+                apps,
+                ingress_urls,
+            } => {
+                if let (Some(sealed), Some(ca)) = (ca_key, self.membership.cluster_ca.as_mut()) {
+                    if !crate::seal::is_sealed(&ca.key_pem) {
+                        ca.key_pem.clone_from(sealed);
+                    }
+                }
+                self.tenants.seal(apps, ingress_urls);
+                CommandResponse::Ok
+            }
+            Command::RegisterNode(n) => self.registry.register(n),
+            Command::RemoveNode { name, at_ms } => match self.registry.remove(name) {
+                Ok(record) => {
+                    self.placements.release_all(name);
+                    if let Some(fp) = &record.cert_fingerprint {
+                        self.membership.revoke_cert(fp, name, *at_ms);
+                    }
+                    CommandResponse::Ok
+                }
+                Err(not_found) => not_found,
+            },
             Command::Heartbeats { at_ms, beats } => {
                 for beat in beats {
                     self.registry.heartbeat(*at_ms, beat);

@@ -182,6 +182,7 @@ mod tests {
             beats: vec![Heartbeat {
                 node: "x".into(),
                 load: NodeLoad::default(),
+                cert_fingerprint: None,
             }],
         });
         assert!(matches!(
@@ -213,7 +214,10 @@ mod tests {
         let mut s = ClusterState::default();
         s.apply(&Command::RegisterNode(node("x", 1)));
         s.apply(&claim("x", 1_000));
-        let rm = Command::RemoveNode { name: "x".into() };
+        let rm = Command::RemoveNode {
+            name: "x".into(),
+            at_ms: 0,
+        };
         assert_eq!(s.apply(&rm), CommandResponse::Ok);
         assert!(s.placements.rooms.is_empty());
         assert!(s.registry.nodes.is_empty());

@@ -56,6 +56,11 @@ pub struct NodeRecord {
     pub load: NodeLoad,
     pub registered_at_ms: u64,
     pub last_heartbeat_ms: u64,
+    /// The fingerprint of the node's certificate (see `pki::cert_fingerprint`): recorded at
+    /// admission (or from the first heartbeat of a node admitted before it was), revoked when
+    /// the node is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// One node's heartbeat inside a batch.
@@ -64,6 +69,10 @@ pub struct NodeRecord {
 pub struct Heartbeat {
     pub node: String,
     pub load: NodeLoad,
+    /// The fingerprint of the certificate the beat came with, set by the origin that received
+    /// it (never taken from the sender's body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_fingerprint: Option<String>,
 }
 
 /// The registry part of the replicated state.
@@ -91,18 +100,21 @@ impl Registry {
         CommandResponse::Ok
     }
 
-    pub(super) fn remove(&mut self, name: &str) -> CommandResponse {
-        match self.nodes.remove(name) {
-            Some(_) => CommandResponse::Ok,
-            None => not_found(format!("node {name}")),
-        }
+    pub(super) fn remove(&mut self, name: &str) -> Result<NodeRecord, CommandResponse> {
+        self.nodes
+            .remove(name)
+            .ok_or_else(|| not_found(format!("node {name}")))
     }
 
-    /// Records the load and time of `beat` (a heartbeat never moves a node's time back).
+    /// Records the load and time of `beat` (a heartbeat never moves a node's time back), and
+    /// the certificate fingerprint of a node that has none recorded yet.
     pub(super) fn heartbeat(&mut self, at_ms: u64, beat: &Heartbeat) {
         if let Some(n) = self.nodes.get_mut(&beat.node) {
             n.load = beat.load.clone();
             n.last_heartbeat_ms = n.last_heartbeat_ms.max(at_ms);
+            if n.cert_fingerprint.is_none() {
+                n.cert_fingerprint.clone_from(&beat.cert_fingerprint);
+            }
         }
     }
 }
@@ -125,6 +137,7 @@ pub(crate) mod tests {
             load: NodeLoad::default(),
             registered_at_ms: 0,
             last_heartbeat_ms: 0,
+            cert_fingerprint: None,
         }
     }
 

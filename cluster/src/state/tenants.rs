@@ -14,6 +14,9 @@ pub struct AdminUser {
     pub username: String,
     /// PHC string (argon2id).
     pub password_hash: String,
+    /// Sessions issued before this (Unix seconds) are refused: set when the password changes.
+    #[serde(default)]
+    pub sessions_after: u64,
 }
 
 /// A tenant.
@@ -24,9 +27,26 @@ pub struct App {
     pub display_name: Option<String>,
     /// Key id that goes into the `iss` claim of this app's tokens.
     pub key_id: String,
-    /// HS256 secret of this app's tokens (hex).
+    /// HS256 secret of this app's LiveKit-compatible tokens (hex), sealed with the cluster key.
     pub secret: String,
     pub created_at_ms: u64,
+    /// The Ed25519 private key (PKCS#8, base64) of this app's EdDSA tokens, sealed with the
+    /// cluster key. Origins sign and verify with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// The Ed25519 public key (32 bytes, base64url): all an edge gets, enough to verify a
+    /// viewer token and never to mint one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_key: Option<String>,
+}
+
+/// An app's secrets as sealed by the leader for a state written before they were sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppSecrets {
+    pub secret: String,
+    pub signing_key: String,
+    pub verify_key: String,
 }
 
 /// An API key; only its SHA-256 is stored.
@@ -109,6 +129,50 @@ impl Tenants {
         }
         self.admin = Some(admin.clone());
         CommandResponse::Ok
+    }
+
+    /// Sets the admin's password and ends every session issued before `at_secs`.
+    pub(super) fn set_admin_password(&mut self, hash: &str, at_secs: u64) -> CommandResponse {
+        match &mut self.admin {
+            Some(admin) => {
+                admin.password_hash = hash.to_string();
+                admin.sessions_after = admin.sessions_after.max(at_secs);
+                CommandResponse::Ok
+            }
+            None => not_found("admin"),
+        }
+    }
+
+    /// Replaces the secrets of apps that still hold them unsealed (or lack a key pair), and the
+    /// unsealed URLs of pulled ingresses. Values already sealed are kept: running it twice, or
+    /// after a concurrent change, changes nothing more.
+    pub(super) fn seal(
+        &mut self,
+        apps: &BTreeMap<AppName, AppSecrets>,
+        ingress_urls: &BTreeMap<String, String>,
+    ) {
+        for (name, sealed) in apps {
+            if let Some(app) = self.apps.get_mut(name) {
+                if !crate::seal::is_sealed(&app.secret) {
+                    app.secret.clone_from(&sealed.secret);
+                }
+                if app.signing_key.is_none() {
+                    app.signing_key = Some(sealed.signing_key.clone());
+                    app.verify_key = Some(sealed.verify_key.clone());
+                }
+            }
+        }
+        for (id, url) in ingress_urls {
+            if let Some(ing) = self.ingresses.get_mut(id) {
+                if ing
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| !crate::seal::is_sealed(u))
+                {
+                    ing.url = Some(url.clone());
+                }
+            }
+        }
     }
 
     pub(super) fn create_app(&mut self, app: &App) -> CommandResponse {
@@ -230,6 +294,8 @@ pub(crate) mod tests {
             key_id: format!("ak_{name}"),
             secret: "00".into(),
             created_at_ms: 1,
+            signing_key: None,
+            verify_key: None,
         }
     }
 
@@ -316,10 +382,12 @@ pub(crate) mod tests {
         let a = AdminUser {
             username: "admin".into(),
             password_hash: "h1".into(),
+            sessions_after: 0,
         };
         let b = AdminUser {
             username: "other".into(),
             password_hash: "h2".into(),
+            sessions_after: 0,
         };
         assert_eq!(
             s.apply(&Command::BootstrapAdmin(a.clone())),

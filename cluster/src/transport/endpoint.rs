@@ -1,10 +1,10 @@
 //! [`Endpoint`]: the node's one QUIC endpoint, server and client on one UDP socket, carrying
 //! request/response RPCs (one bidirectional stream each) dispatched by kind to [`RpcService`]s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use super::error::{RemoteError, RpcError, TransportError};
 use super::frame::{self, Status, MAX_BULK_REQUEST, REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN};
-use super::pki::{peer_name, NodeIdentity};
+use super::kinds::{callers, PeerRole};
+use super::pki::{peer_cert, NodeIdentity};
 use super::pool::{Dial, Lookup, Pool};
-use super::tls;
+use super::tls::{self, Revoked};
 
 /// Incoming connections accepted at once; more are refused (a cluster has few nodes).
 const MAX_CONNECTIONS: usize = 1024;
@@ -29,12 +30,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Application error code of a stream reset by the server (bad frame, shutdown).
 const STREAM_ERROR: u32 = 1;
+/// Application close code of a connection whose peer's certificate was revoked.
+const REVOKED: u32 = 2;
+/// The close reason sent with [`REVOKED`].
+const REVOKED_REASON: &[u8] = b"certificate revoked: the node was removed from the cluster";
 
 /// The authenticated peer of an incoming RPC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// The peer's node name, from its verified certificate.
     pub name: String,
+    /// The peer's role, from its verified certificate.
+    pub role: PeerRole,
+    /// The fingerprint of the peer's certificate (see `pki::cert_fingerprint`).
+    pub fingerprint: String,
     /// The peer's UDP address.
     pub addr: SocketAddr,
 }
@@ -152,6 +161,11 @@ struct Shared {
     services: Services,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Revoked certificate fingerprints, also checked by both TLS verifiers.
+    revoked: Arc<Revoked>,
+    /// Accepted connections by `stable_id`, with the peer's certificate fingerprint: closed when
+    /// that certificate is revoked.
+    live: Mutex<HashMap<usize, (String, quinn::Connection)>>,
 }
 
 impl Shared {
@@ -187,6 +201,7 @@ struct Inner {
     quinn: quinn::Endpoint,
     client: quinn::ClientConfig,
     name: String,
+    fingerprint: String,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     pool: Arc<Pool>,
@@ -210,8 +225,9 @@ impl Endpoint {
         identity: &NodeIdentity,
         shutdown: CancellationToken,
     ) -> Result<Self, TransportError> {
-        let server = tls::server_config(identity)?;
-        let client = tls::client_config(identity)?;
+        let revoked = Arc::new(Revoked::default());
+        let server = tls::server_config(identity, revoked.clone())?;
+        let client = tls::client_config(identity, revoked.clone())?;
         let bind_err = |source| TransportError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         let quinn = quinn::Endpoint::new(
@@ -226,6 +242,8 @@ impl Endpoint {
             services: RwLock::default(),
             tasks: TaskTracker::new(),
             shutdown: shutdown.child_token(),
+            revoked,
+            live: Mutex::default(),
         });
         shared
             .tasks
@@ -236,6 +254,7 @@ impl Endpoint {
                 quinn,
                 client,
                 name: identity.name.clone(),
+                fingerprint: identity.fingerprint.clone(),
                 local_addr,
                 shared,
                 pool: Arc::default(),
@@ -251,6 +270,11 @@ impl Endpoint {
     /// This node's name, as in its certificate.
     pub fn node_name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The fingerprint of this node's certificate (what a revocation names).
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
     }
 
     /// Serves RPCs of `kind` with `service`, replacing any previous service of that kind.
@@ -301,6 +325,43 @@ impl Endpoint {
             Ok(Err(reason)) => Err(RpcError::network(addr, reason)),
             Err(_) => Err(RpcError::network(addr, "stream not accepted in time")),
         }
+    }
+
+    /// Replaces the list of revoked certificate fingerprints (see `pki::cert_fingerprint`): from
+    /// now on a handshake with such a certificate fails in either direction, and open
+    /// connections to or from a newly revoked certificate are closed.
+    pub fn set_revoked(&self, fingerprints: HashSet<String>) {
+        let added = self.inner.shared.revoked.replace(fingerprints);
+        if added.is_empty() {
+            return;
+        }
+        let added: HashSet<String> = added.into_iter().collect();
+        let live: Vec<quinn::Connection> = {
+            let live = self
+                .inner
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            live.values()
+                .filter(|(fp, _)| added.contains(fp))
+                .map(|(_, conn)| conn.clone())
+                .collect()
+        };
+        let pooled = self
+            .inner
+            .pool
+            .matching(|conn| peer_cert(conn).is_some_and(|c| added.contains(&c.fingerprint)));
+        for conn in live.into_iter().chain(pooled) {
+            let name = peer_cert(&conn).map(|c| c.name).unwrap_or_default();
+            tracing::warn!(peer = %name, remote = %conn.remote_address(), "closing the connection of a revoked cluster certificate");
+            conn.close(REVOKED.into(), REVOKED_REASON);
+        }
+    }
+
+    /// Whether the certificate with `fingerprint` is revoked here.
+    pub fn is_revoked(&self, fingerprint: &str) -> bool {
+        self.inner.shared.revoked.contains(fingerprint)
     }
 
     /// Stops serving `kind`; later requests of that kind get `UnknownKind`.
@@ -372,7 +433,14 @@ impl Endpoint {
                 Err(_) => Err(format!("no handshake within {CONNECT_TIMEOUT:?}")),
             };
             match &outcome {
-                Ok(_) => tracing::debug!(%addr, "connected to cluster peer"),
+                Ok(conn) => {
+                    tracing::debug!(%addr, "connected to cluster peer");
+                    tokio::spawn(watch_revocation(conn.clone()));
+                }
+                Err(error) if is_revocation(error) => tracing::error!(
+                    %addr, %error,
+                    "cluster handshake refused because a certificate is revoked: if this node was removed from the cluster, wipe its data directory and join again with a new join token"
+                ),
                 Err(error) => tracing::debug!(%addr, %error, "cannot connect to cluster peer"),
             }
             pool.finish_dial(addr, &outcome, Instant::now());
@@ -470,6 +538,36 @@ impl Endpoint {
     }
 }
 
+/// Whether a handshake error is a revoked certificate (ours refused by the peer, or the peer's
+/// refused here).
+fn is_revocation(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("revoked")
+}
+
+/// Logs, once, that the peer closed a connection because this node's certificate was revoked
+/// (at once, or at the end of the handshake: in TLS 1.3 the server checks the client's
+/// certificate after the client considers itself connected).
+async fn watch_revocation(conn: quinn::Connection) {
+    let revoked = match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code == REVOKED.into(),
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            close.error_code == quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED_ALERT)
+                || is_revocation(&String::from_utf8_lossy(&close.reason))
+        }
+        _ => false,
+    };
+    if revoked {
+        tracing::error!(
+            remote = %conn.remote_address(),
+            "a cluster peer refused this node: its certificate is revoked (the node was removed from the cluster); wipe its data directory and join again with a new join token"
+        );
+    }
+}
+
+/// The TLS alert `certificate_revoked`.
+const CERTIFICATE_REVOKED_ALERT: u8 = 44;
+
 /// Closes a pooled connection on which nothing at all arrived during a timed-out request: not
 /// even the ACK of the request's own packets. That is a peer that died (or restarted: the new
 /// process does not know the connection) without closing it; waiting for QUIC's idle timeout
@@ -531,19 +629,53 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         () = shared.shutdown.cancelled() => return,
         conn = handshake => match conn {
             Ok(conn) => conn,
+            Err(error) if is_revocation(&error.to_string()) => {
+                tracing::warn!(%error, "refused a revoked cluster certificate (a node removed from the cluster tried to connect)");
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, "cluster peer handshake failed");
                 return;
             }
         },
     };
-    let Some(name) = peer_name(&conn) else {
+    let Some(cert) = peer_cert(&conn) else {
         tracing::warn!("cluster peer certificate carries no node name; closing");
         conn.close(STREAM_ERROR.into(), b"no node name");
         return;
     };
-    tracing::debug!(peer = %name, "cluster peer connected");
-    let peer = PeerInfo { name, addr: remote };
+    let Some(role) = PeerRole::from_ou(cert.role.as_deref()) else {
+        tracing::warn!(peer = %cert.name, role = ?cert.role, "cluster peer certificate carries no known role; closing");
+        conn.close(STREAM_ERROR.into(), b"no role");
+        return;
+    };
+    // Listed first, checked after: a revocation racing this handshake either sees the
+    // connection in the list or is seen here.
+    let id = conn.stable_id();
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(id, (cert.fingerprint.clone(), conn.clone()));
+    if shared.revoked.contains(&cert.fingerprint) {
+        conn.close(REVOKED.into(), REVOKED_REASON);
+    }
+    tracing::debug!(peer = %cert.name, role = role.as_str(), "cluster peer connected");
+    let peer = PeerInfo {
+        name: cert.name,
+        role,
+        fingerprint: cert.fingerprint,
+        addr: remote,
+    };
+    serve_streams(&conn, &peer, &shared).await;
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&id);
+}
+
+async fn serve_streams(conn: &quinn::Connection, peer: &PeerInfo, shared: &Arc<Shared>) {
     loop {
         let (send, recv) = tokio::select! {
             () = shared.shutdown.cancelled() => {
@@ -617,6 +749,22 @@ async fn answer(
     let mut header = [0u8; REQUEST_HEADER_LEN];
     read_before(recv, &mut header, read_deadline).await?;
     let header = frame::decode_request_header(header);
+    if !callers(header.kind).admit(peer.role) {
+        tracing::warn!(
+            peer = %peer.name, role = peer.role.as_str(), kind = format_args!("{:#06x}", header.kind),
+            "refused a cluster call this node's role may not make"
+        );
+        let _ = recv.stop(0u32.into());
+        let error = RemoteError::new(
+            "forbidden",
+            format!(
+                "kind {:#06x} may only be called by origins; this certificate is an {}'s",
+                header.kind,
+                peer.role.as_str()
+            ),
+        );
+        return respond_error(send, &error).await.map(|()| None);
+    }
     let service = match shared.service(header.kind) {
         None => {
             let _ = recv.stop(0u32.into());

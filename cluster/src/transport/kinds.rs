@@ -2,6 +2,9 @@
 //!
 //! Ranges: `0x01xx` Raft and membership (this crate's `raft` module), `0x02xx` and up the node
 //! registry, heartbeats and the relay. A kind's number never changes meaning once released.
+//!
+//! Every kind declares who may call it ([`callers`]); the endpoint refuses the rest before
+//! reading the request.
 
 /// Raft `AppendEntries` (JSON `AppendEntriesRequest` -> `Result<AppendEntriesResponse, RaftError>`).
 pub const RAFT_APPEND: u16 = 0x0101;
@@ -26,3 +29,101 @@ pub const STATE_QUERY: u16 = 0x0203;
 /// A relay control stream (a stream kind, see `Endpoint::open_stream`): the edge subscribes to a
 /// room's tracks, the origin answers on it and opens one unidirectional stream per group.
 pub const RELAY: u16 = 0x0301;
+/// Origins only: the cluster key that seals the secrets in the replicated state (JSON
+/// `{"key": <base64>}`), asked by an origin that just joined.
+pub const CLUSTER_KEY: u16 = 0x0107;
+/// Origins only: the leader's read index (JSON `u64`, after confirming it still leads), so a
+/// follower can wait until it has applied that far before answering a read that must be fresh.
+pub const READ_INDEX: u16 = 0x0108;
+
+/// The role a cluster certificate grants, from its subject OU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerRole {
+    /// A Raft voter: holds the state and the cluster key.
+    Origin,
+    /// A viewer-facing node: subscribes to media and reads what serving viewers needs.
+    Edge,
+}
+
+impl PeerRole {
+    /// The role named by a certificate's OU; `None` for anything else (such a certificate is
+    /// refused by the endpoint).
+    pub fn from_ou(ou: Option<&str>) -> Option<Self> {
+        match ou {
+            Some("origin") => Some(Self::Origin),
+            Some("edge") => Some(Self::Edge),
+            _ => None,
+        }
+    }
+
+    /// The OU spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Origin => "origin",
+            Self::Edge => "edge",
+        }
+    }
+}
+
+/// Who may call a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Callers {
+    /// Origins only: writes, membership, Raft, the cluster key, status.
+    Origins,
+    /// Origins and edges.
+    AnyNode,
+}
+
+impl Callers {
+    /// Whether a peer of `role` may call.
+    pub fn admit(self, role: PeerRole) -> bool {
+        matches!(
+            (self, role),
+            (Self::AnyNode, _) | (Self::Origins, PeerRole::Origin)
+        )
+    }
+}
+
+/// Who may call each kind. What an edge needs is listed; every other kind, including kinds
+/// not listed in this module, is for origins only.
+pub const fn callers(kind: u16) -> Callers {
+    match kind {
+        // An edge heartbeats for itself (the service checks the name), asks for placement, app
+        // verification keys and the registry, and subscribes to media.
+        HEARTBEAT | STATE_QUERY | RELAY => Callers::AnyNode,
+        _ => Callers::Origins,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edges_reach_only_what_serving_viewers_needs() {
+        let edge_may: Vec<u16> = [
+            RAFT_APPEND,
+            RAFT_VOTE,
+            RAFT_SNAPSHOT,
+            CLIENT_WRITE,
+            JOIN_CLUSTER,
+            LEAVE_CLUSTER,
+            CLUSTER_KEY,
+            READ_INDEX,
+            CLUSTER_STATUS,
+            HEARTBEAT,
+            STATE_QUERY,
+            RELAY,
+            0x7777,
+        ]
+        .into_iter()
+        .filter(|k| callers(*k).admit(PeerRole::Edge))
+        .collect();
+        assert_eq!(edge_may, vec![HEARTBEAT, STATE_QUERY, RELAY]);
+        assert!(callers(CLIENT_WRITE).admit(PeerRole::Origin));
+        assert_eq!(PeerRole::from_ou(Some("edge")), Some(PeerRole::Edge));
+        assert_eq!(PeerRole::from_ou(Some("admin")), None);
+        assert_eq!(PeerRole::from_ou(None), None);
+    }
+}

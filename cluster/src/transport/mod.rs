@@ -21,5 +21,6 @@ pub use endpoint::{
     RpcService, ServiceFn, StreamService,
 };
 pub use error::{RemoteError, RpcError, TransportError};
-pub use pki::{peer_name, CaBundle, NodeIdentity, NodeKey, PkiError};
+pub use kinds::{Callers, PeerRole};
+pub use pki::{peer_cert, peer_name, CaBundle, NodeIdentity, NodeKey, PeerCert, PkiError};
 pub use tls::ALPN;

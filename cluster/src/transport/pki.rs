@@ -4,8 +4,9 @@
 //! Every node of a cluster holds a certificate signed by the cluster CA, whose subject CN and only
 //! DNS SAN are the node's name and whose OU is its role. A joining node generates its key pair
 //! locally ([`node_csr`]) and sends only the CSR; the CA holder signs it ([`sign_node_csr`]) after
-//! checking that the CSR asks for the name it expects. Nothing here rotates or revokes
-//! certificates: node certificates are long-lived and a compromised node means a new CA.
+//! checking that the CSR asks for the name it expects. A certificate is revoked by its
+//! fingerprint ([`cert_fingerprint`]): the revocation list lives in the replicated state and the
+//! endpoint checks it at every handshake (see `Endpoint::set_revoked`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -299,15 +300,65 @@ pub fn cert_node_name(der: &[u8]) -> Result<String, PkiError> {
     cn.or_else(san).ok_or(PkiError::NoName)
 }
 
-/// The node name of the peer of an established connection, from its verified certificate.
+/// The role a node certificate carries in its subject OU (`origin`, `edge`), if any.
+pub fn cert_role(der: &[u8]) -> Result<Option<String>, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse {
+        reason: e.to_string(),
+    })?;
+    let role = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()
+        .and_then(|ou| ou.as_str().ok())
+        .map(str::to_owned);
+    Ok(role)
+}
+
+/// The SHA-256 of a certificate's DER, lowercase hex: what the revocation list holds.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
+/// The fingerprint of the first certificate of a PEM document.
+pub fn pem_fingerprint(pem: &str) -> Result<String, PkiError> {
+    Ok(cert_fingerprint(cert_der(pem, "certificate")?.as_ref()))
+}
+
+/// What the verified certificate of a peer says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    /// The node name (CN, else the first DNS SAN).
+    pub name: String,
+    /// The role in the subject OU, if any.
+    pub role: Option<String>,
+    /// [`cert_fingerprint`] of the leaf.
+    pub fingerprint: String,
+}
+
+impl PeerCert {
+    /// Reads a leaf certificate.
+    pub fn from_der(der: &[u8]) -> Result<Self, PkiError> {
+        Ok(Self {
+            name: cert_node_name(der)?,
+            role: cert_role(der)?,
+            fingerprint: cert_fingerprint(der),
+        })
+    }
+}
+
+/// The verified certificate of the peer of an established connection.
 ///
 /// `None` if the peer presented no certificate (never the case on a cluster endpoint, which
 /// requires one on both sides) or it carries no usable name.
-pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+pub fn peer_cert(conn: &quinn::Connection) -> Option<PeerCert> {
     let identity = conn.peer_identity()?;
     let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    let leaf = chain.first()?;
-    cert_node_name(leaf.as_ref()).ok()
+    PeerCert::from_der(chain.first()?.as_ref()).ok()
+}
+
+/// The node name of the peer of an established connection, from its verified certificate.
+pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    peer_cert(conn).map(|c| c.name)
 }
 
 /// What a node needs to join the cluster's mutual TLS: the CA and its own certificate and key.
@@ -321,6 +372,10 @@ pub struct NodeIdentity {
     pub key_pem: String,
     /// This node's name, as in its certificate.
     pub name: String,
+    /// This node's role, as in its certificate's OU (`None` for a certificate without one).
+    pub role: Option<String>,
+    /// [`cert_fingerprint`] of this node's certificate.
+    pub fingerprint: String,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -338,12 +393,14 @@ impl NodeIdentity {
         cert_pem: String,
         key_pem: String,
     ) -> Result<Self, PkiError> {
-        let name = cert_node_name(cert_der(&cert_pem, "node certificate")?.as_ref())?;
+        let cert = PeerCert::from_der(cert_der(&cert_pem, "node certificate")?.as_ref())?;
         Ok(Self {
             ca_cert_pem,
             cert_pem,
             key_pem,
-            name,
+            name: cert.name,
+            role: cert.role,
+            fingerprint: cert.fingerprint,
         })
     }
 
@@ -389,7 +446,7 @@ impl NodeIdentity {
 }
 
 /// Writes a file readable by its owner only (atomically: temp file then rename).
-fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+pub fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     use std::io::Write;
     let io = |source| PkiError::Io {
         path: path.to_owned(),
@@ -427,6 +484,11 @@ mod tests {
         let cert = sign_node_csr(&ca, &key.csr_pem, "origin-2", "origin").unwrap();
         let der = cert_der(&cert, "cert").unwrap();
         assert_eq!(cert_node_name(der.as_ref()).unwrap(), "origin-2");
+        assert_eq!(cert_role(der.as_ref()).unwrap().as_deref(), Some("origin"));
+        assert_eq!(
+            cert_fingerprint(der.as_ref()),
+            pem_fingerprint(&cert).unwrap()
+        );
         let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
         let san = parsed.subject_alternative_name().unwrap().unwrap();
         assert!(matches!(

@@ -134,6 +134,20 @@ impl Pool {
         });
     }
 
+    /// The live pooled connections for which `f` holds.
+    pub(crate) fn matching(
+        &self,
+        f: impl Fn(&quinn::Connection) -> bool,
+    ) -> Vec<quinn::Connection> {
+        let peers = self.peers.lock().unwrap_or_else(PoisonError::into_inner);
+        peers
+            .values()
+            .filter_map(|slot| slot.conn.as_ref())
+            .filter(|conn| f(conn))
+            .cloned()
+            .collect()
+    }
+
     /// Closes and forgets every connection (endpoint shutdown).
     pub(crate) fn clear(&self) {
         let peers = std::mem::take(&mut *self.peers.lock().unwrap_or_else(PoisonError::into_inner));

@@ -3,7 +3,8 @@
 //! Every config is built with an explicit ring provider, so nothing depends on a process-wide
 //! default provider being installed.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
@@ -11,11 +12,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
 use super::error::TransportError;
-use super::pki::{cert_der, NodeIdentity};
+use super::pki::{cert_der, cert_fingerprint, NodeIdentity};
 
 /// The ALPN protocol of the cluster endpoint.
 pub const ALPN: &[u8] = b"streamhub-cluster/1";
@@ -39,6 +43,35 @@ const MAX_CONCURRENT_UNI: u32 = 1024;
 /// default is unlimited; bounded, a receiver that stops reading caps what it buffers, and the
 /// sender (a relay origin) notices and drops old groups.
 const CONNECTION_RECEIVE_WINDOW: u32 = 32 << 20;
+
+/// Fingerprints ([`cert_fingerprint`]) of revoked node certificates, shared by both verifiers of
+/// an endpoint: a revoked certificate fails the handshake in either direction.
+#[derive(Debug, Default)]
+pub(crate) struct Revoked(RwLock<HashSet<String>>);
+
+impl Revoked {
+    pub(crate) fn contains(&self, fingerprint: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(fingerprint)
+    }
+
+    /// Replaces the list; returns the fingerprints that were not in it before.
+    pub(crate) fn replace(&self, list: HashSet<String>) -> Vec<String> {
+        let mut set = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        let added = list.difference(&set).cloned().collect();
+        *set = list;
+        added
+    }
+
+    fn check(&self, end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        if self.contains(&cert_fingerprint(end_entity.as_ref())) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(())
+    }
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -82,14 +115,16 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(config)
 }
 
-/// The server side: requires a client certificate chained to the cluster CA.
+/// The server side: requires a client certificate chained to the cluster CA and not revoked.
 pub(crate) fn server_config(
     identity: &NodeIdentity,
+    revoked: Arc<Revoked>,
 ) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider.clone())
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(identity)?, provider.clone())
         .build()
         .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let verifier = Arc::new(ClusterClientVerifier { inner, revoked });
     let (chain, key) = own_chain(identity)?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -98,6 +133,10 @@ pub(crate) fn server_config(
         .with_single_cert(chain, key)
         .map_err(tls_err("server certificate"))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    // No resumption: a resumed session skips the client certificate check, and with it the
+    // revocation list. Cluster connections are few and long-lived; a full handshake is cheap.
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    tls.send_tls13_tickets = 0;
     let quic =
         QuicServerConfig::try_from(tls).map_err(|e| TransportError::Verifier(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -109,11 +148,13 @@ pub(crate) fn server_config(
 /// [`ClusterServerVerifier`].
 pub(crate) fn client_config(
     identity: &NodeIdentity,
+    revoked: Arc<Revoked>,
 ) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let verifier = ClusterServerVerifier {
         roots: roots(identity)?,
         provider: provider.clone(),
+        revoked,
     };
     let (chain, key) = own_chain(identity)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -145,6 +186,7 @@ pub(crate) fn client_config(
 struct ClusterServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
+    revoked: Arc<Revoked>,
 }
 
 impl ServerCertVerifier for ClusterServerVerifier {
@@ -168,6 +210,7 @@ impl ServerCertVerifier for ClusterServerVerifier {
         if !any {
             rustls::client::verify_server_name(&cert, server_name)?;
         }
+        self.revoked.check(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -203,6 +246,54 @@ impl ServerCertVerifier for ClusterServerVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// rustls's client verifier against the cluster CA, plus the revocation list.
+#[derive(Debug)]
+struct ClusterClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<Revoked>,
+}
+
+impl ClientCertVerifier for ClusterClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.revoked.check(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

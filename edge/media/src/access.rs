@@ -1,11 +1,14 @@
-//! Viewer tokens, verified offline: a request under `/hls/{app}/{room}/…` or
-//! `/live/{app}/{room}/…` that presents an access token (`?token=` or `Authorization: Bearer`)
-//! has it checked against the app's signing key — from the local replica on an origin, from the
-//! cached key an edge asked an origin for — before it is served: signature, expiry, issuer, the
-//! room (`<app>-<room>`) and `canSubscribe`. A bad token is a 401 with the error envelope.
+//! Viewer tokens: a request under `/hls/{app}/{room}/…`, `/live/{app}/{room}/…` or
+//! `/whep/{app}/{room}` that presents an access token (`?token=` or `Authorization: Bearer`)
+//! has it checked before it is served: signature, expiry, issuer, the room (`<app>-<room>`) and
+//! `canSubscribe`. A bad token is a 401 with the error envelope.
+//!
+//! Who verifies: an origin with the app's keys (both signatures); an edge with the app's public
+//! key for EdDSA tokens (offline), and by asking an origin for HS256 (LiveKit) tokens, whose
+//! secret it never holds ([`TokenVerifier`]).
 //!
 //! Playback without a token stays open (apps have no private playback yet); a player that holds
-//! a token gets it enforced, and WHEP will require one.
+//! a token gets it enforced.
 
 use std::sync::Arc;
 
@@ -14,27 +17,23 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
 use futures::future::BoxFuture;
-use streamhub_cluster::query::AppKey;
-use streamhub_shared::auth::{self, AccessClaims};
+use streamhub_shared::auth::AccessClaims;
 use streamhub_shared::{AppName, RoomName};
 
 use crate::http::error;
 
-/// Where a node finds an app's signing key.
-pub trait KeySource: Send + Sync + 'static {
-    /// The key of `app`, if the app exists.
-    fn app_key(&self, app: &AppName) -> BoxFuture<'static, Option<AppKey>>;
+/// Checks an app's access tokens: signature, expiry and issuer.
+pub trait TokenVerifier: Send + Sync + 'static {
+    /// The claims of `token` if it is a valid token of `app`, else why not.
+    fn verify(
+        &self,
+        app: &AppName,
+        token: &str,
+    ) -> BoxFuture<'static, Result<AccessClaims, String>>;
 }
 
-/// Checks a viewer token for `app/room` against the app's key.
-pub fn verify_viewer(
-    token: &str,
-    app: &AppName,
-    room: &RoomName,
-    key: &AppKey,
-) -> Result<AccessClaims, String> {
-    let claims =
-        auth::verify(token, &key.key_id, key.secret.as_bytes()).map_err(|e| e.to_string())?;
+/// Checks that verified `claims` let a viewer watch `app/room`.
+pub fn viewer_grant(claims: &AccessClaims, app: &AppName, room: &RoomName) -> Result<(), String> {
     let want = format!("{app}-{room}");
     if claims.video.room != want {
         return Err(format!(
@@ -45,7 +44,7 @@ pub fn verify_viewer(
     if !claims.video.can_subscribe {
         return Err("the token does not allow subscribing".into());
     }
-    Ok(claims)
+    Ok(())
 }
 
 /// The token a request presents, if any: any non-empty `token=` of the query, else a Bearer
@@ -77,8 +76,15 @@ fn room_of(path: &str) -> Option<(AppName, RoomName)> {
     Some((AppName::new(app).ok()?, RoomName::new(room).ok()?))
 }
 
+/// The longest token accepted (LiveKit tokens are a few hundred bytes).
+const MAX_TOKEN_LEN: usize = 4096;
+
 /// Middleware: verifies a presented token before the request is served.
-pub async fn check(State(keys): State<Arc<dyn KeySource>>, req: Request, next: Next) -> Response {
+pub async fn check(
+    State(verifier): State<Arc<dyn TokenVerifier>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let Some(token) = presented(&req) else {
         return next.run(req).await;
     };
@@ -86,11 +92,15 @@ pub async fn check(State(keys): State<Arc<dyn KeySource>>, req: Request, next: N
         // Bad names are answered (400) by the route itself.
         return next.run(req).await;
     };
-    let Some(key) = keys.app_key(&app).await else {
-        return error(StatusCode::UNAUTHORIZED, &format!("unknown app {app}"));
-    };
-    match verify_viewer(&token, &app, &room, &key) {
-        Ok(_) => next.run(req).await,
+    if token.len() > MAX_TOKEN_LEN {
+        return error(StatusCode::UNAUTHORIZED, "viewer token refused: too long");
+    }
+    let verified = verifier
+        .verify(&app, &token)
+        .await
+        .and_then(|claims| viewer_grant(&claims, &app, &room));
+    match verified {
+        Ok(()) => next.run(req).await,
         Err(why) => error(
             StatusCode::UNAUTHORIZED,
             &format!("viewer token refused: {why}"),
@@ -102,14 +112,6 @@ pub async fn check(State(keys): State<Arc<dyn KeySource>>, req: Request, next: N
 mod tests {
     use super::*;
     use streamhub_shared::auth::{mint, VideoGrant};
-
-    fn key() -> AppKey {
-        AppKey {
-            app: AppName::new("live").unwrap(),
-            key_id: "key-1".into(),
-            secret: "00112233".into(),
-        }
-    }
 
     fn token(room: &str, can_subscribe: bool, exp_in: i64) -> String {
         let now = std::time::SystemTime::now()
@@ -131,17 +133,22 @@ mod tests {
         mint(&claims, b"00112233")
     }
 
+    fn check(t: &str, app: &AppName, room: &RoomName, secret: &[u8]) -> Result<(), String> {
+        let claims =
+            streamhub_shared::auth::verify(t, "key-1", secret).map_err(|e| e.to_string())?;
+        viewer_grant(&claims, app, room)
+    }
+
     #[test]
-    fn checks_signature_room_grant_and_expiry() {
+    fn checks_room_grant_after_signature_and_expiry() {
         let (app, room) = (AppName::new("live").unwrap(), RoomName::new("cam").unwrap());
-        assert!(verify_viewer(&token("live-cam", true, 60), &app, &room, &key()).is_ok());
-        assert!(verify_viewer(&token("live-other", true, 60), &app, &room, &key()).is_err());
-        assert!(verify_viewer(&token("live-cam", false, 60), &app, &room, &key()).is_err());
-        assert!(verify_viewer(&token("live-cam", true, -10), &app, &room, &key()).is_err());
-        let mut other = key();
-        other.secret = "ffff".into();
-        assert!(verify_viewer(&token("live-cam", true, 60), &app, &room, &other).is_err());
-        assert!(verify_viewer("garbage", &app, &room, &key()).is_err());
+        let s = b"00112233";
+        assert!(check(&token("live-cam", true, 60), &app, &room, s).is_ok());
+        assert!(check(&token("live-other", true, 60), &app, &room, s).is_err());
+        assert!(check(&token("live-cam", false, 60), &app, &room, s).is_err());
+        assert!(check(&token("live-cam", true, -10), &app, &room, s).is_err());
+        assert!(check(&token("live-cam", true, 60), &app, &room, b"ffff").is_err());
+        assert!(check("garbage", &app, &room, s).is_err());
     }
 
     #[test]

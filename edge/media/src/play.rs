@@ -260,6 +260,7 @@ mod tests {
             load: NodeLoad::default(),
             registered_at_ms: 0,
             last_heartbeat_ms: unix_now_ms() - age_ms,
+            cert_fingerprint: None,
         }
     }
 

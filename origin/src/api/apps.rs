@@ -10,7 +10,6 @@ use streamhub_cluster::state::{App, Command};
 use streamhub_shared::AppName;
 
 use super::{data, data_with, ApiError, Json, Principal};
-use crate::credentials::{random_hex, random_token, unix_now_ms};
 use crate::rooms::Rooms;
 use crate::tenants::Tenants;
 
@@ -29,13 +28,15 @@ pub struct UpdateApp {
     display_name: Option<String>,
 }
 
-/// An app as the API shows it (the signing secret is never shown).
+/// An app as the API shows it (the signing secrets are never shown; the public key of its
+/// EdDSA tokens is).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppView {
     name: AppName,
     display_name: Option<String>,
     key_id: String,
+    verify_key: Option<String>,
     created_at_ms: u64,
 }
 
@@ -45,6 +46,7 @@ impl From<&App> for AppView {
             name: a.name.clone(),
             display_name: a.display_name.clone(),
             key_id: a.key_id.clone(),
+            verify_key: a.verify_key.clone(),
             created_at_ms: a.created_at_ms,
         }
     }
@@ -68,13 +70,7 @@ pub async fn create(
     who.check_global()?;
     let name = AppName::new(req.name)?;
     check_display_name(&req.display_name)?;
-    let app = App {
-        name: name.clone(),
-        display_name: req.display_name,
-        key_id: random_token("ak_", 16),
-        secret: random_hex(32),
-        created_at_ms: unix_now_ms(),
-    };
+    let app = tenants.new_app(name, req.display_name)?;
     tenants.write(Command::CreateApp(app.clone())).await?;
     Ok(data_with(StatusCode::CREATED, AppView::from(&app)))
 }

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use streamhub_shared::AppName;
 
 use super::{data, ApiError, Json};
-use crate::credentials::{verify_password, Sessions};
+use streamhub_cluster::state::Command;
+
+use crate::credentials::{hash_password, verify_password, Sessions};
 use crate::tenants::Tenants;
 
 /// An authenticated caller.
@@ -67,24 +69,38 @@ where
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip());
-        if token.starts_with("sk_") {
-            return key_principal(&Tenants::from_ref(state), token, remote);
+        let principal = if token.starts_with("sk_") {
+            key_principal(&Tenants::from_ref(state), token, remote).await
+        } else {
+            match Sessions::from_ref(state).check(token) {
+                Some(claims) => Ok(Principal::Admin { user: claims.sub }),
+                None => Err(ApiError::Unauthorized(
+                    "invalid, expired or logged-out session".into(),
+                )),
+            }
+        };
+        if let Ok(p) = &principal {
+            crate::audit::record_principal(&parts.extensions, p);
         }
-        match Sessions::from_ref(state).check(token) {
-            Some(claims) => Ok(Principal::Admin { user: claims.sub }),
-            None => Err(ApiError::Unauthorized("invalid or expired token".into())),
-        }
+        principal
     }
 }
 
-fn key_principal(
+async fn key_principal(
     tenants: &Tenants,
     token: &str,
     remote: Option<IpAddr>,
 ) -> Result<Principal, ApiError> {
-    let key = tenants
-        .api_key_by_secret(token)
-        .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?;
+    let key = match tenants.api_key_by_secret(token) {
+        Some(key) => key,
+        None => {
+            // Maybe created a moment ago through another origin: confirm before refusing.
+            tenants.fresh().await;
+            tenants
+                .api_key_by_secret(token)
+                .ok_or_else(|| ApiError::Unauthorized("unknown or revoked API key".into()))?
+        }
+    };
     if !key.allow_ips.is_empty() {
         let allowed = remote.is_some_and(|ip| ip_allowed(&key.allow_ips, ip));
         if !allowed {
@@ -118,6 +134,11 @@ pub fn ip_allowed(list: &[String], ip: IpAddr) -> bool {
     })
 }
 
+/// The longest username or password accepted (argon2 hashes whatever it is given).
+const MAX_CREDENTIAL_LEN: usize = 1024;
+/// The shortest new admin password.
+const MIN_PASSWORD_LEN: usize = 10;
+
 /// Body of `POST /auth/login`.
 #[derive(Debug, Deserialize)]
 pub struct LoginRequest {
@@ -125,29 +146,136 @@ pub struct LoginRequest {
     password: String,
 }
 
-/// `POST /auth/login` -> `{data:{token}}` (anyone; the credentials decide).
+/// Checks `password` against the stored admin's (argon2, off the async workers).
+async fn admin_password_ok(tenants: &Tenants, user: &str, password: &str) -> bool {
+    let Some(admin) = tenants.admin().filter(|a| a.username == user) else {
+        return false;
+    };
+    let (pw, phc) = (password.to_string(), admin.password_hash);
+    tokio::task::spawn_blocking(move || verify_password(&pw, &phc))
+        .await
+        .unwrap_or(false)
+}
+
+/// `POST /auth/login` -> `{data:{token, expiresIn}}` (anyone; the credentials decide). Every
+/// attempt, refused or not, is in the audit log.
 pub async fn login(
     State(tenants): State<Tenants>,
     State(sessions): State<Sessions>,
+    audit: crate::audit::Audit,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let admin = tenants.admin();
-    let stored_ok = admin.as_ref().is_some_and(|a| a.username == req.username) && {
-        let phc = admin
-            .as_ref()
-            .map(|a| a.password_hash.clone())
-            .unwrap_or_default();
-        let pw = req.password.clone();
-        // argon2 is deliberately slow: keep it off the async workers.
-        tokio::task::spawn_blocking(move || verify_password(&pw, &phc))
-            .await
-            .unwrap_or(false)
-    };
-    if !(stored_ok || sessions.is_break_glass(&req.username, &req.password)) {
-        tracing::warn!(user = %req.username, "failed dashboard login");
+    audit.principal(format!("login:{}", truncate(&req.username)));
+    if req.username.len() > MAX_CREDENTIAL_LEN || req.password.len() > MAX_CREDENTIAL_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "username and password are at most {MAX_CREDENTIAL_LEN} bytes"
+        )));
+    }
+    let ok = admin_password_ok(&tenants, &req.username, &req.password).await
+        || sessions.is_break_glass(&req.username, &req.password);
+    if !ok {
+        tracing::warn!(user = %truncate(&req.username), "failed dashboard login");
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
-    let token = sessions.issue(&req.username);
+    let (token, claims) = sessions.issue(&req.username)?;
+    audit.principal(format!("admin:{}", claims.sub));
+    Ok(data(
+        serde_json::json!({ "token": token, "expiresIn": crate::credentials::SESSION_TTL_SECS }),
+    ))
+}
+
+/// A username as logged: at most 64 characters.
+fn truncate(user: &str) -> String {
+    user.chars().take(64).collect()
+}
+
+/// The session a request presents, checked, or 401.
+fn session_of(
+    parts: &axum::http::HeaderMap,
+    sessions: &Sessions,
+) -> Result<crate::credentials::SessionClaims, ApiError> {
+    let token = streamhub_media::http::bearer(parts).ok_or_else(|| {
+        ApiError::Unauthorized("an Authorization: Bearer <session> header is needed".into())
+    })?;
+    if token.starts_with("sk_") {
+        return Err(ApiError::BadRequest(
+            "this ends a dashboard session; API keys are revoked with DELETE /api/v1/api-keys/:id"
+                .into(),
+        ));
+    }
+    sessions
+        .check(token)
+        .ok_or_else(|| ApiError::Unauthorized("invalid, expired or logged-out session".into()))
+}
+
+/// `POST /auth/logout` (the session itself): ends the session on every origin.
+pub async fn logout(
+    State(tenants): State<Tenants>,
+    State(sessions): State<Sessions>,
+    audit: crate::audit::Audit,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let claims = session_of(&headers, &sessions)?;
+    audit.principal(format!("admin:{}", claims.sub));
+    tenants
+        .write(Command::RevokeSession {
+            jti: claims.jti,
+            exp: claims.exp,
+            now: crate::credentials::unix_now(),
+        })
+        .await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /auth/password`.
+#[derive(Debug, Deserialize)]
+pub struct PasswordChange {
+    current: String,
+    new: String,
+}
+
+/// `POST /auth/password` `{current, new}` (an admin session): changes the admin's password
+/// and ends every other session; answers a new session token.
+pub async fn change_password(
+    State(tenants): State<Tenants>,
+    State(sessions): State<Sessions>,
+    audit: crate::audit::Audit,
+    headers: axum::http::HeaderMap,
+    Json(req): Json<PasswordChange>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let claims = session_of(&headers, &sessions)?;
+    audit.principal(format!("admin:{}", claims.sub));
+    let chars = req.new.chars().count();
+    if !(MIN_PASSWORD_LEN..=MAX_CREDENTIAL_LEN).contains(&chars)
+        || req.current.len() > MAX_CREDENTIAL_LEN
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the new password must be {MIN_PASSWORD_LEN} to {MAX_CREDENTIAL_LEN} characters"
+        )));
+    }
+    if !admin_password_ok(&tenants, &claims.sub, &req.current).await {
+        return Err(ApiError::Forbidden("the current password is wrong".into()));
+    }
+    let new = req.new;
+    let password_hash = tokio::task::spawn_blocking(move || hash_password(&new))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let now = crate::credentials::unix_now();
+    tenants
+        .write(Command::SetAdminPassword {
+            password_hash,
+            at_secs: now,
+        })
+        .await?;
+    // Sessions issued in this same second are not older than the change: end this one by id.
+    tenants
+        .write(Command::RevokeSession {
+            jti: claims.jti,
+            exp: claims.exp,
+            now,
+        })
+        .await?;
+    let (token, _) = sessions.issue(&claims.sub)?;
     Ok(data(
         serde_json::json!({ "token": token, "expiresIn": crate::credentials::SESSION_TTL_SECS }),
     ))

@@ -60,7 +60,10 @@ fn view(s: &Services, i: &Ingress) -> IngressView {
         .tenants
         .read(|st| st.tenants.ingress_status.get(&i.id).cloned());
     let url = match i.kind {
-        IngressKind::Url => crate::rtsp::redacted(i.url.as_deref().unwrap_or_default()),
+        IngressKind::Url => match s.tenants.ingress_url(i) {
+            Ok(url) => crate::rtsp::redacted(url.as_deref().unwrap_or_default()),
+            Err(_) => "(sealed; this origin does not hold the cluster key yet)".into(),
+        },
         _ => s.urls.rtmp(),
     };
     IngressView {
@@ -132,8 +135,13 @@ pub async fn create(
     }
     load_app(&services.tenants, &app)?;
     let stream_key = random_token("rk_", 32);
+    let id = format!("in_{}", random_hex(8));
+    // A pulled URL may carry the camera's credentials: it is stored sealed.
+    let url = url
+        .map(|u| services.tenants.seal_ingress_url(&id, &u))
+        .transpose()?;
     let ingress = Ingress {
-        id: format!("in_{}", random_hex(8)),
+        id,
         app,
         room,
         name: req.name,

@@ -1,5 +1,6 @@
 //! The REST API under `/api/v1`. Each handler takes the services it uses; who may call it is
-//! decided by its [`Principal`] checks; every body follows the one body rule ([`Json`]).
+//! decided by its [`Principal`] checks; every body follows the one body rule ([`Json`]); every
+//! call that may change state is in the audit log ([`crate::audit`]).
 
 mod apps;
 mod auth;
@@ -23,6 +24,8 @@ use crate::services::Services;
 pub fn router(services: Services) -> Router {
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/password", post(auth::change_password))
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{id}", axum::routing::delete(keys::delete))
         .route("/apps", post(apps::create).get(apps::list))
@@ -50,10 +53,18 @@ pub fn router(services: Services) -> Router {
         )
         .route("/cluster", get(cluster::status))
         .route("/cluster/join", post(cluster::join))
-        .route("/cluster/join-tokens", post(cluster::create_join_token))
+        .route(
+            "/cluster/join-tokens",
+            post(cluster::create_join_token).get(cluster::list_join_tokens),
+        )
+        .route(
+            "/cluster/join-tokens/{id}",
+            axum::routing::delete(cluster::delete_join_token),
+        )
         .route("/cluster/nodes/{name}/remove", post(cluster::remove))
         .route("/nodes", get(cluster::nodes))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::audit::layer))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .with_state(services);
     Router::new().nest("/api/v1", v1)

@@ -1,4 +1,7 @@
-//! `POST /apps/:app/tokens`: LiveKit-compatible access tokens signed with the app's secret.
+//! `POST /apps/:app/tokens`: access tokens with LiveKit's claims, signed twice: `token` with the
+//! app's Ed25519 key (what streamhub's WHIP, WHEP, HLS and MJPEG take, verifiable on edges with
+//! the public key only) and `livekitToken` with its HS256 secret (what LiveKit clients expect;
+//! verified by origins).
 
 use std::sync::Arc;
 
@@ -7,11 +10,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
-use streamhub_shared::auth::{mint as mint_token, AccessClaims, VideoGrant};
+use streamhub_shared::auth::{mint as mint_hs256, mint_eddsa, AccessClaims, VideoGrant};
 use streamhub_shared::ttl::parse_ttl;
 use streamhub_shared::RoomName;
 
-use super::apps::{authorize_app, load_app};
+use super::apps::authorize_app;
 use super::{data_with, ApiError, Json, Principal};
 use crate::credentials::unix_now;
 use crate::services::PublicUrls;
@@ -74,11 +77,19 @@ pub async fn mint(
         None => std::time::Duration::from_secs(3600),
         Some(t) => t.parse()?,
     };
-    let record = load_app(&tenants, &app)?;
+    let signer = match tenants.app_signer(&app)? {
+        Some(signer) => signer,
+        None => {
+            tenants.fresh().await;
+            tenants
+                .app_signer(&app)?
+                .ok_or_else(|| ApiError::NotFound(format!("app {app}")))?
+        }
+    };
     let now = unix_now();
     let namespaced = format!("{app}-{room}");
     let claims = AccessClaims {
-        iss: record.key_id.clone(),
+        iss: signer.key_id.clone(),
         sub: req.identity.clone(),
         nbf: now.saturating_sub(5),
         exp: now + ttl.as_secs(),
@@ -89,7 +100,12 @@ pub async fn mint(
             can_subscribe: req.can_subscribe,
         },
     };
-    let token = mint_token(&claims, record.secret.as_bytes());
+    let livekit_token = mint_hs256(&claims, signer.hs256.as_bytes());
+    // An app made before key pairs gets one when the leader seals its secrets (seconds).
+    let token = match &signer.ed25519 {
+        Some(pkcs8) => mint_eddsa(&claims, pkcs8).map_err(|e| ApiError::Internal(e.to_string()))?,
+        None => livekit_token.clone(),
+    };
     let base = urls.base();
     let ws_base = urls.ws_base();
     // The viewer's best node (same region first, then least loaded) plays the room.
@@ -98,6 +114,7 @@ pub async fn mint(
         .map_or_else(|| base.to_string(), |t| t.base);
     let body = json!({
         "token": token,
+        "livekitToken": livekit_token,
         "app": app,
         "room": namespaced,
         "identity": req.identity,

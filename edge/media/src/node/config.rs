@@ -155,9 +155,13 @@ pub struct NodeArgs {
     /// a node with state restarts as the member it was.
     #[arg(long, env = "STREAMHUB_JOIN", value_delimiter = ',')]
     pub join: Option<Vec<String>>,
-    /// Join token minted by an admin (`POST /api/v1/cluster/join-tokens`).
+    /// Join token minted by an admin (`POST /api/v1/cluster/join-tokens`); prefer the
+    /// environment variable or --join-token-file (flags show in `ps`).
     #[arg(long, env = "STREAMHUB_JOIN_TOKEN")]
     pub join_token: Option<String>,
+    /// File holding the join token (read once at the first start).
+    #[arg(long, env = "STREAMHUB_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Bytes of HLS media (segments and parts of every room) held in memory; at least 16 MiB.
     #[arg(long, env = "STREAMHUB_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -256,6 +260,7 @@ impl NodeArgs {
             cluster_advertise: self.cluster_advertise.or(file.cluster_advertise),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
+            join_token_file: self.join_token_file.or(file.join_token_file),
             cache_bytes: self.cache_bytes.or(file.cache_bytes),
             hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
             hls_part_secs: self.hls_part_secs.or(file.hls_part_secs),
@@ -287,7 +292,21 @@ impl NodeArgs {
                     .map_err(|e| invalid("join", format!("{u:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if self.join_token.is_some() && join.is_empty() {
+        let join_token = match (self.join_token, self.join_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "join-token-file",
+                    "give the join token once: --join-token or --join-token-file",
+                ))
+            }
+            (token, None) => token,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("join-token-file", format!("{}: {e}", path.display())))?;
+                Some(text.trim().to_string()).filter(|t| !t.is_empty())
+            }
+        };
+        if join_token.is_some() && join.is_empty() {
             return Err(invalid(
                 "join-token",
                 "a join token needs --join (the origins to join through)",
@@ -315,7 +334,7 @@ impl NodeArgs {
                 .unwrap_or(([0, 0, 0, 0], kind.cluster_port()).into()),
             cluster_advertise: self.cluster_advertise,
             join,
-            join_token: self.join_token,
+            join_token,
             cache_bytes: cache_bytes(self.cache_bytes)?,
             hls: hls_config(
                 self.hls_target_secs,
@@ -714,6 +733,23 @@ mod tests {
         assert!(args(|a| a.join_token = Some("shj_x".into()))
             .into_settings(NodeKind::Edge)
             .is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "shj_from_file.0123456789abcdef\n").unwrap();
+        let with_file = |a: &mut NodeArgs| {
+            a.join = Some(vec!["http://o1:3020".into()]);
+            a.join_token_file = Some(file.clone());
+        };
+        let s = args(with_file).into_settings(NodeKind::Edge).unwrap();
+        assert_eq!(
+            s.join_token.as_deref(),
+            Some("shj_from_file.0123456789abcdef")
+        );
+        let twice = args(|a| {
+            with_file(a);
+            a.join_token = Some("shj_x".into());
+        });
+        assert!(twice.into_settings(NodeKind::Edge).is_err());
     }
 
     fn parse_file_ok(text: &str) -> Only {

@@ -18,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 /// provider (two backends are linked; both binaries pick ring), logging with `log` as the
 /// filter, and a token cancelled on SIGINT or SIGTERM. Call it inside the tokio runtime.
 pub fn init(log: &str) -> CancellationToken {
+    // Everything the node creates (sled files, keys, caches) is for its owner only.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -46,38 +51,107 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Creates the node's data dir and binds its HTTP port: the first things a node does, so a
-/// wrong path or a taken port stops it at once with a clear error.
+/// Creates the node's data dir (owner only) and binds its HTTP port: the first things a node
+/// does, so a wrong path or a taken port stops it at once with a clear error.
 pub async fn open_http(settings: &config::NodeSettings) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context as _;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    for fixed in owner_only(&settings.data_dir).with_context(|| {
+        format!(
+            "checking the permissions of {}",
+            settings.data_dir.display()
+        )
+    })? {
+        tracing::warn!(path = %fixed, "was readable by other users: now owner-only");
+    }
     tokio::net::TcpListener::bind(settings.http)
         .await
         .with_context(|| format!("binding HTTP {}", settings.http))
 }
 
-/// Whether the node serves: `GET /healthz` answers `200 ok` once the node is ready, `503` before.
+/// Makes `dir` and everything under it owner-only (directories 0700, files 0600 or 0700 when
+/// executable); returns what was wider. Symlinks are not followed.
+pub fn owner_only(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut fixed = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let owner = mode & 0o700;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(owner))?;
+            fixed.push(format!("{} ({mode:o})", path.display()));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(fixed)
+}
+
+/// Whether the node serves: `GET /healthz` answers `200 ok` once the node is ready and while no
+/// problem is set, `503` with the reason otherwise.
 #[derive(Debug, Clone, Default)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health {
+    ready: Arc<AtomicBool>,
+    problem: Arc<std::sync::RwLock<Option<String>>>,
+}
 
 impl Health {
     /// From now on the node is ready.
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
     }
 
     /// Whether the node is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Sets (`Some`) or clears (`None`) what keeps the node from serving; a change is logged.
+    pub fn set_problem(&self, problem: Option<String>) {
+        let mut current = self
+            .problem
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *current == problem {
+            return;
+        }
+        match &problem {
+            Some(p) => tracing::error!(problem = %p, "node unhealthy"),
+            None => tracing::info!("node healthy again"),
+        }
+        *current = problem;
+    }
+
+    /// What keeps a ready node from serving, if anything.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Ready, with no problem.
+    pub fn is_healthy(&self) -> bool {
+        self.is_ready() && self.problem().is_none()
     }
 }
 
 async fn healthz(State(health): State<Health>) -> impl IntoResponse {
-    if health.is_ready() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    if !health.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
+    }
+    match health.problem() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {p}")),
     }
 }
 
