@@ -80,9 +80,11 @@ fn audited(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The app a path names: `/api/v1/apps/<app>/…`.
+/// The app a path names: `/api/v1/apps/<app>/…` (or `/apps/<app>/…` as the nested API
+/// router sees it).
 fn app_of(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/api/v1/apps/")?;
+    let path = path.strip_prefix("/api/v1").unwrap_or(path);
+    let rest = path.strip_prefix("/apps/")?;
     let app = rest.split('/').next()?;
     (!app.is_empty() && app.len() <= 64).then_some(app)
 }
@@ -133,6 +135,7 @@ mod tests {
     fn reads_the_app_of_a_path() {
         assert_eq!(app_of("/api/v1/apps/demo/tokens"), Some("demo"));
         assert_eq!(app_of("/api/v1/apps/demo"), Some("demo"));
+        assert_eq!(app_of("/apps/demo/ingress"), Some("demo"));
         assert_eq!(app_of("/api/v1/apps"), None);
         assert_eq!(app_of("/api/v1/api-keys"), None);
         assert!(audited(&Method::POST) && audited(&Method::DELETE) && !audited(&Method::GET));

@@ -46,7 +46,7 @@ pub async fn first_start(
         .write(Command::BootstrapAdmin(AdminUser {
             username: admin_user.to_string(),
             password_hash,
-            sessions_after: 0,
+            sessions_after_ms: 0,
         }))
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;

@@ -92,6 +92,10 @@ pub struct SessionClaims {
     /// The session's id: what a logout revokes.
     #[serde(default)]
     pub jti: String,
+    /// When it was issued, in Unix milliseconds (a password change ends the sessions issued
+    /// before it, even within the same second).
+    #[serde(default)]
+    pub iat_ms: u64,
 }
 
 /// Signs and checks dashboard session tokens with one secret.
@@ -116,14 +120,16 @@ impl SessionKeys {
         }
     }
 
-    /// A session token for `user`, valid [`SESSION_TTL_SECS`] from `now`.
-    pub fn issue(&self, user: &str, now: u64) -> (String, SessionClaims) {
+    /// A session token for `user`, valid [`SESSION_TTL_SECS`] from `now_ms`.
+    pub fn issue(&self, user: &str, now_ms: u64) -> (String, SessionClaims) {
+        let now = now_ms / 1000;
         let claims = SessionClaims {
             sub: user.to_string(),
             role: "admin".into(),
             iat: now,
             exp: now + SESSION_TTL_SECS,
             jti: random_hex(16),
+            iat_ms: now_ms,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding of plain claims cannot fail");
@@ -195,7 +201,7 @@ impl Sessions {
 
     /// A session token for `user`.
     pub fn issue(&self, user: &str) -> Result<(String, SessionClaims), ApiError> {
-        Ok(self.keys()?.issue(user, unix_now()))
+        Ok(self.keys()?.issue(user, unix_now_ms()))
     }
 
     /// The claims of a valid session: signed with the cluster's key, not expired, not logged
@@ -203,8 +209,8 @@ impl Sessions {
     pub fn check(&self, token: &str) -> Option<SessionClaims> {
         let claims = self.keys().ok()?.check(token)?;
         let valid = self.tenants.read(|s| {
-            let after = s.tenants.admin.as_ref().map_or(0, |a| a.sessions_after);
-            claims.iat >= after && !s.membership.revoked_sessions.contains_key(&claims.jti)
+            let after = s.tenants.admin.as_ref().map_or(0, |a| a.sessions_after_ms);
+            claims.iat_ms >= after && !s.membership.revoked_sessions.contains_key(&claims.jti)
         });
         valid.then_some(claims)
     }
@@ -216,7 +222,7 @@ impl Sessions {
             s.tenants
                 .admin
                 .as_ref()
-                .is_some_and(|a| a.sessions_after > 0)
+                .is_some_and(|a| a.sessions_after_ms > 0)
         });
         !changed
             && self.break_glass.as_deref().is_some_and(|(u, p)| {
@@ -261,7 +267,7 @@ mod tests {
     #[test]
     fn session_tokens_check_secret_and_expiry() {
         let k = SessionKeys::from_secret(b"0123456789abcdef0123456789abcdef");
-        let now = unix_now();
+        let now = unix_now_ms();
         let (t, claims) = k.issue("admin", now);
         assert_eq!(k.check(&t).unwrap().sub, "admin");
         assert_eq!(claims.jti.len(), 32);
@@ -272,7 +278,7 @@ mod tests {
         );
         let other = SessionKeys::from_secret(b"another-secret-another-secret-xx");
         assert!(other.check(&t).is_none());
-        let (old, _) = k.issue("admin", now - SESSION_TTL_SECS - 10);
+        let (old, _) = k.issue("admin", now - (SESSION_TTL_SECS + 10) * 1000);
         assert!(k.check(&old).is_none());
     }
 

@@ -94,9 +94,9 @@ impl Heartbeats {
                 },
                 cert_fingerprint: Some(self.fingerprint.clone()),
             };
-            if self.health.is_healthy() {
-                self.send(beat).await;
-            }
+            // An unhealthy node does not beat for itself; as the leader it still commits the
+            // beats of the others.
+            self.send(self.health.is_healthy().then_some(beat)).await;
             // Our leases are renewed when our own beat is committed: watch the replicated
             // registry.
             let seen = self.raft.read(|s| {
@@ -116,10 +116,12 @@ impl Heartbeats {
     }
 
     /// On the leader: add to the batch and flush it. Elsewhere: hand the beat to the leader.
-    async fn send(&self, beat: Heartbeat) {
+    async fn send(&self, beat: Option<Heartbeat>) {
         let st = self.raft.status();
         if st.leader == Some(st.node_id) {
-            self.batch.add(beat);
+            if let Some(beat) = beat {
+                self.batch.add(beat);
+            }
             let beats = self.batch.take();
             let known: Vec<Heartbeat> = self.raft.read(|s| {
                 beats
@@ -136,6 +138,9 @@ impl Heartbeats {
             }
             return;
         }
+        let Some(beat) = beat else {
+            return;
+        };
         let body = bytes::Bytes::from(serde_json::to_vec(&beat).unwrap_or_default());
         if let Err(e) = self.to_leader(body).await {
             tracing::warn!(error = %e, "heartbeat not delivered to the leader");

@@ -76,6 +76,11 @@ impl Api {
         }
     }
 
+    /// The bearer token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Base URL of the node.
     pub fn base(&self) -> &str {
         &self.base

@@ -76,10 +76,10 @@ pub enum Command {
         exp: u64,
         now: u64,
     },
-    /// Changes the admin's password; sessions issued before `at_secs` end.
+    /// Changes the admin's password; sessions issued before `at_ms` end.
     SetAdminPassword {
         password_hash: String,
-        at_secs: u64,
+        at_ms: u64,
     },
     /// Seals what a state written before sealing holds in plaintext (see `Tenants::seal`).
     SealSecrets {
@@ -217,8 +217,8 @@ impl ClusterState {
             }
             Command::SetAdminPassword {
                 password_hash,
-                at_secs,
-            } => self.tenants.set_admin_password(password_hash, *at_secs),
+                at_ms,
+            } => self.tenants.set_admin_password(password_hash, *at_ms),
             Command::SealSecrets {
                 ca_key,
                 apps,

@@ -14,9 +14,10 @@ pub struct AdminUser {
     pub username: String,
     /// PHC string (argon2id).
     pub password_hash: String,
-    /// Sessions issued before this (Unix seconds) are refused: set when the password changes.
+    /// Sessions issued before this (Unix milliseconds) are refused: set when the password
+    /// changes.
     #[serde(default)]
-    pub sessions_after: u64,
+    pub sessions_after_ms: u64,
 }
 
 /// A tenant.
@@ -131,12 +132,12 @@ impl Tenants {
         CommandResponse::Ok
     }
 
-    /// Sets the admin's password and ends every session issued before `at_secs`.
-    pub(super) fn set_admin_password(&mut self, hash: &str, at_secs: u64) -> CommandResponse {
+    /// Sets the admin's password and ends every session issued before `at_ms`.
+    pub(super) fn set_admin_password(&mut self, hash: &str, at_ms: u64) -> CommandResponse {
         match &mut self.admin {
             Some(admin) => {
                 admin.password_hash = hash.to_string();
-                admin.sessions_after = admin.sessions_after.max(at_secs);
+                admin.sessions_after_ms = admin.sessions_after_ms.max(at_ms);
                 CommandResponse::Ok
             }
             None => not_found("admin"),
@@ -382,12 +383,12 @@ pub(crate) mod tests {
         let a = AdminUser {
             username: "admin".into(),
             password_hash: "h1".into(),
-            sessions_after: 0,
+            sessions_after_ms: 0,
         };
         let b = AdminUser {
             username: "other".into(),
             password_hash: "h2".into(),
-            sessions_after: 0,
+            sessions_after_ms: 0,
         };
         assert_eq!(
             s.apply(&Command::BootstrapAdmin(a.clone())),

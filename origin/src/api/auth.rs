@@ -260,19 +260,10 @@ pub async fn change_password(
     let password_hash = tokio::task::spawn_blocking(move || hash_password(&new))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let now = crate::credentials::unix_now();
     tenants
         .write(Command::SetAdminPassword {
             password_hash,
-            at_secs: now,
-        })
-        .await?;
-    // Sessions issued in this same second are not older than the change: end this one by id.
-    tenants
-        .write(Command::RevokeSession {
-            jti: claims.jti,
-            exp: claims.exp,
-            now,
+            at_ms: crate::credentials::unix_now_ms(),
         })
         .await?;
     let (token, _) = sessions.issue(&claims.sub)?;
