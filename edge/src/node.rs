@@ -14,7 +14,7 @@ use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::registry::{SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
-use streamhub_media::access::TokenVerifier;
+use streamhub_media::access::{Remembering, TokenVerifier};
 use streamhub_media::hls::http::RoomOpener;
 use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
 use streamhub_media::http::Serving;
@@ -141,7 +141,7 @@ fn http_router(
             media,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(OriginsKeys(origins.clone())) as Arc<dyn TokenVerifier>,
+            Arc::new(Remembering::new(OriginsKeys(origins.clone()))) as Arc<dyn TokenVerifier>,
             streamhub_media::access::check,
         ));
     playback.merge(streamhub_media::play::router(steering))

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use streamhub_cluster::query::{AppKey, StateAnswer, StateQuery};
 use streamhub_cluster::raft::network::resolve;
 use streamhub_cluster::state::{Heartbeat, NodeRecord, NodeRole};
@@ -31,12 +30,6 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// Name of the file in the data dir that lists known origins.
 const ORIGINS_FILE: &str = "origins.json";
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// The origin holding a room, and where to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,8 +52,6 @@ pub struct Origins {
     next: AtomicUsize,
     placements: moka::future::Cache<RoomKey, Option<Holder>>,
     apps: moka::future::Cache<AppName, Option<AppKey>>,
-    /// HS256 tokens an origin verified, by the SHA-256 of app and token.
-    verified: moka::future::Cache<[u8; 32], AccessClaims>,
     nodes: Mutex<Arc<Vec<NodeRecord>>>,
     file: Option<PathBuf>,
     /// Placement lookups in flight (uncached): viewers asking for random room names cannot
@@ -97,10 +88,6 @@ impl Origins {
                 .build(),
             apps: moka::future::Cache::builder()
                 .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(30))
-                .build(),
-            verified: moka::future::Cache::builder()
-                .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(30))
                 .build(),
             nodes: Mutex::new(Arc::new(Vec::new())),
@@ -209,8 +196,7 @@ impl Origins {
     }
 
     /// The claims of a valid token of `app`: an EdDSA token is verified here with the app's
-    /// public key; an HS256 (LiveKit) token, whose secret only origins hold, by an origin, and
-    /// the answer is kept (until the token expires, at most 30 s).
+    /// public key; an HS256 (LiveKit) token, whose secret only origins hold, by an origin.
     pub async fn verify_token(&self, app: &AppName, token: &str) -> Result<AccessClaims, String> {
         match auth::algorithm(token) {
             Some(auth::Algorithm::HS256) => self.verify_at_origin(app, token).await,
@@ -233,18 +219,6 @@ impl Origins {
     }
 
     async fn verify_at_origin(&self, app: &AppName, token: &str) -> Result<AccessClaims, String> {
-        let id: [u8; 32] = Sha256::new()
-            .chain_update(app.as_str())
-            .chain_update([0])
-            .chain_update(token)
-            .finalize()
-            .into();
-        let now = unix_now();
-        if let Some(claims) = self.verified.get(&id).await {
-            if claims.exp > now {
-                return Ok(claims);
-            }
-        }
         // Shares the bound of placement lookups: random tokens cannot flood the origins.
         let _permit = self
             .lookups
@@ -258,10 +232,7 @@ impl Origins {
             StateAnswer::Verified {
                 claims: Some(claims),
                 ..
-            } => {
-                self.verified.insert(id, claims.clone()).await;
-                Ok(claims)
-            }
+            } => Ok(claims),
             StateAnswer::Verified { error, .. } => {
                 Err(error.unwrap_or_else(|| "refused by the origin".into()))
             }

@@ -249,7 +249,7 @@ impl Admission {
             app: app.clone(),
             room: room.clone(),
             publisher: format!("{TOKEN_PUBLISHER}{}", claims.sub),
-            basis: Basis::AppKey(key.key_id),
+            basis: Basis::AppKey(key.key_id.clone()),
         })
     }
 
@@ -636,7 +636,7 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_signed_either_way_publish_and_end_with_their_app() {
-        use streamhub_shared::auth::{mint, mint_eddsa, AccessClaims, VideoGrant};
+        use streamhub_shared::auth::{mint, AccessClaims, VideoGrant};
         let w = world().await;
         let app = AppName::new("tok").expect("app");
         let record = w.tenants.new_app(app.clone(), None).expect("new app");
@@ -657,8 +657,7 @@ mod tests {
                 can_subscribe: false,
             },
         };
-        let eddsa =
-            mint_eddsa(&claims("a"), signer.ed25519.as_ref().expect("key pair")).expect("mint");
+        let eddsa = signer.ed.as_ref().expect("key pair").mint(&claims("a"));
         let hs256 = mint(&claims("b"), signer.hs256.as_bytes());
         let admission = w.admission(During::Nothing);
         let mut publishers = Vec::new();

@@ -119,8 +119,9 @@ pub fn banner(
         udp = webrtc_udp,
     );
     s += &format!(
-        "\n  cluster        add a node: mint a join token (POST {base}/api/v1/cluster/join-tokens as the admin), then\n                 \
-         streamhub-origin --node-id <name> --cluster <addr:4433> --join {base}   (token in STREAMHUB_JOIN_TOKEN)\n"
+        "\n  cluster        add a node: mint a single-use join token for its role (shown once, never logged):\n                 \
+         curl -X POST {base}/api/v1/cluster/join-tokens -H 'authorization: Bearer <admin session>' -d '{{\"role\":\"edge\"}}'\n                 \
+         then start it with --join {base} and the token in STREAMHUB_JOIN_TOKEN or --join-token-file\n"
     );
     if first.demo_stream_key.is_none() {
         s += "  (stream keys are shown once; create one: POST /api/v1/apps/:app/ingress {\"type\":\"rtmp\",\"room\":\"main\"})\n";

@@ -199,6 +199,11 @@ impl Sessions {
         Ok(keys)
     }
 
+    /// Whether sessions are signed with [`SESSION_KEY_ENV`] rather than the cluster's key.
+    pub fn from_environment(&self) -> bool {
+        self.from_env.is_some()
+    }
+
     /// A session token for `user`.
     pub fn issue(&self, user: &str) -> Result<(String, SessionClaims), ApiError> {
         Ok(self.keys()?.issue(user, unix_now_ms()))

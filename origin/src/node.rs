@@ -14,7 +14,7 @@ use streamhub_cluster::raft::{RaftNode, Start};
 use streamhub_cluster::registry::SteeringPolicy;
 use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::Endpoint;
-use streamhub_media::access::TokenVerifier;
+use streamhub_media::access::{Remembering, TokenVerifier};
 use streamhub_media::hls::{HlsRegistry, MediaCache};
 use streamhub_media::http::Serving;
 use streamhub_media::metrics::PlaybackStats;
@@ -221,7 +221,8 @@ fn http_router(
     stats: &PlaybackStats,
 ) -> Router {
     let media = Arc::new(RoomsMedia(services.rooms.clone()));
-    let keys = Arc::new(TenantKeys(services.tenants.clone())) as Arc<dyn TokenVerifier>;
+    let keys =
+        Arc::new(Remembering::new(TenantKeys(services.tenants.clone()))) as Arc<dyn TokenVerifier>;
     let playback = Router::new()
         .merge(streamhub_media::hls::http::router(
             hls.clone(),

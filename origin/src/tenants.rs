@@ -17,10 +17,11 @@ use streamhub_cluster::query::AppKey;
 use streamhub_cluster::raft::RaftNode;
 use streamhub_cluster::seal::place;
 use streamhub_cluster::state::{
-    AdminUser, ApiKey, App, ClusterState, Command, CommandResponse, Ingress, IngressKind,
+    AdminUser, ApiKey, App, AppSecrets, ClusterState, Command, CommandResponse, Ingress,
+    IngressKind,
 };
 use streamhub_media::http::ApiError;
-use streamhub_shared::auth::{AccessClaims, TokenError, VerifyKeys};
+use streamhub_shared::auth::{AccessClaims, EdSigner, TokenError, VerifyKeys};
 use streamhub_shared::AppName;
 use tokio::time::Instant;
 
@@ -36,8 +37,8 @@ pub struct AppSigner {
     pub key_id: String,
     /// The HS256 secret of LiveKit-compatible tokens.
     pub hs256: String,
-    /// The Ed25519 private key (PKCS#8), when the app has one.
-    pub ed25519: Option<Vec<u8>>,
+    /// The Ed25519 signing key, parsed, when the app has one.
+    pub ed: Option<EdSigner>,
     /// The Ed25519 public key (base64url).
     pub verify_key: Option<String>,
 }
@@ -88,6 +89,9 @@ pub struct Tenants {
     keyring: Keyring,
     /// One read barrier at a time; each covers every miss that came before it started.
     barrier: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// Apps' opened signing material, by app, with the sealed values it was opened from (a
+    /// changed value opens again): opening and parsing cost more than a signature.
+    signers: moka::sync::Cache<AppName, (String, Arc<AppSigner>)>,
 }
 
 impl Tenants {
@@ -97,6 +101,7 @@ impl Tenants {
             raft,
             keyring,
             barrier: Arc::default(),
+            signers: moka::sync::Cache::new(10_000),
         }
     }
 
@@ -156,37 +161,56 @@ impl Tenants {
 
     /// `app`'s signing material, opened with the cluster key; `Ok(None)` if there is no such
     /// app.
-    pub fn app_signer(&self, app: &AppName) -> Result<Option<AppSigner>, ApiError> {
+    pub fn app_signer(&self, app: &AppName) -> Result<Option<Arc<AppSigner>>, ApiError> {
         let Some(record) = self.app(app) else {
             return Ok(None);
         };
+        let version = format!(
+            "{}\n{}\n{}",
+            record.key_id,
+            record.secret,
+            record.signing_key.as_deref().unwrap_or_default()
+        );
+        if let Some((opened_from, signer)) = self.signers.get(app) {
+            if opened_from == version {
+                return Ok(Some(signer));
+            }
+        }
         let name = record.name.as_str();
         let hs256 = self
             .keyring
             .open_text(&place::app_secret(name), &record.secret)?;
-        let ed25519 = match &record.signing_key {
+        let ed = match &record.signing_key {
             Some(sealed) => {
                 let b64 = self
                     .keyring
                     .open_text(&place::app_signing_key(name), sealed)?;
+                let pkcs8 = B64
+                    .decode(b64)
+                    .map_err(|e| ApiError::Internal(format!("app {name} signing key: {e}")))?;
                 Some(
-                    B64.decode(b64)
-                        .map_err(|e| ApiError::Internal(format!("app {name} signing key: {e}")))?,
+                    EdSigner::from_pkcs8(&pkcs8)
+                        .map_err(|e| ApiError::Internal(format!("app {name}: {e}")))?,
                 )
             }
             None => None,
         };
-        Ok(Some(AppSigner {
+        let signer = Arc::new(AppSigner {
             key_id: record.key_id,
             hs256,
-            ed25519,
+            ed,
             verify_key: record.verify_key,
-        }))
+        });
+        self.signers.insert(app.clone(), (version, signer.clone()));
+        Ok(Some(signer))
     }
 
     /// `app`'s signing material, confirming a miss with a read barrier (an app created a
     /// moment ago through another origin).
-    pub async fn app_signer_fresh(&self, app: &AppName) -> Result<Option<AppSigner>, ApiError> {
+    pub async fn app_signer_fresh(
+        &self,
+        app: &AppName,
+    ) -> Result<Option<Arc<AppSigner>>, ApiError> {
         if let Some(signer) = self.app_signer(app)? {
             return Ok(Some(signer));
         }
@@ -215,19 +239,29 @@ impl Tenants {
 
     /// A new app with fresh secrets, sealed with the cluster key.
     pub fn new_app(&self, name: AppName, display_name: Option<String>) -> Result<App, ApiError> {
-        let key = self.keyring.key()?;
-        let pair = AppKeyPair::generate();
+        let keys = self.new_app_keys(&name)?;
         Ok(App {
-            secret: key.seal(&place::app_secret(name.as_str()), random_hex(32).as_bytes()),
-            signing_key: Some(key.seal(
-                &place::app_signing_key(name.as_str()),
-                B64.encode(&pair.pkcs8).as_bytes(),
-            )),
-            verify_key: Some(pair.verify_key),
+            secret: keys.secret,
+            signing_key: Some(keys.signing_key),
+            verify_key: Some(keys.verify_key),
             key_id: random_token("ak_", 16),
             created_at_ms: unix_now_ms(),
             display_name,
             name,
+        })
+    }
+
+    /// Fresh signing keys for app `name`, sealed with the cluster key.
+    pub fn new_app_keys(&self, name: &AppName) -> Result<AppSecrets, ApiError> {
+        let key = self.keyring.key()?;
+        let pair = AppKeyPair::generate();
+        Ok(AppSecrets {
+            secret: key.seal(&place::app_secret(name.as_str()), random_hex(32).as_bytes()),
+            signing_key: key.seal(
+                &place::app_signing_key(name.as_str()),
+                B64.encode(&pair.pkcs8).as_bytes(),
+            ),
+            verify_key: pair.verify_key,
         })
     }
 

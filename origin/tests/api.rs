@@ -409,3 +409,95 @@ fn decode_jwt_payload(t: &str) -> serde_json::Value {
         .unwrap();
     serde_json::from_slice(&raw).unwrap()
 }
+
+/// Tokens come signed two ways; rotating an app's keys refuses every token signed before;
+/// rotating the session key ends every session; both are refused to app-scoped keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_signatures_and_key_rotation() {
+    let origin = Origin::start().await;
+    let admin = origin.admin().await;
+    let anon = origin.api();
+    let r = admin.post("/apps", json!({"name": "rot"})).await.unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let verify_key = r.body["data"]["verifyKey"].as_str().unwrap().to_string();
+    let minter = admin.clone();
+    let mint = |identity: &'static str| {
+        let admin = minter.clone();
+        async move {
+            let r = admin
+                .post(
+                    "/apps/rot/tokens",
+                    json!({"room": "cam", "identity": identity, "canSubscribe": true}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(r.status, 201, "{r:?}");
+            (
+                r.body["data"]["token"].as_str().unwrap().to_string(),
+                r.body["data"]["livekitToken"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let (eddsa, hs256) = mint("v1").await;
+    assert_eq!(jwt_alg(&eddsa), "EdDSA");
+    assert_eq!(jwt_alg(&hs256), "HS256");
+    assert_eq!(decode_jwt_payload(&eddsa), decode_jwt_payload(&hs256));
+    // A token presented on a playback path is checked before the route answers (404: the room
+    // is not live; 401: the token is refused). A token once verified is remembered for 30 s
+    // (docs/security.md): the ones checked after the rotation are never presented before.
+    let hls = |token: &str| {
+        let url = origin.url(&format!("/hls/rot/cam/index.m3u8?token={token}"));
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    let (unused_eddsa, unused_hs256) = mint("v2").await;
+    assert_eq!(hls(&eddsa).await, 404);
+    assert_eq!(hls(&hs256).await, 404);
+    assert_eq!(hls("x.y.z").await, 401, "a garbage token");
+    let r = admin
+        .post("/apps/rot/rotate-keys", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_ne!(r.body["data"]["verifyKey"].as_str().unwrap(), verify_key);
+    for old in [&unused_eddsa, &unused_hs256] {
+        assert_eq!(hls(old).await, 401, "a token signed before the rotation");
+    }
+    let (fresh, _) = mint("v3").await;
+    assert_eq!(hls(&fresh).await, 404, "a token signed after the rotation");
+
+    // Session key rotation: every session ends; a new login works.
+    let r = admin
+        .post("/api-keys", json!({"name": "scoped", "app": "rot"}))
+        .await
+        .unwrap();
+    let scoped = anon.with_token(r.body["data"]["secret"].as_str().unwrap());
+    let r = scoped
+        .post("/auth/rotate-session-key", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = admin
+        .post("/auth/rotate-session-key", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(admin.get("/apps").await.unwrap().status, 401);
+    let again = origin.admin().await;
+    assert_eq!(again.get("/apps").await.unwrap().status, 200);
+    // Logout ends this one; an API key cannot "log out".
+    let r = again.post("/auth/logout", json!({})).await.unwrap();
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(again.get("/apps").await.unwrap().status, 401);
+    let r = scoped.post("/auth/logout", json!({})).await.unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+}
+
+fn jwt_alg(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    v["alg"].as_str().unwrap().to_string()
+}

@@ -61,14 +61,45 @@ pub fn algorithm(token: &str) -> Option<Algorithm> {
     jsonwebtoken::decode_header(token).ok().map(|h| h.alg)
 }
 
-/// Signs `claims` with an Ed25519 key (PKCS#8 DER).
+/// Signs `claims` with an Ed25519 key (PKCS#8 DER), parsing the key each time; an origin that
+/// signs many tokens keeps an [`EdSigner`].
 pub fn mint_eddsa(claims: &AccessClaims, pkcs8: &[u8]) -> Result<String, TokenError> {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::EdDSA),
-        claims,
-        &EncodingKey::from_ed_der(pkcs8),
-    )
-    .map_err(|e| TokenError::Malformed(format!("signing key: {e}")))
+    Ok(EdSigner::from_pkcs8(pkcs8)?.mint(claims))
+}
+
+/// An app's Ed25519 signing key, parsed once (parsing derives the public key: as costly as a
+/// signature).
+pub struct EdSigner {
+    pair: ring::signature::Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for EdSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdSigner").finish_non_exhaustive()
+    }
+}
+
+impl EdSigner {
+    /// The signer of a PKCS#8 (v1 or v2) Ed25519 key.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, TokenError> {
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|e| TokenError::Malformed(format!("signing key: {e}")))?;
+        Ok(Self { pair })
+    }
+
+    /// A JWT of `claims` with header `{"typ":"JWT","alg":"EdDSA"}`, the encoding
+    /// `jsonwebtoken` produces and verifies.
+    pub fn mint(&self, claims: &AccessClaims) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine as _;
+        let header = B64.encode(br#"{"typ":"JWT","alg":"EdDSA"}"#);
+        let payload = serde_json::to_vec(claims).expect("plain claims serialize");
+        let mut token = format!("{header}.{}", B64.encode(payload));
+        let signature = self.pair.sign(token.as_bytes());
+        token.push('.');
+        token.push_str(&B64.encode(signature.as_ref()));
+        token
+    }
 }
 
 /// Verifies a token signed either way, with the key its header names; signature, expiry and
@@ -240,6 +271,14 @@ mod tests {
         .is_err());
         let old = mint_eddsa(&claims(1000), &pkcs8).unwrap();
         assert_eq!(verify_any(&old, "ak_1", edge), Err(TokenError::Expired));
+        // What the kept signer makes is what jsonwebtoken makes (Ed25519 is deterministic).
+        let by_jsonwebtoken = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims(FAR),
+            &EncodingKey::from_ed_der(&pkcs8),
+        )
+        .unwrap();
+        assert_eq!(t, by_jsonwebtoken);
     }
 
     fn base64_decode(s: &str) -> Option<Vec<u8>> {

@@ -81,6 +81,16 @@ pub enum Command {
         password_hash: String,
         at_ms: u64,
     },
+    /// Gives app `name` new signing keys and key id: every token signed before is refused.
+    RotateAppKeys {
+        name: AppName,
+        key_id: String,
+        keys: AppSecrets,
+    },
+    /// Replaces the sealed session key: every dashboard session ends.
+    RotateSessionKey {
+        sealed: String,
+    },
     /// Seals what a state written before sealing holds in plaintext (see `Tenants::seal`).
     SealSecrets {
         #[serde(default)]
@@ -212,6 +222,14 @@ impl ClusterState {
             Command::DeleteJoinToken { id } => self.membership.delete_join_token(id),
             Command::SetClusterKeyCheck { check } => self.membership.set_key_check(check),
             Command::SetSessionKey { sealed } => self.membership.set_session_key(sealed),
+            Command::RotateSessionKey { sealed } => {
+                self.membership.session_key = Some(sealed.clone());
+                self.membership.revoked_sessions.clear();
+                CommandResponse::Ok
+            }
+            Command::RotateAppKeys { name, key_id, keys } => {
+                self.tenants.rotate_app_keys(name, key_id, keys)
+            }
             Command::RevokeSession { jti, exp, now } => {
                 self.membership.revoke_session(jti, *exp, *now)
             }

@@ -176,6 +176,25 @@ impl Tenants {
         }
     }
 
+    /// Replaces `name`'s key id and signing keys.
+    pub(super) fn rotate_app_keys(
+        &mut self,
+        name: &AppName,
+        key_id: &str,
+        keys: &AppSecrets,
+    ) -> CommandResponse {
+        match self.apps.get_mut(name) {
+            Some(app) => {
+                app.key_id = key_id.to_string();
+                app.secret.clone_from(&keys.secret);
+                app.signing_key = Some(keys.signing_key.clone());
+                app.verify_key = Some(keys.verify_key.clone());
+                CommandResponse::Ok
+            }
+            None => not_found(format!("app {name}")),
+        }
+    }
+
     pub(super) fn create_app(&mut self, app: &App) -> CommandResponse {
         if self.apps.contains_key(&app.name) {
             return exists(format!("app {}", app.name));

@@ -133,6 +133,28 @@ pub async fn update(
     Ok(data(AppView::from(&load_app(&tenants, &app)?)))
 }
 
+/// `POST /apps/:app/rotate-keys` (any principal of the app): new key id and signing keys;
+/// every token signed before is refused from now on, and publishers admitted by one end within
+/// a heartbeat on every origin.
+pub async fn rotate_keys(
+    State(tenants): State<Tenants>,
+    who: Principal,
+    Path(app): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let app = authorize_app(&who, &app)?;
+    load_app(&tenants, &app)?;
+    let keys = tenants.new_app_keys(&app)?;
+    tenants
+        .write(Command::RotateAppKeys {
+            name: app.clone(),
+            key_id: crate::credentials::random_token("ak_", 16),
+            keys,
+        })
+        .await?;
+    tracing::info!(%app, "app signing keys rotated");
+    Ok(data(AppView::from(&load_app(&tenants, &app)?)))
+}
+
 /// `DELETE /apps/:app` (admin or global key): removes the app, its ingresses and app keys, and
 /// ends its live rooms (here at once, on other origins within a heartbeat).
 pub async fn delete(

@@ -286,3 +286,27 @@ mod tests {
         assert!(!ip_allowed(&[], "10.0.0.1".parse().unwrap()));
     }
 }
+
+/// `POST /auth/rotate-session-key` (admin or global key): a new cluster session key; every
+/// dashboard session ends on every origin (log in again). Refused while sessions are signed
+/// with `STREAMHUB_JWT_SECRET`, which is rotated by changing it on every origin.
+pub async fn rotate_session_key(
+    State(tenants): State<Tenants>,
+    State(sessions): State<Sessions>,
+    who: Principal,
+) -> Result<axum::http::StatusCode, ApiError> {
+    who.check_global()?;
+    if sessions.from_environment() {
+        return Err(ApiError::Conflict(format!(
+            "sessions are signed with {}: change it on every origin",
+            crate::credentials::SESSION_KEY_ENV
+        )));
+    }
+    let sealed = tenants.keyring().seal(
+        streamhub_cluster::seal::place::SESSION_KEY,
+        crate::credentials::random_hex(32).as_bytes(),
+    )?;
+    tenants.write(Command::RotateSessionKey { sealed }).await?;
+    tracing::info!("session key rotated: every dashboard session ended");
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

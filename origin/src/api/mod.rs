@@ -26,6 +26,7 @@ pub fn router(services: Services) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/auth/logout", post(auth::logout))
         .route("/auth/password", post(auth::change_password))
+        .route("/auth/rotate-session-key", post(auth::rotate_session_key))
         .route("/api-keys", post(keys::create).get(keys::list))
         .route("/api-keys/{id}", axum::routing::delete(keys::delete))
         .route("/apps", post(apps::create).get(apps::list))
@@ -34,6 +35,7 @@ pub fn router(services: Services) -> Router {
             get(apps::get).patch(apps::update).delete(apps::delete),
         )
         .route("/apps/{app}/tokens", post(tokens::mint))
+        .route("/apps/{app}/rotate-keys", post(apps::rotate_keys))
         .route(
             "/apps/{app}/ingress",
             post(ingress::create).get(ingress::list),

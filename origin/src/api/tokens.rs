@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
-use streamhub_shared::auth::{mint as mint_hs256, mint_eddsa, AccessClaims, VideoGrant};
+use streamhub_shared::auth::{mint as mint_hs256, AccessClaims, VideoGrant};
 use streamhub_shared::ttl::parse_ttl;
 use streamhub_shared::RoomName;
 
@@ -102,8 +102,8 @@ pub async fn mint(
     };
     let livekit_token = mint_hs256(&claims, signer.hs256.as_bytes());
     // An app made before key pairs gets one when the leader seals its secrets (seconds).
-    let token = match &signer.ed25519 {
-        Some(pkcs8) => mint_eddsa(&claims, pkcs8).map_err(|e| ApiError::Internal(e.to_string()))?,
+    let token = match &signer.ed {
+        Some(ed) => ed.mint(&claims),
         None => livekit_token.clone(),
     };
     let base = urls.base();
