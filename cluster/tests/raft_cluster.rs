@@ -330,3 +330,66 @@ async fn a_removed_node_leaves_the_membership() {
         m.stop().await;
     }
 }
+
+/// A write that speaks for a node (a room claim) is refused when another origin forwards it,
+/// taken when the node itself does; a read barrier on a follower sees every write acknowledged
+/// before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_speak_only_for_their_sender_and_barriers_are_fresh() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = create_ca("test").unwrap();
+    let n1 = Member::open(&ca, root.path(), "n1", Start::Bootstrap).await;
+    let (cert, pem_key) = issue_node_cert(&ca, "origin-9", "origin").unwrap();
+    let other = bind(
+        &NodeIdentity::from_pem(ca.cert_pem.clone(), cert, pem_key).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await;
+    let claim = |node: &str| Command::ClaimRoom {
+        app: streamhub_shared::AppName::new("a").unwrap(),
+        room: streamhub_shared::RoomName::new("r").unwrap(),
+        node: node.into(),
+        at_ms: 1,
+        lease_ms: 10_000,
+    };
+    let send = |cmd: Command| {
+        let other = other.clone();
+        let addr = n1.addr;
+        async move {
+            let body = bytes::Bytes::from(serde_json::to_vec(&cmd).unwrap());
+            let answer = other
+                .request(
+                    addr,
+                    streamhub_cluster::transport::kinds::CLIENT_WRITE,
+                    body,
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap();
+            String::from_utf8(answer.to_vec()).unwrap()
+        }
+    };
+    let refused = send(claim("n1")).await;
+    assert!(refused.contains("Forbidden"), "{refused}");
+    assert!(n1.node.read(|s| s.placements.rooms.is_empty()));
+    let taken = send(claim("origin-9")).await;
+    assert!(taken.contains("\"claimed\""), "{taken}");
+
+    let n2 = Member::open(&ca, root.path(), "n2", Start::Join).await;
+    n1.node.add_voter(n2.id, n2.addr.to_string()).await.unwrap();
+    for i in 0..20 {
+        n1.node.write(key(&format!("b{i}"))).await.unwrap();
+        let follower = if n1.node.status().leader == Some(n1.id) {
+            &n2
+        } else {
+            &n1
+        };
+        follower.node.barrier(Duration::from_secs(5)).await.unwrap();
+        let id = format!("b{i}");
+        assert!(
+            follower.node.read(|s| s.tenants.api_keys.contains_key(&id)),
+            "{id} not seen after the barrier"
+        );
+    }
+    other.close().await;
+}

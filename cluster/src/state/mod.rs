@@ -137,14 +137,15 @@ pub enum Command {
 }
 
 impl Command {
-    /// The nodes a command speaks for: a heartbeat or a room claim may only come from the node
-    /// it names (the leader checks this for writes forwarded by other nodes).
+    /// The nodes a command speaks for: a heartbeat, a room claim or a pull's status may only
+    /// come from the node it names (the leader checks this for writes forwarded by other nodes).
     pub fn nodes_named(&self) -> Vec<&str> {
         match self {
             Command::Heartbeats { beats, .. } => beats.iter().map(|b| b.node.as_str()).collect(),
             Command::ClaimRoom { node, .. } | Command::ReleaseRoom { node, .. } => {
                 vec![node.as_str()]
             }
+            Command::SetIngressStatus { status, .. } => vec![status.node.as_str()],
             _ => Vec::new(),
         }
     }
@@ -297,6 +298,29 @@ fn not_found(what: impl Into<String>) -> CommandResponse {
 mod tests {
     use super::tenants::tests::{app, ingress, key};
     use super::*;
+
+    #[test]
+    fn commands_that_speak_for_a_node_name_it() {
+        let claim = Command::ClaimRoom {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: "o2".into(),
+            at_ms: 0,
+            lease_ms: 1,
+        };
+        assert_eq!(claim.nodes_named(), ["o2"]);
+        let status = Command::SetIngressStatus {
+            id: "i".into(),
+            status: IngressStatus {
+                state: "live".into(),
+                node: "o3".into(),
+                last_error: None,
+                since_ms: 0,
+            },
+        };
+        assert_eq!(status.nodes_named(), ["o3"]);
+        assert!(Command::CreateApp(app("a")).nodes_named().is_empty());
+    }
 
     #[test]
     fn replay_is_deterministic() {
