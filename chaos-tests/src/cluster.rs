@@ -16,6 +16,9 @@ use crate::timeline::Timeline;
 /// Lines of each node's log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 40;
 
+/// How long a node that must be refused is watched ([`Cluster::assert_refused`]).
+pub const REFUSAL_WATCH: Duration = Duration::from_secs(15);
+
 /// How long a cluster may take to agree on a leader.
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -190,6 +193,43 @@ impl Cluster {
         let mut cfg = self.config(name, join);
         cfg.role = crate::node::Role::Edge;
         Node::spawn(cfg, self.timeline.clone()).expect("spawn extra edge")
+    }
+
+    /// Watches a node that must not become a member: it either exits non-zero, or runs without
+    /// ever answering `/healthz` 200 for [`REFUSAL_WATCH`] (then it is killed). Returns how it
+    /// was refused, and records it.
+    pub async fn assert_refused(&self, node: &mut Node) -> String {
+        let health = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .expect("http client");
+        let start = std::time::Instant::now();
+        let how = loop {
+            if let Some(status) = node.exit_status() {
+                assert!(
+                    !status.success(),
+                    "{} exited with success instead of being refused\n{}",
+                    node.name(),
+                    node.log_tail(LOG_TAIL_LINES)
+                );
+                break format!("exited ({status})");
+            }
+            if start.elapsed() >= REFUSAL_WATCH {
+                node.kill9();
+                break format!("never healthy in {REFUSAL_WATCH:?}");
+            }
+            if let Ok(r) = health.get(node.url("/healthz")).send().await {
+                assert!(
+                    !r.status().is_success(),
+                    "{} became healthy although it must be refused\n{}",
+                    node.name(),
+                    node.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        self.note(format!("{} refused: {how}", node.name()));
+        how
     }
 
     /// Records a test event in the fault timeline.

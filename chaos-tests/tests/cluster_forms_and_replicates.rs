@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use rand::Rng;
 use streamhub_chaos_tests::api::names;
-use streamhub_chaos_tests::{chaos_seed, poll, Api, Cluster, Join, Node};
+use streamhub_chaos_tests::{chaos_seed, poll, Api, Cluster, Join};
 
 /// How long a write may take to show up on another node.
 const REPLICATION: Duration = Duration::from_secs(10);
 
 /// How long a refused node is watched: it must exit non-zero or stay unhealthy this long.
-const REFUSAL_WATCH: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_forms_and_replicates() {
@@ -104,38 +103,6 @@ async fn wait_app(api: &Api, app: &str) {
     .unwrap();
 }
 
-/// Watches a node that must not become a member: it either exits non-zero, or runs without ever
-/// answering `/healthz` 200 for [`REFUSAL_WATCH`]. Returns how it was refused.
-async fn assert_refused(node: &mut Node) -> String {
-    let health = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while start.elapsed() < REFUSAL_WATCH {
-        if let Some(status) = node.exit_status() {
-            assert!(
-                !status.success(),
-                "{} exited with success instead of being refused\n{}",
-                node.name(),
-                node.log_tail(40)
-            );
-            return format!("exited ({status})");
-        }
-        if let Ok(r) = health.get(node.url("/healthz")).send().await {
-            assert!(
-                !r.status().is_success(),
-                "{} became healthy although it must be refused\n{}",
-                node.name(),
-                node.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    node.kill9();
-    format!("never healthy in {REFUSAL_WATCH:?}")
-}
-
 /// The cluster still has exactly the three original voters, and `stranger` is not a member.
 async fn assert_membership_unchanged(c: &Cluster, api: &Api, stranger: Option<&str>) {
     let s = api.cluster().await.unwrap();
@@ -167,7 +134,7 @@ async fn wrong_token_is_refused(c: &mut Cluster, api: &Api) {
         token: token.into_iter().collect(),
     };
     let mut bad = c.spawn_extra("origin-badtoken", Some(join));
-    let how = assert_refused(&mut bad).await;
+    let how = c.assert_refused(&mut bad).await;
     c.note(format!("join with a wrong token refused: {how}"));
     drop(bad);
     assert_membership_unchanged(c, api, Some("origin-badtoken")).await;
@@ -179,7 +146,7 @@ async fn name_collision_is_refused(c: &mut Cluster, apis: &[Api; 3]) {
     let name = c.nodes[victim].name().to_string();
     let join = c.join_via(0).await;
     let mut impostor = c.spawn_extra(&name, Some(join));
-    let how = assert_refused(&mut impostor).await;
+    let how = c.assert_refused(&mut impostor).await;
     c.note(format!("node id collision ({name}) refused: {how}"));
     drop(impostor);
     assert_membership_unchanged(c, &apis[0], None).await;

@@ -186,7 +186,7 @@ async fn edge_certificates_tokens_and_revocation() {
         .await
         .expect("the first use of a single-use token joins");
     let mut edge3 = c.spawn_extra_edge("edge-3", Some(join(&single)));
-    let how = assert_refused(&mut edge3).await;
+    let how = c.assert_refused(&mut edge3).await;
     assert!(
         read_log(&edge3).contains("used-up join token"),
         "the second use is refused as used up:\n{}",
@@ -195,7 +195,7 @@ async fn edge_certificates_tokens_and_revocation() {
     c.note(format!("single-use token refused the second time: {how}"));
     let for_edge = admin.join_token("edge").await.unwrap();
     let mut origin4 = c.spawn_extra("origin-4", Some(join(&for_edge)));
-    let how = assert_refused(&mut origin4).await;
+    let how = c.assert_refused(&mut origin4).await;
     assert!(
         read_log(&origin4).contains("minted for edge"),
         "an edge's token joining an origin is refused for its role:\n{}",
@@ -219,7 +219,7 @@ async fn edge_certificates_tokens_and_revocation() {
         "origin-5",
         Some(join(revoked.data()["token"].as_str().unwrap())),
     );
-    assert_refused(&mut origin5).await;
+    c.assert_refused(&mut origin5).await;
     c.note("revoked token refused");
     for token in [&single, &for_edge] {
         let secret = token.split('.').next().unwrap();
@@ -339,36 +339,4 @@ async fn assert_membership(c: &Cluster, names: &[&str]) {
     let voters = streamhub_chaos_tests::api::names(&st, "voters");
     let want: std::collections::BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
     assert_eq!(voters, want, "{st}");
-}
-
-/// The node exits with failure, or never becomes healthy within 15 s (then it is killed).
-async fn assert_refused(node: &mut Node) -> String {
-    let watch = Duration::from_secs(15);
-    let start = Instant::now();
-    let health = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    while start.elapsed() < watch {
-        if let Some(status) = node.exit_status() {
-            assert!(
-                !status.success(),
-                "{} exited with success instead of being refused\n{}",
-                node.name(),
-                node.log_tail(40)
-            );
-            return format!("exited ({status})");
-        }
-        if let Ok(r) = health.get(node.url("/healthz")).send().await {
-            assert!(
-                !r.status().is_success(),
-                "{} became healthy although it must be refused\n{}",
-                node.name(),
-                node.log_tail(40)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    node.kill9();
-    format!("never healthy in {watch:?}")
 }

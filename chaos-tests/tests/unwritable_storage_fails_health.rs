@@ -57,7 +57,7 @@ async fn unwritable_storage_fails_health() {
         return;
     }
     let seed = chaos_seed();
-    let mut c = Cluster::start(3, seed).await;
+    let c = Cluster::start(3, seed).await;
     let sick = 0;
     let watcher = 1;
     let sick_name = c.nodes[sick].name().to_string();

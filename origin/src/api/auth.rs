@@ -272,21 +272,6 @@ pub async fn change_password(
     ))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ip_allow_list_matches_addresses_and_ranges() {
-        let list = vec!["10.0.0.0/8".to_string(), "192.168.1.7".to_string()];
-        assert!(ip_allowed(&list, "10.1.2.3".parse().unwrap()));
-        assert!(ip_allowed(&list, "192.168.1.7".parse().unwrap()));
-        assert!(ip_allowed(&list, "::ffff:10.0.0.1".parse().unwrap()));
-        assert!(!ip_allowed(&list, "192.168.1.8".parse().unwrap()));
-        assert!(!ip_allowed(&[], "10.0.0.1".parse().unwrap()));
-    }
-}
-
 /// `POST /auth/rotate-session-key` (admin or global key): a new cluster session key; every
 /// dashboard session ends on every origin (log in again). Refused while sessions are signed
 /// with `STREAMHUB_JWT_SECRET`, which is rotated by changing it on every origin.
@@ -309,4 +294,19 @@ pub async fn rotate_session_key(
     tenants.write(Command::RotateSessionKey { sealed }).await?;
     tracing::info!("session key rotated: every dashboard session ended");
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_allow_list_matches_addresses_and_ranges() {
+        let list = vec!["10.0.0.0/8".to_string(), "192.168.1.7".to_string()];
+        assert!(ip_allowed(&list, "10.1.2.3".parse().unwrap()));
+        assert!(ip_allowed(&list, "192.168.1.7".parse().unwrap()));
+        assert!(ip_allowed(&list, "::ffff:10.0.0.1".parse().unwrap()));
+        assert!(!ip_allowed(&list, "192.168.1.8".parse().unwrap()));
+        assert!(!ip_allowed(&[], "10.0.0.1".parse().unwrap()));
+    }
 }
