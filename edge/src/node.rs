@@ -17,9 +17,9 @@ use streamhub_cluster::transport::{Endpoint, NodeIdentity};
 use streamhub_media::access::{Remembering, TokenVerifier};
 use streamhub_media::hls::http::RoomOpener;
 use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
-use streamhub_media::http::Serving;
 use streamhub_media::metrics::{PlaybackMetrics, PlaybackSample, PlaybackStats};
 use streamhub_media::mjpeg::{MediaLookup, Viewing};
+use streamhub_media::node::surface::Serving;
 use streamhub_media::node::{Health, MetricsSource};
 use streamhub_media::play::{NodeDirectory, Steering};
 use streamhub_media::relay::RelayClient;
@@ -35,7 +35,8 @@ use crate::pull::Pulls;
 /// Runs an edge until `shutdown` is cancelled, then drains it.
 pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let s = &settings.node;
-    let http = streamhub_media::node::open_http(s).await?;
+    let tasks = TaskTracker::new();
+    let (surface, _tls) = streamhub_media::node::open_surface(s, &tasks, &shutdown).await?;
     let webrtc = WebRtc::bind(s.webrtc.clone(), shutdown.clone())
         .await
         .with_context(|| format!("binding WebRTC UDP {}", s.webrtc.udp))?;
@@ -45,7 +46,6 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
     if let Err(e) = origins.refresh().await {
         tracing::warn!(error = %e, "no origin answered yet; serving and retrying");
     }
-    let tasks = TaskTracker::new();
     let stats = PlaybackStats::default();
     let hls = Arc::new(HlsRegistry::new(
         s.hls.clone(),
@@ -76,7 +76,7 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         stats,
         shutdown.clone(),
     ));
-    let serving = Serving::start(http, router, shutdown.clone());
+    let serving = Serving::start(surface, router, shutdown.clone());
     health.set_ready();
     println!("{}", banner(&settings, &origins, &webrtc));
     serving.until_shutdown(&tasks).await;

@@ -16,9 +16,9 @@ use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::Endpoint;
 use streamhub_media::access::{Remembering, TokenVerifier};
 use streamhub_media::hls::{HlsRegistry, MediaCache};
-use streamhub_media::http::Serving;
 use streamhub_media::metrics::PlaybackStats;
 use streamhub_media::mjpeg::{MediaLookup, Viewing};
+use streamhub_media::node::surface::Serving;
 use streamhub_media::node::Health;
 use streamhub_media::play::{NodeDirectory, Steering};
 use streamhub_media::relay::{RelayServer, RelaySource};
@@ -41,7 +41,7 @@ use crate::membership::{self, Membership, Startup};
 use crate::metrics::{Metrics, Sources};
 use crate::placement::{Placement, Released};
 use crate::rooms::{Publisher, RoomObserver, Rooms};
-use crate::rtmp::{RtmpConfig, RtmpStats};
+use crate::rtmp::{Ingest, RtmpConfig};
 use crate::rtsp::Pulls;
 use crate::services::{PublicUrls, Services};
 use crate::tenants::Tenants;
@@ -50,11 +50,24 @@ use crate::wsmjpeg::WsIngest;
 /// Runs a node until `shutdown` is cancelled, then drains it.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let s = &settings.node;
-    let http = streamhub_media::node::open_http(s).await?;
+    let tasks = TaskTracker::new();
+    let (surface, tls) = streamhub_media::node::open_surface(s, &tasks, &shutdown).await?;
     let rtmp_listener = TcpListener::bind(settings.rtmp)
         .await
         .with_context(|| format!("binding RTMP {}", settings.rtmp))?;
-    let urls = PublicUrls::new(s, rtmp_listener.local_addr()?.port());
+    let rtmps_listener = match settings.rtmps {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding RTMPS {addr}"))?,
+        ),
+        None => None,
+    };
+    let rtmps_port = match &rtmps_listener {
+        Some(l) => Some(l.local_addr()?.port()),
+        None => None,
+    };
+    let urls = PublicUrls::new(s, rtmp_listener.local_addr()?.port(), rtmps_port);
     let (identity, startup) = membership::prepare(s, urls.rtmp()).await?;
     let endpoint = Endpoint::bind(s.cluster, &identity, shutdown.clone())?;
     let keyring = Keyring::load(streamhub_cluster::join::identity_dir(&s.data_dir))?;
@@ -70,7 +83,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let webrtc = WebRtc::bind(s.webrtc.clone(), shutdown.clone())
         .await
         .with_context(|| format!("binding WebRTC UDP {}", s.webrtc.udp))?;
-    let tasks = TaskTracker::new();
     let stats = PlaybackStats::default();
     let hls = Arc::new(HlsRegistry::new(
         s.hls.clone(),
@@ -145,14 +157,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let admin_pass = std::env::var("ADMIN_PASS").ok().filter(|p| !p.is_empty());
     let first = crate::bootstrap::first_start(&tenants, &admin_user, admin_pass.as_deref()).await?;
 
-    let rtmp_stats = Arc::new(RtmpStats::default());
+    let ingest = Ingest::new(
+        admission.clone(),
+        RtmpConfig {
+            max_per_address: settings.ingest_max_per_address,
+            ..RtmpConfig::default()
+        },
+    );
+    let rtmp_stats = ingest.stats.clone();
     tasks.spawn(crate::rtmp::serve(
         rtmp_listener,
-        admission.clone(),
-        RtmpConfig::default(),
+        None,
+        ingest.clone(),
         shutdown.clone(),
-        rtmp_stats.clone(),
     ));
+    if let (Some(listener), Some(tls)) = (rtmps_listener, &tls) {
+        tasks.spawn(crate::rtmp::serve(
+            listener,
+            Some(tls.acceptor(&[])),
+            ingest,
+            shutdown.clone(),
+        ));
+    }
     let rtsp = Arc::new(Pulls::new(
         admission.clone(),
         placement.clone(),
@@ -178,6 +204,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let services = Services {
         tenants: tenants.clone(),
         sessions: Sessions::new(tenants.clone(), admin_pass.map(|p| (admin_user.clone(), p)))?,
+        login: {
+            let login = crate::login::LoginGuard::default();
+            login.warm_up();
+            login
+        },
         admission,
         rooms,
         membership,
@@ -197,7 +228,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let router = http_router(&settings, services, &hls, &stats)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
-    let serving = Serving::start(http, router, shutdown.clone());
+    let serving = Serving::start(surface, router, shutdown.clone());
     health.set_ready();
     println!(
         "{}",

@@ -4,26 +4,17 @@
 //! credential of a request, the names in a path, and serving a router until shutdown.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use streamhub_shared::{AppName, RoomName};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Largest JSON body a write endpoint accepts.
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
-
-/// How long a stopping node waits for its tasks and in-flight requests before it exits anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every way an HTTP call can fail; each maps to one status, and each status to one stable
 /// `code` ([`code`]).
@@ -47,6 +38,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        /// What `Retry-After` says.
+        retry_after_secs: u64,
+    },
     #[error("the cluster is not available: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -66,6 +63,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,7 +123,15 @@ pub fn error(status: StatusCode, message: &str) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        envelope(self.status(), &self.to_string())
+        let mut resp = envelope(self.status(), &self.to_string());
+        if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        } = self
+        {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
+        resp
     }
 }
 
@@ -242,44 +248,6 @@ pub fn room_names(app: &str, room: &str) -> Result<(AppName, RoomName), String> 
     let app = AppName::new(app).map_err(|e| e.to_string())?;
     let room = RoomName::new(room).map_err(|e| e.to_string())?;
     Ok((app, room))
-}
-
-/// A router being served: started by [`Serving::start`], drained by
-/// [`Serving::until_shutdown`].
-pub struct Serving {
-    server: JoinHandle<std::io::Result<()>>,
-    shutdown: CancellationToken,
-}
-
-impl Serving {
-    /// Serves `router` on `listener` (handlers see the client's address as
-    /// `ConnectInfo<SocketAddr>`) until `shutdown` fires; then no new connection is accepted
-    /// and requests in flight finish.
-    pub fn start(listener: TcpListener, router: Router, shutdown: CancellationToken) -> Self {
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
-        Self { server, shutdown }
-    }
-
-    /// Waits for `shutdown`, then drains: `tasks` are closed and awaited with the server, for at
-    /// most [`DRAIN_TIMEOUT`].
-    pub async fn until_shutdown(self, tasks: &TaskTracker) {
-        self.shutdown.cancelled().await;
-        tracing::info!("shutting down");
-        tasks.close();
-        let drain = async {
-            tasks.wait().await;
-            let _ = self.server.await;
-        };
-        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-            tracing::warn!("some tasks did not stop within {DRAIN_TIMEOUT:?}");
-        }
-    }
 }
 
 #[cfg(test)]

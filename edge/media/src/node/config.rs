@@ -86,6 +86,19 @@ impl NodeKind {
             ("data-dir", format!("./{}", self.data_dir())),
             ("http", any(self.http_port())),
             ("public-url", "http://<host>:<http port>".into()),
+            ("acme-directory", "Let's Encrypt production".into()),
+            (
+                "http-max-connections",
+                super::surface::HttpLimits::default()
+                    .max_connections
+                    .to_string(),
+            ),
+            (
+                "http-max-per-address",
+                super::surface::HttpLimits::default()
+                    .max_per_address
+                    .to_string(),
+            ),
             (
                 "node-id",
                 match self {
@@ -133,6 +146,39 @@ pub struct NodeArgs {
     /// HTTP listen address: API (origins), HLS, MJPEG, WHIP/WHEP signalling, health, metrics.
     #[arg(long, env = "STREAMHUB_HTTP")]
     pub http: Option<SocketAddr>,
+    /// HTTPS listen address beside a plain --http, which then redirects to it. Without it, a
+    /// node with TLS serves HTTPS on --http.
+    #[arg(long, env = "STREAMHUB_HTTPS")]
+    pub https: Option<SocketAddr>,
+    /// TLS certificate chain (PEM) of the HTTP port and RTMPS; reloaded when it changes.
+    #[arg(long, env = "STREAMHUB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "STREAMHUB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Obtain and renew certificates over ACME for this domain (repeat for more; TLS-ALPN-01
+    /// on the HTTPS port, which must be reachable on 443 by the CA).
+    #[arg(long, env = "STREAMHUB_ACME_DOMAIN", value_delimiter = ',')]
+    pub acme_domain: Option<Vec<String>>,
+    /// Contact address given to the ACME CA.
+    #[arg(long, env = "STREAMHUB_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// ACME directory URL.
+    #[arg(long, env = "STREAMHUB_ACME_DIRECTORY")]
+    pub acme_directory: Option<String>,
+    /// An extra root certificate (PEM) to trust for the ACME directory (a private CA, tests).
+    #[arg(long, env = "STREAMHUB_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
+    /// Proxies (addresses or CIDR ranges, comma-separated) whose Forwarded / X-Forwarded-For
+    /// headers name the client; from anyone else those headers are ignored.
+    #[arg(long, env = "STREAMHUB_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
+    /// HTTP(S) connections open at once, all clients together.
+    #[arg(long, env = "STREAMHUB_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// HTTP(S) connections open at once from one client address (trusted proxies exempt).
+    #[arg(long, env = "STREAMHUB_HTTP_MAX_PER_ADDRESS")]
+    pub http_max_per_address: Option<usize>,
     /// Public base URL of this node: what players, steering and minted URLs are given.
     #[arg(long, env = "STREAMHUB_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -243,6 +289,14 @@ pub struct NodeSettings {
     pub blocking: BlockingLimits,
     pub webrtc: WebRtcConfig,
     pub log: String,
+    /// HTTPS beside plain HTTP, if any.
+    pub https: Option<SocketAddr>,
+    /// Where the TLS certificate comes from, if TLS is on.
+    pub tls: Option<super::tls::TlsSettings>,
+    /// Proxies trusted to name the client.
+    pub trusted_proxies: super::surface::TrustedProxies,
+    /// Limits of the HTTP port(s).
+    pub http_limits: super::surface::HttpLimits,
 }
 
 impl NodeArgs {
@@ -260,6 +314,16 @@ impl NodeArgs {
             cluster_advertise: self.cluster_advertise.or(file.cluster_advertise),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
+            https: self.https.or(file.https),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            acme_domain: self.acme_domain.or(file.acme_domain),
+            acme_email: self.acme_email.or(file.acme_email),
+            acme_directory: self.acme_directory.or(file.acme_directory),
+            acme_ca_root: self.acme_ca_root.or(file.acme_ca_root),
+            trusted_proxies: self.trusted_proxies.or(file.trusted_proxies),
+            http_max_connections: self.http_max_connections.or(file.http_max_connections),
+            http_max_per_address: self.http_max_per_address.or(file.http_max_per_address),
             join_token_file: self.join_token_file.or(file.join_token_file),
             cache_bytes: self.cache_bytes.or(file.cache_bytes),
             hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
@@ -319,13 +383,48 @@ impl NodeArgs {
                     .map_err(|e| invalid("region-header", e.to_string()))
             })
             .transpose()?;
+        let tls = tls_settings(
+            self.tls_cert,
+            self.tls_key,
+            self.acme_domain.unwrap_or_default(),
+            self.acme_email,
+            self.acme_directory,
+            self.acme_ca_root,
+        )?;
+        if self.https.is_some() && tls.is_none() {
+            return Err(invalid(
+                "https",
+                "an HTTPS port needs a certificate: --tls-cert/--tls-key or --acme-domain",
+            ));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let public_port = self.https.unwrap_or(http);
+        let trusted_proxies =
+            super::surface::TrustedProxies::parse(&self.trusted_proxies.unwrap_or_default())
+                .map_err(|e| invalid("trusted-proxies", e))?;
+        let defaults = super::surface::HttpLimits::default();
+        let http_limits = super::surface::HttpLimits {
+            max_connections: self
+                .http_max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(1),
+            max_per_address: self
+                .http_max_per_address
+                .unwrap_or(defaults.max_per_address)
+                .max(1),
+            ..defaults
+        };
         Ok(NodeSettings {
             kind,
+            https: self.https,
+            tls,
+            trusted_proxies,
+            http_limits,
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(kind.data_dir())),
             http,
-            public_url: public_url(self.public_url.as_deref(), http)?,
+            public_url: public_url(self.public_url.as_deref(), public_port, scheme)?,
             node_name,
             region,
             region_header,
@@ -461,7 +560,11 @@ pub fn cache_bytes(given: Option<u64>) -> Result<u64, ConfigError> {
     Ok(bytes)
 }
 
-fn public_url(given: Option<&str>, http: SocketAddr) -> Result<url::Url, ConfigError> {
+fn public_url(
+    given: Option<&str>,
+    http: SocketAddr,
+    scheme: &str,
+) -> Result<url::Url, ConfigError> {
     let text = match given {
         Some(s) => s.trim_end_matches('/').to_string(),
         None => {
@@ -470,7 +573,7 @@ fn public_url(given: Option<&str>, http: SocketAddr) -> Result<url::Url, ConfigE
                 IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             };
-            format!("http://{host}:{}", http.port())
+            format!("{scheme}://{host}:{}", http.port())
         }
     };
     let url =
@@ -482,6 +585,62 @@ fn public_url(given: Option<&str>, http: SocketAddr) -> Result<url::Url, ConfigE
         ));
     }
     Ok(url)
+}
+
+/// The TLS source the flags name: files, ACME, or none; both at once is refused.
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    acme_domains: Vec<String>,
+    acme_email: Option<String>,
+    acme_directory: Option<String>,
+    acme_ca_root: Option<PathBuf>,
+) -> Result<Option<super::tls::TlsSettings>, ConfigError> {
+    use super::tls::{TlsSettings, LETS_ENCRYPT};
+    let domains: Vec<String> = acme_domains
+        .into_iter()
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    for d in &domains {
+        let ok = d.len() <= 253
+            && d.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !ok {
+            return Err(invalid("acme-domain", format!("{d:?} is not a DNS name")));
+        }
+    }
+    let acme_extras = acme_email.is_some() || acme_directory.is_some() || acme_ca_root.is_some();
+    match (cert, key, domains.is_empty()) {
+        (Some(_), None, _) | (None, Some(_), _) => {
+            Err(invalid("tls-cert", "--tls-cert and --tls-key go together"))
+        }
+        (Some(_), Some(_), false) => Err(invalid(
+            "acme-domain",
+            "give certificate files or ACME domains, not both",
+        )),
+        (Some(cert), Some(key), true) => {
+            if acme_extras {
+                return Err(invalid("acme-email", "ACME settings without --acme-domain"));
+            }
+            Ok(Some(TlsSettings::Files { cert, key }))
+        }
+        (None, None, false) => Ok(Some(TlsSettings::Acme {
+            domains,
+            email: acme_email,
+            directory: acme_directory.unwrap_or_else(|| LETS_ENCRYPT.into()),
+            ca_root: acme_ca_root,
+        })),
+        (None, None, true) if acme_extras => Err(invalid(
+            "acme-domain",
+            "ACME settings need at least one --acme-domain",
+        )),
+        (None, None, true) => Ok(None),
+    }
 }
 
 /// A binary's flags: [`NodeArgs`] flattened with its own.
@@ -813,7 +972,9 @@ mod tests {
             .iter()
             .any(|m| m.contains("--region is not documented")));
         assert!(
-            !mismatches.iter().any(|m| m.contains("--http")),
+            !mismatches
+                .iter()
+                .any(|m| m.starts_with("--http ") || m.starts_with("--http:")),
             "{mismatches:?}"
         );
     }

@@ -3,6 +3,8 @@
 //! node serves beside its own ([`Health`], `/metrics`).
 
 pub mod config;
+pub mod surface;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,23 +53,64 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Creates the node's data dir (owner only) and binds its HTTP port: the first things a node
-/// does, so a wrong path or a taken port stops it at once with a clear error.
-pub async fn open_http(settings: &config::NodeSettings) -> anyhow::Result<tokio::net::TcpListener> {
+/// Creates the node's data dir (owner only) and binds its HTTP port(s): the first things a node
+/// does, so a wrong path or a taken port stops it at once with a clear error. With TLS, starts
+/// the certificate source (returned for other TLS ports, e.g. RTMPS).
+pub async fn open_surface(
+    settings: &config::NodeSettings,
+    tasks: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(surface::Surface, Option<tls::Tls>)> {
     use anyhow::Context as _;
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    for fixed in owner_only(&settings.data_dir).with_context(|| {
-        format!(
-            "checking the permissions of {}",
-            settings.data_dir.display()
-        )
-    })? {
+    let dir = settings.data_dir.display();
+    for fixed in owner_only(&settings.data_dir)
+        .with_context(|| format!("checking the permissions of {dir}"))?
+    {
         tracing::warn!(path = %fixed, "was readable by other users: now owner-only");
     }
-    tokio::net::TcpListener::bind(settings.http)
+    let http = bind(settings.http, "HTTP").await?;
+    let tls = match &settings.tls {
+        Some(t) => Some(
+            tls::Tls::start(t, &settings.data_dir, tasks, shutdown.clone())
+                .await
+                .context("starting TLS")?,
+        ),
+        None => None,
+    };
+    let listeners = match (&tls, settings.https) {
+        (None, _) => vec![(http, surface::Role::Plain)],
+        (Some(tls), None) => vec![(http, surface::Role::Tls(tls.acceptor(&HTTP_ALPN)))],
+        (Some(tls), Some(addr)) => {
+            let https = bind(addr, "HTTPS").await?;
+            vec![
+                (https, surface::Role::Tls(tls.acceptor(&HTTP_ALPN))),
+                (http, surface::Role::RedirectTo(settings.public_base())),
+            ]
+        }
+    };
+    let surface = surface::Surface {
+        listeners,
+        limits: settings.http_limits,
+        proxies: Arc::new(settings.trusted_proxies.clone()),
+        connections: Arc::default(),
+    };
+    Ok((surface, tls))
+}
+
+/// The ALPN protocols of the HTTPS port.
+const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Binds a TCP listener, naming what it is for in the error.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding HTTP {}", settings.http))
+        .with_context(|| format!("binding {what} {addr}"))
 }
 
 /// Makes `dir` and everything under it owner-only (directories 0700, files 0600 or 0700 when
