@@ -20,6 +20,12 @@ pub struct OriginArgs {
     /// RTMP listen address [default: 0.0.0.0:1935].
     #[arg(long, env = "STREAMHUB_RTMP")]
     pub rtmp: Option<SocketAddr>,
+    /// RTMPS (RTMP over TLS) listen address; needs --tls-cert/--tls-key or --acme-domain.
+    #[arg(long, env = "STREAMHUB_RTMPS")]
+    pub rtmps: Option<SocketAddr>,
+    /// Ingest connections (RTMP, RTMPS) open at once from one address [default: 32].
+    #[arg(long, env = "STREAMHUB_INGEST_MAX_PER_ADDRESS")]
+    pub ingest_max_per_address: Option<usize>,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
@@ -34,6 +40,8 @@ impl BinaryArgs for OriginArgs {
         OriginArgs {
             node: self.node.merge(file.node),
             rtmp: self.rtmp.or(file.rtmp),
+            rtmps: self.rtmps.or(file.rtmps),
+            ingest_max_per_address: self.ingest_max_per_address.or(file.ingest_max_per_address),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
         }
     }
@@ -44,6 +52,9 @@ impl BinaryArgs for OriginArgs {
 pub struct Settings {
     pub node: NodeSettings,
     pub rtmp: SocketAddr,
+    /// RTMPS, if on (TLS is then configured).
+    pub rtmps: Option<SocketAddr>,
+    pub ingest_max_per_address: usize,
     pub raft_snapshot_logs: u64,
 }
 
@@ -59,8 +70,23 @@ impl OriginArgs {
         if raft_snapshot_logs < 10 {
             return Err(invalid("raft-snapshot-logs", "must be at least 10"));
         }
+        let node = self.node.into_settings(NodeKind::Origin)?;
+        if self.rtmps.is_some() && node.tls.is_none() {
+            return Err(invalid(
+                "rtmps",
+                "RTMPS needs a certificate: --tls-cert/--tls-key or --acme-domain",
+            ));
+        }
+        let ingest_max_per_address = self
+            .ingest_max_per_address
+            .unwrap_or(crate::rtmp::DEFAULT_MAX_PER_ADDRESS);
+        if ingest_max_per_address == 0 {
+            return Err(invalid("ingest-max-per-address", "must be at least 1"));
+        }
         Ok(Settings {
-            node: self.node.into_settings(NodeKind::Origin)?,
+            node,
+            rtmps: self.rtmps,
+            ingest_max_per_address,
             rtmp: self.rtmp.unwrap_or(([0, 0, 0, 0], 1935).into()),
             raft_snapshot_logs,
         })

@@ -6,7 +6,7 @@
 //! rooms of this node), [`membership`] (joining, admitting and removing nodes, cluster status),
 //! [`heartbeat`] (load reports, lease renewal, revalidation), [`keyring`] (the cluster key that
 //! seals the state's secrets), [`trust`] (revocation, health, data dir permissions),
-//! [`audit`] (the audit log). Ingest protocols: [`rtmp`],
+//! [`audit`] (the audit log), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`],
 //! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
 //! wires them.
 
@@ -18,6 +18,7 @@ pub mod config;
 pub mod credentials;
 pub mod heartbeat;
 pub mod keyring;
+pub mod login;
 pub mod membership;
 pub mod metrics;
 pub mod node;

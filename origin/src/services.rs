@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use axum::extract::FromRef;
+
+use crate::login::LoginGuard;
 use streamhub_media::node::config::NodeSettings;
 use streamhub_media::play::Steering;
 use streamhub_media::webrtc::WebRtc;
@@ -24,6 +26,8 @@ pub struct Services {
     pub tenants: Tenants,
     /// Dashboard logins.
     pub sessions: Sessions,
+    /// The login throttle and password-hashing permits.
+    pub login: LoginGuard,
     /// The one way into a room.
     pub admission: Arc<Admission>,
     /// The live rooms of this node.
@@ -55,18 +59,20 @@ struct UrlsInner {
     base: String,
     host: String,
     rtmp_port: u16,
+    rtmps_port: Option<u16>,
 }
 
 impl PublicUrls {
-    /// The URLs of the node `settings` describe, with RTMP on `rtmp_port` (the bound one, when
-    /// the setting was port 0).
-    pub fn new(settings: &NodeSettings, rtmp_port: u16) -> Self {
+    /// The URLs of the node `settings` describe, with RTMP on `rtmp_port` and RTMPS, if on, on
+    /// `rtmps_port` (the bound ones, when a setting was port 0).
+    pub fn new(settings: &NodeSettings, rtmp_port: u16, rtmps_port: Option<u16>) -> Self {
         Self(Arc::new(UrlsInner {
             node: settings.node_name.clone(),
             region: settings.region.clone(),
             base: settings.public_base(),
             host: settings.public_host(),
             rtmp_port,
+            rtmps_port,
         }))
     }
 
@@ -93,5 +99,11 @@ impl PublicUrls {
     /// What a user pastes into OBS's Server field: `rtmp://<public host>:<port>/live`.
     pub fn rtmp(&self) -> String {
         format!("rtmp://{}:{}/live", self.0.host, self.0.rtmp_port)
+    }
+
+    /// The same over TLS, `rtmps://<public host>:<port>/live`, when RTMPS is on.
+    pub fn rtmps(&self) -> Option<String> {
+        let port = self.0.rtmps_port?;
+        Some(format!("rtmps://{}:{port}/live", self.0.host))
     }
 }

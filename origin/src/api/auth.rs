@@ -11,8 +11,10 @@ use streamhub_shared::AppName;
 use super::{data, ApiError, Json};
 use streamhub_cluster::state::Command;
 
-use crate::credentials::{hash_password, verify_password, Sessions};
+use crate::credentials::Sessions;
+use crate::login::LoginGuard;
 use crate::tenants::Tenants;
+use streamhub_media::http::ClientAddr;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -146,22 +148,29 @@ pub struct LoginRequest {
     password: String,
 }
 
-/// Checks `password` against the stored admin's (argon2, off the async workers).
-async fn admin_password_ok(tenants: &Tenants, user: &str, password: &str) -> bool {
-    let Some(admin) = tenants.admin().filter(|a| a.username == user) else {
-        return false;
-    };
-    let (pw, phc) = (password.to_string(), admin.password_hash);
-    tokio::task::spawn_blocking(move || verify_password(&pw, &phc))
-        .await
-        .unwrap_or(false)
+/// Checks `password` against the stored admin's (argon2 on a hashing permit; an unknown user
+/// costs the same).
+async fn admin_password_ok(
+    tenants: &Tenants,
+    guard: &LoginGuard,
+    user: &str,
+    password: &str,
+) -> Result<bool, ApiError> {
+    let phc = tenants
+        .admin()
+        .filter(|a| a.username == user)
+        .map(|a| a.password_hash);
+    guard.verify(password, phc).await
 }
 
 /// `POST /auth/login` -> `{data:{token, expiresIn}}` (anyone; the credentials decide). Every
-/// attempt, refused or not, is in the audit log.
+/// attempt, refused or not, is in the audit log; attempts are throttled per client address and
+/// per username (429 with `Retry-After`).
 pub async fn login(
     State(tenants): State<Tenants>,
     State(sessions): State<Sessions>,
+    State(guard): State<LoginGuard>,
+    ClientAddr(client): ClientAddr,
     audit: crate::audit::Audit,
     Json(req): Json<LoginRequest>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
@@ -171,12 +180,14 @@ pub async fn login(
             "username and password are at most {MAX_CREDENTIAL_LEN} bytes"
         )));
     }
-    let ok = admin_password_ok(&tenants, &req.username, &req.password).await
+    let attempt = guard.begin(client.ip(), &req.username)?;
+    let ok = admin_password_ok(&tenants, &guard, &req.username, &req.password).await?
         || sessions.is_break_glass(&req.username, &req.password);
     if !ok {
-        tracing::warn!(user = %truncate(&req.username), "failed dashboard login");
+        tracing::warn!(user = %truncate(&req.username), %client, "failed dashboard login");
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     }
+    attempt.succeeded();
     let (token, claims) = sessions.issue(&req.username)?;
     audit.principal(format!("admin:{}", claims.sub));
     Ok(data(
@@ -239,6 +250,7 @@ pub struct PasswordChange {
 pub async fn change_password(
     State(tenants): State<Tenants>,
     State(sessions): State<Sessions>,
+    State(guard): State<LoginGuard>,
     audit: crate::audit::Audit,
     headers: axum::http::HeaderMap,
     Json(req): Json<PasswordChange>,
@@ -253,13 +265,10 @@ pub async fn change_password(
             "the new password must be {MIN_PASSWORD_LEN} to {MAX_CREDENTIAL_LEN} characters"
         )));
     }
-    if !admin_password_ok(&tenants, &claims.sub, &req.current).await {
+    if !admin_password_ok(&tenants, &guard, &claims.sub, &req.current).await? {
         return Err(ApiError::Forbidden("the current password is wrong".into()));
     }
-    let new = req.new;
-    let password_hash = tokio::task::spawn_blocking(move || hash_password(&new))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let password_hash = guard.hash(&req.new).await?;
     tenants
         .write(Command::SetAdminPassword {
             password_hash,

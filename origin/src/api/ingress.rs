@@ -42,6 +42,9 @@ pub struct IngressView {
     room_name: String,
     name: Option<String>,
     url: String,
+    /// For RTMP ingresses, when RTMPS is on: the same over TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rtmps_url: Option<String>,
     live: bool,
     created_at_ms: u64,
     /// For pulled ingresses: `connecting`, `live` or `retrying`, and where and why.
@@ -85,6 +88,10 @@ fn view(s: &Services, i: &Ingress) -> IngressView {
         room_name: format!("{}-{}", i.app, i.room),
         name: i.name.clone(),
         url,
+        rtmps_url: match i.kind {
+            IngressKind::Rtmp => s.urls.rtmps(),
+            _ => None,
+        },
         live: s
             .rooms
             .list(Some(&i.app))

@@ -5,6 +5,7 @@
 //! model). [`serve`] is the tokio driver that moves bytes and time into them and pushes frames to
 //! the room through the [`IngestBackend`].
 
+mod chunks;
 pub mod flv;
 mod server;
 pub mod session;
@@ -13,7 +14,7 @@ pub mod tracks;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-pub use server::serve;
+pub use server::{serve, Ingest};
 
 /// What the RTMP server asks of the node when a publisher presents a stream key (the node's
 /// [`Admission`](crate::admission::Admission)).
@@ -27,11 +28,18 @@ pub trait IngestBackend: Send + Sync + 'static {
     ) -> futures::future::BoxFuture<'_, Result<crate::rooms::Publisher, crate::admission::Refusal>>;
 }
 
+/// Ingest connections (RTMP, RTMPS, SRT) one address may hold open by default: room for a
+/// studio's encoders behind one NAT, far from the node's bound.
+pub const DEFAULT_MAX_PER_ADDRESS: usize = 32;
+
 /// Limits of the RTMP listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtmpConfig {
-    /// Concurrent connections; connections over the bound are closed at once.
+    /// Concurrent connections (RTMP and RTMPS together); connections over the bound are closed
+    /// at once.
     pub max_connections: usize,
+    /// Concurrent connections from one address; more are closed at once.
+    pub max_per_address: usize,
     /// Time allowed for the RTMP handshake.
     pub handshake_timeout: Duration,
     /// A publisher that sends no media for this long (or does not start publishing within it
@@ -45,6 +53,7 @@ impl Default for RtmpConfig {
     fn default() -> Self {
         Self {
             max_connections: 1000,
+            max_per_address: DEFAULT_MAX_PER_ADDRESS,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             max_frame_bytes: 8 << 20,
@@ -68,7 +77,8 @@ impl RtmpConfig {
 pub struct RtmpStats {
     /// TCP connections accepted (including those then refused for the connection bound).
     pub connections_total: AtomicU64,
-    /// Connections closed at once because `max_connections` were open.
+    /// Connections closed at once because `max_connections` (or `max_per_address` from their
+    /// address) were open.
     pub connections_refused: AtomicU64,
     /// Connections that sent a bad handshake or did not finish it in time.
     pub handshake_failures: AtomicU64,

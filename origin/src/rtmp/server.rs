@@ -1,5 +1,6 @@
-//! The tokio driver: accepts connections under a semaphore, and per connection moves bytes and
-//! time into an [`RtmpSession`] and frames out to the room's [`Publisher`].
+//! The tokio driver: accepts connections under a global and a per-address cap (RTMP in clear, or
+//! RTMPS: the same after a TLS handshake), and per connection moves bytes and time into an
+//! [`RtmpSession`] and frames out to the room's [`Publisher`].
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use streamhub_media::node::surface::{ConnGuard, ConnLimiter};
+use streamhub_media::node::tls::Acceptor;
 use streamhub_shared::media::{CodecConfig, TrackInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
@@ -27,21 +29,44 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refused peer gets to read our error status before the socket is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// Accepts RTMP publishers on `listener` until `shutdown` fires, then closes every connection and
-/// waits for their tasks to end.
+/// What the RTMP and RTMPS listeners of a node share: the backend, the limits, the counters and
+/// the open connections (the caps count both listeners together).
+#[derive(Clone)]
+pub struct Ingest {
+    pub backend: Arc<dyn IngestBackend>,
+    pub config: Arc<RtmpConfig>,
+    pub stats: Arc<RtmpStats>,
+    pub connections: Arc<ConnLimiter>,
+}
+
+impl Ingest {
+    /// A fresh set of counters and connections for `backend` under `config`.
+    pub fn new(backend: Arc<dyn IngestBackend>, config: RtmpConfig) -> Self {
+        Self {
+            backend,
+            config: Arc::new(config),
+            stats: Arc::default(),
+            connections: Arc::default(),
+        }
+    }
+}
+
+/// A stream a session runs on: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Accepts RTMP publishers on `listener` (RTMPS when `tls` is given) until `shutdown` fires, then
+/// closes every connection and waits for their tasks to end.
 pub async fn serve(
     listener: TcpListener,
-    backend: Arc<dyn IngestBackend>,
-    config: RtmpConfig,
+    tls: Option<Acceptor>,
+    ingest: Ingest,
     shutdown: CancellationToken,
-    metrics: Arc<RtmpStats>,
 ) {
     let mut admission = Admission {
-        permits: Arc::new(Semaphore::new(config.max_connections)),
-        backend,
-        config: Arc::new(config),
+        ingest,
+        tls,
         shutdown: shutdown.clone(),
-        stats: metrics,
         tasks: JoinSet::new(),
         next_conn: 0,
     };
@@ -71,23 +96,28 @@ pub async fn serve(
     }
 }
 
-/// The listener's side of every connection: the bound, the shared handles, the owned tasks.
+/// The listener's side of every connection: the shared ingest, the owned tasks.
 struct Admission {
-    permits: Arc<Semaphore>,
-    backend: Arc<dyn IngestBackend>,
-    config: Arc<RtmpConfig>,
+    ingest: Ingest,
+    tls: Option<Acceptor>,
     shutdown: CancellationToken,
-    stats: Arc<RtmpStats>,
     tasks: JoinSet<()>,
     next_conn: u64,
 }
 
 impl Admission {
-    /// Spawns the connection's task, or closes it at once when the bound is reached.
+    /// Spawns the connection's task, or closes it at once when a cap is reached.
     fn admit(&mut self, stream: TcpStream, remote: SocketAddr) {
-        self.stats.connections_total.fetch_add(1, Relaxed);
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            self.stats.connections_refused.fetch_add(1, Relaxed);
+        let stats = &self.ingest.stats;
+        let config = &self.ingest.config;
+        stats.connections_total.fetch_add(1, Relaxed);
+        let Some(guard) = self.ingest.connections.admit(
+            remote.ip(),
+            false,
+            config.max_connections,
+            config.max_per_address,
+        ) else {
+            stats.connections_refused.fetch_add(1, Relaxed);
             debug!(%remote, "rtmp connection refused: connection limit reached");
             return; // dropping the stream closes it
         };
@@ -95,26 +125,72 @@ impl Admission {
         let span = tracing::info_span!(
             "rtmp",
             conn = self.next_conn,
+            tls = self.tls.is_some(),
             %remote,
             app = tracing::field::Empty,
             room = tracing::field::Empty
         );
-        let conn = Connection {
-            session: RtmpSession::new(self.config.session_config(), Instant::now()),
+        let task = open(
             stream,
             remote,
-            backend: self.backend.clone(),
-            config: self.config.clone(),
-            shutdown: self.shutdown.clone(),
-            stats: self.stats.clone(),
-            publish: None,
-        };
-        let task = async move {
-            let _permit = permit;
-            conn.run().await;
-        };
+            self.tls.clone(),
+            self.ingest.clone(),
+            self.shutdown.clone(),
+            guard,
+        );
         self.tasks.spawn(task.instrument(span));
     }
+}
+
+/// Runs one accepted connection: its TLS handshake first (within the RTMP handshake deadline)
+/// on an RTMPS port, then the session.
+async fn open(
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<Acceptor>,
+    ingest: Ingest,
+    shutdown: CancellationToken,
+    _guard: ConnGuard,
+) {
+    // Only small control responses are written; do not delay them.
+    let _ = stream.set_nodelay(true);
+    let started = Instant::now();
+    let stream: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            let limit = ingest.config.handshake_timeout;
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = tokio::time::timeout(limit, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(Some(tls))) => Box::new(tls),
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    ingest.stats.handshake_failures.fetch_add(1, Relaxed);
+                    debug!(error = %e, "rtmps TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    ingest.stats.handshake_failures.fetch_add(1, Relaxed);
+                    debug!("rtmps TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    let conn = Connection {
+        // The RTMP handshake deadline counts from the TCP accept, TLS included.
+        session: RtmpSession::new(ingest.config.session_config(), started),
+        stream,
+        remote,
+        backend: ingest.backend.clone(),
+        config: ingest.config.clone(),
+        shutdown,
+        stats: ingest.stats.clone(),
+        publish: None,
+    };
+    conn.run().await;
 }
 
 fn log_join(joined: Result<(), tokio::task::JoinError>) {
@@ -157,7 +233,7 @@ struct Publish {
 
 /// One accepted connection: the socket, its session, and once accepted, its publish.
 struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     remote: SocketAddr,
     session: RtmpSession,
     backend: Arc<dyn IngestBackend>,
@@ -170,8 +246,6 @@ struct Connection {
 impl Connection {
     /// Runs the connection to its end and logs how it ended.
     async fn run(mut self) {
-        // Only small control responses are written; do not delay them.
-        let _ = self.stream.set_nodelay(true);
         let result = self.drive().await;
         if matches!(result, Ok(End::Refused)) {
             self.linger().await;
@@ -439,16 +513,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let rooms = Rooms::new(Arc::new(NoObserver), Default::default());
-        let stats = Arc::new(RtmpStats::default());
         let shutdown = CancellationToken::new();
-        let backend = Arc::new(Backend(rooms.clone()));
-        let task = tokio::spawn(serve(
-            listener,
-            backend,
-            config,
-            shutdown.clone(),
-            stats.clone(),
-        ));
+        let ingest = Ingest::new(Arc::new(Backend(rooms.clone())), config);
+        let stats = ingest.stats.clone();
+        let task = tokio::spawn(serve(listener, None, ingest, shutdown.clone()));
         Server {
             addr,
             rooms,
@@ -502,7 +570,15 @@ mod tests {
 
     impl Client {
         async fn handshake(addr: SocketAddr) -> Client {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
+            Self::handshake_from("127.0.0.1", addr).await
+        }
+
+        async fn handshake_from(local: &str, addr: SocketAddr) -> Client {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind(SocketAddr::new(local.parse().unwrap(), 0))
+                .unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
             let mut hs = Handshake::new(PeerType::Client);
             let p0p1 = hs.generate_outbound_p0_and_p1().unwrap();
             stream.write_all(&p0p1).await.unwrap();
@@ -698,6 +774,29 @@ mod tests {
         let mut over = TcpStream::connect(server.addr).await.unwrap();
         assert!(closed(&mut over).await);
         assert_eq!(server.stats.connections_refused.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn one_address_cannot_take_every_connection() {
+        let server = start(RtmpConfig {
+            max_per_address: 2,
+            ..RtmpConfig::default()
+        })
+        .await;
+        let _a = TcpStream::connect(server.addr).await.unwrap();
+        let _b = TcpStream::connect(server.addr).await.unwrap();
+        let mut over = TcpStream::connect(server.addr).await.unwrap();
+        assert!(closed(&mut over).await);
+        assert_eq!(server.stats.connections_refused.load(Relaxed), 1);
+        // Another address still gets in and publishes (the listener is on 127.0.0.1; connect
+        // from 127.0.0.2).
+        let mut c = Client::handshake_from("127.0.0.2", server.addr).await;
+        let r = c.session.request_connection("live".into()).unwrap();
+        c.send(r).await;
+        assert!(
+            c.wait_for(|e| *e == ClientSessionEvent::ConnectionRequestAccepted)
+                .await
+        );
     }
 
     #[tokio::test]

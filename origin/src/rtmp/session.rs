@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+use super::chunks::{ChunkError, ChunkWatch};
 use bytes::Bytes;
 use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
@@ -15,6 +16,10 @@ use rml_rtmp::sessions::{
 
 /// The only RTMP application publishers may connect to (`rtmp://host/live/<streamKey>`).
 pub const INGEST_APP: &str = "live";
+
+/// Largest message a peer may declare before its publish is accepted (`connect`,
+/// `createStream`, `publish` and their kin are a few hundred bytes).
+pub const MAX_MESSAGE_BEFORE_PUBLISH: usize = 64 * 1024;
 
 /// Limits of one session.
 #[derive(Debug, Clone)]
@@ -40,12 +45,8 @@ pub enum SessionError {
     Protocol(#[from] ServerSessionError),
     #[error("no media for {0:?}")]
     Idle(Duration),
-    #[error("{kind} message of {len} bytes exceeds the limit of {max} bytes")]
-    FrameTooLarge {
-        kind: &'static str,
-        len: usize,
-        max: usize,
-    },
+    #[error("RTMP chunk stream refused: {0}")]
+    Chunk(#[from] ChunkError),
     #[error("RTMP library panicked on malformed input")]
     Panicked,
     #[error("no publish request is waiting for an answer")]
@@ -111,6 +112,7 @@ pub struct RtmpSession {
     pending_publish: Option<u32>,
     publishing: bool,
     received_any: bool,
+    chunks: ChunkWatch,
 }
 
 impl RtmpSession {
@@ -126,6 +128,7 @@ impl RtmpSession {
             pending_publish: None,
             publishing: false,
             received_any: false,
+            chunks: ChunkWatch::default(),
         }
     }
 
@@ -155,6 +158,14 @@ impl RtmpSession {
                 }
             },
             Phase::Active(session) => {
+                // Declared lengths are checked before rml_rtmp buffers anything of a message:
+                // small until a stream key is accepted, then the frame bound.
+                let max = if self.publishing {
+                    self.config.max_frame_bytes
+                } else {
+                    MAX_MESSAGE_BEFORE_PUBLISH
+                };
+                self.chunks.feed(bytes, max)?;
                 let results = guard(|| session.handle_input(bytes))?;
                 self.absorb(now, results)
             }
@@ -355,14 +366,8 @@ impl RtmpSession {
         if !self.publishing {
             return Ok(());
         }
-        let (kind, len, max) = (
-            if video { "video" } else { "audio" },
-            data.len(),
-            self.config.max_frame_bytes,
-        );
-        if len > max {
-            return Err(SessionError::FrameTooLarge { kind, len, max });
-        }
+        // Larger messages were refused by their declared length (`ChunkWatch`).
+        debug_assert!(data.len() <= self.config.max_frame_bytes);
         self.deadline = now + self.config.idle_timeout;
         self.events.push_back(if video {
             SessionEvent::Video { timestamp_ms, data }
@@ -619,10 +624,32 @@ mod tests {
             panic!("expected a packet");
         };
         let e = h.server.handle_input(h.now, &p.bytes).unwrap_err();
-        assert!(matches!(e, SessionError::FrameTooLarge { len: 2048, .. }));
+        assert!(matches!(
+            e,
+            SessionError::Chunk(ChunkError::TooLarge {
+                len: 2048,
+                max: 1024
+            })
+        ));
         assert!(matches!(
             h.server.handle_input(h.now, &[]),
             Err(SessionError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_large_declaration_before_publish_is_refused_by_its_header() {
+        let mut h = Harness::new();
+        h.connect("live");
+        // A type-0 chunk header on stream 3 declaring a 16 MiB video message; no payload.
+        let header = [0x03, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0];
+        let e = h.server.handle_input(h.now, &header).unwrap_err();
+        assert!(matches!(
+            e,
+            SessionError::Chunk(ChunkError::TooLarge {
+                len: 0xff_ffff,
+                max: MAX_MESSAGE_BEFORE_PUBLISH
+            })
         ));
     }
 
@@ -699,7 +726,7 @@ mod tests {
     }
 
     #[test]
-    fn chunk_length_underflow_in_rml_rtmp_is_contained() {
+    fn chunk_length_underflow_in_rml_rtmp_is_refused_before_it() {
         let mut h = Harness::new();
         // A 300-byte message on chunk stream 3, cut after its first 128-byte chunk...
         let mut chunks = vec![0x03, 0, 0, 0, 0x00, 0x01, 0x2c, 0x09, 1, 0, 0, 0];
@@ -707,9 +734,13 @@ mod tests {
         // ...then a type-1 header on the same chunk stream claiming a 10-byte message.
         chunks.extend([0x43, 0, 0, 0, 0, 0, 10, 0x09]);
         chunks.extend([0u8; 10]);
-        // rml_rtmp 0.8 computes `10 - 128` in usize here and panics (debug and release alike).
+        // rml_rtmp 0.8 computes `10 - 128` in usize here and panics; the chunk watch refuses
+        // the header first (and `guard` would contain the panic if it did not).
         let result = h.server.handle_input(h.now, &chunks);
-        assert!(matches!(result, Err(SessionError::Panicked)), "{result:?}");
+        assert!(
+            matches!(result, Err(SessionError::Chunk(ChunkError::Overrun))),
+            "{result:?}"
+        );
         assert!(matches!(
             h.server.handle_input(h.now, &[0]),
             Err(SessionError::Closed)
