@@ -80,6 +80,11 @@ async fn offer(
     {
         return answered(Err(e.into()), |_| String::new());
     }
+    // A slot first: a flood of offers is refused before any room is claimed.
+    let slot = match webrtc.reserve(remote.ip(), true) {
+        Ok(slot) => slot,
+        Err(e) => return answered(Err(e), |_| String::new()),
+    };
     let publisher = match admission.admit(req).await {
         Ok(p) => p,
         Err(e) => {
@@ -93,7 +98,7 @@ async fn offer(
         stop,
     };
     let result = webrtc
-        .open_blocking(offer, role, reached_ip(&headers))
+        .open_blocking(slot, offer, role, reached_ip(&headers))
         .await;
     // On an error the publisher went with the role, and the room with it (its placement is
     // released as for any publisher that ends).

@@ -1,5 +1,6 @@
 //! Thousands of offers that never connect (a flood of half-open WebRTC sessions): the node holds
-//! at most `max_sessions` of them, refuses the rest at once (`Busy`, a 503 over HTTP), frees each
+//! at most its viewer slots of them (`max_sessions` less the publishers' share, which a
+//! publisher still gets), refuses the rest at once (`Busy`, a 503 over HTTP), frees each
 //! after the connect timeout, and a viewer already playing keeps getting every packet meanwhile
 //! (no hole in its sequence numbers, whatever the machine's speed).
 
@@ -9,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{frame, h264_room, Viewer};
-use streamhub_media::webrtc::{OpenError, Role, CONNECT_TIMEOUT};
+use streamhub_media::webrtc::{publisher_reserve, OpenError, Role, CONNECT_TIMEOUT};
 
 const MAX_SESSIONS: usize = 200;
 const OFFERS: usize = 3000;
@@ -36,7 +37,8 @@ async fn half_open_sessions_are_bounded_and_time_out() {
         media: handle.clone(),
         hold: None,
     };
-    let opened = node.open(&viewer.offer(), play, None).unwrap();
+    let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
+    let opened = node.open(slot, &viewer.offer(), play, None).unwrap();
     viewer.answer(opened.answer).unwrap();
     let mut before = 0u64;
     viewer
@@ -63,7 +65,10 @@ async fn half_open_sessions_are_bounded_and_time_out() {
                 media: media.clone(),
                 hold: None,
             };
-            match node2.open(&offer, play, None) {
+            let result = node2
+                .reserve([127, 0, 0, 1].into(), false)
+                .and_then(|slot| node2.open(slot, &offer, play, None));
+            match result {
                 Ok(_) => opened += 1,
                 Err(OpenError::Busy(n)) => {
                     assert_eq!(n, MAX_SESSIONS);
@@ -91,13 +96,22 @@ async fn half_open_sessions_are_bounded_and_time_out() {
     let flood_secs = started.elapsed().as_secs_f64();
     let (opened, busy) = flood.await.unwrap();
     println!("{OFFERS} offers in {flood_secs:.1} s; {during} packets meanwhile");
-    // The playing viewer holds one slot: the flood got the others, no more.
-    assert_eq!(opened, MAX_SESSIONS - 1);
+    // The playing viewer holds one slot: the flood got the other viewer slots, no more; the
+    // publishers' share is still free, and a publisher takes it.
+    let viewer_slots = MAX_SESSIONS - publisher_reserve(MAX_SESSIONS);
+    assert_eq!(opened, viewer_slots - 1);
     assert_eq!(busy, OFFERS - opened);
     assert_eq!(
         node.stats.sessions.load(Ordering::Relaxed),
-        MAX_SESSIONS as u64
+        viewer_slots as u64
     );
+    assert!(matches!(
+        node.reserve([127, 0, 0, 1].into(), false),
+        Err(OpenError::Busy(_))
+    ));
+    let publisher_slot = node.reserve([127, 0, 0, 1].into(), true);
+    assert!(publisher_slot.is_ok(), "a publisher still gets in");
+    drop(publisher_slot);
     assert!(during > 0, "the viewer got nothing during the flood");
 
     // The half-open sessions go after the connect timeout; the viewer stays and plays on.
@@ -142,6 +156,34 @@ async fn half_open_sessions_are_bounded_and_time_out() {
         media: handle.clone(),
         hold: None,
     };
-    assert!(node.open(&Viewer::new().await.offer(), play, None).is_ok());
+    let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
+    assert!(node
+        .open(slot, &Viewer::new().await.offer(), play, None)
+        .is_ok());
     pusher.abort();
+}
+
+/// One address may hold only a few offers that have not connected; others are not affected, and
+/// a slot comes back when its offer goes.
+#[tokio::test]
+async fn unconnected_offers_are_capped_per_address() {
+    let config = streamhub_media::webrtc::WebRtcConfig {
+        udp: "127.0.0.1:0".parse().unwrap(),
+        max_sessions: 100,
+        max_pending_per_address: 2,
+        ..Default::default()
+    };
+    let node = streamhub_media::webrtc::WebRtc::bind(config, Default::default())
+        .await
+        .unwrap();
+    let flooder: std::net::IpAddr = "198.51.100.1".parse().unwrap();
+    let a = node.reserve(flooder, false).unwrap();
+    let _b = node.reserve(flooder, true).unwrap();
+    assert!(matches!(
+        node.reserve(flooder, false),
+        Err(OpenError::TooManyPending(2))
+    ));
+    assert!(node.reserve("198.51.100.2".parse().unwrap(), false).is_ok());
+    drop(a);
+    assert!(node.reserve(flooder, false).is_ok());
 }

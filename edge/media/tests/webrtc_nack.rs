@@ -21,7 +21,8 @@ async fn lost_video_packets_are_resent_on_nack() {
         media: room.handle(),
         hold: None,
     };
-    let opened = node.open(&viewer.offer(), play, None).unwrap();
+    let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
+    let opened = node.open(slot, &viewer.offer(), play, None).unwrap();
     viewer.answer(opened.answer).unwrap();
 
     // Frames at 25 fps from the room while the viewer drops the first copy of every 10th packet,

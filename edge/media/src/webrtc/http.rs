@@ -95,6 +95,12 @@ pub fn answered(
             error(StatusCode::NOT_ACCEPTABLE, &e.to_string())
         }
         Err(e @ OpenError::Busy(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ OpenError::TooManyPending(_)) => {
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("15"));
+            resp
+        }
         Err(e @ OpenError::Negotiation(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
     }
 }
@@ -159,13 +165,17 @@ async fn whep_offer(
             &format!("room {app}/{room} is not live"),
         );
     };
+    let slot = match st.rtc.reserve(client.ip(), false) {
+        Ok(slot) => slot,
+        Err(e) => return answered(Err(e), |_| String::new()),
+    };
     let role = Role::Play {
         media: viewing.media,
         hold: viewing.hold,
     };
     let result = st
         .rtc
-        .open_blocking(offer, role, reached_ip(&headers))
+        .open_blocking(slot, offer, role, reached_ip(&headers))
         .await;
     answered(result, |id| format!("/whep/{app}/{room}/{id}"))
 }

@@ -3,8 +3,11 @@
 //! The `rtc` crate's sans-IO peer connection is driven here, one task per session, from a single
 //! socket ([`mux`]): the node is an ICE-lite answerer with one host candidate, so a session needs
 //! no port, no gathering and no trickle; the browser's checks tell it where the browser is.
-//! Sessions are bounded ([`WebRtcConfig::max_sessions`]), one that does not connect within
-//! [`CONNECT_TIMEOUT`] is dropped, and one whose peer vanishes ends when ICE consent fails.
+//! Sessions are bounded ([`WebRtcConfig::max_sessions`], a share of it kept for publishers so a
+//! flood of viewer offers cannot lock out ingest), one client address may hold only a few
+//! offers that have not connected yet, session setup (its DTLS key) runs a few at a time off the
+//! async workers, one that does not connect within [`CONNECT_TIMEOUT`] is dropped, and one whose
+//! peer vanishes ends when ICE consent fails.
 
 mod gso;
 pub mod http;
@@ -49,6 +52,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::node::surface::{ConnGuard, ConnLimiter};
+
 use self::ingest::IngestSink;
 use self::mux::Routes;
 use self::sdp::OfferError;
@@ -81,7 +86,21 @@ pub struct WebRtcConfig {
     pub public_ip: Option<IpAddr>,
     /// Sessions at once (publishers and viewers); more are refused with 503.
     pub max_sessions: usize,
+    /// Offers from one client address not connected yet; more are refused with 429.
+    pub max_pending_per_address: usize,
+    /// Session setups (DTLS key and certificate, SDP) computed at once.
+    pub setup_concurrency: usize,
 }
+
+/// The share of `max_sessions` only publishers may take (at least one session).
+pub fn publisher_reserve(max_sessions: usize) -> usize {
+    (max_sessions / 10).max(1).min(max_sessions)
+}
+
+/// Default of [`WebRtcConfig::max_pending_per_address`].
+pub const DEFAULT_MAX_PENDING_PER_ADDRESS: usize = 16;
+/// How long an offer waits for a setup slot before it gets 503.
+const SETUP_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for WebRtcConfig {
     fn default() -> Self {
@@ -89,6 +108,8 @@ impl Default for WebRtcConfig {
             udp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_UDP_PORT)),
             public_ip: None,
             max_sessions: 5_000,
+            max_pending_per_address: DEFAULT_MAX_PENDING_PER_ADDRESS,
+            setup_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -143,8 +164,17 @@ pub enum OpenError {
     Offer(#[from] OfferError),
     #[error("too many WebRTC sessions on this node ({0})")]
     Busy(usize),
+    #[error("too many unconnected WebRTC offers from this address ({0})")]
+    TooManyPending(usize),
     #[error("the offer could not be negotiated: {0}")]
     Negotiation(String),
+}
+
+/// A session slot taken for an offer ([`WebRtc::reserve`]); given back if the offer fails.
+pub struct Reservation {
+    /// Counts the offer against its address until the session connects or ends.
+    pending: ConnGuard,
+    permit: OwnedSemaphorePermit,
 }
 
 /// An answered offer.
@@ -165,8 +195,16 @@ pub struct WebRtc {
     public_ip: Option<IpAddr>,
     routes: Mutex<Routes<mpsc::Sender<Datagram>>>,
     sessions: Mutex<HashMap<u64, CancellationToken>>,
-    permits: Arc<Semaphore>,
+    /// Sessions anyone may take.
+    shared: Arc<Semaphore>,
+    /// Sessions only publishers may take.
+    reserved: Arc<Semaphore>,
     max_sessions: usize,
+    /// Offers not connected yet, per client address.
+    pending: Arc<ConnLimiter>,
+    max_pending_per_address: usize,
+    /// Session setups running now.
+    setups: Semaphore,
     pub stats: Arc<WebRtcStats>,
     packets: Arc<packets::PacketCache>,
     shutdown: CancellationToken,
@@ -188,8 +226,14 @@ impl WebRtc {
             public_ip: config.public_ip,
             routes: Mutex::new(Routes::default()),
             sessions: Mutex::new(HashMap::new()),
-            permits: Arc::new(Semaphore::new(config.max_sessions)),
+            shared: Arc::new(Semaphore::new(
+                config.max_sessions - publisher_reserve(config.max_sessions),
+            )),
+            reserved: Arc::new(Semaphore::new(publisher_reserve(config.max_sessions))),
             max_sessions: config.max_sessions,
+            pending: Arc::default(),
+            max_pending_per_address: config.max_pending_per_address.max(1),
+            setups: Semaphore::new(config.setup_concurrency.max(1)),
             stats: Arc::default(),
             packets: Arc::default(),
             shutdown,
@@ -261,37 +305,74 @@ impl WebRtc {
         }
     }
 
-    /// Answers an offer and starts its session. `reached`: the local address the client's HTTP
-    /// request arrived on (advertised when the media socket is bound to a wildcard).
-    pub fn open(
-        self: &Arc<Self>,
-        offer: &str,
-        role: Role,
-        reached: Option<IpAddr>,
-    ) -> Result<Opened, OpenError> {
-        let result = self.try_open(offer, role, reached);
+    /// Takes a session slot for an offer from `client` (a publisher's from the shared slots or
+    /// the publishers' share), before any work is done for it: `TooManyPending` when the address
+    /// already has its share of unconnected offers, `Busy` when the node is full.
+    pub fn reserve(&self, client: IpAddr, publisher: bool) -> Result<Reservation, OpenError> {
+        let result = self.try_reserve(client, publisher);
         if result.is_err() {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
         }
         result
     }
 
-    /// [`open`](Self::open) off the async workers: a session's setup makes its DTLS key and
-    /// certificate, which is CPU work a burst of offers should not run on the reactor.
+    fn try_reserve(&self, client: IpAddr, publisher: bool) -> Result<Reservation, OpenError> {
+        let pending = self
+            .pending
+            .admit(client, false, usize::MAX, self.max_pending_per_address)
+            .ok_or(OpenError::TooManyPending(self.max_pending_per_address))?;
+        let permit = match self.shared.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if publisher => self
+                .reserved
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| OpenError::Busy(self.max_sessions))?,
+            Err(_) => return Err(OpenError::Busy(self.max_sessions)),
+        };
+        Ok(Reservation { pending, permit })
+    }
+
+    /// Answers an offer and starts its session on `slot`. `reached`: the local address the
+    /// client's HTTP request arrived on (advertised when the media socket is bound to a
+    /// wildcard).
+    pub fn open(
+        self: &Arc<Self>,
+        slot: Reservation,
+        offer: &str,
+        role: Role,
+        reached: Option<IpAddr>,
+    ) -> Result<Opened, OpenError> {
+        let result = self.try_open(slot, offer, role, reached);
+        if result.is_err() {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// [`open`](Self::open) off the async workers and a few at a time: a session's setup makes
+    /// its DTLS key and certificate, CPU work a burst of offers must not run on the reactor nor
+    /// spread over every blocking thread.
     pub async fn open_blocking(
         self: &Arc<Self>,
+        slot: Reservation,
         offer: String,
         role: Role,
         reached: Option<IpAddr>,
     ) -> Result<Opened, OpenError> {
+        let Ok(Ok(_setup)) = tokio::time::timeout(SETUP_WAIT, self.setups.acquire()).await else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(OpenError::Busy(self.max_sessions));
+        };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.open(&offer, role, reached))
+        tokio::task::spawn_blocking(move || me.open(slot, &offer, role, reached))
             .await
             .unwrap_or_else(|e| Err(OpenError::Negotiation(format!("session setup failed: {e}"))))
     }
 
     fn try_open(
         self: &Arc<Self>,
+        slot: Reservation,
         offer: &str,
         role: Role,
         reached: Option<IpAddr>,
@@ -310,11 +391,7 @@ impl WebRtc {
                 sdp::check_play(&codecs, h264, opus)?;
             }
         }
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| OpenError::Busy(self.max_sessions))?;
+        let Reservation { pending, permit } = slot;
         let ufrag = random_string(16);
         let pwd = random_string(32);
         let advertise = self.advertised_ip(reached);
@@ -424,6 +501,7 @@ impl WebRtc {
             cancel,
             viewer_requests: None,
             packets: self.packets.clone(),
+            pending: Some(pending),
         };
         let me = self.clone();
         tokio::spawn(async move {

@@ -67,6 +67,8 @@ pub(super) struct Session {
     pub packets: Arc<PacketCache>,
     /// A publisher: its room's keyframe requests (from viewers, here or through edges).
     pub viewer_requests: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Counts this session against its client's unconnected offers until it connects.
+    pub pending: Option<crate::node::surface::ConnGuard>,
 }
 
 /// A sender's RTP state toward one viewer.
@@ -126,6 +128,7 @@ impl Session {
                     RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) => match s {
                         RTCPeerConnectionState::Connected if !connected => {
                             connected = true;
+                            self.pending = None;
                             self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(session = self.id, "WebRTC session connected");
                             if let Some(m) = media.as_ref() {

@@ -26,6 +26,9 @@ pub async fn node(max_sessions: usize) -> Arc<WebRtc> {
         udp: "127.0.0.1:0".parse().unwrap(),
         public_ip: None,
         max_sessions,
+        // One test address plays every client here.
+        max_pending_per_address: usize::MAX,
+        ..WebRtcConfig::default()
     };
     WebRtc::bind(config, CancellationToken::new())
         .await
