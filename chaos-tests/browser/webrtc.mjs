@@ -1,5 +1,6 @@
 // WHIP publish and WHEP playback in headless Chromium, with a fake camera and microphone.
 //   node webrtc.mjs [--whip URL --token T] [--whep URL] [--seconds N] [--page URL] [--clock]
+//                   [--insecure]
 // Publishes to --whip (if given), then plays --whep (if given) for --seconds, and prints one
 // JSON line: {"publish": {...}, "play": {framesDecoded, audioPackets, firstFrameMs, ...}}.
 // --page is an http URL on the node the pages are opened on (getUserMedia needs a secure
@@ -7,6 +8,7 @@
 // --clock: the published video is a canvas showing the sender's wall clock as 32 black/white
 // blocks; the viewer reads the clock back from every frame it presents and reports the
 // glass-to-glass latency (same browser, same clock): {latencyMs: {p50, p95, max, n}}.
+// --insecure: accept the node's HTTPS certificate whoever signed it (a test CA).
 import { chromium } from 'playwright-core';
 
 const arg = (name) => {
@@ -25,7 +27,8 @@ const browser = await chromium.launch({
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
     '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-    '--autoplay-policy=no-user-gesture-required'],
+    '--autoplay-policy=no-user-gesture-required',
+    ...(process.argv.includes('--insecure') ? ['--ignore-certificate-errors'] : [])],
 });
 const out = {};
 try {

@@ -126,6 +126,8 @@ pub struct Joiner {
     pub http_url: String,
     pub rtmp_url: Option<String>,
     pub region: String,
+    /// Extra roots (PEM file) trusted for the HTTPS of the join URLs, beside the web's.
+    pub ca_root: Option<std::path::PathBuf>,
 }
 
 /// Joins through the first of `urls` (HTTP base URLs of origins) that admits the node.
@@ -152,7 +154,7 @@ pub async fn join(
         region: who.region.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let client = reqwest::Client::new();
+    let client = http_client(who.ca_root.as_deref())?;
     let mut last = String::from("no --join URL given");
     for base in urls {
         let url = format!(
@@ -176,6 +178,24 @@ pub async fn join(
         return Ok((identity, answer));
     }
     Err(JoinError::Failed(last))
+}
+
+/// The HTTP client of a join: the web's roots, and those of `ca_root` if given. The token is
+/// a secret: it only goes to a server that proves its name.
+fn http_client(ca_root: Option<&Path>) -> Result<reqwest::Client, JoinError> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = ca_root {
+        let pem = std::fs::read(path)
+            .map_err(|e| JoinError::Failed(format!("{}: {e}", path.display())))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| JoinError::Failed(format!("{}: {e}", path.display())))?;
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| JoinError::Failed(format!("HTTP client: {e}")))
 }
 
 async fn post(

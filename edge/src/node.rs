@@ -98,6 +98,7 @@ async fn identity(settings: &EdgeSettings) -> anyhow::Result<(NodeIdentity, Vec<
         http_url: s.public_base(),
         rtmp_url: None,
         region: s.region.clone(),
+        ca_root: s.join_ca_root.clone(),
     };
     let (identity, answer) =
         join::join_and_save(&s.data_dir, &s.join, s.join_token.as_deref(), &who).await?;

@@ -8,7 +8,7 @@
 //! - `app`: the app the call touched (from the path), or `null`;
 //! - `action`: the method and the route pattern (`POST /api/v1/apps/{app}/tokens`);
 //! - `status`: the HTTP status answered;
-//! - `source`: the client's address as the socket saw it.
+//! - `source`: the client's address: the socket's peer, or the client a trusted proxy names.
 //!
 //! Secrets never appear: request bodies are not logged, and paths are logged as their pattern.
 

@@ -120,7 +120,7 @@ pub fn banner(
     );
     s += &format!(
         "\n  cluster        add a node: mint a single-use join token for its role (shown once, never logged):\n                 \
-         curl -X POST {base}/api/v1/cluster/join-tokens -H 'authorization: Bearer <admin session>' -d '{{\"role\":\"edge\"}}'\n                 \
+         curl -X POST {base}/api/v1/cluster/join-tokens -H 'authorization: Bearer <admin session>' -H 'content-type: application/json' -d '{{\"role\":\"edge\"}}'\n                 \
          then start it with --join {base} and the token in STREAMHUB_JOIN_TOKEN or --join-token-file\n"
     );
     if first.demo_stream_key.is_none() {

@@ -66,6 +66,7 @@ pub async fn prepare(
         http_url: settings.public_base(),
         rtmp_url: Some(rtmp_url),
         region: settings.region.clone(),
+        ca_root: settings.join_ca_root.clone(),
     };
     let (identity, answer) = join::join_and_save(
         &settings.data_dir,

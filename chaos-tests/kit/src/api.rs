@@ -52,9 +52,23 @@ impl Api {
         }
     }
 
+    /// An unauthenticated client of `base` over `client` (e.g. one trusting a test CA).
+    pub fn with_client(base: &str, client: reqwest::Client) -> Api {
+        Api {
+            client,
+            ..Api::new(base)
+        }
+    }
+
     /// Logs in with `POST /auth/login` and returns a client carrying the session JWT.
     pub async fn login(base: &str, user: &str, pass: &str) -> anyhow::Result<Api> {
-        let api = Api::new(base);
+        Api::new(base).sign_in(user, pass).await
+    }
+
+    /// Logs this client in (as [`Api::login`]).
+    pub async fn sign_in(self, user: &str, pass: &str) -> anyhow::Result<Api> {
+        let base = self.base.clone();
+        let api = self;
         let r = api
             .post("/auth/login", json!({"username": user, "password": pass}))
             .await?;

@@ -190,8 +190,10 @@ impl Node {
             .args(["--webrtc-udp", &c.webrtc.to_string()])
             .args(["--node-id", &c.name])
             .args(["--region", &c.region])
-            .args(["--public-url", &format!("http://{}", c.http)])
             .args(&c.args);
+        if !c.args.iter().any(|a| a == "--public-url") {
+            cmd.args(["--public-url", &format!("http://{}", c.http)]);
+        }
         if c.role == Role::Origin {
             cmd.args(["--rtmp", &c.rtmp.to_string()]);
         }

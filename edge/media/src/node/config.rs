@@ -208,6 +208,10 @@ pub struct NodeArgs {
     /// File holding the join token (read once at the first start).
     #[arg(long, env = "STREAMHUB_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Extra root certificate(s) (PEM) trusted for the HTTPS of the --join URLs, beside the
+    /// public web roots (origins with a private CA).
+    #[arg(long, env = "STREAMHUB_JOIN_CA_ROOT")]
+    pub join_ca_root: Option<PathBuf>,
     /// Bytes of HLS media (segments and parts of every room) held in memory; at least 16 MiB.
     #[arg(long, env = "STREAMHUB_CACHE_BYTES")]
     pub cache_bytes: Option<u64>,
@@ -281,6 +285,8 @@ pub struct NodeSettings {
     /// Origins to join through (first start).
     pub join: Vec<url::Url>,
     pub join_token: Option<String>,
+    /// Extra roots trusted for the HTTPS of `join`.
+    pub join_ca_root: Option<PathBuf>,
     /// Bound of the media cache.
     pub cache_bytes: u64,
     /// HLS packaging (target, part target, window, LL-HLS).
@@ -325,6 +331,7 @@ impl NodeArgs {
             http_max_connections: self.http_max_connections.or(file.http_max_connections),
             http_max_per_address: self.http_max_per_address.or(file.http_max_per_address),
             join_token_file: self.join_token_file.or(file.join_token_file),
+            join_ca_root: self.join_ca_root.or(file.join_ca_root),
             cache_bytes: self.cache_bytes.or(file.cache_bytes),
             hls_target_secs: self.hls_target_secs.or(file.hls_target_secs),
             hls_part_secs: self.hls_part_secs.or(file.hls_part_secs),
@@ -399,6 +406,17 @@ impl NodeArgs {
         }
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_port = self.https.unwrap_or(http);
+        if self.https.is_some()
+            && self
+                .public_url
+                .as_deref()
+                .is_some_and(|u| !u.trim().starts_with("https://"))
+        {
+            return Err(invalid(
+                "public-url",
+                "with --https the plain HTTP port redirects to the public URL, which must be https://",
+            ));
+        }
         let trusted_proxies =
             super::surface::TrustedProxies::parse(&self.trusted_proxies.unwrap_or_default())
                 .map_err(|e| invalid("trusted-proxies", e))?;
@@ -434,6 +452,7 @@ impl NodeArgs {
             cluster_advertise: self.cluster_advertise,
             join,
             join_token,
+            join_ca_root: self.join_ca_root,
             cache_bytes: cache_bytes(self.cache_bytes)?,
             hls: hls_config(
                 self.hls_target_secs,

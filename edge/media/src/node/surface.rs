@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -255,7 +255,8 @@ pub enum Role {
     Plain,
     /// Serves the router over TLS.
     Tls(Acceptor),
-    /// Answers every request with a redirect to this HTTPS base (`https://host:port`).
+    /// Answers every request but `/healthz` with a redirect to this HTTPS base
+    /// (`https://host:port`).
     RedirectTo(String),
 }
 
@@ -295,7 +296,7 @@ impl Serving {
         let tasks = TaskTracker::new();
         for (listener, role) in surface.listeners {
             let app = match &role {
-                Role::RedirectTo(base) => redirect_router(base.clone()),
+                Role::RedirectTo(base) => redirect_router(base.clone(), router.clone()),
                 _ => router.clone(),
             };
             let accept = Accept {
@@ -330,19 +331,25 @@ impl Serving {
     }
 }
 
-/// Redirects every request to the same path and query under `base`.
-fn redirect_router(base: String) -> Router {
-    Router::new().fallback(move |uri: Uri| {
-        let base = base.clone();
-        async move {
-            let path = uri.path_and_query().map_or("/", |p| p.as_str());
-            (
-                StatusCode::PERMANENT_REDIRECT,
-                [(header::LOCATION, format!("{base}{path}"))],
-            )
-                .into_response()
-        }
-    })
+/// Redirects every request but `/healthz` (load balancers' plain-HTTP health checks) to the
+/// same path and query under `base`.
+fn redirect_router(base: String, router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |req: Request, next: Next| {
+            let base = base.clone();
+            async move {
+                if req.uri().path() == "/healthz" {
+                    return next.run(req).await;
+                }
+                let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                (
+                    StatusCode::PERMANENT_REDIRECT,
+                    [(header::LOCATION, format!("{base}{path}"))],
+                )
+                    .into_response()
+            }
+        },
+    ))
 }
 
 struct Accept {
