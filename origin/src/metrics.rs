@@ -87,7 +87,7 @@ impl Metrics {
             rtmp_connections_refused: counter(
                 &r,
                 "streamhub_rtmp_connections_refused_total",
-                "RTMP connections closed at the connection limit",
+                "RTMP and RTMPS connections closed at once at the node or per-address connection limit",
             ),
             rtmp_bytes_in: counter(&r, "streamhub_rtmp_bytes_in_total", "RTMP bytes received"),
             ws_connections: counter(

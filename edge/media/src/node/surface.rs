@@ -4,9 +4,11 @@
 //!
 //! - **Connections**: a global cap and a per-address cap, checked at accept (a refused socket
 //!   is closed at once); a TLS handshake must finish within [`HttpLimits::handshake_timeout`].
-//! - **Requests**: headers must arrive within [`HttpLimits::header_timeout`] (this also closes a
-//!   keep-alive connection idle that long), a body within [`HttpLimits::body_timeout`]; an
-//!   HTTP/2 connection with no request for [`HttpLimits::idle_timeout`] is closed.
+//! - **Requests**: a connection must send its first request within
+//!   [`HttpLimits::header_timeout`] of its accept, a request's headers must arrive within as
+//!   long of their first byte, a body within [`HttpLimits::body_timeout`]; a connection
+//!   (HTTP/1 keep-alive or HTTP/2) with no request in flight for [`HttpLimits::idle_timeout`] is
+//!   closed.
 //! - **Client address**: the TCP peer, unless the peer is a trusted proxy
 //!   (`--trusted-proxies`); then the `Forwarded` or `X-Forwarded-For` header names the client,
 //!   for every limit, allow-list, steering decision and log line (handlers see it as
@@ -41,13 +43,13 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Connections open at once from one client address (trusted proxies are exempt).
     pub max_per_address: usize,
-    /// Time to receive a request's headers, and the longest a keep-alive connection idles.
+    /// Time to receive a request's headers, and from the accept to the first request.
     pub header_timeout: Duration,
     /// Time to receive a request's body.
     pub body_timeout: Duration,
     /// Time to finish a TLS handshake.
     pub handshake_timeout: Duration,
-    /// The longest an HTTP/2 connection stays open without a request.
+    /// The longest a connection stays open without a request in flight (after its first).
     pub idle_timeout: Duration,
 }
 
@@ -468,7 +470,7 @@ impl Conn {
             .max_concurrent_streams(256);
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
-        let idle = self.limits.idle_timeout;
+        let (first, idle) = (self.limits.header_timeout, self.limits.idle_timeout);
         let stopping = tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -477,7 +479,7 @@ impl Conn {
                 return;
             }
             () = self.shutdown.cancelled() => "shutting down",
-            () = activity.idle_for(idle) => "idle",
+            () = activity.idle_for(first, idle) => "idle",
         };
         tracing::trace!(%peer, why = stopping, "closing HTTP connection");
         conn.as_mut().graceful_shutdown();
@@ -485,10 +487,11 @@ impl Conn {
     }
 }
 
-/// Requests in flight on a connection, and when the last one ended.
+/// Requests in flight on a connection, whether any began, and when the last one ended.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
+    any: std::sync::atomic::AtomicBool,
     last: Mutex<Instant>,
 }
 
@@ -496,6 +499,7 @@ impl Default for Activity {
     fn default() -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
+            any: std::sync::atomic::AtomicBool::new(false),
             last: Mutex::new(Instant::now()),
         }
     }
@@ -513,14 +517,22 @@ impl Drop for Busy {
 impl Activity {
     fn begin(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.any.store(true, Ordering::Release);
         Busy(self.clone())
     }
 
-    /// Resolves once no request has been in flight for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    /// Resolves once no request has been in flight for `limit`, or `first` passed from the
+    /// accept without any request (a connection that never sends one; hyper's header timeout
+    /// starts only with the first byte).
+    async fn idle_for(&self, first: Duration, limit: Duration) {
         loop {
             let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
             let quiet = last.elapsed();
+            let limit = if self.any.load(Ordering::Acquire) {
+                limit
+            } else {
+                first
+            };
             if self.in_flight.load(Ordering::Acquire) == 0 && quiet >= limit {
                 return;
             }
