@@ -208,6 +208,11 @@ pub mod place {
     pub fn ingress_url(id: &str) -> String {
         format!("ingress-url:{id}")
     }
+
+    /// An SRT ingress's passphrase.
+    pub fn ingress_passphrase(id: &str) -> String {
+        format!("ingress-passphrase:{id}")
+    }
 }
 
 #[cfg(test)]

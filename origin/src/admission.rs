@@ -39,6 +39,8 @@ pub enum Credential {
     StreamKey(String),
     /// A WebSocket-MJPEG device key (`wsk_…`).
     DeviceKey(String),
+    /// An SRT ingress's stream key (from the SRT stream id).
+    SrtKey(String),
     /// An access token of the app with `canPublish` for the room (WHIP).
     AccessToken(String),
     /// A pulled ingress (RTSP): this origin pulls it on the cluster's behalf.
@@ -188,6 +190,10 @@ impl Admission {
                 self.tenants.ingress_by_key(key, IngressKind::Ws),
                 "unknown or revoked device key",
             )?,
+            Credential::SrtKey(key) => self.ingress_grant(
+                self.tenants.ingress_by_key(key, IngressKind::Srt),
+                "unknown or revoked SRT stream key",
+            )?,
             Credential::Pull { ingress_id } => self.ingress_grant(
                 self.tenants
                     .ingress(ingress_id)
@@ -299,6 +305,43 @@ impl crate::rtmp::IngestBackend for Admission {
             room: None,
             credential: Credential::StreamKey(stream_key),
             protocol: Protocol::Rtmp,
+            remote,
+        }))
+    }
+}
+
+/// SRT publishers present a stream key in their stream id; its ingress holds the passphrase.
+impl crate::srt::SrtBackend for Admission {
+    fn passphrase(&self, key: &str) -> BoxFuture<'_, Result<Option<String>, Refusal>> {
+        let key = key.to_string();
+        Box::pin(async move {
+            let ingress = match self.tenants.ingress_by_key(&key, IngressKind::Srt) {
+                Some(i) => i,
+                None => {
+                    // Maybe created a moment ago through another origin.
+                    self.tenants.fresh().await;
+                    self.tenants
+                        .ingress_by_key(&key, IngressKind::Srt)
+                        .ok_or_else(|| {
+                            Refusal::NotFound("unknown or revoked SRT stream key".into())
+                        })?
+                }
+            };
+            self.tenants
+                .ingress_passphrase(&ingress)
+                .map_err(|e| Refusal::Unavailable(e.to_string()))
+        })
+    }
+
+    fn start_publish(
+        &self,
+        key: String,
+        remote: SocketAddr,
+    ) -> BoxFuture<'_, Result<Publisher, Refusal>> {
+        Box::pin(self.admit(PublishRequest {
+            room: None,
+            credential: Credential::SrtKey(key),
+            protocol: Protocol::Srt,
             remote,
         }))
     }
@@ -441,6 +484,7 @@ mod tests {
                 created_at_ms: 1,
                 url: (kind == IngressKind::Url).then(|| "rtsp://cam/x".into()),
                 transport: None,
+                passphrase: None,
             };
             self.tenants
                 .write(Command::CreateIngress(ingress))

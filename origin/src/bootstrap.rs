@@ -70,6 +70,7 @@ pub async fn first_start(
                 key_hash: sha256_hex(&key),
                 url: None,
                 transport: None,
+                passphrase: None,
                 created_at_ms: unix_now_ms(),
             }))
             .await

@@ -23,7 +23,10 @@ pub struct OriginArgs {
     /// RTMPS (RTMP over TLS) listen address; needs --tls-cert/--tls-key or --acme-domain.
     #[arg(long, env = "STREAMHUB_RTMPS")]
     pub rtmps: Option<SocketAddr>,
-    /// Ingest connections (RTMP, RTMPS) open at once from one address [default: 32].
+    /// SRT ingest listen address (UDP; MPEG-TS with H.264 and AAC) [default: off].
+    #[arg(long, env = "STREAMHUB_SRT")]
+    pub srt: Option<SocketAddr>,
+    /// Ingest connections (RTMP, RTMPS, SRT) open at once from one address [default: 32].
     #[arg(long, env = "STREAMHUB_INGEST_MAX_PER_ADDRESS")]
     pub ingest_max_per_address: Option<usize>,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
@@ -41,6 +44,7 @@ impl BinaryArgs for OriginArgs {
             node: self.node.merge(file.node),
             rtmp: self.rtmp.or(file.rtmp),
             rtmps: self.rtmps.or(file.rtmps),
+            srt: self.srt.or(file.srt),
             ingest_max_per_address: self.ingest_max_per_address.or(file.ingest_max_per_address),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
         }
@@ -54,6 +58,8 @@ pub struct Settings {
     pub rtmp: SocketAddr,
     /// RTMPS, if on (TLS is then configured).
     pub rtmps: Option<SocketAddr>,
+    /// SRT, if on.
+    pub srt: Option<SocketAddr>,
     pub ingest_max_per_address: usize,
     pub raft_snapshot_logs: u64,
 }
@@ -86,6 +92,7 @@ impl OriginArgs {
         Ok(Settings {
             node,
             rtmps: self.rtmps,
+            srt: self.srt,
             ingest_max_per_address,
             rtmp: self.rtmp.unwrap_or(([0, 0, 0, 0], 1935).into()),
             raft_snapshot_logs,

@@ -6,7 +6,7 @@
 //! rooms of this node), [`membership`] (joining, admitting and removing nodes, cluster status),
 //! [`heartbeat`] (load reports, lease renewal, revalidation), [`keyring`] (the cluster key that
 //! seals the state's secrets), [`trust`] (revocation, health, data dir permissions),
-//! [`audit`] (the audit log), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`],
+//! [`audit`] (the audit log), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`], [`srt`],
 //! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
 //! wires them.
 
@@ -27,6 +27,7 @@ pub mod rooms;
 pub mod rtmp;
 pub mod rtsp;
 pub mod services;
+pub mod srt;
 pub mod tenants;
 pub mod transcode;
 pub mod trust;

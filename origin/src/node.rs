@@ -67,7 +67,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Some(l) => Some(l.local_addr()?.port()),
         None => None,
     };
-    let urls = PublicUrls::new(s, rtmp_listener.local_addr()?.port(), rtmps_port);
+    let srt_listener = match settings.srt {
+        Some(addr) => Some(
+            srt_tokio::SrtListener::builder()
+                .bind(addr)
+                .await
+                .with_context(|| format!("binding SRT {addr}"))?,
+        ),
+        None => None,
+    };
+    let srt_port = settings.srt.map(|a| a.port());
+    let urls = PublicUrls::new(s, rtmp_listener.local_addr()?.port(), rtmps_port, srt_port);
     let (identity, startup) = membership::prepare(s, urls.rtmp()).await?;
     let endpoint = Endpoint::bind(s.cluster, &identity, shutdown.clone())?;
     let keyring = Keyring::load(streamhub_cluster::join::identity_dir(&s.data_dir))?;
@@ -171,6 +181,19 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ingest.clone(),
         shutdown.clone(),
     ));
+    if let Some(listener) = srt_listener {
+        tasks.spawn(crate::srt::serve(
+            settings.srt.expect("bound"),
+            listener,
+            admission.clone(),
+            crate::srt::SrtConfig {
+                max_per_address: settings.ingest_max_per_address,
+                ..Default::default()
+            },
+            Arc::default(),
+            shutdown.clone(),
+        ));
+    }
     if let (Some(listener), Some(tls)) = (rtmps_listener, &tls) {
         tasks.spawn(crate::rtmp::serve(
             listener,

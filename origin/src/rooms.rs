@@ -27,12 +27,19 @@ pub enum Protocol {
     Rtsp,
     /// WebRTC (WHIP), from a browser or an encoder.
     Whip,
+    /// MPEG-TS over SRT.
+    Srt,
 }
 
 impl Protocol {
     /// Every protocol, for metrics that list each one even at zero.
-    pub const ALL: &'static [Protocol] =
-        &[Protocol::Rtmp, Protocol::Ws, Protocol::Rtsp, Protocol::Whip];
+    pub const ALL: &'static [Protocol] = &[
+        Protocol::Rtmp,
+        Protocol::Ws,
+        Protocol::Rtsp,
+        Protocol::Whip,
+        Protocol::Srt,
+    ];
 
     /// Label used in metrics and the API.
     pub fn as_str(self) -> &'static str {
@@ -41,6 +48,7 @@ impl Protocol {
             Protocol::Ws => "ws",
             Protocol::Rtsp => "rtsp",
             Protocol::Whip => "whip",
+            Protocol::Srt => "srt",
         }
     }
 }

@@ -60,12 +60,18 @@ struct UrlsInner {
     host: String,
     rtmp_port: u16,
     rtmps_port: Option<u16>,
+    srt_port: Option<u16>,
 }
 
 impl PublicUrls {
     /// The URLs of the node `settings` describe, with RTMP on `rtmp_port` and RTMPS, if on, on
     /// `rtmps_port` (the bound ones, when a setting was port 0).
-    pub fn new(settings: &NodeSettings, rtmp_port: u16, rtmps_port: Option<u16>) -> Self {
+    pub fn new(
+        settings: &NodeSettings,
+        rtmp_port: u16,
+        rtmps_port: Option<u16>,
+        srt_port: Option<u16>,
+    ) -> Self {
         Self(Arc::new(UrlsInner {
             node: settings.node_name.clone(),
             region: settings.region.clone(),
@@ -73,6 +79,7 @@ impl PublicUrls {
             host: settings.public_host(),
             rtmp_port,
             rtmps_port,
+            srt_port,
         }))
     }
 
@@ -99,6 +106,12 @@ impl PublicUrls {
     /// What a user pastes into OBS's Server field: `rtmp://<public host>:<port>/live`.
     pub fn rtmp(&self) -> String {
         format!("rtmp://{}:{}/live", self.0.host, self.0.rtmp_port)
+    }
+
+    /// `srt://<public host>:<port>`, when SRT is on.
+    pub fn srt(&self) -> Option<String> {
+        let port = self.0.srt_port?;
+        Some(format!("srt://{}:{port}", self.0.host))
     }
 
     /// The same over TLS, `rtmps://<public host>:<port>/live`, when RTMPS is on.

@@ -274,6 +274,24 @@ impl Tenants {
             .transpose()
     }
 
+    /// The passphrase of an SRT ingress, opened.
+    pub fn ingress_passphrase(&self, ingress: &Ingress) -> Result<Option<String>, ApiError> {
+        ingress
+            .passphrase
+            .as_deref()
+            .map(|p| {
+                self.keyring
+                    .open_text(&place::ingress_passphrase(&ingress.id), p)
+            })
+            .transpose()
+    }
+
+    /// `passphrase` sealed as the one of SRT ingress `id`.
+    pub fn seal_ingress_passphrase(&self, id: &str, passphrase: &str) -> Result<String, ApiError> {
+        self.keyring
+            .seal(&place::ingress_passphrase(id), passphrase.as_bytes())
+    }
+
     /// `url` sealed as the source of ingress `id`.
     pub fn seal_ingress_url(&self, id: &str, url: &str) -> Result<String, ApiError> {
         self.keyring.seal(&place::ingress_url(id), url.as_bytes())

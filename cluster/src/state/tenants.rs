@@ -76,6 +76,8 @@ pub enum IngressKind {
     Ws,
     /// A source the origin pulls (`rtsp://…`); the key is unused.
     Url,
+    /// An SRT stream key (`rk_…`, in the stream id), with a passphrase.
+    Srt,
 }
 
 /// A way into a room: for RTMP, a stream key (only its SHA-256 is stored).
@@ -96,6 +98,9 @@ pub struct Ingress {
     /// For `Url` ingresses: `tcp` (RTP interleaved, the default) or `udp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// For `Srt` ingresses: the encryption passphrase, sealed with the cluster key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
 }
 
 /// Where a pulled ingress is, as last reported by the origin pulling it.
@@ -329,6 +334,7 @@ pub(crate) mod tests {
             key_hash: format!("h-{id}"),
             url: None,
             transport: None,
+            passphrase: None,
             created_at_ms: 1,
         }
     }

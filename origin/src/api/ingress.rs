@@ -67,6 +67,7 @@ fn view(s: &Services, i: &Ingress) -> IngressView {
             Ok(url) => crate::rtsp::redacted(url.as_deref().unwrap_or_default()),
             Err(_) => "(sealed; this origin does not hold the cluster key yet)".into(),
         },
+        IngressKind::Srt => s.urls.srt().unwrap_or_default(),
         _ => s.urls.rtmp(),
     };
     IngressView {
@@ -113,9 +114,15 @@ pub async fn create(
     let kind = match req.kind.as_str() {
         "rtmp" => IngressKind::Rtmp,
         "url" => IngressKind::Url,
+        "srt" if services.urls.srt().is_some() => IngressKind::Srt,
+        "srt" => {
+            return Err(ApiError::BadRequest(
+                "SRT ingest is not enabled on this origin (start it with --srt ADDR)".into(),
+            ))
+        }
         other => {
             return Err(ApiError::BadRequest(format!(
-            "ingress type {other:?} is not supported (rtmp, url; WebSocket cameras use /ws-ingest)"
+            "ingress type {other:?} is not supported (rtmp, srt, url; WebSocket cameras use /ws-ingest)"
         )))
         }
     };
@@ -147,6 +154,12 @@ pub async fn create(
     let url = url
         .map(|u| services.tenants.seal_ingress_url(&id, &u))
         .transpose()?;
+    // SRT streams are encrypted with a passphrase of their own (SRT takes 10 to 79 bytes).
+    let passphrase = (kind == IngressKind::Srt).then(|| random_hex(16));
+    let sealed_passphrase = passphrase
+        .as_deref()
+        .map(|p| services.tenants.seal_ingress_passphrase(&id, p))
+        .transpose()?;
     let ingress = Ingress {
         id,
         app,
@@ -157,6 +170,7 @@ pub async fn create(
         created_at_ms: unix_now_ms(),
         url,
         transport,
+        passphrase: sealed_passphrase,
     };
     services
         .tenants
@@ -164,10 +178,21 @@ pub async fn create(
         .await?;
     let mut body = serde_json::to_value(view(&services, &ingress))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if kind == IngressKind::Rtmp {
+    if let (Some(base), Some(passphrase)) = (services.urls.srt(), &passphrase) {
+        // What ffmpeg and OBS take as is; shown once, like the key.
+        body["url"] = serde_json::Value::String(srt_url(&base, &stream_key, passphrase));
+        body["passphrase"] = serde_json::Value::String(passphrase.clone());
+    }
+    if matches!(kind, IngressKind::Rtmp | IngressKind::Srt) {
         body["streamKey"] = serde_json::Value::String(stream_key);
     }
     Ok(data_with(StatusCode::CREATED, body))
+}
+
+/// The complete URL of an SRT ingress: the stream id carries the key (`publish:<key>`), and
+/// 1316-byte packets hold seven TS packets.
+pub fn srt_url(base: &str, key: &str, passphrase: &str) -> String {
+    format!("{base}?streamid=publish:{key}&passphrase={passphrase}&pkt_size=1316")
 }
 
 /// `GET /apps/:app/ingress` (any principal of the app).

@@ -71,6 +71,7 @@ pub async fn create(
         key_hash: sha256_hex(&key),
         url: None,
         transport: None,
+        passphrase: None,
         created_at_ms: unix_now_ms(),
     };
     services
