@@ -4,7 +4,9 @@
 //!   `/healthz`), and RTMPS with the same certificate. ffmpeg publishes over RTMPS, curl and
 //!   ffprobe read it over HTTPS, an edge joins over HTTPS (its join client trusting the test CA
 //!   only through `--join-ca-root`) and serves the room as HLS (ffprobe) and over WHEP in
-//!   Chromium, both over HTTPS. The certificate files are replaced while the node runs: new
+//!   Chromium, both over HTTPS. ffmpeg publishes MPEG-TS over SRT (encrypted, the URL as the
+//!   ingress gives it), and that room plays on the edge the same way; a wrong passphrase is
+//!   refused. The certificate files are replaced while the node runs: new
 //!   connections get the new certificate, no restart.
 //! - ACME: a real ACME server (Debian's `pebble`, with its own CA, and `pebble-challtestsrv` as
 //!   its DNS) issues the origin's certificate over TLS-ALPN-01; curl and ffprobe check it
@@ -21,7 +23,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use streamhub_chaos_tests::ports::free_tcp;
+use streamhub_chaos_tests::ports::{free_tcp, free_udp};
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
 use streamhub_chaos_tests::{
     hls, poll, Api, Join, Node, NodeConfig, Publisher, Role, Timeline, ADMIN_PASS, ADMIN_USER,
@@ -125,6 +127,32 @@ fn https_client(root: &str) -> reqwest::Client {
         .unwrap()
 }
 
+/// Chromium plays `whep` (over HTTPS with the test CA) and decodes frames.
+async fn chromium_plays(whep: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/webrtc.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args(["--whep", whep])
+        .args(["--seconds", "6", "--insecure"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node (and chromium + playwright-core, installed by .ci/run)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "browser: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(v["play"]["status"], 201, "{whep}: {v}");
+    assert!(
+        v["play"]["framesDecoded"].as_u64().unwrap() >= 25,
+        "{whep}: {v}"
+    );
+}
+
 fn tools_ok() -> bool {
     require(
         "ffmpeg, ffprobe and curl",
@@ -160,9 +188,11 @@ async fn certificate_files_rtmps_hls_and_whep_over_https() {
     let timeline = Arc::new(Timeline::quiet());
     let origin_https = free_tcp();
     let rtmps = free_tcp();
+    let srt = free_udp();
     let mut cfg = NodeConfig::new("origin-1", dir.path());
     cfg.args = tls_args(origin_https);
     cfg.args.extend(["--rtmps".into(), rtmps.to_string()]);
+    cfg.args.extend(["--srt".into(), srt.to_string()]);
     let origin = Node::start(cfg, timeline.clone()).await.unwrap();
     let base = format!("https://{origin_https}");
 
@@ -243,25 +273,55 @@ async fn certificate_files_rtmps_hls_and_whep_over_https() {
         .unwrap()
         .unwrap();
     assert!(frames > 0, "{frames} frames decoded");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/browser/webrtc.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .args(["--whep", &format!("{edge_base}/whep/live/cam")])
-        .args(["--seconds", "6", "--insecure"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
-        .kill_on_drop(true)
-        .output()
+    chromium_plays(&format!("{edge_base}/whep/live/cam")).await;
+
+    // SRT: an ingress gives the complete URL (stream id and passphrase); ffmpeg publishes
+    // MPEG-TS to it; the room plays on the edge as HLS (H.264 and AAC) and over WHEP.
+    let r = admin
+        .post(
+            "/apps/live/ingress",
+            json!({"type": "srt", "room": "srtcam"}),
+        )
         .await
-        .expect("node (and chromium + playwright-core, installed by .ci/run)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let srt_url = r.data()["url"].as_str().unwrap().to_string();
+    let srt_key = r.data()["streamKey"].as_str().unwrap().to_string();
     assert!(
-        out.status.success(),
-        "browser: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        srt_url.starts_with(&format!(
+            "srt://127.0.0.1:{}?streamid=publish:{srt_key}&passphrase=",
+            srt.port()
+        )),
+        "{srt_url}"
     );
-    let v: Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(v["play"]["status"], 201, "{v}");
-    assert!(v["play"]["framesDecoded"].as_u64().unwrap() >= 25, "{v}");
+    let mut srt_publisher = Publisher::start_srt(&srt_url);
+    let srt_playlist = format!("{edge_base}/hls/live/srtcam/index.m3u8");
+    hls::wait_segments(&client, &srt_playlist, 2, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nffmpeg: {}", srt_publisher.stderr()));
+    let probe = srt_playlist.clone();
+    let mut codecs = tokio::task::spawn_blocking(move || hls::ffprobe_codecs(&probe))
+        .await
+        .unwrap()
+        .unwrap();
+    codecs.sort();
+    codecs.dedup();
+    assert_eq!(
+        codecs,
+        vec!["aac", "h264"],
+        "the SRT room over HLS on the edge"
+    );
+    chromium_plays(&format!("{edge_base}/whep/live/srtcam")).await;
+    // A wrong passphrase does not get in; the room plays on.
+    let wrong = srt_url.replace("passphrase=", "passphrase=0000");
+    let mut intruder = Publisher::start_srt(&wrong);
+    let (status, _) = intruder
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("ffmpeg with a wrong passphrase gives up");
+    assert!(!status.success());
+    assert!(!srt_publisher.exited(), "{}", srt_publisher.stderr());
+    srt_publisher.stop();
 
     // New certificate files: new connections get them, no restart.
     let before = served_certificate(origin_https, "127.0.0.1", &ca.pem)

@@ -1,4 +1,5 @@
-//! An ffmpeg RTMP publisher: testsrc video (H.264) and a sine tone (AAC) in real time.
+//! An ffmpeg publisher (RTMP, or MPEG-TS over SRT): testsrc video (H.264) and a sine tone (AAC)
+//! in real time.
 
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -31,12 +32,21 @@ impl Publisher {
         Publisher::spawn(url, Picture::Small, Some(secs))
     }
 
+    /// Starts publishing MPEG-TS over SRT to `url` (`srt://…?streamid=…&passphrase=…`).
+    pub fn start_srt(url: &str) -> Publisher {
+        Publisher::spawn_as(url, Picture::Small, None, "mpegts")
+    }
+
     /// Starts publishing 1280x720 at 30 fps and 2.5 Mb/s (the benchmark kit's stream) to `url`.
     pub fn start_hd(url: &str) -> Publisher {
         Publisher::spawn(url, Picture::Hd, None)
     }
 
     fn spawn(url: &str, picture: Picture, secs: Option<u32>) -> Publisher {
+        Publisher::spawn_as(url, picture, secs, "flv")
+    }
+
+    fn spawn_as(url: &str, picture: Picture, secs: Option<u32>, format: &str) -> Publisher {
         let stderr = tempfile::NamedTempFile::new().expect("ffmpeg log file");
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"]);
@@ -64,7 +74,7 @@ impl Publisher {
             ]),
         };
         let child = cmd
-            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", "flv", url])
+            .args(["-pix_fmt", "yuv420p", "-c:a", "aac", "-f", format, url])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr.reopen().expect("reopen ffmpeg log")))
