@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use self::tags::{Tag, TagBridge};
-use self::ts::{TsDemuxer, TsEvent};
+use self::tags::{Tag, TsToTags};
 use crate::admission::Refusal;
 use crate::rooms::Publisher;
 use crate::rtmp::tracks::{TrackAssembler, TrackEvent};
@@ -72,10 +71,6 @@ impl Default for SrtConfig {
         }
     }
 }
-
-/// Tags held while waiting for the second track's config (about 4 s of 25 fps video and
-/// 48 kHz audio).
-const MAX_HELD_TAGS: usize = 300;
 
 /// Counters of the SRT listener.
 #[derive(Debug, Default)]
@@ -278,15 +273,10 @@ impl Conn {
         socket: &mut srt_tokio::SrtSocket,
         publisher: &mut Publisher,
     ) -> &'static str {
-        let mut demux = TsDemuxer::new(self.config.max_frame_bytes);
-        let mut bridge = TagBridge::default();
+        let mut media = TsToTags::new(self.config.max_frame_bytes);
         let mut assembler = TrackAssembler::new();
-        let mut tags = Vec::new();
         let mut events = Vec::new();
         let mut dropped = 0u64;
-        // Until both tracks' configs are known, media waits (up to a bound), so the room starts
-        // with its whole catalog instead of changing it when the second track appears.
-        let mut waiting: Option<Vec<Tag>> = Some(Vec::new());
         loop {
             let data = tokio::select! {
                 biased;
@@ -303,42 +293,11 @@ impl Conn {
                 },
             };
             self.stats.bytes_in.fetch_add(data.len() as u64, Relaxed);
-            if let Err(e) = demux.feed(&data) {
+            if let Err(e) = media.feed(&data) {
                 warn!(error = %e, "srt stream refused");
                 return "not a usable transport stream";
             }
-            while let Some(event) = demux.poll_event() {
-                match event {
-                    TsEvent::Video { pts, dts, annexb } => {
-                        bridge.video(pts, dts, &annexb, &mut tags)
-                    }
-                    TsEvent::Audio { pts, adts } => bridge.audio(pts, &adts, &mut tags),
-                }
-            }
-            if let Some(held) = waiting.as_mut() {
-                held.append(&mut tags);
-                let (video, audio) = demux.streams();
-                let has = |video: bool| {
-                    held.iter().any(|t| match t {
-                        Tag::Video { body, .. } => video && body.get(1) == Some(&0),
-                        Tag::Audio { body, .. } => !video && body.get(1) == Some(&0),
-                    })
-                };
-                let complete = (video || audio) && (!video || has(true)) && (!audio || has(false));
-                if !complete && held.len() < MAX_HELD_TAGS {
-                    continue;
-                }
-                // Configs first, then the media in stream order.
-                let held = waiting.take().unwrap_or_default();
-                let (configs, media): (Vec<Tag>, Vec<Tag>) =
-                    held.into_iter().partition(|t| match t {
-                        Tag::Video { body, .. } | Tag::Audio { body, .. } => {
-                            body.get(1) == Some(&0)
-                        }
-                    });
-                tags = configs.into_iter().chain(media).collect();
-            }
-            for tag in tags.drain(..) {
+            for tag in media.drain() {
                 let result = match &tag {
                     Tag::Video { ms, body } => assembler.video(*ms, body, &mut events),
                     Tag::Audio { ms, body } => assembler.audio(*ms, body, &mut events),

@@ -146,6 +146,92 @@ impl TagBridge {
     }
 }
 
+/// Tags held while waiting for the second track's config (about 4 s of 25 fps video and
+/// 48 kHz audio).
+const MAX_HELD_TAGS: usize = 300;
+
+/// A transport stream in, FLV tags out: the demuxer, the bridge, and until both tracks' configs
+/// are known (up to a bound) the media held back, so a room starts with its whole catalog
+/// instead of changing it when the second track appears.
+#[derive(Debug)]
+pub struct TsToTags {
+    demux: crate::srt::ts::TsDemuxer,
+    bridge: TagBridge,
+    held: Option<Vec<Tag>>,
+    out: Vec<Tag>,
+}
+
+impl TsToTags {
+    /// Refusing PES packets (frames) larger than `max_frame` bytes.
+    pub fn new(max_frame: usize) -> Self {
+        Self {
+            demux: crate::srt::ts::TsDemuxer::new(max_frame),
+            bridge: TagBridge::default(),
+            held: Some(Vec::new()),
+            out: Vec::new(),
+        }
+    }
+
+    /// Feeds transport stream bytes (any split).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), crate::srt::ts::TsError> {
+        self.demux.feed(bytes)?;
+        self.collect(false);
+        Ok(())
+    }
+
+    /// The stream ended: what the demuxer still holds, and anything held back, comes out.
+    pub fn finish(&mut self) {
+        self.demux.finish();
+        self.collect(true);
+    }
+
+    /// The tags ready, in order.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Tag> {
+        self.out.drain(..)
+    }
+
+    fn collect(&mut self, end: bool) {
+        use crate::srt::ts::TsEvent;
+        let mut tags = Vec::new();
+        while let Some(event) = self.demux.poll_event() {
+            match event {
+                TsEvent::Video { pts, dts, annexb } => {
+                    self.bridge.video(pts, dts, &annexb, &mut tags)
+                }
+                TsEvent::Audio { pts, adts } => self.bridge.audio(pts, &adts, &mut tags),
+            }
+        }
+        let Some(held) = self.held.as_mut() else {
+            self.out.append(&mut tags);
+            return;
+        };
+        held.append(&mut tags);
+        let (video, audio) = self.demux.streams();
+        let has = |want_video: bool| {
+            held.iter().any(|t| match t {
+                Tag::Video { body, .. } => want_video && is_config(body),
+                Tag::Audio { body, .. } => !want_video && is_config(body),
+            })
+        };
+        let complete = (video || audio) && (!video || has(true)) && (!audio || has(false));
+        if !complete && held.len() < MAX_HELD_TAGS && !end {
+            return;
+        }
+        // Configs first, then the media in stream order.
+        let held = self.held.take().unwrap_or_default();
+        let (configs, media): (Vec<Tag>, Vec<Tag>) = held.into_iter().partition(|t| match t {
+            Tag::Video { body, .. } | Tag::Audio { body, .. } => is_config(body),
+        });
+        self.out.extend(configs);
+        self.out.extend(media);
+    }
+}
+
+/// Whether a tag body is a sequence header (AVC or AAC packet type 0).
+fn is_config(body: &[u8]) -> bool {
+    body.get(1) == Some(&0)
+}
+
 /// The NAL units of an Annex B byte stream (start codes removed, empty units skipped).
 pub fn nal_units(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut starts = Vec::new();
