@@ -35,7 +35,10 @@ async fn srt_ingest_with_loss_between_namespaces() {
     assert_eq!(r.status, 201, "{r:?}");
     let url = r.data()["url"].as_str().unwrap().to_string();
     let origin_ip = net.ip(c.host_of(0));
-    assert!(url.starts_with(&format!("srt://{origin_ip}:9000?streamid=publish:")), "{url}");
+    assert!(
+        url.starts_with(&format!("srt://{origin_ip}:9000?streamid=publish:")),
+        "{url}"
+    );
 
     let _loss = net
         .loss(c.host_of(0), net.ip(254), 0.05, c.timeline())
@@ -67,7 +70,11 @@ async fn srt_ingest_with_loss_between_namespaces() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    println!("{} segments in {:?} with 5 % loss", last - first, started.elapsed());
+    println!(
+        "{} segments in {:?} with 5 % loss",
+        last - first,
+        started.elapsed()
+    );
     // The newest segments decode whole: 25 fps, a 2 s segment is 50 frames; none lost.
     for seq in [last - 1, last] {
         let url = hls::sibling(&playlist, &format!("seg-{seq}.m4s"));
@@ -93,7 +100,10 @@ async fn srt_ingest_with_loss_between_namespaces() {
             .await
             .unwrap()
             .unwrap();
-        assert!((49..=51).contains(&frames), "segment {seq}: {frames} frames");
+        assert!(
+            (49..=51).contains(&frames),
+            "segment {seq}: {frames} frames"
+        );
     }
     assert!(!publisher.exited(), "{}", publisher.stderr());
     publisher.stop();
