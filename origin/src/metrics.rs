@@ -13,6 +13,7 @@ use streamhub_media::webrtc::WebRtc;
 
 use crate::rooms::{Protocol, Rooms};
 use crate::rtmp::RtmpStats;
+use crate::srt::SrtStats;
 use crate::wsmjpeg::WsStats;
 
 /// What an origin's metrics are sampled from.
@@ -22,6 +23,7 @@ pub struct Sources {
     pub hls: Arc<HlsRegistry>,
     pub webrtc: Arc<WebRtc>,
     pub rtmp: Arc<RtmpStats>,
+    pub srt: Arc<SrtStats>,
     pub ws: Arc<WsStats>,
     pub raft: Arc<RaftNode>,
 }
@@ -38,6 +40,11 @@ pub struct Metrics {
     rtmp_handshake_failures: IntCounter,
     rtmp_connections_refused: IntCounter,
     rtmp_bytes_in: IntCounter,
+    srt_connections: IntCounter,
+    srt_rejected: IntCounter,
+    srt_refused: IntCounter,
+    srt_bytes_in: IntCounter,
+    srt_restarts: IntCounter,
     ws_connections: IntCounter,
     ws_refused: IntCounter,
     ws_frames_in: IntCounter,
@@ -90,6 +97,27 @@ impl Metrics {
                 "RTMP and RTMPS connections closed at once at the node or per-address connection limit",
             ),
             rtmp_bytes_in: counter(&r, "streamhub_rtmp_bytes_in_total", "RTMP bytes received"),
+            srt_connections: counter(
+                &r,
+                "streamhub_srt_connections_total",
+                "SRT connection requests",
+            ),
+            srt_rejected: counter(
+                &r,
+                "streamhub_srt_rejected_total",
+                "SRT connection requests rejected before accept (cap, unknown key, bad stream id)",
+            ),
+            srt_refused: counter(
+                &r,
+                "streamhub_srt_publish_refused_total",
+                "SRT publishes refused by admission",
+            ),
+            srt_bytes_in: counter(&r, "streamhub_srt_bytes_in_total", "SRT payload bytes received"),
+            srt_restarts: counter(
+                &r,
+                "streamhub_srt_listener_restarts_total",
+                "times the SRT listener died on a handshake and was bound again",
+            ),
             ws_connections: counter(
                 &r,
                 "streamhub_ws_connections_total",
@@ -175,6 +203,14 @@ impl Metrics {
             src.rtmp.connections_refused.load(Relaxed),
         );
         sync_counter(&self.rtmp_bytes_in, src.rtmp.bytes_in.load(Relaxed));
+        sync_counter(
+            &self.srt_connections,
+            src.srt.connections_total.load(Relaxed),
+        );
+        sync_counter(&self.srt_rejected, src.srt.rejected.load(Relaxed));
+        sync_counter(&self.srt_refused, src.srt.publish_refused.load(Relaxed));
+        sync_counter(&self.srt_bytes_in, src.srt.bytes_in.load(Relaxed));
+        sync_counter(&self.srt_restarts, src.srt.listener_restarts.load(Relaxed));
         let ws = &src.ws;
         sync_counter(&self.ws_connections, ws.connections.load(Relaxed));
         sync_counter(&self.ws_refused, ws.refused.load(Relaxed));

@@ -181,6 +181,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ingest.clone(),
         shutdown.clone(),
     ));
+    let srt_stats = Arc::new(crate::srt::SrtStats::default());
     if let Some(listener) = srt_listener {
         tasks.spawn(crate::srt::serve(
             settings.srt.expect("bound"),
@@ -190,7 +191,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 max_per_address: settings.ingest_max_per_address,
                 ..Default::default()
             },
-            Arc::default(),
+            srt_stats.clone(),
             shutdown.clone(),
         ));
     }
@@ -221,6 +222,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         hls: hls.clone(),
         webrtc: webrtc.clone(),
         rtmp: rtmp_stats,
+        srt: srt_stats,
         ws: ws.stats.clone(),
         raft: raft.clone(),
     }));
