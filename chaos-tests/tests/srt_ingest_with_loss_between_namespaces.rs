@@ -82,8 +82,8 @@ async fn srt_ingest_with_loss_between_namespaces() {
             let text = hls::get_text(&playlist).await.unwrap().1;
             let map = text
                 .lines()
-                .filter_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
-                .last()
+                .rev()
+                .find_map(|l| l.strip_prefix("#EXT-X-MAP:URI=\""))
                 .unwrap()
                 .trim_end_matches('"')
                 .to_string();

@@ -540,6 +540,7 @@ mod tests {
                     Credential::StreamKey(w.ingress(&ingress, IngressKind::Rtmp).await)
                 }
                 Protocol::Ws => Credential::DeviceKey(w.ingress(&ingress, IngressKind::Ws).await),
+                Protocol::Srt => Credential::SrtKey(w.ingress(&ingress, IngressKind::Srt).await),
                 Protocol::Rtsp => {
                     w.ingress(&ingress, IngressKind::Url).await;
                     Credential::Pull {
