@@ -13,6 +13,8 @@
 //!   real administrator signs in from another address.
 //! - RTMP chunks declaring 16 MiB messages before any stream key: each connection is closed
 //!   after its header, and the node's memory does not grow by what was declared.
+//! - Malformed SRT handshakes from one address (datagrams srt-protocol 0.4.4's parser panics
+//!   on): an SRT publisher keeps publishing and the listener is never lost.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use serde_json::json;
+use streamhub_chaos_tests::ports::free_udp;
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
 use streamhub_chaos_tests::whep::Viewer;
-use streamhub_chaos_tests::{poll, Api, Node, Publisher};
+use streamhub_chaos_tests::{hls, poll, Api, Node, Publisher};
 use streamhub_testkit::Origin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -461,4 +464,140 @@ async fn rtmp_messages_declared_huge_before_a_key_are_refused() {
     );
     watched.assert_flowing("after").await;
     watched.stop().await;
+}
+
+/// An SRT v5 conclusion handshake (as a caller sends after the induction) carrying `ext` as its
+/// extension blocks, or its first `cut` bytes.
+fn srt_conclusion(ext: &[u8], flags: u16, cut: Option<usize>) -> Vec<u8> {
+    let mut p = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    p.extend_from_slice(&5u32.to_be_bytes()); // version
+    p.extend_from_slice(&0u16.to_be_bytes()); // no encryption
+    p.extend_from_slice(&flags.to_be_bytes()); // extension flags
+    p.extend_from_slice(&1u32.to_be_bytes()); // initial sequence number
+    p.extend_from_slice(&1500u32.to_be_bytes()); // MTU
+    p.extend_from_slice(&8192u32.to_be_bytes()); // flow window
+    p.extend_from_slice(&(-1i32).to_be_bytes()); // conclusion
+    p.extend_from_slice(&0x0bad_cafeu32.to_be_bytes()); // socket id
+    p.extend_from_slice(&0u32.to_be_bytes()); // SYN cookie
+    p.extend_from_slice(&[127, 0, 0, 1]);
+    p.extend_from_slice(&[0; 12]);
+    p.extend_from_slice(ext);
+    p.truncate(cut.unwrap_or(usize::MAX));
+    p
+}
+
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_srt_handshakes_leave_srt_publishers_running() {
+    let srt = free_udp();
+    let (origin, admin) = origin(&["--srt", &srt.to_string()]).await;
+    assert!(matches!(
+        admin.create_app("live").await.unwrap().status,
+        201 | 409
+    ));
+    let r = admin
+        .post(
+            "/apps/live/ingress",
+            json!({"type": "srt", "room": "srtcam"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let url = r.data()["url"].as_str().unwrap().to_string();
+    let mut publisher = Publisher::start_srt(&url);
+    let client = hls::client();
+    let playlist = origin.url("/hls/live/srtcam/index.m3u8");
+    hls::wait_segments(&client, &playlist, 2, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nffmpeg: {}", publisher.stderr()));
+
+    // Each of these panicked srt-protocol 0.4.4's packet parser, inside the listener's task.
+    let congestion = [0, 6, 0, 1, b'e', b'v', b'i', b'l'];
+    let empty_group = [0, 8, 0, 0];
+    let attacks = [
+        srt_conclusion(&congestion, 4, None),
+        srt_conclusion(&empty_group, 4, None),
+        srt_conclusion(&[], 0, Some(30)),
+    ];
+    let socket = tokio::net::UdpSocket::bind(SocketAddr::new(attacker(11), 0))
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut sent = 0;
+    while Instant::now() < until {
+        for a in &attacks {
+            socket.send_to(a, srt).await.unwrap();
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("{sent} malformed SRT handshakes sent");
+
+    // The publisher was never cut off: the playlist keeps growing from where it was.
+    let last = |text: &str| hls::segments(text).last().copied().unwrap_or(0);
+    let before = last(&String::from_utf8(hls::get_ok(&client, &playlist).await.unwrap()).unwrap());
+    poll(
+        "the SRT room keeps publishing",
+        Duration::from_secs(20),
+        || {
+            let (client, playlist) = (client.clone(), playlist.clone());
+            async move {
+                let text = String::from_utf8(
+                    hls::get_ok(&client, &playlist)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+                .map_err(|e| e.to_string())?;
+                (last(&text) >= before + 2)
+                    .then_some(())
+                    .ok_or(format!("last segment {}", last(&text)))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!publisher.exited(), "{}", publisher.stderr());
+    let metrics = reqwest::get(origin.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "streamhub_srt_listener_restarts_total"),
+        Some(0),
+        "the SRT listener was lost"
+    );
+    // Every one of them was refused before the parser (none reached its panics).
+    assert_eq!(
+        metric(&metrics, "streamhub_srt_parser_panics_total"),
+        Some(0)
+    );
+    assert!(
+        metric(&metrics, "streamhub_srt_datagrams_screened_total").unwrap_or(0) >= 100,
+        "{metrics}"
+    );
+    // A new publisher still gets in.
+    let r = admin
+        .post(
+            "/apps/live/ingress",
+            json!({"type": "srt", "room": "second"}),
+        )
+        .await
+        .unwrap();
+    let mut second = Publisher::start_srt(r.data()["url"].as_str().unwrap());
+    hls::wait_segments(
+        &client,
+        &origin.url("/hls/live/second/index.m3u8"),
+        1,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nffmpeg: {}", second.stderr()));
+    second.stop();
+    publisher.stop();
 }

@@ -45,6 +45,8 @@ pub struct Metrics {
     srt_refused: IntCounter,
     srt_bytes_in: IntCounter,
     srt_restarts: IntCounter,
+    srt_screened: IntCounter,
+    srt_panics: IntCounter,
     ws_connections: IntCounter,
     ws_refused: IntCounter,
     ws_frames_in: IntCounter,
@@ -117,6 +119,16 @@ impl Metrics {
                 &r,
                 "streamhub_srt_listener_restarts_total",
                 "times the SRT listener died on a handshake and was bound again",
+            ),
+            srt_screened: counter(
+                &r,
+                "streamhub_srt_datagrams_screened_total",
+                "SRT datagrams refused before parsing (shapes that panic the SRT library's parser)",
+            ),
+            srt_panics: counter(
+                &r,
+                "streamhub_srt_parser_panics_total",
+                "SRT datagrams or handshake steps that panicked the SRT library and were dropped",
             ),
             ws_connections: counter(
                 &r,
@@ -211,6 +223,9 @@ impl Metrics {
         sync_counter(&self.srt_refused, src.srt.publish_refused.load(Relaxed));
         sync_counter(&self.srt_bytes_in, src.srt.bytes_in.load(Relaxed));
         sync_counter(&self.srt_restarts, src.srt.listener_restarts.load(Relaxed));
+        // Process-wide in the SRT library (one SRT listener per node).
+        sync_counter(&self.srt_screened, srt_tokio::screened_datagrams());
+        sync_counter(&self.srt_panics, srt_tokio::caught_panics());
         let ws = &src.ws;
         sync_counter(&self.ws_connections, ws.connections.load(Relaxed));
         sync_counter(&self.ws_refused, ws.refused.load(Relaxed));
