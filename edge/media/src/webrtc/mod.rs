@@ -17,6 +17,8 @@ mod packets;
 pub mod sdp;
 mod session;
 
+pub use session::is_keyframe_request;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -405,7 +405,7 @@ impl Session {
 }
 
 /// True for a PLI or FIR: the sender of it needs a keyframe.
-fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
+pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     let any = p.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
