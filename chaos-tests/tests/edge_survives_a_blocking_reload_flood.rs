@@ -79,7 +79,17 @@ async fn edge_survives_a_blocking_reload_flood() {
             "edge-1",
             "local",
             0,
-            &["--hls-max-held-per-client", &per_client],
+            // The HLS hold bound is under test here, not the connection caps: the flood's
+            // 10,000 connections from one address would otherwise meet the per-address cap
+            // (256, see `no_single_client_exhausts_a_node`) first.
+            &[
+                "--hls-max-held-per-client",
+                &per_client,
+                "--http-max-per-address",
+                "20000",
+                "--http-max-connections",
+                "20000",
+            ],
         )
         .await;
     let _publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
