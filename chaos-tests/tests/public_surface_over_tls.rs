@@ -6,7 +6,9 @@
 //!   only through `--join-ca-root`) and serves the room as HLS (ffprobe) and over WHEP in
 //!   Chromium, both over HTTPS. ffmpeg publishes MPEG-TS over SRT (encrypted, the URL as the
 //!   ingress gives it), and that room plays on the edge the same way; a wrong passphrase is
-//!   refused. The certificate files are replaced while the node runs: new
+//!   refused. A WebSocket camera publishes over `wss://` (the URL its ingress gives) and its
+//!   pictures come out of the origin's MJPEG over HTTPS. The certificate files are replaced
+//!   while the node runs: new
 //!   connections get the new certificate, no restart.
 //! - ACME: a real ACME server (Debian's `pebble`, with its own CA, and `pebble-challtestsrv` as
 //!   its DNS) issues the origin's certificate over TLS-ALPN-01; curl and ffprobe check it
@@ -23,6 +25,7 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
+use streamhub_chaos_tests::camera::{jpegs, Camera};
 use streamhub_chaos_tests::ports::{free_tcp, free_udp};
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
 use streamhub_chaos_tests::{
@@ -274,6 +277,55 @@ async fn certificate_files_rtmps_hls_and_whep_over_https() {
         .unwrap();
     assert!(frames > 0, "{frames} frames decoded");
     chromium_plays(&format!("{edge_base}/whep/live/cam")).await;
+
+    // A WebSocket camera over wss:// (the ingress answer says so), its pictures out of the
+    // origin's MJPEG over HTTPS.
+    let r = admin
+        .post("/apps/live/ws-ingest", json!({"room": "door"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let ws_url = r.data()["wsUrl"].as_str().unwrap().to_string();
+    assert_eq!(
+        ws_url,
+        format!("wss://{origin_https}/ingest/ws?app=live&room=door")
+    );
+    let camera = Camera::start_tls(
+        &ws_url,
+        r.data()["streamKey"].as_str().unwrap(),
+        jpegs(10, "320x240"),
+        10,
+        &ca.pem,
+    )
+    .await;
+    let mjpeg = format!("{base}/live/live/door/mjpeg");
+    let pictures = poll(
+        "MJPEG over HTTPS from a wss camera",
+        Duration::from_secs(20),
+        || {
+            let (mjpeg, ca_file) = (mjpeg.clone(), ca_file.clone());
+            async move {
+                let out = tokio::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "3", "--cacert"])
+                    .arg(&ca_file)
+                    .arg(&mjpeg)
+                    .output()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let body = String::from_utf8_lossy(&out.stdout);
+                let n = body.matches("--streamhub-mjpeg-frame").count();
+                (n >= 5).then_some(n).ok_or(format!(
+                    "{n} pictures; {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(camera.sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    println!("{pictures} pictures over HTTPS from the wss camera");
+    drop(camera);
 
     // SRT: an ingress gives the complete URL (stream id and passphrase); ffmpeg publishes
     // MPEG-TS to it; the room plays on the edge as HLS (H.264 and AAC) and over WHEP.

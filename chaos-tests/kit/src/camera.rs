@@ -38,14 +38,56 @@ pub struct Camera {
 
 impl Camera {
     pub async fn start(ws_url: &str, key: &str, pictures: Vec<Vec<u8>>, fps: u32) -> Camera {
-        let mut req = ws_url.into_client_request().expect("ws url");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {key}").parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        let (ws, _) = tokio_tungstenite::connect_async(request(ws_url, key))
             .await
             .expect("the camera connects");
+        Camera::run(ws, pictures, fps)
+    }
+
+    /// As [`Camera::start`], to a `wss://` URL, trusting the CA certificate `root_pem` (an
+    /// ESP32 is given its server's root the same way).
+    pub async fn start_tls(
+        ws_url: &str,
+        key: &str,
+        pictures: Vec<Vec<u8>>,
+        fps: u32,
+        root_pem: &str,
+    ) -> Camera {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, ServerName};
+        let req = request(ws_url, key);
+        assert_eq!(req.uri().scheme_str(), Some("wss"), "{ws_url}");
+        let host = req.uri().host().expect("a host").to_string();
+        let port = req.uri().port_u16().unwrap_or(443);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+            roots.add(cert.expect("a PEM certificate")).expect("a CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .expect("the camera reaches the port");
+        let name = ServerName::try_from(host).expect("a server name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("the TLS handshake");
+        let (ws, _) = tokio_tungstenite::client_async(req, tls)
+            .await
+            .expect("the camera connects");
+        Camera::run(ws, pictures, fps)
+    }
+
+    fn run<S>(ws: tokio_tungstenite::WebSocketStream<S>, pictures: Vec<Vec<u8>>, fps: u32) -> Camera
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut tx, mut rx) = ws.split();
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -67,6 +109,16 @@ impl Camera {
         });
         Camera { stop, sent, task }
     }
+}
+
+/// The upgrade request of a camera: `ws_url` with its key as a bearer token.
+fn request(ws_url: &str, key: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = ws_url.into_client_request().expect("ws url");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    req
 }
 
 impl Drop for Camera {
