@@ -1,8 +1,10 @@
-//! What TLS costs an HLS fan-out: one origin serves N HLS viewers of one room over plain HTTP,
-//! then (same node, same room, same viewers) over HTTPS, side by side in one run. Each viewer is
-//! its own client with its own keep-alive connection (and its own TLS session: one full
-//! handshake each), polling the playlist every second and fetching each new segment, as a
-//! player does. Reports the origin's CPU per viewer in each phase (from `/proc`) and the ratio.
+//! What TLS costs an HLS fan-out: N HLS viewers of one room on an origin over plain HTTP, then
+//! the same N viewers on an identical origin serving HTTPS (`--https`; its plain port only
+//! redirects, so plain HLS needs the second node), each with its own publisher of the same
+//! stream, side by side in one run, one phase after the other. Each viewer is its own client
+//! with its own keep-alive connection (and its own TLS session: one full handshake each),
+//! polling the playlist every second and fetching each new segment, as a player does. Reports
+//! the serving origin's CPU per viewer in each phase (from `/proc`) and the ratio.
 //!
 //! ```sh
 //! cargo build --release -p streamhub-origin -p streamhub-chaos-tests --bin tls_bench
