@@ -5,7 +5,7 @@
 //! model). [`serve`] is the tokio driver that moves bytes and time into them and pushes frames to
 //! the room through the [`IngestBackend`].
 
-mod chunks;
+pub mod chunks;
 pub mod flv;
 mod server;
 pub mod session;
