@@ -475,6 +475,7 @@ impl NodeArgs {
                     .webrtc_max_sessions
                     .unwrap_or(DEFAULT_MAX_SESSIONS)
                     .max(1),
+                publishers: matches!(kind, NodeKind::Origin),
                 ..WebRtcConfig::default()
             },
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),

@@ -92,6 +92,9 @@ pub struct WebRtcConfig {
     pub max_pending_per_address: usize,
     /// Session setups (DTLS key and certificate, SDP) computed at once.
     pub setup_concurrency: usize,
+    /// Whether WHIP publishers use this node (origins): they then keep a share of the sessions
+    /// ([`publisher_reserve`]). Edges have viewers only.
+    pub publishers: bool,
 }
 
 /// The share of `max_sessions` only publishers may take (at least one session).
@@ -112,6 +115,7 @@ impl Default for WebRtcConfig {
             max_sessions: 5_000,
             max_pending_per_address: DEFAULT_MAX_PENDING_PER_ADDRESS,
             setup_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            publishers: true,
         }
     }
 }
@@ -221,6 +225,11 @@ impl WebRtc {
         let socket = Arc::new(UdpSocket::bind(config.udp).await?);
         let udp = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
         let local = socket.local_addr()?;
+        let reserve = if config.publishers {
+            publisher_reserve(config.max_sessions)
+        } else {
+            0
+        };
         let me = Arc::new(Self {
             socket,
             udp,
@@ -228,10 +237,8 @@ impl WebRtc {
             public_ip: config.public_ip,
             routes: Mutex::new(Routes::default()),
             sessions: Mutex::new(HashMap::new()),
-            shared: Arc::new(Semaphore::new(
-                config.max_sessions - publisher_reserve(config.max_sessions),
-            )),
-            reserved: Arc::new(Semaphore::new(publisher_reserve(config.max_sessions))),
+            shared: Arc::new(Semaphore::new(config.max_sessions - reserve)),
+            reserved: Arc::new(Semaphore::new(reserve)),
             max_sessions: config.max_sessions,
             pending: Arc::default(),
             max_pending_per_address: config.max_pending_per_address.max(1),
