@@ -10,6 +10,7 @@
 pub mod cluster;
 pub mod net;
 pub mod netns;
+pub mod procfs;
 pub mod scenarios;
 pub mod seed;
 

@@ -20,6 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streamhub_chaos_tests::procfs::rss_kib;
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use serde_json::json;
@@ -135,15 +136,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         }
     };
     tokio::time::timeout(within, drained).await.is_ok()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn attacker(n: u8) -> IpAddr {

@@ -10,6 +10,7 @@
 //! ```
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use streamhub_chaos_tests::procfs::cpu_ticks;
 
 use futures::SinkExt;
 use serde_json::json;
@@ -96,14 +97,6 @@ async fn viewer(url: String, local: std::net::IpAddr, secs: u64) -> Vec<u64> {
         }
     }
     out
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
 }
 
 fn pct(v: &mut [u64], q: f64) -> f64 {
