@@ -76,6 +76,7 @@ async fn edge_certificates_tokens_and_revocation() {
         hash: "0".repeat(64),
         prefix: "sk_evil".into(),
         created_at_ms: 1,
+        role: None,
     });
     let write = Bytes::from(serde_json::to_vec(&evil_key).unwrap());
     let join = Bytes::from(json!({"node_id": 42, "addr": "127.0.0.1:9"}).to_string());

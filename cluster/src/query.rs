@@ -8,7 +8,9 @@
 use serde::{Deserialize, Serialize};
 use streamhub_shared::{AppName, RoomName};
 
-use crate::state::{App, ClusterState, NodeRecord, Placement};
+use std::collections::BTreeMap;
+
+use crate::state::{App, ClusterState, MemberRole, NodeRecord, Placement, Playback};
 
 /// A question about the tenant state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +25,64 @@ pub enum StateQuery {
     /// Checks an access token of `app` that the asker cannot verify itself (HS256, whose
     /// secret never leaves the origins). Answered by the origin's service, not from the state.
     VerifyToken { app: AppName, token: String },
+    /// Who may watch `app/room`: the app's playback mode, the room's backstage and hosts, the
+    /// app's viewer quota and what each node reports of its viewers.
+    RoomAccess { app: AppName, room: RoomName },
+}
+
+/// Who may watch a room, as a playback node decides it (see `streamhub_media::access`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomAccess {
+    /// `token`: every playback request needs a viewer token for the room.
+    pub playback: Playback,
+    /// Only hosts (members with role `host`, or tokens with `canPublish`) watch.
+    pub backstage: bool,
+    /// Identities of the room's hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The app's viewer quota.
+    #[serde(default)]
+    pub viewer_quota: Option<u64>,
+    /// The app's viewers as each node last reported them (only with a viewer quota).
+    #[serde(default)]
+    pub viewers: BTreeMap<String, u64>,
+}
+
+impl RoomAccess {
+    /// Who may watch `app/room` in `state`; `None` for an unknown app.
+    pub fn of(state: &ClusterState, app: &AppName, room: &RoomName) -> Option<Self> {
+        let record = state.tenants.apps.get(app)?;
+        let object = state.tenants.room_object(app, room);
+        let viewer_quota = record.quotas.viewers;
+        let viewers = match viewer_quota {
+            Some(_) => state
+                .registry
+                .nodes
+                .values()
+                .filter_map(|n| {
+                    let v = n.load.app_viewers.get(app.as_str())?;
+                    Some((n.name.clone(), u64::from(*v)))
+                })
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        Some(Self {
+            playback: record.settings.playback,
+            backstage: state.tenants.in_backstage(app, room),
+            hosts: object
+                .map(|o| {
+                    o.members
+                        .iter()
+                        .filter(|m| m.role == MemberRole::Host)
+                        .map(|m| m.identity.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            viewer_quota,
+            viewers,
+        })
+    }
 }
 
 /// What verifies an app's EdDSA tokens: public material only (it cannot mint a token).
@@ -61,6 +121,8 @@ pub enum StateAnswer {
     AppKey { key: Option<AppKey> },
     /// Every registered node.
     Nodes { nodes: Vec<NodeRecord> },
+    /// Who may watch the room; `None` for an unknown app.
+    RoomAccess { access: Option<RoomAccess> },
     /// The claims of a verified token, or why it was refused.
     Verified {
         claims: Option<streamhub_shared::auth::AccessClaims>,
@@ -87,6 +149,9 @@ impl StateQuery {
             StateQuery::VerifyToken { .. } => StateAnswer::Verified {
                 claims: None,
                 error: Some("a token is verified with the app's secret, not the state".into()),
+            },
+            StateQuery::RoomAccess { app, room } => StateAnswer::RoomAccess {
+                access: RoomAccess::of(state, app, room),
             },
             StateQuery::Nodes => StateAnswer::Nodes {
                 nodes: state.registry.nodes.values().cloned().collect(),

@@ -128,6 +128,7 @@ fn key(id: &str) -> Command {
         hash: format!("hash-{id}"),
         prefix: "sk_test".into(),
         created_at_ms: 0,
+        role: None,
     })
 }
 

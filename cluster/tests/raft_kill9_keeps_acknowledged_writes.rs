@@ -26,6 +26,8 @@ fn app(name: &str) -> App {
         created_at_ms: 1,
         signing_key: None,
         verify_key: None,
+        settings: Default::default(),
+        quotas: Default::default(),
     }
 }
 

@@ -14,7 +14,9 @@ use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::registry::{SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
-use streamhub_media::access::{Remembering, TokenVerifier};
+use streamhub_media::access::{
+    Gate, Remembering, RememberingAccess, RoomPolicies, TokenVerifier, ViewerTracker,
+};
 use streamhub_media::hls::http::RoomOpener;
 use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
 use streamhub_media::metrics::{PlaybackMetrics, PlaybackSample, PlaybackStats};
@@ -66,7 +68,14 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         webrtc.clone(),
     ));
     let health = Health::default();
-    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc)
+    let viewers = Arc::new(ViewerTracker::default());
+    let gate = Gate {
+        verifier: Arc::new(Remembering::new(OriginsKeys(origins.clone()))),
+        rooms: Arc::new(RememberingAccess::new(OriginsAccess(origins.clone()))),
+        viewers: viewers.clone(),
+        me: s.node_name.clone(),
+    };
+    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc, gate)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
     tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
     tasks.spawn(run_heartbeats(
@@ -74,6 +83,7 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         origins.clone(),
         pulls,
         stats,
+        viewers,
         shutdown.clone(),
     ));
     let serving = Serving::start(surface, router, shutdown.clone());
@@ -114,6 +124,7 @@ fn http_router(
     hls: &Arc<HlsRegistry>,
     stats: &PlaybackStats,
     webrtc: &Arc<WebRtc>,
+    gate: Gate,
 ) -> Router {
     let s = &settings.node;
     let steering = Arc::new(Steering {
@@ -125,7 +136,7 @@ fn http_router(
         policy: SteeringPolicy::default(),
     });
     let media = Arc::new(PullMedia(pulls.clone()));
-    let playback = Router::new()
+    Router::new()
         .merge(streamhub_media::hls::http::router(
             hls.clone(),
             stats.hls.clone(),
@@ -141,11 +152,11 @@ fn http_router(
             webrtc.clone(),
             media,
         ))
+        .merge(streamhub_media::play::router(steering))
         .layer(axum::middleware::from_fn_with_state(
-            Arc::new(Remembering::new(OriginsKeys(origins.clone()))) as Arc<dyn TokenVerifier>,
+            gate,
             streamhub_media::access::check,
-        ));
-    playback.merge(streamhub_media::play::router(steering))
+        ))
 }
 
 fn banner(settings: &EdgeSettings, origins: &Origins, webrtc: &WebRtc) -> String {
@@ -166,6 +177,7 @@ async fn run_heartbeats(
     origins: Arc<Origins>,
     pulls: Arc<Pulls>,
     stats: PlaybackStats,
+    viewers: Arc<ViewerTracker>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -185,6 +197,7 @@ async fn run_heartbeats(
                 viewers: pulls.viewers() as u32,
                 egress_bps,
                 cpu,
+                app_viewers: viewers.report(std::time::Instant::now()),
             },
             // Set by the origin from this node's certificate.
             cert_fingerprint: None,
@@ -284,6 +297,20 @@ impl TokenVerifier for OriginsKeys {
     ) -> BoxFuture<'static, Result<streamhub_shared::auth::AccessClaims, String>> {
         let (origins, app, token) = (self.0.clone(), app.clone(), token.to_string());
         Box::pin(async move { origins.verify_token(&app, &token).await })
+    }
+}
+
+/// Who may watch a room, as an origin says (see [`Origins::room_access`]).
+struct OriginsAccess(Arc<Origins>);
+
+impl RoomPolicies for OriginsAccess {
+    fn access(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+    ) -> BoxFuture<'static, Result<Option<streamhub_cluster::query::RoomAccess>, String>> {
+        let (origins, app, room) = (self.0.clone(), app.clone(), room.clone());
+        Box::pin(async move { origins.room_access(&app, &room).await })
     }
 }
 

@@ -240,6 +240,27 @@ impl Origins {
         }
     }
 
+    /// Who may watch `app/room` (the caller remembers it; see `streamhub_media::access`).
+    /// Shares the bound of placement lookups: random room names cannot flood the origins.
+    pub async fn room_access(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+    ) -> Result<Option<streamhub_cluster::query::RoomAccess>, String> {
+        let _permit = self
+            .lookups
+            .try_acquire()
+            .map_err(|_| "too many lookups in flight; retry".to_string())?;
+        let q = StateQuery::RoomAccess {
+            app: app.clone(),
+            room: room.clone(),
+        };
+        match self.query(&q).await? {
+            StateAnswer::RoomAccess { access } => Ok(access),
+            other => Err(format!("unexpected answer {other:?}")),
+        }
+    }
+
     /// The public key of `app` (cached for 30 s; an unknown app is asked again), for verifying
     /// viewer tokens offline.
     pub async fn app_key(&self, app: &AppName) -> Option<AppKey> {

@@ -17,8 +17,10 @@
 //! While a publisher lives, [`Admission::revalidate`] (every heartbeat) ends it when its grant
 //! no longer holds: its key was deleted, or its app deleted or re-created, through any origin.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use streamhub_cluster::state::{Ingress, IngressKind};
@@ -96,10 +98,14 @@ pub enum Refusal {
     },
     #[error("the cluster cannot place the room right now: {0}")]
     Unavailable(String),
+    /// The app is at one of its quotas (publishers, live rooms, ingest bitrate).
+    #[error("{0}")]
+    Quota(String),
 }
 
 /// HTTP answers of a refusal (WHIP, the WebSocket upgrade): 401 for an unknown credential, 403
-/// for one that does not allow this, 409 for a busy room, 503 when the cluster cannot place it.
+/// for one that does not allow this, 409 for a busy room, 429 at a quota, 503 when the cluster
+/// cannot place it.
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
@@ -109,6 +115,10 @@ impl From<Refusal> for ApiError {
                 ApiError::Conflict(r.to_string())
             }
             Refusal::Unavailable(m) => ApiError::Unavailable(m),
+            Refusal::Quota(message) => ApiError::TooManyRequests {
+                message,
+                retry_after_secs: 10,
+            },
         }
     }
 }
@@ -125,7 +135,18 @@ pub struct Admission {
     claims: Arc<dyn RoomClaims>,
     rooms: Arc<Rooms>,
     policies: Vec<Arc<dyn AdmissionPolicy>>,
+    /// Each live session's bytes in at its last bitrate sample (for `ingestKbps`): a std
+    /// Mutex held for the sampling loop, never across an `.await`.
+    ingest: std::sync::Mutex<HashMap<SessionKey, (Instant, u64)>>,
 }
+
+/// A live session: its room and placement epoch.
+type SessionKey = (AppName, RoomName, u64);
+
+/// The window an ingest bitrate is measured over.
+const INGEST_WINDOW: Duration = Duration::from_secs(5);
+/// Bursts (keyframes) may pass an `ingestKbps` quota by this fraction over a window.
+const INGEST_TOLERANCE: u64 = 5;
 
 impl Admission {
     /// Admission into `rooms`, checking credentials against `tenants` and claiming rooms
@@ -136,6 +157,7 @@ impl Admission {
             claims,
             rooms,
             policies: Vec::new(),
+            ingest: Default::default(),
         }
     }
 
@@ -182,6 +204,11 @@ impl Admission {
     /// Checks `req`'s credential: the grant it carries.
     pub fn authenticate(&self, req: &PublishRequest) -> Result<Grant, Refusal> {
         let grant = match &req.credential {
+            // A user token with `canPublish` in place of a stream key (GetStream's RTMP).
+            Credential::StreamKey(key) if looks_like_jwt(key) => {
+                let (app, room) = self.token_room(key)?;
+                self.token_grant(&app, &room, key)?
+            }
             Credential::StreamKey(key) => self.ingress_grant(
                 self.tenants.ingress_by_key(key, IngressKind::Rtmp),
                 "unknown or revoked stream key",
@@ -259,6 +286,30 @@ impl Admission {
         })
     }
 
+    /// The room a token used as a stream key names: its app is the one whose key id is the
+    /// token's issuer, its room the grant's `<app>-<room>` (the signature is checked next).
+    fn token_room(&self, token: &str) -> Result<(AppName, RoomName), Refusal> {
+        let unknown = || Refusal::NotFound("unknown or revoked stream key".into());
+        let claims = unverified_claims(token).ok_or_else(unknown)?;
+        let app = self
+            .tenants
+            .read(|s| {
+                s.tenants
+                    .apps
+                    .values()
+                    .find(|a| a.key_id == claims.iss)
+                    .map(|a| a.name.clone())
+            })
+            .ok_or_else(unknown)?;
+        let room = claims
+            .video
+            .room
+            .strip_prefix(&format!("{app}-"))
+            .and_then(|r| RoomName::new(r).ok())
+            .ok_or_else(|| Refusal::Forbidden("the token names no room of its app".into()))?;
+        Ok((app, room))
+    }
+
     /// Whether `grant` still holds in the tenant state.
     pub fn holds(&self, grant: &Grant) -> bool {
         match &grant.basis {
@@ -283,7 +334,8 @@ impl Admission {
         }
     }
 
-    /// Ends every local publisher whose grant no longer holds (revoked through any origin).
+    /// Ends every local publisher whose grant no longer holds (revoked through any origin), or
+    /// whose ingest bitrate is over its app's `ingestKbps`.
     pub fn revalidate(&self) {
         for grant in self.rooms.grants() {
             if !self.holds(&grant) && self.rooms.revoke(&grant.publisher) > 0 {
@@ -291,7 +343,54 @@ impl Admission {
                     "credential revoked: local publisher dropped");
             }
         }
+        self.check_ingest(Instant::now());
     }
+
+    /// Ends publishers whose bitrate over the last [`INGEST_WINDOW`] is over their app's
+    /// `ingestKbps` (plus 1/[`INGEST_TOLERANCE`] for bursts).
+    fn check_ingest(&self, now: Instant) {
+        let mut last = self.ingest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
+        for r in self.rooms.list(None) {
+            let Some(limit) = self.tenants.app(&r.app).and_then(|a| a.quotas.ingest_kbps) else {
+                continue;
+            };
+            let key = (r.app.clone(), r.room.clone(), r.epoch);
+            seen.insert(key.clone());
+            let Some(&(at, bytes)) = last.get(&key) else {
+                last.insert(key, (now, r.bytes_in));
+                continue;
+            };
+            let elapsed = now.duration_since(at);
+            if elapsed < INGEST_WINDOW {
+                continue;
+            }
+            let kbps = r.bytes_in.saturating_sub(bytes) * 8 / elapsed.as_millis().max(1) as u64;
+            last.insert(key, (now, r.bytes_in));
+            if kbps > limit + limit / INGEST_TOLERANCE && self.rooms.revoke(&r.publisher) > 0 {
+                tracing::warn!(app = %r.app, room = %r.room, publisher = %r.publisher, kbps,
+                    limit, "quota: ingest bitrate over the app's ingestKbps, publisher dropped");
+            }
+        }
+        last.retain(|k, _| seen.contains(k));
+    }
+}
+
+/// Whether a stream key is a JWT (three base64url parts) rather than an `rk_` key.
+fn looks_like_jwt(key: &str) -> bool {
+    key.len() <= 4096
+        && key.split('.').count() == 3
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// A token's claims, read without checking the signature (only to find which key checks it).
+fn unverified_claims(token: &str) -> Option<streamhub_shared::auth::AccessClaims> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine as _;
+    let payload = B64.decode(token.split('.').nth(1)?).ok()?;
+    serde_json::from_slice(&payload).ok()
 }
 
 /// RTMP publishers present a stream key that names their room.
@@ -457,6 +556,8 @@ mod tests {
                 created_at_ms: 1,
                 signing_key: None,
                 verify_key: None,
+                settings: Default::default(),
+                quotas: Default::default(),
             }))
             .await
             .expect("app");
@@ -695,6 +796,7 @@ mod tests {
             sub: format!("cam-{room}"),
             nbf: 0,
             exp: 4_000_000_000,
+            max_viewers: None,
             video: VideoGrant {
                 room: format!("tok-{room}"),
                 room_join: true,

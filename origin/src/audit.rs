@@ -57,11 +57,7 @@ pub fn record_principal(extensions: &Extensions, principal: &Principal) {
     let Some(slot) = extensions.get::<Slot>() else {
         return;
     };
-    let who = match principal {
-        Principal::Admin { user } => format!("admin:{user}"),
-        Principal::Key { id, app: Some(app) } => format!("key:{id}@{app}"),
-        Principal::Key { id, app: None } => format!("key:{id}"),
-    };
+    let who = principal.label();
     *slot.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(who);
 }
 

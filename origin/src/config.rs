@@ -29,6 +29,11 @@ pub struct OriginArgs {
     /// Ingest connections (RTMP, RTMPS, SRT) open at once from one address [default: 32].
     #[arg(long, env = "STREAMHUB_INGEST_MAX_PER_ADDRESS")]
     pub ingest_max_per_address: Option<usize>,
+    /// Role-based authorization of the API: `off` (every signed-in caller may do what its key
+    /// scope allows), `log` (decide and log would-be denials, allow them), `on` (enforce)
+    /// [default: on].
+    #[arg(long, env = "STREAMHUB_AUTHZ_ENFORCE", value_enum)]
+    pub authz_enforce: Option<crate::authz::Mode>,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
@@ -47,6 +52,7 @@ impl BinaryArgs for OriginArgs {
             srt: self.srt.or(file.srt),
             ingest_max_per_address: self.ingest_max_per_address.or(file.ingest_max_per_address),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
+            authz_enforce: self.authz_enforce.or(file.authz_enforce),
         }
     }
 }
@@ -62,6 +68,7 @@ pub struct Settings {
     pub srt: Option<SocketAddr>,
     pub ingest_max_per_address: usize,
     pub raft_snapshot_logs: u64,
+    pub authz: crate::authz::Mode,
 }
 
 impl OriginArgs {
@@ -96,6 +103,7 @@ impl OriginArgs {
             ingest_max_per_address,
             rtmp: self.rtmp.unwrap_or(([0, 0, 0, 0], 1935).into()),
             raft_snapshot_logs,
+            authz: self.authz_enforce.unwrap_or_default(),
         })
     }
 }

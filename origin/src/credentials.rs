@@ -214,10 +214,24 @@ impl Sessions {
     pub fn check(&self, token: &str) -> Option<SessionClaims> {
         let claims = self.keys().ok()?.check(token)?;
         let valid = self.tenants.read(|s| {
-            let after = s.tenants.admin.as_ref().map_or(0, |a| a.sessions_after_ms);
+            let after = match s.tenants.users.get(&claims.sub) {
+                Some(user) => user.sessions_after_ms,
+                None => s.tenants.admin.as_ref().map_or(0, |a| a.sessions_after_ms),
+            };
             claims.iat_ms >= after && !s.membership.revoked_sessions.contains_key(&claims.jti)
         });
         valid.then_some(claims)
+    }
+
+    /// Whether `user` is the break-glass login's user while that login is accepted.
+    pub fn is_break_glass_user(&self, user: &str) -> bool {
+        let changed = self.tenants.read(|s| {
+            s.tenants
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.sessions_after_ms > 0)
+        });
+        !changed && self.break_glass.as_deref().is_some_and(|(u, _)| u == user)
     }
 
     /// Whether `user`/`password` is the break-glass login (compared in constant time). It ends

@@ -65,6 +65,8 @@ pub struct Heartbeats {
     pub admission: Arc<Admission>,
     pub placement: Placement,
     pub stats: PlaybackStats,
+    /// This node's viewers per app, reported for the apps' viewer quotas.
+    pub viewers: Arc<streamhub_media::access::ViewerTracker>,
 }
 
 impl Heartbeats {
@@ -91,6 +93,7 @@ impl Heartbeats {
                     viewers: 0,
                     egress_bps,
                     cpu,
+                    app_viewers: self.viewers.report(std::time::Instant::now()),
                 },
                 cert_fingerprint: Some(self.fingerprint.clone()),
             };

@@ -6,13 +6,14 @@
 //! rooms of this node), [`membership`] (joining, admitting and removing nodes, cluster status),
 //! [`heartbeat`] (load reports, lease renewal, revalidation), [`keyring`] (the cluster key that
 //! seals the state's secrets), [`trust`] (revocation, health, data dir permissions),
-//! [`audit`] (the audit log), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`], [`srt`],
+//! [`audit`] (the audit log), [`authz`] (roles, the policy table, the enforcement mode), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`], [`srt`],
 //! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
 //! wires them.
 
 pub mod admission;
 pub mod api;
 pub mod audit;
+pub mod authz;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;

@@ -34,6 +34,8 @@ pub struct Metrics {
     registry: Registry,
     live_rooms: IntGauge,
     publishers: IntGaugeVec,
+    app_usage: IntGaugeVec,
+    app_quota: IntGaugeVec,
     playback: PlaybackMetrics,
     rtmp_connections: IntCounter,
     rtmp_refused: IntCounter,
@@ -70,7 +72,29 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(publishers.clone()))
             .expect("unique metric");
+        let app_usage = IntGaugeVec::new(
+            Opts::new(
+                "streamhub_app_usage",
+                "What each app uses now, cluster-wide, by kind (live_rooms, publishers, viewers, ingresses, rooms)",
+            ),
+            &["app", "kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(app_usage.clone()))
+            .expect("unique metric");
+        let app_quota = IntGaugeVec::new(
+            Opts::new(
+                "streamhub_app_quota",
+                "Each app's quotas by kind (absent: unlimited)",
+            ),
+            &["app", "kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(app_quota.clone()))
+            .expect("unique metric");
         Self {
+            app_usage,
+            app_quota,
             live_rooms: gauge(
                 &r,
                 "streamhub_live_rooms",
@@ -182,8 +206,73 @@ impl Metrics {
     }
 
     /// Samples the node and renders the text format.
+    /// Usage and quotas per app, from this origin's replica (apps deleted since the last scrape
+    /// disappear).
+    fn sample_apps(&self) {
+        let now_ms = crate::credentials::unix_now_ms();
+        self.app_usage.reset();
+        self.app_quota.reset();
+        self.sources.raft.read(|s| {
+            for (name, app) in &s.tenants.apps {
+                let publishers = s
+                    .placements
+                    .rooms
+                    .values()
+                    .filter(|p| &p.app == name && p.is_live(now_ms))
+                    .count();
+                let viewers: u64 = s
+                    .registry
+                    .nodes
+                    .values()
+                    .filter_map(|n| n.load.app_viewers.get(name.as_str()))
+                    .map(|v| u64::from(*v))
+                    .sum();
+                let rooms = s
+                    .tenants
+                    .room_objects
+                    .values()
+                    .filter(|r| &r.app == name)
+                    .count();
+                let usage = [
+                    (
+                        "live_rooms",
+                        s.tenants
+                            .live_rooms(&s.placements, name, now_ms, None)
+                            .len() as u64,
+                    ),
+                    ("publishers", publishers as u64),
+                    ("viewers", viewers),
+                    ("ingresses", s.tenants.ingress_count(name) as u64),
+                    ("rooms", rooms as u64),
+                ];
+                for (kind, v) in usage {
+                    self.app_usage
+                        .with_label_values(&[name.as_str(), kind])
+                        .set(v as i64);
+                }
+                let q = &app.quotas;
+                let quotas = [
+                    ("live_rooms", q.live_rooms),
+                    ("publishers", q.publishers),
+                    ("viewers", q.viewers),
+                    ("ingest_kbps", q.ingest_kbps),
+                    ("ingresses", q.ingresses),
+                    ("recording_hours_per_month", q.recording_hours_per_month),
+                ];
+                for (kind, v) in quotas {
+                    if let Some(v) = v {
+                        self.app_quota
+                            .with_label_values(&[name.as_str(), kind])
+                            .set(v.min(i64::MAX as u64) as i64);
+                    }
+                }
+            }
+        });
+    }
+
     fn sample(&self) {
         use std::sync::atomic::Ordering::Relaxed;
+        self.sample_apps();
         let src = &self.sources;
         let by_proto = src.rooms.publishers_by_protocol();
         self.live_rooms.set(by_proto.values().sum::<usize>() as i64);

@@ -14,7 +14,9 @@ use streamhub_cluster::raft::{RaftNode, Start};
 use streamhub_cluster::registry::SteeringPolicy;
 use streamhub_cluster::state::{NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::Endpoint;
-use streamhub_media::access::{Remembering, TokenVerifier};
+use streamhub_media::access::{
+    Gate, Remembering, RememberingAccess, RoomPolicies, TokenVerifier, ViewerTracker,
+};
 use streamhub_media::hls::{HlsRegistry, MediaCache};
 use streamhub_media::metrics::PlaybackStats;
 use streamhub_media::mjpeg::{MediaLookup, Viewing};
@@ -123,6 +125,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown.clone(),
     );
     let health = Health::default();
+    let viewers = Arc::new(ViewerTracker::default());
     let heartbeats = Arc::new(Heartbeats {
         raft: raft.clone(),
         me: s.node_name.clone(),
@@ -133,6 +136,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         admission: admission.clone(),
         placement: placement.clone(),
         stats: stats.clone(),
+        viewers: viewers.clone(),
     });
     membership.register_services();
     heartbeats.register_service();
@@ -250,6 +254,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         rtsp,
         ws,
         shutdown: shutdown.clone(),
+        authz: crate::api::Authz(settings.authz),
+        viewers,
     };
     let router = http_router(&settings, services, &hls, &stats)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
@@ -277,8 +283,14 @@ fn http_router(
     stats: &PlaybackStats,
 ) -> Router {
     let media = Arc::new(RoomsMedia(services.rooms.clone()));
-    let keys =
-        Arc::new(Remembering::new(TenantKeys(services.tenants.clone()))) as Arc<dyn TokenVerifier>;
+    let gate = Gate {
+        verifier: Arc::new(Remembering::new(TenantKeys(services.tenants.clone()))),
+        rooms: Arc::new(RememberingAccess::new(StateAccess(
+            services.tenants.clone(),
+        ))),
+        viewers: services.viewers.clone(),
+        me: settings.node.node_name.clone(),
+    };
     let playback = Router::new()
         .merge(streamhub_media::hls::http::router(
             hls.clone(),
@@ -295,8 +307,9 @@ fn http_router(
             services.webrtc.clone(),
             media,
         ))
+        .merge(streamhub_media::play::router(services.steering.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            keys,
+            gate,
             streamhub_media::access::check,
         ));
     Router::new()
@@ -309,7 +322,6 @@ fn http_router(
         .merge(crate::api::router(services.clone()))
         .merge(crate::whip::router(services.clone()))
         .merge(playback)
-        .merge(streamhub_media::play::router(services.steering))
 }
 
 async fn open_raft(
@@ -449,6 +461,22 @@ impl TokenVerifier for TenantKeys {
     ) -> BoxFuture<'static, Result<AccessClaims, String>> {
         let (tenants, app, token) = (self.0.clone(), app.clone(), token.to_string());
         Box::pin(async move { tenants.verify_token(&app, &token).await })
+    }
+}
+
+/// Who may watch a room, from this origin's replica.
+struct StateAccess(Tenants);
+
+impl RoomPolicies for StateAccess {
+    fn access(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+    ) -> BoxFuture<'static, Result<Option<streamhub_cluster::query::RoomAccess>, String>> {
+        let access = self
+            .0
+            .read(|s| streamhub_cluster::query::RoomAccess::of(s, app, room));
+        Box::pin(async move { Ok(access) })
     }
 }
 

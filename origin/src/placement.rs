@@ -106,7 +106,31 @@ impl Placement {
                 _ = shutdown.cancelled() => return,
                 r = rx.recv() => match r { Some(r) => r, None => return },
             };
+            self.end_room(&r).await;
             self.release(&r.app, &r.room, r.epoch).await;
+        }
+    }
+
+    /// Marks a live room object ended when its publisher left (its state says `ended` until
+    /// go-live or a new publisher).
+    async fn end_room(&self, r: &Released) {
+        let open = self.raft.read(|s| {
+            s.tenants
+                .room_object(&r.app, &r.room)
+                .is_some_and(|o| o.is_open())
+        });
+        if !open {
+            return;
+        }
+        let cmd = Command::EndRoom {
+            app: r.app.clone(),
+            room: r.room.clone(),
+            node: self.me.clone(),
+            epoch: r.epoch,
+            at_ms: unix_now_ms(),
+        };
+        if let Err(e) = self.raft.write(cmd).await {
+            tracing::warn!(app = %r.app, room = %r.room, error = %e, "cannot mark the room ended");
         }
     }
 }
@@ -136,6 +160,8 @@ impl RoomClaims for Placement {
                     room: room.clone(),
                     node,
                 }),
+                // A quota the state machine enforces (publishers, live rooms).
+                Ok(CommandResponse::Refused { why }) => Err(Refusal::Quota(why)),
                 Ok(other) => Err(Refusal::Unavailable(format!("unexpected answer {other:?}"))),
                 Err(e) => Err(Refusal::Unavailable(e.to_string())),
             }

@@ -46,6 +46,10 @@ pub struct Services {
     pub ws: Arc<WsIngest>,
     /// Cancelled when the node stops.
     pub shutdown: CancellationToken,
+    /// The authorization mode (`STREAMHUB_AUTHZ_ENFORCE`).
+    pub authz: crate::api::Authz,
+    /// This node's viewers per app (usage and quotas).
+    pub viewers: Arc<streamhub_media::access::ViewerTracker>,
 }
 
 /// Where this node is reached: what minted URLs and the start banner say.

@@ -69,6 +69,9 @@ pub enum WriteError {
     Unavailable(String),
     #[error("unexpected answer {0}")]
     Unexpected(String),
+    /// The state machine refused it (a quota).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<WriteError> for ApiError {
@@ -78,6 +81,10 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound(what) => ApiError::NotFound(what),
             WriteError::Unavailable(why) => ApiError::Unavailable(why),
             WriteError::Unexpected(what) => ApiError::Internal(what),
+            WriteError::Refused(why) => ApiError::TooManyRequests {
+                message: why,
+                retry_after_secs: 10,
+            },
         }
     }
 }
@@ -139,7 +146,18 @@ impl Tenants {
             Ok(CommandResponse::Ok) => Ok(()),
             Ok(CommandResponse::Exists { what }) => Err(WriteError::Exists(what)),
             Ok(CommandResponse::NotFound { what }) => Err(WriteError::NotFound(what)),
+            Ok(CommandResponse::Refused { why }) => Err(WriteError::Refused(why)),
             Ok(other) => Err(WriteError::Unexpected(format!("{other:?}"))),
+            Err(e) => Err(WriteError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Proposes `cmd` and answers what the state machine said (a `Refused` included).
+    pub async fn write_answer(&self, cmd: Command) -> Result<CommandResponse, WriteError> {
+        match self.raft.write(cmd).await {
+            Ok(CommandResponse::Exists { what }) => Err(WriteError::Exists(what)),
+            Ok(CommandResponse::NotFound { what }) => Err(WriteError::NotFound(what)),
+            Ok(answer) => Ok(answer),
             Err(e) => Err(WriteError::Unavailable(e.to_string())),
         }
     }
@@ -248,6 +266,8 @@ impl Tenants {
             created_at_ms: unix_now_ms(),
             display_name,
             name,
+            settings: Default::default(),
+            quotas: Default::default(),
         })
     }
 

@@ -296,13 +296,13 @@ async fn bad_bodies_get_clear_errors() {
     let r = admin.create_app("x").await.unwrap();
     assert_eq!(r.status, 201, "{r:?}");
     let r = admin
-        .patch("/apps/x", json!({"playback": "token", "bogus": 1}))
+        .patch("/apps/x", json!({"colour": "red", "bogus": 1}))
         .await
         .unwrap();
     assert_eq!((r.status, err_code(&r.body)), (400, "bad_request"), "{r:?}");
     let message = r.body["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("\"playback\"") && message.contains("\"bogus\""),
+        message.contains("\"colour\"") && message.contains("\"bogus\""),
         "{r:?}"
     );
     for (path, body) in [

@@ -39,6 +39,7 @@ fn claims() -> AccessClaims {
         sub: "viewer-000042".into(),
         nbf: 1_763_700_000,
         exp: 4_000_000_000,
+        max_viewers: None,
         video: VideoGrant {
             room: "live-demo-room".into(),
             room_join: true,

@@ -28,6 +28,14 @@ pub struct AccessClaims {
     pub sub: String,
     pub nbf: u64,
     pub exp: u64,
+    /// A play token's cap on the viewers watching with it at once (per node), streamhub's own
+    /// claim.
+    #[serde(
+        default,
+        rename = "maxViewers",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_viewers: Option<u32>,
     pub video: VideoGrant,
 }
 
@@ -184,6 +192,7 @@ mod tests {
             sub: "phone-42".into(),
             nbf: 0,
             exp,
+            max_viewers: None,
             video: VideoGrant {
                 room: "live-demo".into(),
                 room_join: true,

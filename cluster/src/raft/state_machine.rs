@@ -284,6 +284,8 @@ mod tests {
             created_at_ms: index,
             signing_key: None,
             verify_key: None,
+            settings: Default::default(),
+            quotas: Default::default(),
         };
         Entry {
             log_id: log_id(1, 1, index),

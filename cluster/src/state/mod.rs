@@ -8,6 +8,7 @@
 //! The domains are flattened into one JSON object, so snapshots keep the layout they had when
 //! this was one struct.
 
+pub mod controls;
 pub mod membership;
 pub mod placement;
 pub mod registry;
@@ -16,6 +17,10 @@ pub mod tenants;
 use serde::{Deserialize, Serialize};
 use streamhub_shared::{AppName, RoomName};
 
+pub use controls::{
+    AppSettings, GoLive, Member, MemberRole, Playback, Quotas, Role, RoleBinding, RoomObject,
+    RoomState, User,
+};
 pub use membership::{ClusterCa, JoinToken, Membership, RevokedCert, JOIN_TOKEN_UNKNOWN};
 pub use placement::{room_key, Placement, Placements};
 pub use registry::{Heartbeat, NodeLoad, NodeRecord, NodeRole, Registry};
@@ -134,6 +139,49 @@ pub enum Command {
         node: String,
         epoch: u64,
     },
+    /// Adds a dashboard user (refused past [`controls::MAX_USERS`]).
+    CreateUser(User),
+    /// Changes a user's password (ending its sessions from `at_ms`) and/or roles.
+    UpdateUser {
+        username: String,
+        #[serde(default)]
+        password_hash: Option<String>,
+        #[serde(default)]
+        roles: Option<Vec<RoleBinding>>,
+        at_ms: u64,
+    },
+    DeleteUser {
+        username: String,
+    },
+    /// Sets an app's playback mode and/or backstage default.
+    SetAppSettings {
+        app: AppName,
+        #[serde(default)]
+        playback: Option<Playback>,
+        #[serde(default)]
+        backstage_by_default: Option<bool>,
+    },
+    /// Replaces an app's quotas.
+    SetQuotas {
+        app: AppName,
+        quotas: Quotas,
+    },
+    /// Creates a room ahead of time (refused past the app's room quota).
+    CreateRoom(RoomObject),
+    DeleteRoom {
+        app: AppName,
+        room: RoomName,
+    },
+    /// Go-live or stop-live (refused past the app's live-room quota).
+    SetRoomLive(GoLive),
+    /// The publisher of a live room left (`node` holding it at `epoch`).
+    EndRoom {
+        app: AppName,
+        room: RoomName,
+        node: String,
+        epoch: u64,
+        at_ms: u64,
+    },
 }
 
 impl Command {
@@ -142,9 +190,9 @@ impl Command {
     pub fn nodes_named(&self) -> Vec<&str> {
         match self {
             Command::Heartbeats { beats, .. } => beats.iter().map(|b| b.node.as_str()).collect(),
-            Command::ClaimRoom { node, .. } | Command::ReleaseRoom { node, .. } => {
-                vec![node.as_str()]
-            }
+            Command::ClaimRoom { node, .. }
+            | Command::ReleaseRoom { node, .. }
+            | Command::EndRoom { node, .. } => vec![node.as_str()],
             Command::SetIngressStatus { status, .. } => vec![status.node.as_str()],
             _ => Vec::new(),
         }
@@ -275,13 +323,49 @@ impl ClusterState {
                 node,
                 at_ms,
                 lease_ms,
-            } => self.placements.claim(app, room, node, *at_ms, *lease_ms),
+            } => match self
+                .tenants
+                .claim_quota(&self.placements, app, room, node, *at_ms)
+            {
+                Some(refused) => refused,
+                None => self.placements.claim(app, room, node, *at_ms, *lease_ms),
+            },
             Command::ReleaseRoom {
                 app,
                 room,
                 node,
                 epoch,
             } => self.placements.release(app, room, node, *epoch),
+            Command::CreateUser(user) => self.tenants.create_user(user),
+            Command::UpdateUser {
+                username,
+                password_hash,
+                roles,
+                at_ms,
+            } => self
+                .tenants
+                .update_user(username, password_hash, roles, *at_ms),
+            Command::DeleteUser { username } => self.tenants.delete_user(username),
+            Command::SetAppSettings {
+                app,
+                playback,
+                backstage_by_default,
+            } => self
+                .tenants
+                .set_app_settings(app, *playback, *backstage_by_default),
+            Command::SetQuotas { app, quotas } => self.tenants.set_quotas(app, quotas),
+            Command::CreateRoom(room) => self.tenants.create_room(room),
+            Command::DeleteRoom { app, room } => self.tenants.delete_room(app, room),
+            Command::SetRoomLive(change) => self.tenants.set_room_live(&self.placements, change),
+            Command::EndRoom {
+                app,
+                room,
+                node,
+                epoch,
+                at_ms,
+            } => self
+                .tenants
+                .end_room(&self.placements, app, room, node, *epoch, *at_ms),
         }
     }
 }

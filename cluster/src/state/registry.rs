@@ -35,7 +35,14 @@ pub struct NodeLoad {
     pub egress_bps: u64,
     /// CPU use of the node's process, in percent of one core.
     pub cpu: f32,
+    /// Viewers per app on this node (distinct viewers seen in the last seconds plus open
+    /// streams), for the apps' viewer quotas; at most [`MAX_APPS_REPORTED`] apps.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_viewers: BTreeMap<String, u32>,
 }
+
+/// Apps a load report names at most (the busiest).
+pub const MAX_APPS_REPORTED: usize = 1000;
 
 impl Eq for NodeLoad {}
 

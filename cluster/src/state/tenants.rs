@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use streamhub_shared::{AppName, RoomName};
 
+use super::controls::{AppSettings, Quotas, Role, RoomObject, User};
 use super::{exists, not_found, CommandResponse};
 
 /// The dashboard administrator.
@@ -39,6 +40,12 @@ pub struct App {
     /// viewer token and never to mint one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_key: Option<String>,
+    /// Playback mode and backstage default.
+    #[serde(default)]
+    pub settings: AppSettings,
+    /// Limits; unlimited by default.
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 /// An app's secrets as sealed by the leader for a state written before they were sealed.
@@ -65,6 +72,10 @@ pub struct ApiKey {
     /// First characters of the secret, to recognise it in lists.
     pub prefix: String,
     pub created_at_ms: u64,
+    /// The key's role in its app (or every app, for a global key); `None` keeps the behaviour
+    /// keys had before roles: everything within its scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// The kind of an ingress.
@@ -126,6 +137,12 @@ pub struct Tenants {
     /// The state of pulled ingresses, by ingress id.
     #[serde(default)]
     pub ingress_status: BTreeMap<String, IngressStatus>,
+    /// Dashboard users besides the bootstrap admin, by username.
+    #[serde(default)]
+    pub users: BTreeMap<String, User>,
+    /// Rooms created ahead of time, by `app/room`.
+    #[serde(default)]
+    pub room_objects: BTreeMap<String, RoomObject>,
 }
 
 impl Tenants {
@@ -232,6 +249,10 @@ impl Tenants {
         self.ingress_status
             .retain(|id, _| ingresses.contains_key(id));
         self.api_keys.retain(|_, k| k.app.as_ref() != Some(name));
+        self.room_objects.retain(|_, r| &r.app != name);
+        for user in self.users.values_mut() {
+            user.roles.retain(|b| b.app != name.as_str());
+        }
         CommandResponse::Ok
     }
 
@@ -261,6 +282,9 @@ impl Tenants {
         }
         if self.ingresses.contains_key(&ing.id) {
             return exists(format!("ingress {}", ing.id));
+        }
+        if let Some(refused) = self.ingress_quota(&ing.app) {
+            return refused;
         }
         self.ingresses.insert(ing.id.clone(), ing.clone());
         CommandResponse::Ok
@@ -321,6 +345,8 @@ pub(crate) mod tests {
             created_at_ms: 1,
             signing_key: None,
             verify_key: None,
+            settings: AppSettings::default(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -348,6 +374,7 @@ pub(crate) mod tests {
             hash: format!("h-{id}"),
             prefix: "sk_x".into(),
             created_at_ms: 1,
+            role: None,
         }
     }
 

@@ -61,6 +61,7 @@ fn main() {
         sub: "viewer-000042".into(),
         nbf: 0,
         exp: 4_000_000_000,
+        max_viewers: None,
         video: VideoGrant {
             room: "live-demo".into(),
             room_join: true,

@@ -122,6 +122,7 @@ pub fn playback_urls(base: &str, app: &AppName, room: &RoomName) -> serde_json::
 pub fn router(steering: Arc<Steering>) -> Router {
     Router::new()
         .route("/play/{app}/{room}", get(play))
+        .route("/embed/{app}/{room}", get(play))
         .route("/assets/hls.light.min.js", get(hls_js))
         .route("/api/v1/apps/{app}/rooms/{room}/playback", get(playback))
         .with_state(steering)
@@ -167,6 +168,7 @@ async fn play(
     Path((app, room)): Path<(String, String)>,
     Query(q): Query<SteerQuery>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> Response {
     let (app, room) = match names(&app, &room) {
         Ok(n) => n,
@@ -176,7 +178,22 @@ async fn play(
         let region = steering.region_of(q.region.as_deref(), &headers);
         match steering.choose(&region) {
             Some(t) if t.node != steering.me => {
-                let to = format!("{}/play/{app}/{room}?steered={}", t.base, t.node);
+                // The viewer's own parameters (token, mode) follow the redirect.
+                let pairs = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+                    .filter(|(k, _)| k != "steered" && k != "region");
+                let kept: String = url::form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish();
+                let page = if uri.path().starts_with("/embed/") {
+                    "embed"
+                } else {
+                    "play"
+                };
+                let mut to = format!("{}/{page}/{app}/{room}?steered={}", t.base, t.node);
+                if !kept.is_empty() {
+                    to.push('&');
+                    to.push_str(&kept);
+                }
                 return (
                     StatusCode::FOUND,
                     [
@@ -300,6 +317,17 @@ mod tests {
         assert_eq!(
             resp.headers()[header::LOCATION],
             "http://edge-us.example/play/live/cam?steered=edge-us"
+        );
+        let resp = get(
+            &origin,
+            "/embed/live/cam?region=us&token=a.b.c&mode=hls",
+            None,
+        )
+        .await;
+        assert_eq!(
+            resp.headers()[header::LOCATION],
+            "http://edge-us.example/embed/live/cam?steered=edge-us&token=a.b.c&mode=hls",
+            "the viewer's token and mode follow the redirect"
         );
         let resp = get(&origin, "/play/live/cam", Some("us")).await;
         assert_eq!(

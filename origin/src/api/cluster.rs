@@ -12,6 +12,7 @@ use streamhub_cluster::state::{JoinToken, NodeRole};
 
 use super::tokens::Ttl;
 use super::{data, data_with, ApiError, Json, Principal};
+use crate::authz::Action;
 use crate::membership::Membership;
 
 /// How long a join token lasts unless asked otherwise.
@@ -48,6 +49,7 @@ pub async fn create_join_token(
     Json(req): Json<JoinTokenRequest>,
 ) -> Result<Response, ApiError> {
     who.check_global()?;
+    who.may(Action::ManageCluster, None)?;
     let ttl = match req.ttl {
         None => DEFAULT_JOIN_TTL,
         Some(t) => t.parse()?,
@@ -78,6 +80,7 @@ pub async fn list_join_tokens(
     who: Principal,
 ) -> Result<axum::Json<Value>, ApiError> {
     who.check_global()?;
+    who.may(Action::ManageCluster, None)?;
     let tokens: Vec<Value> = membership.join_tokens().iter().map(token_view).collect();
     Ok(data(tokens))
 }
@@ -89,6 +92,7 @@ pub async fn delete_join_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     who.check_global()?;
+    who.may(Action::ManageCluster, None)?;
     if id.len() > 64 {
         return Err(ApiError::NotFound(format!("join token {id:.64}")));
     }
@@ -106,14 +110,22 @@ pub async fn join(
 }
 
 /// `GET /nodes` (any principal): the registry.
-pub async fn nodes(State(membership): State<Membership>, _who: Principal) -> axum::Json<Value> {
-    data(membership.nodes())
+pub async fn nodes(
+    State(membership): State<Membership>,
+    who: Principal,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.may(Action::ReadCluster, None)?;
+    Ok(data(membership.nodes()))
 }
 
 /// `GET /cluster` (any principal): leader, term, voters, learners and each node's applied index
 /// and health.
-pub async fn status(State(membership): State<Membership>, _who: Principal) -> axum::Json<Value> {
-    data(membership.status().await)
+pub async fn status(
+    State(membership): State<Membership>,
+    who: Principal,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.may(Action::ReadCluster, None)?;
+    Ok(data(membership.status().await))
 }
 
 /// `POST /cluster/nodes/:name/remove` (admin or global key).
@@ -123,6 +135,7 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     who.check_global()?;
+    who.may(Action::ManageCluster, None)?;
     membership.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,6 +12,7 @@ use streamhub_shared::{AppName, RoomName};
 
 use super::apps::{authorize_app, load_app};
 use super::{data, data_with, ApiError, Json, Principal};
+use crate::authz::Action;
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
 use crate::rooms::Rooms;
 use crate::services::Services;
@@ -110,7 +111,7 @@ pub async fn create(
     Path(app): Path<String>,
     Json(req): Json<CreateIngress>,
 ) -> Result<Response, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::ManageIngress)?;
     let kind = match req.kind.as_str() {
         "rtmp" => IngressKind::Rtmp,
         "url" => IngressKind::Url,
@@ -201,7 +202,7 @@ pub async fn list(
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::Read)?;
     load_app(&services.tenants, &app)?;
     let all: Vec<Ingress> = services.tenants.read(|s| {
         s.tenants
@@ -229,7 +230,7 @@ pub async fn get(
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::Read)?;
     Ok(data(view(&services, &find(&services.tenants, &app, &id)?)))
 }
 
@@ -242,7 +243,7 @@ pub async fn delete(
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::ManageIngress)?;
     tenants
         .write(Command::DeleteIngress {
             app: app.clone(),

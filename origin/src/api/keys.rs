@@ -4,10 +4,11 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use streamhub_cluster::state::{ApiKey, Command};
+use streamhub_cluster::state::{ApiKey, Command, Role};
 use streamhub_shared::AppName;
 
 use super::{data, data_with, ApiError, Json, Principal};
+use crate::authz::Action;
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
 use crate::tenants::Tenants;
 
@@ -19,6 +20,9 @@ pub struct CreateKey {
     app: Option<String>,
     #[serde(default)]
     allow_ips: Vec<String>,
+    /// The key's role in its app (or every app); absent: everything within its scope, as keys
+    /// before roles.
+    role: Option<Role>,
 }
 
 /// A key as lists show it.
@@ -31,6 +35,8 @@ pub struct KeyView {
     allow_ips: Vec<String>,
     prefix: String,
     created_at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
 }
 
 impl From<&ApiKey> for KeyView {
@@ -42,6 +48,7 @@ impl From<&ApiKey> for KeyView {
             allow_ips: k.allow_ips.clone(),
             prefix: k.prefix.clone(),
             created_at_ms: k.created_at_ms,
+            role: k.role,
         }
     }
 }
@@ -77,6 +84,8 @@ pub async fn create(
     }
     validate_allow_ips(&req.allow_ips)?;
     let app = req.app.map(AppName::new).transpose()?;
+    who.may(Action::ManageKeys, app.as_ref())?;
+    who.may_grant(req.role, app.as_ref())?;
     let secret = random_token("sk_", 40);
     let key = ApiKey {
         id: format!("key_{}", random_hex(8)),
@@ -86,6 +95,7 @@ pub async fn create(
         hash: sha256_hex(&secret),
         prefix: secret[..7].to_string(),
         created_at_ms: unix_now_ms(),
+        role: req.role,
     };
     tenants.write(Command::CreateApiKey(key.clone())).await?;
     let mut view =
@@ -100,6 +110,7 @@ pub async fn list(
     who: Principal,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
     who.check_global()?;
+    who.may(Action::ManageKeys, None)?;
     let keys: Vec<KeyView> =
         tenants.read(|s| s.tenants.api_keys.values().map(KeyView::from).collect());
     Ok(data(keys))
@@ -112,6 +123,8 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     who.check_global()?;
+    let app = tenants.read(|s| s.tenants.api_keys.get(&id).and_then(|k| k.app.clone()));
+    who.may(Action::ManageKeys, app.as_ref())?;
     tenants.write(Command::DeleteApiKey { id }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

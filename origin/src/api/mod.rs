@@ -9,13 +9,14 @@ mod ingress;
 mod keys;
 mod rooms;
 mod tokens;
+mod users;
 mod ws_ingest;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use auth::Principal;
+pub use auth::{Authz, Caller, Principal};
 pub use streamhub_media::http::{data, data_with, ApiError, Json, JSON_BODY_LIMIT};
 
 use crate::services::Services;
@@ -35,6 +36,16 @@ pub fn router(services: Services) -> Router {
             get(apps::get).patch(apps::update).delete(apps::delete),
         )
         .route("/apps/{app}/tokens", post(tokens::mint))
+        .route("/apps/{app}/play-tokens", post(tokens::mint_play))
+        .route(
+            "/apps/{app}/quotas",
+            get(apps::get_quotas).put(apps::put_quotas),
+        )
+        .route("/users", post(users::create).get(users::list))
+        .route(
+            "/users/{username}",
+            axum::routing::patch(users::update).delete(users::delete),
+        )
         .route("/apps/{app}/rotate-keys", post(apps::rotate_keys))
         .route(
             "/apps/{app}/ingress",
@@ -44,7 +55,13 @@ pub fn router(services: Services) -> Router {
             "/apps/{app}/ingress/{id}",
             get(ingress::get).delete(ingress::delete),
         )
-        .route("/apps/{app}/rooms", get(rooms::list))
+        .route("/apps/{app}/rooms", get(rooms::list).post(rooms::create))
+        .route(
+            "/apps/{app}/rooms/{room}",
+            get(rooms::get).delete(rooms::delete),
+        )
+        .route("/apps/{app}/rooms/{room}/go-live", post(rooms::go_live))
+        .route("/apps/{app}/rooms/{room}/stop-live", post(rooms::stop_live))
         .route(
             "/apps/{app}/ws-ingest",
             post(ws_ingest::create).get(ws_ingest::list),

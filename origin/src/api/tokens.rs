@@ -16,6 +16,7 @@ use streamhub_shared::RoomName;
 
 use super::apps::authorize_app;
 use super::{data_with, ApiError, Json, Principal};
+use crate::authz::Action;
 use crate::credentials::unix_now;
 use crate::services::PublicUrls;
 use crate::tenants::Tenants;
@@ -66,7 +67,7 @@ pub async fn mint(
     Path(app): Path<String>,
     Json(req): Json<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::MintTokens)?;
     let room = RoomName::new(req.room)?;
     if req.identity.is_empty() || req.identity.chars().count() > 128 {
         return Err(ApiError::BadRequest(
@@ -93,6 +94,7 @@ pub async fn mint(
         sub: req.identity.clone(),
         nbf: now.saturating_sub(5),
         exp: now + ttl.as_secs(),
+        max_viewers: None,
         video: VideoGrant {
             room: namespaced.clone(),
             room_join: true,
@@ -125,6 +127,71 @@ pub async fn mint(
         "playUrl": format!("{play_base}/play/{app}/{room}"),
         "embedUrl": format!("{base}/embed/{app}/{room}"),
         "hlsUrl": format!("{base}/hls/{app}/{room}/index.m3u8"),
+    });
+    Ok(data_with(StatusCode::CREATED, body))
+}
+
+/// Body of `POST /apps/:app/play-tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlayTokenRequest {
+    room: String,
+    ttl: Option<Ttl>,
+    /// At most this many viewers watch with the token at once (per node).
+    max_viewers: Option<u32>,
+}
+
+/// `POST /apps/:app/play-tokens` `{room, ttl?, maxViewers?}` (`mint tokens`): a public play
+/// token for anonymous viewers of one room (watch only), for `/play` and embeds of a private
+/// app. Revoked with the app's signing keys (`rotate-keys`).
+pub async fn mint_play(
+    State(tenants): State<Tenants>,
+    State(urls): State<PublicUrls>,
+    who: Principal,
+    Path(app): Path<String>,
+    Json(req): Json<PlayTokenRequest>,
+) -> Result<Response, ApiError> {
+    let app = authorize_app(&who, &app, Action::MintTokens)?;
+    let room = RoomName::new(req.room)?;
+    if req.max_viewers == Some(0) {
+        return Err(ApiError::BadRequest("maxViewers must be at least 1".into()));
+    }
+    let ttl = match req.ttl {
+        None => std::time::Duration::from_secs(24 * 3600),
+        Some(t) => t.parse()?,
+    };
+    let signer = tenants
+        .app_signer(&app)?
+        .ok_or_else(|| ApiError::NotFound(format!("app {app}")))?;
+    let ed = signer.ed.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("the app's key pair is being made; retry in a few seconds".into())
+    })?;
+    let now = unix_now();
+    let claims = AccessClaims {
+        iss: signer.key_id.clone(),
+        sub: crate::credentials::random_token("play_", 12),
+        nbf: now.saturating_sub(5),
+        exp: now + ttl.as_secs(),
+        max_viewers: req.max_viewers,
+        video: VideoGrant {
+            room: format!("{app}-{room}"),
+            room_join: true,
+            can_publish: false,
+            can_subscribe: true,
+        },
+    };
+    let token = ed.mint(&claims);
+    let base = urls.base();
+    let q = format!("token={token}");
+    let body = json!({
+        "token": token,
+        "app": app,
+        "room": room,
+        "expiresAt": claims.exp,
+        "maxViewers": req.max_viewers,
+        "playUrl": format!("{base}/play/{app}/{room}?{q}"),
+        "embedUrl": format!("{base}/embed/{app}/{room}?{q}"),
+        "hlsUrl": format!("{base}/hls/{app}/{room}/index.m3u8?{q}"),
     });
     Ok(data_with(StatusCode::CREATED, body))
 }

@@ -14,6 +14,7 @@ use streamhub_shared::RoomName;
 
 use super::apps::{authorize_app, load_app};
 use super::{data, data_with, ApiError, Json, Principal};
+use crate::authz::Action;
 use crate::credentials::{random_hex, random_token, sha256_hex, unix_now_ms};
 use crate::rooms::Rooms;
 use crate::services::{PublicUrls, Services};
@@ -53,7 +54,7 @@ pub async fn create(
     Path(app): Path<String>,
     Json(req): Json<CreateWsIngest>,
 ) -> Result<Response, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::ManageIngress)?;
     let room = RoomName::new(req.room)?;
     if req.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
         return Err(ApiError::BadRequest(
@@ -101,7 +102,7 @@ pub async fn list(
     who: Principal,
     Path(app): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::Read)?;
     load_app(&services.tenants, &app)?;
     Ok(data(
         keys_of(&services.tenants, &app)
@@ -119,7 +120,7 @@ pub async fn delete(
     who: Principal,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let app = authorize_app(&who, &app)?;
+    let app = authorize_app(&who, &app, Action::ManageIngress)?;
     if !keys_of(&tenants, &app).iter().any(|i| i.id == id) {
         return Err(ApiError::NotFound(format!("device key {id}")));
     }

@@ -66,12 +66,37 @@ pub async fn upgrade(
                     run(socket, publisher, config, stats, shutdown, revoked).await
                 })
         }
+        // At a quota the device gets the reason in a Close frame: a browser's WebSocket (and
+        // most device libraries) cannot read the status of a refused upgrade.
+        Err(ApiError::TooManyRequests { message, .. }) => {
+            ingest.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%remote, reason = %message, "WebSocket-MJPEG device refused: quota");
+            ws.on_upgrade(move |mut socket| async move {
+                let frame = CloseFrame {
+                    code: CLOSE_QUOTA,
+                    reason: close_reason(&message).into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            })
+        }
         Err(e) => {
             ingest.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%remote, error = %e, "WebSocket-MJPEG device refused");
             e.into_response()
         }
     }
+}
+
+/// Close code of a device refused at one of its app's quotas (application range).
+pub const CLOSE_QUOTA: u16 = 4429;
+
+/// `reason` cut to what a Close frame holds (123 bytes), at a character boundary.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
 }
 
 /// Admits the device into the room it names (before the upgrade, so a refusal is a plain HTTP

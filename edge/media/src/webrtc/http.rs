@@ -149,7 +149,7 @@ async fn whep_offer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let connect = connect.get::<ConnectInfo<SocketAddr>>().cloned();
+    let (connect, extensions) = (connect.get::<ConnectInfo<SocketAddr>>().cloned(), connect);
     let (app, room) = match room_names(&app, &room) {
         Ok(x) => x,
         Err(m) => return error(StatusCode::BAD_REQUEST, &m),
@@ -169,9 +169,11 @@ async fn whep_offer(
         Ok(slot) => slot,
         Err(e) => return answered(Err(e), |_| String::new()),
     };
+    // The viewer admitted by the access check is counted for as long as the session lives.
+    let admitted = extensions.get::<crate::access::AdmittedViewer>().cloned();
     let role = Role::Play {
         media: viewing.media,
-        hold: viewing.hold,
+        hold: Some(Box::new((viewing.hold, admitted))),
     };
     let result = st
         .rtc
