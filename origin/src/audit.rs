@@ -3,7 +3,7 @@
 //! target). Fields:
 //!
 //! - `ts`: Unix milliseconds;
-//! - `principal`: `admin:<user>`, `key:<id>` (app-scoped keys add `@<app>`), `login:<user>`
+//! - `principal`: `admin:<user>`, `user:<name>`, `key:<id>` (app-scoped keys add `@<app>`), `login:<user>`
 //!   for a refused login, or `anonymous`;
 //! - `app`: the app the call touched (from the path), or `null`;
 //! - `action`: the method and the route pattern (`POST /api/v1/apps/{app}/tokens`);

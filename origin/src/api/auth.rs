@@ -87,8 +87,8 @@ impl Principal {
         if self.mode == Mode::Log {
             tracing::warn!(
                 %principal,
-                action = action.as_str(),
-                app = app_name,
+                action = %action.as_str(),
+                app = %app_name,
                 rule = %decision.rule,
                 "authz would deny (STREAMHUB_AUTHZ_ENFORCE=log: allowed)"
             );
@@ -96,8 +96,8 @@ impl Principal {
         }
         tracing::info!(
             %principal,
-            action = action.as_str(),
-            app = app_name,
+            action = %action.as_str(),
+            app = %app_name,
             rule = %decision.rule,
             "authz denied"
         );
