@@ -1,0 +1,185 @@
+//! What private playback costs an HLS fan-out: N HLS viewers of one room of a public app (the
+//! access check finds `playback: public`, verifies nothing and rewrites nothing), then N viewers
+//! of an identical room of a `playback: token` app, each with its own viewer token (verified,
+//! remembered, its viewer counted, the token added to every URI of each playlist), on one
+//! origin, one phase after the other and then again in the other order. Each viewer is its own
+//! client with its own keep-alive connection, polling the playlist every second and fetching
+//! each new segment with the URI the playlist gives, as a player does. Reports the origin's CPU
+//! per phase (from `/proc`) and the ratio.
+//!
+//! ```sh
+//! cargo build --release -p streamhub-origin -p streamhub-chaos-tests --bin authz_bench
+//! STREAMHUB_ORIGIN_BIN=$PWD/target/release/streamhub-origin VIEWERS=1000 SECS=30 \
+//!   target/release/authz_bench
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use streamhub_chaos_tests::procfs::cpu_ticks;
+use streamhub_chaos_tests::{hls, Node, NodeConfig, Publisher, Timeline};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Counts {
+    playlists: AtomicU64,
+    segments: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The URI of the newest segment a playlist lists (with whatever query it carries).
+fn newest_segment(playlist: &str) -> Option<String> {
+    playlist
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("seg-"))
+        .map(str::to_string)
+}
+
+/// One player until `stop`: the playlist every second, each new segment once.
+async fn viewer(playlist: String, counts: Arc<Counts>, stop: CancellationToken) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok((200, body)) = hls::get(&client, &playlist).await else {
+            counts.errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        counts.playlists.fetch_add(1, Ordering::Relaxed);
+        let Some(newest) = newest_segment(&String::from_utf8_lossy(&body)) else {
+            continue;
+        };
+        if last.as_ref() == Some(&newest) {
+            continue;
+        }
+        let url = hls::sibling(playlist.split('?').next().unwrap_or(&playlist), &newest);
+        last = Some(newest);
+        match hls::get(&client, &url).await {
+            Ok((200, _)) => counts.segments.fetch_add(1, Ordering::Relaxed),
+            _ => counts.errors.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// The origin's CPU (% of one core) while `playlists` are watched for `secs`, the segments
+/// fetched and the errors.
+async fn phase(pid: u32, playlists: &[String], secs: u64) -> (f64, u64, u64) {
+    let counts = Arc::new(Counts::default());
+    let stop = CancellationToken::new();
+    let tasks: Vec<_> = playlists
+        .iter()
+        .map(|p| tokio::spawn(viewer(p.clone(), counts.clone(), stop.clone())))
+        .collect();
+    // Every viewer connected and its token verified before the window: the steady state.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (o0, s0, e0) = (
+        cpu_ticks(pid),
+        counts.segments.load(Ordering::Relaxed),
+        counts.errors.load(Ordering::Relaxed),
+    );
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let dt = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - o0) as f64 / 100.0 / dt * 100.0;
+    let out = (
+        cpu,
+        counts.segments.load(Ordering::Relaxed) - s0,
+        counts.errors.load(Ordering::Relaxed) - e0,
+    );
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (viewers, secs) = (env("VIEWERS", 1000) as usize, env("SECS", 30));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = NodeConfig::new("origin-bench", dir.path());
+    cfg.args = vec!["--http-max-per-address".into(), (viewers * 2).to_string()];
+    let origin = Node::start(cfg, Arc::new(Timeline::quiet())).await.unwrap();
+    let pid = origin.pid().unwrap();
+    let admin = origin.admin().await.unwrap();
+    let mut publishers = Vec::new();
+    for app in ["open", "private"] {
+        let key = admin.rtmp_ingress(app, "bench").await.unwrap();
+        publishers.push(Publisher::start(&origin.rtmp_url(&key)));
+    }
+    let r = admin
+        .patch("/apps/private", json!({"playback": "token"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let open = vec![origin.url("/hls/open/bench/index.m3u8"); viewers];
+    let mut private = Vec::with_capacity(viewers);
+    for i in 0..viewers {
+        let r = admin
+            .post(
+                "/apps/private/tokens",
+                json!({"room": "bench", "identity": format!("viewer-{i}")}),
+            )
+            .await
+            .unwrap();
+        let token = r.body["data"]["token"].as_str().unwrap().to_string();
+        private.push(origin.url(&format!("/hls/private/bench/index.m3u8?token={token}")));
+    }
+    let client = reqwest::Client::new();
+    hls::wait_segments(&client, &open[0], 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Its URIs carry the token (`seg-N.m4s?token=…`): waited for by hand.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, body)) = hls::get(&client, &private[0]).await {
+            if newest_segment(&String::from_utf8_lossy(&body)).is_some() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the private room never served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("| phase | viewers | origin CPU % | segments | errors |");
+    println!("|---|---|---|---|---|");
+    let (mut public_cpu, mut token_cpu) = (0.0, 0.0);
+    for (round, order) in [[false, true], [true, false]].iter().enumerate() {
+        for &tokens in order {
+            let (name, urls) = if tokens {
+                ("token app, a token per viewer", &private)
+            } else {
+                ("public app, no token", &open)
+            };
+            let (cpu, segments, errors) = phase(pid, urls, secs).await;
+            println!(
+                "| {name} (round {}) | {viewers} | {cpu:.1} | {segments} | {errors} |",
+                round + 1
+            );
+            if tokens {
+                token_cpu += cpu;
+            } else {
+                public_cpu += cpu;
+            }
+        }
+    }
+    println!(
+        "\ntoken / public origin CPU: {:.3}x",
+        token_cpu / public_cpu.max(0.01)
+    );
+}
