@@ -308,7 +308,7 @@ impl RoomPolicies for OriginsAccess {
         &self,
         app: &AppName,
         room: &RoomName,
-    ) -> BoxFuture<'static, Result<Option<streamhub_cluster::query::RoomAccess>, String>> {
+    ) -> BoxFuture<'static, Result<Option<Arc<streamhub_cluster::query::RoomAccess>>, String>> {
         let (origins, app, room) = (self.0.clone(), app.clone(), room.clone());
         Box::pin(async move { origins.room_access(&app, &room).await })
     }

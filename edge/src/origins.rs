@@ -246,7 +246,7 @@ impl Origins {
         &self,
         app: &AppName,
         room: &RoomName,
-    ) -> Result<Option<streamhub_cluster::query::RoomAccess>, String> {
+    ) -> Result<Option<Arc<streamhub_cluster::query::RoomAccess>>, String> {
         let _permit = self
             .lookups
             .try_acquire()
@@ -256,7 +256,7 @@ impl Origins {
             room: room.clone(),
         };
         match self.query(&q).await? {
-            StateAnswer::RoomAccess { access } => Ok(access),
+            StateAnswer::RoomAccess { access } => Ok(access.map(Arc::new)),
             other => Err(format!("unexpected answer {other:?}")),
         }
     }

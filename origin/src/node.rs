@@ -472,10 +472,11 @@ impl RoomPolicies for StateAccess {
         &self,
         app: &AppName,
         room: &RoomName,
-    ) -> BoxFuture<'static, Result<Option<streamhub_cluster::query::RoomAccess>, String>> {
+    ) -> BoxFuture<'static, Result<Option<Arc<streamhub_cluster::query::RoomAccess>>, String>> {
         let access = self
             .0
-            .read(|s| streamhub_cluster::query::RoomAccess::of(s, app, room));
+            .read(|s| streamhub_cluster::query::RoomAccess::of(s, app, room))
+            .map(Arc::new);
         Box::pin(async move { Ok(access) })
     }
 }

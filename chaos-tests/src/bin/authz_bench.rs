@@ -1,8 +1,9 @@
 //! What private playback costs an HLS fan-out: N HLS viewers of one room of a public app (the
 //! access check finds `playback: public`, verifies nothing and rewrites nothing), then N viewers
-//! of an identical room of a `playback: token` app, each with its own viewer token (verified,
-//! remembered, its viewer counted, the token added to every URI of each playlist), on one
-//! origin, one phase after the other and then again in the other order. Each viewer is its own
+//! of an identical room of a `playback: token` app, each with its own viewer token sent as a
+//! Bearer header (the check alone: verified, remembered, decided, counted), then the same with
+//! the token in `?token=` (the check, and the token added to every URI of each playlist), on
+//! one origin, one phase after the other and then again in the other order. Each viewer is its own
 //! client with its own keep-alive connection, polling the playlist every second and fetching
 //! each new segment with the URI the playlist gives, as a player does. Reports the origin's CPU
 //! per phase (from `/proc`) and the ratio.
@@ -38,10 +39,23 @@ fn newest_segment(playlist: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// One player until `stop`: the playlist every second, each new segment once.
+/// One player until `stop`: the playlist every second, each new segment once; `playlist` may
+/// carry `\nBearer <token>`: the token sent as a header instead.
 async fn viewer(playlist: String, counts: Arc<Counts>, stop: CancellationToken) {
+    let (playlist, bearer) = match playlist.split_once("\nBearer ") {
+        Some((p, t)) => (p.to_string(), Some(t.to_string())),
+        None => (playlist, None),
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = bearer {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
+        .default_headers(headers)
         .build()
         .unwrap();
     let mut last = None;
@@ -130,6 +144,7 @@ async fn main() {
     assert_eq!(r.status, 200, "{r:?}");
     let open = vec![origin.url("/hls/open/bench/index.m3u8"); viewers];
     let mut private = Vec::with_capacity(viewers);
+    let mut bearer = Vec::with_capacity(viewers);
     for i in 0..viewers {
         let r = admin
             .post(
@@ -140,6 +155,10 @@ async fn main() {
             .unwrap();
         let token = r.body["data"]["token"].as_str().unwrap().to_string();
         private.push(origin.url(&format!("/hls/private/bench/index.m3u8?token={token}")));
+        bearer.push(format!(
+            "{}\nBearer {token}",
+            origin.url("/hls/private/bench/index.m3u8")
+        ));
     }
     let client = reqwest::Client::new();
     hls::wait_segments(&client, &open[0], 2, Duration::from_secs(30))
@@ -158,28 +177,43 @@ async fn main() {
     }
     println!("| phase | viewers | origin CPU % | segments | errors |");
     println!("|---|---|---|---|---|");
-    let (mut public_cpu, mut token_cpu) = (0.0, 0.0);
-    for (round, order) in [[false, true], [true, false]].iter().enumerate() {
-        for &tokens in order {
-            let (name, urls) = if tokens {
-                ("token app, a token per viewer", &private)
-            } else {
-                ("public app, no token", &open)
-            };
+    // `ONLY=public|header|query` runs that phase alone (to profile it: `perf record -p`).
+    let only = std::env::var("ONLY").ok();
+    println!("origin pid {pid}");
+    let phases = [
+        ("public", "public app, no token", &open),
+        (
+            "header",
+            "token app, a token per viewer as a Bearer header",
+            &bearer,
+        ),
+        (
+            "query",
+            "token app, a token per viewer in ?token= (added to every URI)",
+            &private,
+        ),
+    ];
+    let mut cpu_sum = [0.0f64; 3];
+    for round in 0..2 {
+        for i in 0..3 {
+            // The second round runs in the other order: drift hits every phase alike.
+            let i = if round == 0 { i } else { 2 - i };
+            let (short, name, urls) = phases[i];
+            if only.as_deref().is_some_and(|o| o != short) {
+                continue;
+            }
             let (cpu, segments, errors) = phase(pid, urls, secs).await;
             println!(
                 "| {name} (round {}) | {viewers} | {cpu:.1} | {segments} | {errors} |",
                 round + 1
             );
-            if tokens {
-                token_cpu += cpu;
-            } else {
-                public_cpu += cpu;
-            }
+            cpu_sum[i] += cpu;
         }
     }
+    let base = cpu_sum[0].max(0.01);
     println!(
-        "\ntoken / public origin CPU: {:.3}x",
-        token_cpu / public_cpu.max(0.01)
+        "\norigin CPU against the public app: the check (header) {:.3}x, the check and the token in every URI (query) {:.3}x",
+        cpu_sum[1] / base,
+        cpu_sum[2] / base
     );
 }

@@ -58,7 +58,7 @@ pub trait RoomPolicies: Send + Sync + 'static {
         &self,
         app: &AppName,
         room: &RoomName,
-    ) -> BoxFuture<'static, Result<Option<RoomAccess>, String>>;
+    ) -> BoxFuture<'static, Result<Option<Arc<RoomAccess>>, String>>;
 }
 
 /// How long a verified token is remembered (at most; never past its expiry). A token of an app
@@ -131,8 +131,8 @@ const ACCESS_STALE: Duration = Duration::from_secs(600);
 /// viewers' rules rather than opening or closing every room).
 pub struct RememberingAccess<P> {
     inner: Arc<P>,
-    fresh: moka::future::Cache<(AppName, RoomName), Option<RoomAccess>>,
-    last: moka::future::Cache<(AppName, RoomName), Option<RoomAccess>>,
+    fresh: moka::future::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
+    last: moka::future::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
 }
 
 impl<P: RoomPolicies> RememberingAccess<P> {
@@ -157,19 +157,24 @@ impl<P: RoomPolicies> RoomPolicies for RememberingAccess<P> {
         &self,
         app: &AppName,
         room: &RoomName,
-    ) -> BoxFuture<'static, Result<Option<RoomAccess>, String>> {
+    ) -> BoxFuture<'static, Result<Option<Arc<RoomAccess>>, String>> {
         let key = (app.clone(), room.clone());
         let (inner, fresh, last) = (self.inner.clone(), self.fresh.clone(), self.last.clone());
         Box::pin(async move {
+            // The common case: remembered (one lookup, no write).
+            if let Some(access) = fresh.get(&key).await {
+                return Ok(access);
+            }
             let ask = {
-                let (inner, key) = (inner.clone(), key.clone());
-                async move { inner.access(&key.0, &key.1).await }
+                let (inner, key, last) = (inner.clone(), key.clone(), last.clone());
+                async move {
+                    let access = inner.access(&key.0, &key.1).await?;
+                    last.insert(key, access.clone()).await;
+                    Ok::<_, String>(access)
+                }
             };
             match fresh.try_get_with(key.clone(), ask).await {
-                Ok(access) => {
-                    last.insert(key, access.clone()).await;
-                    Ok(access)
-                }
+                Ok(access) => Ok(access),
                 Err(e) => match last.get(&key).await {
                     Some(known) => Ok(known),
                     None => Err(e.to_string()),
@@ -326,6 +331,7 @@ impl ViewerTracker {
         known
     }
 
+    /// Whether `key` counts as a viewer of `app` now.
     fn knows(&self, app: &AppName, key: &ViewerKey, now: Instant) -> bool {
         let apps = self.apps();
         let deadline = now.checked_sub(VIEWER_TTL);
@@ -501,6 +507,11 @@ impl Gate {
         claims: Option<&AccessClaims>,
         key: &ViewerKey,
     ) -> Result<(), Denied> {
+        let capped = claims.is_some_and(|c| c.max_viewers.is_some());
+        if access.viewer_quota.is_none() && !capped {
+            // No limit to check: the common case costs no lookup here.
+            return Ok(());
+        }
         let now = Instant::now();
         if self.viewers.knows(app, key, now) {
             return Ok(());
@@ -630,22 +641,35 @@ async fn with_token(resp: Response, token: &str) -> Response {
 
 /// `playlist` with `token=<token>` appended to each URI line and each `URI="…"` attribute.
 pub fn add_token(playlist: &str, token: &str) -> String {
-    let encoded: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
-    let with = |uri: &str| -> String {
-        let sep = if uri.contains('?') { '&' } else { '?' };
-        format!("{uri}{sep}token={encoded}")
+    // JWTs are URL-safe (base64url and dots): encoded only when they are not.
+    let safe = token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let encoded: std::borrow::Cow<'_, str> = if safe {
+        token.into()
+    } else {
+        url::form_urlencoded::byte_serialize(token.as_bytes())
+            .collect::<String>()
+            .into()
     };
-    let mut out = String::with_capacity(playlist.len() + 64 * (encoded.len() + 7));
+    let uris = playlist.matches(".m").count() + 1;
+    let mut out = String::with_capacity(playlist.len() + uris * (encoded.len() + 7));
+    let with = |out: &mut String, uri: &str| {
+        out.push_str(uri);
+        out.push(if uri.contains('?') { '&' } else { '?' });
+        out.push_str("token=");
+        out.push_str(&encoded);
+    };
     for line in playlist.lines() {
         if line.is_empty() {
         } else if !line.starts_with('#') {
-            out.push_str(&with(line));
+            with(&mut out, line);
         } else if let Some(start) = line.find("URI=\"") {
             let value = start + 5;
             match line[value..].find('"') {
                 Some(len) => {
                     out.push_str(&line[..value]);
-                    out.push_str(&with(&line[value..value + len]));
+                    with(&mut out, &line[value..value + len]);
                     out.push_str(&line[value + len..]);
                 }
                 None => out.push_str(line),
@@ -759,6 +783,11 @@ mod tests {
             out.contains("#EXT-X-MAP:URI=\"init-1.mp4?token=a.b%2Bc\"\n"),
             "{out}"
         );
+        let jwt = add_token("seg-1.m4s\n", "eyJ0.e-y_J.sig");
+        assert_eq!(
+            jwt, "seg-1.m4s?token=eyJ0.e-y_J.sig\n",
+            "a JWT goes in as it is"
+        );
         assert!(out.contains("URI=\"p.7.0.m4s?token=a.b%2Bc\""), "{out}");
         assert!(out.contains("\nseg-7.m4s?token=a.b%2Bc\n"), "{out}");
         assert!(out.contains("URI=\"p.8.1.m4s?token=a.b%2Bc\""), "{out}");
@@ -794,8 +823,8 @@ mod tests {
             &self,
             _: &AppName,
             _: &RoomName,
-        ) -> BoxFuture<'static, Result<Option<RoomAccess>, String>> {
-            let a = self.0.clone();
+        ) -> BoxFuture<'static, Result<Option<Arc<RoomAccess>>, String>> {
+            let a = Arc::new(self.0.clone());
             Box::pin(async move { Ok(Some(a)) })
         }
     }
