@@ -157,9 +157,7 @@ fn room_view(tenants: &Tenants, live: &Rooms, app: &AppName, room: &RoomName) ->
         let object = s.tenants.room_object(app, room);
         let placement = s.placements.live(app, room, now_ms);
         let publishing = placement.is_some() || live.media(app, room).is_some();
-        if object.is_none() && !publishing && !s.tenants.apps.contains_key(app) {
-            return None;
-        }
+        // A room is known while it has an object or a publisher.
         if object.is_none() && !publishing {
             return None;
         }
