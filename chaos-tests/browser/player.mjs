@@ -28,7 +28,8 @@ try {
       return window.player && window.player.mode !== 'starting' && v.currentTime > 1;
     }, null, { timeout: 30000 }).catch(() => {});
     // A WHEP player decodes on: read its stats until 25 frames are decoded (a second of video
-    // at 25 fps; a starved machine may need a while), or 30 s have passed.
+    // at 25 fps; a starved machine may need a while) and the video shows a picture of known
+    // size, or 30 s have passed.
     let r;
     for (const until = Date.now() + 30000; ;) {
       r = await page.evaluate(async () => {
@@ -45,7 +46,9 @@ try {
           videoWidth: v.videoWidth, framesDecoded, finalUrl: location.href,
         };
       });
-      if (r.framesDecoded === null || r.framesDecoded >= 25 || Date.now() > until) break;
+      // Decoded frames reach the video element a moment later: wait for its size as well.
+      const decoded = r.framesDecoded === null || r.framesDecoded >= 25;
+      if ((decoded && r.videoWidth > 0) || Date.now() > until) break;
       await new Promise((res) => setTimeout(res, 250));
     }
     results.push(r);

@@ -6,7 +6,8 @@
 //   2. for each "state" line read from stdin, what the page does now:
 //        {"event": "state", "mode", "state", "currentTime", "framesDecoded", "sameDocument"}
 //   3. on a "play" line: waits (up to 120 s) until the page plays by itself, without being
-//      reloaded: WHEP frames decoded (25, a second at 25 fps) or the HLS video's clock past 1 s:
+//      reloaded: a picture of known size on the video element, and WHEP frames decoded (25, a
+//      second at 25 fps) or the HLS video's clock past 1 s:
 //        {"event": "playing", "mode", "currentTime", "framesDecoded", "videoWidth",
 //         "sameDocument", "waitedFor"} (or {"event": "playing", "error", ...} on timeout)
 //      then exits.
@@ -63,8 +64,10 @@ try {
       let r;
       for (const until = start + 120000; ;) {
         r = await snapshot(page);
-        const whep = r.mode === 'whep' && r.framesDecoded >= 25;
-        const hls = r.mode === 'hls' && r.currentTime > 1;
+        // A picture on screen, not only frames in the decoder: the video element learns its
+        // size a moment after the first decoded frames.
+        const whep = r.mode === 'whep' && r.framesDecoded >= 25 && r.videoWidth > 0;
+        const hls = r.mode === 'hls' && r.currentTime > 1 && r.videoWidth > 0;
         if (whep || hls) break;
         if (Date.now() > until) { r.error = r.error || 'not playing within 120 s'; break; }
         await new Promise((res) => setTimeout(res, 250));
