@@ -294,9 +294,9 @@ impl TokenVerifier for OriginsKeys {
         &self,
         app: &AppName,
         token: &str,
-    ) -> BoxFuture<'static, Result<streamhub_shared::auth::AccessClaims, String>> {
+    ) -> BoxFuture<'static, Result<Arc<streamhub_shared::auth::AccessClaims>, String>> {
         let (origins, app, token) = (self.0.clone(), app.clone(), token.to_string());
-        Box::pin(async move { origins.verify_token(&app, &token).await })
+        Box::pin(async move { origins.verify_token(&app, &token).await.map(Arc::new) })
     }
 }
 

@@ -458,9 +458,9 @@ impl TokenVerifier for TenantKeys {
         &self,
         app: &AppName,
         token: &str,
-    ) -> BoxFuture<'static, Result<AccessClaims, String>> {
+    ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>> {
         let (tenants, app, token) = (self.0.clone(), app.clone(), token.to_string());
-        Box::pin(async move { tenants.verify_token(&app, &token).await })
+        Box::pin(async move { tenants.verify_token(&app, &token).await.map(Arc::new) })
     }
 }
 

@@ -5,6 +5,7 @@
 //! Run: `cargo bench -p streamhub-media --bench token_check` (`TOKEN_BENCH_SECS`, default 3).
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -22,12 +23,18 @@ const KEY_ID: &str = "ak_4f8e2c6a9b1d3e5f";
 struct EdgeKeys;
 
 impl TokenVerifier for EdgeKeys {
-    fn verify(&self, _: &AppName, token: &str) -> BoxFuture<'static, Result<AccessClaims, String>> {
+    fn verify(
+        &self,
+        _: &AppName,
+        token: &str,
+    ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>> {
         let keys = VerifyKeys {
             eddsa: Some(PUBLIC),
             hs256: None,
         };
-        let r = verify_any(token, KEY_ID, keys).map_err(|e| e.to_string());
+        let r = verify_any(token, KEY_ID, keys)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
         Box::pin(async move { r })
     }
 }

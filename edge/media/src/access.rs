@@ -47,7 +47,13 @@ pub trait TokenVerifier: Send + Sync + 'static {
         &self,
         app: &AppName,
         token: &str,
-    ) -> BoxFuture<'static, Result<AccessClaims, String>>;
+    ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>>;
+
+    /// The claims of `token` if this verifier has them at hand (verified before and still
+    /// valid): the common case of a player's every request, answered without a future.
+    fn remembered(&self, _app: &AppName, _token: &str) -> Option<Arc<AccessClaims>> {
+        None
+    }
 }
 
 /// Says who may watch a room.
@@ -59,6 +65,12 @@ pub trait RoomPolicies: Send + Sync + 'static {
         app: &AppName,
         room: &RoomName,
     ) -> BoxFuture<'static, Result<Option<Arc<RoomAccess>>, String>>;
+
+    /// The access of `app/room` if this policy source has it at hand (see
+    /// [`TokenVerifier::remembered`]).
+    fn remembered(&self, _app: &AppName, _room: &RoomName) -> Option<Option<Arc<RoomAccess>>> {
+        None
+    }
 }
 
 /// How long a verified token is remembered (at most; never past its expiry). A token of an app
@@ -70,7 +82,7 @@ const VERIFIED_TTL: Duration = Duration::from_secs(30);
 /// lookup costs ~1 µs (see docs/benchmarks.md). Refusals are not remembered.
 pub struct Remembering<V> {
     inner: Arc<V>,
-    verified: moka::future::Cache<[u8; 32], AccessClaims>,
+    verified: moka::sync::Cache<[u8; 32], Arc<AccessClaims>>,
 }
 
 impl<V: TokenVerifier> Remembering<V> {
@@ -78,7 +90,7 @@ impl<V: TokenVerifier> Remembering<V> {
     pub fn new(inner: V) -> Self {
         Self {
             inner: Arc::new(inner),
-            verified: moka::future::Cache::builder()
+            verified: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
@@ -92,31 +104,40 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The cache key of `token` for `app`.
+fn token_id(app: &AppName, token: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(app.as_str())
+        .chain_update([0])
+        .chain_update(token)
+        .finalize()
+        .into()
+}
+
 impl<V: TokenVerifier> TokenVerifier for Remembering<V> {
     fn verify(
         &self,
         app: &AppName,
         token: &str,
-    ) -> BoxFuture<'static, Result<AccessClaims, String>> {
-        use sha2::{Digest, Sha256};
-        let id: [u8; 32] = Sha256::new()
-            .chain_update(app.as_str())
-            .chain_update([0])
-            .chain_update(token)
-            .finalize()
-            .into();
+    ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>> {
+        if let Some(claims) = self.remembered(app, token) {
+            return Box::pin(std::future::ready(Ok(claims)));
+        }
+        let id = token_id(app, token);
         let (inner, cache) = (self.inner.clone(), self.verified.clone());
         let (app, token) = (app.clone(), token.to_string());
         Box::pin(async move {
-            if let Some(claims) = cache.get(&id).await {
-                if claims.exp > unix_now() {
-                    return Ok(claims);
-                }
-            }
             let claims = inner.verify(&app, &token).await?;
-            cache.insert(id, claims.clone()).await;
+            cache.insert(id, claims.clone());
             Ok(claims)
         })
+    }
+
+    fn remembered(&self, app: &AppName, token: &str) -> Option<Arc<AccessClaims>> {
+        self.verified
+            .get(&token_id(app, token))
+            .filter(|claims| claims.exp > unix_now())
     }
 }
 
@@ -131,7 +152,10 @@ const ACCESS_STALE: Duration = Duration::from_secs(600);
 /// viewers' rules rather than opening or closing every room).
 pub struct RememberingAccess<P> {
     inner: Arc<P>,
-    fresh: moka::future::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
+    /// What was said less than [`ACCESS_TTL`] ago: read without a future on every request.
+    fresh: moka::sync::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
+    /// The questions on their way: concurrent misses of one room ask `inner` once.
+    asking: moka::future::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
     last: moka::future::Cache<(AppName, RoomName), Option<Arc<RoomAccess>>>,
 }
 
@@ -140,7 +164,11 @@ impl<P: RoomPolicies> RememberingAccess<P> {
     pub fn new(inner: P) -> Self {
         Self {
             inner: Arc::new(inner),
-            fresh: moka::future::Cache::builder()
+            fresh: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ACCESS_TTL)
+                .build(),
+            asking: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ACCESS_TTL)
                 .build(),
@@ -158,22 +186,30 @@ impl<P: RoomPolicies> RoomPolicies for RememberingAccess<P> {
         app: &AppName,
         room: &RoomName,
     ) -> BoxFuture<'static, Result<Option<Arc<RoomAccess>>, String>> {
+        if let Some(access) = self.remembered(app, room) {
+            return Box::pin(std::future::ready(Ok(access)));
+        }
         let key = (app.clone(), room.clone());
-        let (inner, fresh, last) = (self.inner.clone(), self.fresh.clone(), self.last.clone());
+        let (inner, fresh, asking, last) = (
+            self.inner.clone(),
+            self.fresh.clone(),
+            self.asking.clone(),
+            self.last.clone(),
+        );
         Box::pin(async move {
-            // The common case: remembered (one lookup, no write).
-            if let Some(access) = fresh.get(&key).await {
-                return Ok(access);
-            }
             let ask = {
-                let (inner, key, last) = (inner.clone(), key.clone(), last.clone());
+                let (key, last) = (key.clone(), last.clone());
                 async move {
                     let access = inner.access(&key.0, &key.1).await?;
-                    last.insert(key, access.clone()).await;
+                    last.insert(key.clone(), access.clone()).await;
+                    fresh.insert(key, access.clone());
                     Ok::<_, String>(access)
                 }
             };
-            match fresh.try_get_with(key.clone(), ask).await {
+            let asked = asking.try_get_with(key.clone(), ask).await;
+            // The answer is in `fresh` now; a later miss asks again.
+            asking.invalidate(&key).await;
+            match asked {
                 Ok(access) => Ok(access),
                 Err(e) => match last.get(&key).await {
                     Some(known) => Ok(known),
@@ -182,15 +218,26 @@ impl<P: RoomPolicies> RoomPolicies for RememberingAccess<P> {
             }
         })
     }
+
+    fn remembered(&self, app: &AppName, room: &RoomName) -> Option<Option<Arc<RoomAccess>>> {
+        self.fresh.get(&(app.clone(), room.clone()))
+    }
 }
 
 /// Checks that verified `claims` let a viewer watch `app/room`.
 pub fn viewer_grant(claims: &AccessClaims, app: &AppName, room: &RoomName) -> Result<(), String> {
-    let want = format!("{app}-{room}");
-    if claims.video.room != want {
+    // `<app>-<room>`, compared without building it.
+    let for_this = claims
+        .video
+        .room
+        .strip_prefix(app.as_str())
+        .and_then(|r| r.strip_prefix('-'))
+        .is_some_and(|r| r == room.as_str());
+    if !for_this {
         return Err(format!(
-            "the token is for room {:?}, not {want:?}",
-            claims.video.room
+            "the token is for room {:?}, not {:?}",
+            claims.video.room,
+            format!("{app}-{room}")
         ));
     }
     if !claims.video.can_subscribe {
@@ -320,10 +367,15 @@ impl ViewerTracker {
     /// Counts `key` as a viewer of `app` now; whether it was already counted.
     fn touch(&self, app: &AppName, key: ViewerKey, now: Instant) -> bool {
         let mut apps = self.apps();
-        if !apps.contains_key(app) && apps.len() >= MAX_APPS {
-            return false;
+        if !apps.contains_key(app) {
+            if apps.len() >= MAX_APPS {
+                return false;
+            }
+            apps.insert(app.clone(), AppViewers::default());
         }
-        let viewers = apps.entry(app.clone()).or_default();
+        let Some(viewers) = apps.get_mut(app) else {
+            return false;
+        };
         let known = viewers.recent.contains_key(&key);
         if known || viewers.recent.len() < MAX_VIEWERS_PER_APP {
             viewers.recent.insert(key, now);
@@ -432,8 +484,12 @@ impl Gate {
         kind: Kind,
         token: Option<&str>,
         client: IpAddr,
-    ) -> Result<(Option<AccessClaims>, Option<ViewerKey>), Denied> {
-        let access = match self.rooms.access(app, room).await {
+    ) -> Result<(Option<Arc<AccessClaims>>, Option<ViewerKey>), Denied> {
+        let access = match self.rooms.remembered(app, room) {
+            Some(known) => Ok(known),
+            None => self.rooms.access(app, room).await,
+        };
+        let access = match access {
             Ok(Some(access)) => access,
             // An unknown app: the route answers (404), a token cannot be for it.
             Ok(None) => return Ok((None, None)),
@@ -452,10 +508,11 @@ impl Gate {
                 ))
             }
             Some(t) => {
-                let claims = self
-                    .verifier
-                    .verify(app, t)
-                    .await
+                let verified = match self.verifier.remembered(app, t) {
+                    Some(claims) => Ok(claims),
+                    None => self.verifier.verify(app, t).await,
+                };
+                let claims = verified
                     .and_then(|c| viewer_grant(&c, app, room).map(|()| c))
                     .map_err(|why| {
                         Denied(
@@ -495,7 +552,7 @@ impl Gate {
             Some(c) => ViewerKey::Identity(c.sub.clone()),
             None => ViewerKey::Anonymous(None, client),
         };
-        self.check_quotas(app, &access, claims.as_ref(), &key)?;
+        self.check_quotas(app, &access, claims.as_deref(), &key)?;
         Ok((claims, Some(key)))
     }
 
@@ -731,9 +788,10 @@ mod tests {
             &self,
             _: &AppName,
             token: &str,
-        ) -> BoxFuture<'static, Result<AccessClaims, String>> {
+        ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>> {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let r = streamhub_shared::auth::verify(token, "key-1", b"00112233")
+                .map(Arc::new)
                 .map_err(|e| e.to_string());
             Box::pin(async move { r })
         }
@@ -832,9 +890,14 @@ mod tests {
     struct Keys;
 
     impl TokenVerifier for Keys {
-        fn verify(&self, _: &AppName, t: &str) -> BoxFuture<'static, Result<AccessClaims, String>> {
-            let r =
-                streamhub_shared::auth::verify(t, "key-1", b"00112233").map_err(|e| e.to_string());
+        fn verify(
+            &self,
+            _: &AppName,
+            t: &str,
+        ) -> BoxFuture<'static, Result<Arc<AccessClaims>, String>> {
+            let r = streamhub_shared::auth::verify(t, "key-1", b"00112233")
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
             Box::pin(async move { r })
         }
     }
