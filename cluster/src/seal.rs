@@ -133,6 +133,16 @@ impl ClusterKey {
         Ok(())
     }
 
+    /// A key for `purpose` derived from this one (HMAC-SHA256 of the purpose): the same on
+    /// every origin, and revealing nothing of the cluster key or of other purposes' keys.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.bytes);
+        let tag = ring::hmac::sign(&key, purpose.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     fn aead(&self) -> LessSafeKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.bytes).expect("32-byte AES key"))
     }
@@ -212,6 +222,16 @@ pub mod place {
     /// An SRT ingress's passphrase.
     pub fn ingress_passphrase(id: &str) -> String {
         format!("ingress-passphrase:{id}")
+    }
+
+    /// The secret access key of an app's recording storage.
+    pub fn storage_secret(app: &str) -> String {
+        format!("storage-secret:{app}")
+    }
+
+    /// The session token of an app's recording storage.
+    pub fn storage_token(app: &str) -> String {
+        format!("storage-token:{app}")
     }
 }
 

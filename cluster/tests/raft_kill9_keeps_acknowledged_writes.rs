@@ -28,6 +28,7 @@ fn app(name: &str) -> App {
         verify_key: None,
         settings: Default::default(),
         quotas: Default::default(),
+        storage: None,
     }
 }
 

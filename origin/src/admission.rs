@@ -558,6 +558,7 @@ mod tests {
                 verify_key: None,
                 settings: Default::default(),
                 quotas: Default::default(),
+                storage: None,
             }))
             .await
             .expect("app");

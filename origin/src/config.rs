@@ -34,6 +34,13 @@ pub struct OriginArgs {
     /// [default: on].
     #[arg(long, env = "STREAMHUB_AUTHZ_ENFORCE", value_enum)]
     pub authz_enforce: Option<crate::authz::Mode>,
+    /// Disk the recording spool may use on this origin, in MiB: media recorded and not yet
+    /// uploaded waits there; new recordings are refused when it is full [default: 2048].
+    #[arg(long, env = "STREAMHUB_RECORD_SPOOL_MB")]
+    pub record_spool_mb: Option<u64>,
+    /// Size of the S3 parts recordings are uploaded in, in MiB (5 to 64) [default: 8].
+    #[arg(long, env = "STREAMHUB_RECORD_PART_MB")]
+    pub record_part_mb: Option<u64>,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
@@ -53,6 +60,8 @@ impl BinaryArgs for OriginArgs {
             ingest_max_per_address: self.ingest_max_per_address.or(file.ingest_max_per_address),
             raft_snapshot_logs: self.raft_snapshot_logs.or(file.raft_snapshot_logs),
             authz_enforce: self.authz_enforce.or(file.authz_enforce),
+            record_spool_mb: self.record_spool_mb.or(file.record_spool_mb),
+            record_part_mb: self.record_part_mb.or(file.record_part_mb),
         }
     }
 }
@@ -69,6 +78,10 @@ pub struct Settings {
     pub ingest_max_per_address: usize,
     pub raft_snapshot_logs: u64,
     pub authz: crate::authz::Mode,
+    /// The recording spool's bound, in bytes.
+    pub record_spool_bytes: u64,
+    /// The S3 part size of recordings, in bytes.
+    pub record_part_bytes: u64,
 }
 
 impl OriginArgs {
@@ -96,7 +109,23 @@ impl OriginArgs {
         if ingest_max_per_address == 0 {
             return Err(invalid("ingest-max-per-address", "must be at least 1"));
         }
+        let part_mb = self.record_part_mb.unwrap_or(8);
+        if !(5..=64).contains(&part_mb) {
+            return Err(invalid(
+                "record-part-mb",
+                "must be 5 to 64 (S3's smallest part is 5 MiB)",
+            ));
+        }
+        let spool_mb = self.record_spool_mb.unwrap_or(2048);
+        if spool_mb < 4 * part_mb {
+            return Err(invalid(
+                "record-spool-mb",
+                "must hold at least four parts (--record-part-mb)",
+            ));
+        }
         Ok(Settings {
+            record_spool_bytes: spool_mb * 1024 * 1024,
+            record_part_bytes: part_mb * 1024 * 1024,
             node,
             rtmps: self.rtmps,
             srt: self.srt,

@@ -7,7 +7,8 @@
 //! [`heartbeat`] (load reports, lease renewal, revalidation), [`keyring`] (the cluster key that
 //! seals the state's secrets), [`trust`] (revocation, health, data dir permissions),
 //! [`audit`] (the audit log), [`authz`] (roles, the policy table, the enforcement mode), [`login`] (login throttle, password-hashing permits). Ingest protocols: [`rtmp`], [`srt`],
-//! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms. [`node`]
+//! [`whip`], [`wsmjpeg`], [`rtsp`]; [`transcode`] makes an Opus track of AAC rooms; [`recording`]
+//! records rooms to each app's S3 bucket. [`node`]
 //! wires them.
 
 pub mod admission;
@@ -24,6 +25,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod placement;
+pub mod recording;
 pub mod rooms;
 pub mod rtmp;
 pub mod rtsp;

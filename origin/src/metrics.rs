@@ -26,6 +26,7 @@ pub struct Sources {
     pub srt: Arc<SrtStats>,
     pub ws: Arc<WsStats>,
     pub raft: Arc<RaftNode>,
+    pub recorder: crate::recording::Recorder,
 }
 
 /// The origin's `/metrics`: its Prometheus registry and where each value comes from.
@@ -59,6 +60,10 @@ pub struct Metrics {
     raft_leader: IntGauge,
     raft_is_leader: IntGauge,
     raft_applied: IntGauge,
+    spool_bytes: IntGauge,
+    spool_limit: IntGauge,
+    recordings: IntGauge,
+    uploaded: IntCounter,
 }
 
 impl Metrics {
@@ -185,6 +190,26 @@ impl Metrics {
                 "WebSocket-MJPEG picture bytes accepted",
             ),
             raft_term: gauge(&r, "streamhub_raft_term", "Current Raft term"),
+            spool_bytes: gauge(
+                &r,
+                "streamhub_recording_spool_bytes",
+                "Recorded media on disk not yet uploaded",
+            ),
+            spool_limit: gauge(
+                &r,
+                "streamhub_recording_spool_limit_bytes",
+                "The recording spool's bound (--record-spool-mb)",
+            ),
+            recordings: gauge(
+                &r,
+                "streamhub_recordings_active",
+                "Recordings this origin is recording now",
+            ),
+            uploaded: counter(
+                &r,
+                "streamhub_recording_uploaded_bytes_total",
+                "Recorded bytes uploaded to S3",
+            ),
             raft_leader: gauge(
                 &r,
                 "streamhub_raft_leader_id",
@@ -325,6 +350,11 @@ impl Metrics {
             ws.frames_rate_limited.load(Relaxed),
         );
         sync_counter(&self.ws_bytes_in, ws.bytes_in.load(Relaxed));
+        let (used, limit) = src.recorder.spool();
+        self.spool_bytes.set(used as i64);
+        self.spool_limit.set(limit as i64);
+        self.recordings.set(src.recorder.active() as i64);
+        sync_counter(&self.uploaded, src.recorder.uploaded_bytes());
         let m = src.raft.status();
         self.raft_term.set(m.term as i64);
         self.raft_leader.set(m.leader.unwrap_or(0) as i64);

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::recording::{Recorder, RecorderConfig};
 use anyhow::Context as _;
 use axum::routing::get;
 use axum::Router;
@@ -101,17 +102,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         Arc::new(MediaCache::new(s.cache_bytes)),
     ));
     let (released_tx, released_rx) = mpsc::channel(1024);
+    let tenants = Tenants::new(raft.clone(), keyring.clone());
+    let recorder = Recorder::new(
+        tenants.clone(),
+        s.node_name.clone(),
+        RecorderConfig {
+            spool_dir: s.data_dir.join("recordings"),
+            spool_bytes: settings.record_spool_bytes,
+            part_bytes: settings.record_part_bytes,
+        },
+        tasks.clone(),
+    );
     let rooms = Rooms::new(
         Arc::new(NodeObserver {
             hls: hls.clone(),
             tasks: tasks.clone(),
             released: released_tx,
+            recorder: recorder.clone(),
         }),
         GroupPolicy {
             target: s.hls.target_duration,
         },
     );
-    let tenants = Tenants::new(raft.clone(), keyring.clone());
     let placement = Placement::new(raft.clone(), s.node_name.clone());
     let admission = Arc::new(Admission::new(
         tenants.clone(),
@@ -218,6 +230,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tasks.spawn(rtsp.clone().run_supervisor(shutdown.clone()));
     tasks.spawn(heartbeats.run(shutdown.clone()));
     tasks.spawn(placement.run_releases(released_rx, shutdown.clone()));
+    tasks.spawn(recorder.clone().run(shutdown.clone()));
 
     let ws = Arc::new(WsIngest::default());
     let metrics = Arc::new(Metrics::new(Sources {
@@ -229,6 +242,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         srt: srt_stats,
         ws: ws.stats.clone(),
         raft: raft.clone(),
+        recorder: recorder.clone(),
     }));
     let services = Services {
         tenants: tenants.clone(),
@@ -256,6 +270,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         shutdown: shutdown.clone(),
         authz: crate::api::Authz(settings.authz),
         viewers,
+        recorder,
     };
     let router = http_router(&settings, services, &hls, &stats)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
@@ -382,6 +397,7 @@ struct NodeObserver {
     hls: Arc<HlsRegistry>,
     tasks: TaskTracker,
     released: mpsc::Sender<Released>,
+    recorder: Recorder,
 }
 
 impl RoomObserver for NodeObserver {
@@ -390,6 +406,8 @@ impl RoomObserver for NodeObserver {
         let hls_room = self.hls.start(app, room);
         let session = hls_room.session();
         let consumer = publisher.media().subscribe();
+        self.recorder
+            .room_started(app, room, hls_room.clone(), publisher.media().handle());
         self.tasks.spawn(streamhub_media::hls::run_packager(
             consumer, hls_room, session,
         ));
@@ -397,6 +415,7 @@ impl RoomObserver for NodeObserver {
 
     fn room_ended(&self, app: &AppName, room: &RoomName, epoch: u64) {
         tracing::info!(%app, %room, epoch, "room ended");
+        self.recorder.room_ended(app, room);
         let r = Released {
             app: app.clone(),
             room: room.clone(),

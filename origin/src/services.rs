@@ -50,6 +50,8 @@ pub struct Services {
     pub authz: crate::api::Authz,
     /// This node's viewers per app (usage and quotas).
     pub viewers: Arc<streamhub_media::access::ViewerTracker>,
+    /// Records rooms to their app's bucket.
+    pub recorder: crate::recording::Recorder,
 }
 
 /// Where this node is reached: what minted URLs and the start banner say.

@@ -268,6 +268,7 @@ impl Tenants {
             name,
             settings: Default::default(),
             quotas: Default::default(),
+            storage: None,
         })
     }
 

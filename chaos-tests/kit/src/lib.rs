@@ -2,7 +2,8 @@
 //! scenarios and the benchmarks. It knows the product only from the outside: it runs the real
 //! binaries ([`binary`], [`node`], [`single`]) and drives them with real clients ([`api`],
 //! [`publisher`] (ffmpeg), [`hls`] (HTTP + ffprobe), [`camera`] (WebSocket-MJPEG, RTSP),
-//! [`whep`] (a WebRTC viewer on the `rtc` crate)), [`audio`] (AAC made by ffmpeg).
+//! [`whep`] (a WebRTC viewer on the `rtc` crate)), [`audio`] (AAC made by ffmpeg), [`s3`] (a real
+//! S3 server, `s3s-fs`).
 //!
 //! Tests wait with [`poll`] (never a bare sleep), take ports from [`ports`] (never two alike,
 //! across the test processes of one machine), and state what they need with [`require`]: a test
@@ -18,6 +19,7 @@ pub mod poll;
 pub mod ports;
 pub mod publisher;
 pub mod require;
+pub mod s3;
 pub mod single;
 pub mod timeline;
 pub mod whep;

@@ -42,6 +42,11 @@ impl Publisher {
         Publisher::spawn(url, Picture::Hd, None)
     }
 
+    /// As [`start_hd`](Self::start_hd) for `secs` seconds, then ffmpeg exits.
+    pub fn start_hd_for_secs(url: &str, secs: u32) -> Publisher {
+        Publisher::spawn(url, Picture::Hd, Some(secs))
+    }
+
     fn spawn(url: &str, picture: Picture, secs: Option<u32>) -> Publisher {
         Publisher::spawn_as(url, picture, secs, "flv")
     }

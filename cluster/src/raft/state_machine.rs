@@ -286,6 +286,7 @@ mod tests {
             verify_key: None,
             settings: Default::default(),
             quotas: Default::default(),
+            storage: None,
         };
         Entry {
             log_id: log_id(1, 1, index),

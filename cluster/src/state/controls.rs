@@ -301,10 +301,14 @@ impl Tenants {
         name: &AppName,
         playback: Option<Playback>,
         backstage_by_default: Option<bool>,
+        record: Option<super::RecordMode>,
     ) -> CommandResponse {
         let Some(app) = self.apps.get_mut(name) else {
             return not_found(format!("app {name}"));
         };
+        if let Some(r) = record {
+            app.settings.record = r;
+        }
         if let Some(p) = playback {
             app.settings.playback = p;
         }
@@ -531,6 +535,9 @@ pub struct AppSettings {
     pub playback: Playback,
     #[serde(default)]
     pub backstage_by_default: bool,
+    /// Whether every room is recorded.
+    #[serde(default)]
+    pub record: super::RecordMode,
 }
 
 fn refused(why: String) -> CommandResponse {
@@ -702,6 +709,7 @@ mod tests {
             app: name("a"),
             playback: None,
             backstage_by_default: Some(true),
+            record: None,
         });
         assert_eq!(
             s.tenants.room_state(&name("a"), &room, true),

@@ -11,6 +11,7 @@
 pub mod controls;
 pub mod membership;
 pub mod placement;
+pub mod recordings;
 pub mod registry;
 pub mod tenants;
 
@@ -23,6 +24,10 @@ pub use controls::{
 };
 pub use membership::{ClusterCa, JoinToken, Membership, RevokedCert, JOIN_TOKEN_UNKNOWN};
 pub use placement::{room_key, Placement, Placements};
+pub use recordings::{
+    PartState, RecordMode, Recording, RecordingChange, RecordingPart, RecordingState, Recordings,
+    Storage, Uploaded,
+};
 pub use registry::{Heartbeat, NodeLoad, NodeRecord, NodeRole, Registry};
 pub use tenants::{
     AdminUser, ApiKey, App, AppSecrets, Ingress, IngressKind, IngressStatus, Tenants,
@@ -160,6 +165,18 @@ pub enum Command {
         playback: Option<Playback>,
         #[serde(default)]
         backstage_by_default: Option<bool>,
+        #[serde(default)]
+        record: Option<RecordMode>,
+    },
+    /// Sets (or, with `None`, removes) an app's recording storage.
+    SetStorage {
+        app: AppName,
+        storage: Option<Storage>,
+    },
+    /// A change to recording `id` (see [`RecordingChange`]).
+    Recording {
+        id: String,
+        change: RecordingChange,
     },
     /// Replaces an app's quotas.
     SetQuotas {
@@ -238,6 +255,8 @@ pub struct ClusterState {
     pub placements: Placements,
     #[serde(flatten)]
     pub membership: Membership,
+    #[serde(flatten)]
+    pub recordings: Recordings,
 }
 
 impl ClusterState {
@@ -249,7 +268,13 @@ impl ClusterState {
             Command::UpdateApp { name, display_name } => {
                 self.tenants.update_app(name, display_name)
             }
-            Command::DeleteApp { name } => self.tenants.delete_app(name),
+            Command::DeleteApp { name } => {
+                let r = self.tenants.delete_app(name);
+                if r == CommandResponse::Ok {
+                    self.recordings.forget_app(name);
+                }
+                r
+            }
             Command::CreateApiKey(key) => self.tenants.create_api_key(key),
             Command::DeleteApiKey { id } => self.tenants.delete_api_key(id),
             Command::CreateIngress(ing) => self.tenants.create_ingress(ing),
@@ -350,9 +375,25 @@ impl ClusterState {
                 app,
                 playback,
                 backstage_by_default,
+                record,
             } => self
                 .tenants
-                .set_app_settings(app, *playback, *backstage_by_default),
+                .set_app_settings(app, *playback, *backstage_by_default, *record),
+            Command::SetStorage { app, storage } => match self.tenants.apps.get_mut(app) {
+                Some(a) => {
+                    a.storage.clone_from(storage);
+                    CommandResponse::Ok
+                }
+                None => not_found(format!("app {app}")),
+            },
+            Command::Recording { id, change } => {
+                let app = match change {
+                    RecordingChange::Start { app, .. } => self.tenants.apps.get(app),
+                    _ => None,
+                };
+                let hours = app.and_then(|a| a.quotas.recording_hours_per_month);
+                self.recordings.apply(id, change, app.is_some(), hours)
+            }
             Command::SetQuotas { app, quotas } => self.tenants.set_quotas(app, quotas),
             Command::CreateRoom(room) => self.tenants.create_room(room),
             Command::DeleteRoom { app, room } => self.tenants.delete_room(app, room),

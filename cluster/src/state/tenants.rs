@@ -46,6 +46,9 @@ pub struct App {
     /// Limits; unlimited by default.
     #[serde(default)]
     pub quotas: Quotas,
+    /// The S3 bucket its recordings go to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<super::Storage>,
 }
 
 /// An app's secrets as sealed by the leader for a state written before they were sealed.
@@ -347,6 +350,7 @@ pub(crate) mod tests {
             verify_key: None,
             settings: AppSettings::default(),
             quotas: Quotas::default(),
+            storage: None,
         }
     }
 

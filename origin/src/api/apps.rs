@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use streamhub_cluster::state::{App, Command, Playback, Quotas};
+use streamhub_cluster::state::{App, Command, Playback, Quotas, RecordMode};
 use streamhub_shared::AppName;
 
 use super::{data, data_with, ApiError, Json, Principal};
@@ -30,6 +30,8 @@ pub struct UpdateApp {
     display_name: Option<Option<String>>,
     playback: Option<Playback>,
     backstage_by_default: Option<bool>,
+    /// `off` | `always`.
+    record: Option<RecordMode>,
 }
 
 /// A field that is present (even `null`) is `Some`.
@@ -49,6 +51,9 @@ pub struct AppView {
     created_at_ms: u64,
     playback: Playback,
     backstage_by_default: bool,
+    record: RecordMode,
+    /// Whether recordings have somewhere to go (see `GET /apps/:app/storage`).
+    storage: bool,
 }
 
 impl From<&App> for AppView {
@@ -61,6 +66,8 @@ impl From<&App> for AppView {
             created_at_ms: a.created_at_ms,
             playback: a.settings.playback,
             backstage_by_default: a.settings.backstage_by_default,
+            record: a.settings.record,
+            storage: a.storage.is_some(),
         }
     }
 }
@@ -151,15 +158,16 @@ pub async fn update(
             })
             .await?;
     }
-    if req.playback.is_some() || req.backstage_by_default.is_some() {
+    if req.playback.is_some() || req.backstage_by_default.is_some() || req.record.is_some() {
         tenants
             .write(Command::SetAppSettings {
                 app: app.clone(),
                 playback: req.playback,
                 backstage_by_default: req.backstage_by_default,
+                record: req.record,
             })
             .await?;
-        tracing::info!(%app, playback = ?req.playback, backstage_by_default = ?req.backstage_by_default, "app settings changed");
+        tracing::info!(%app, playback = ?req.playback, backstage_by_default = ?req.backstage_by_default, record = ?req.record, "app settings changed");
     }
     Ok(data(AppView::from(&load_app(&tenants, &app)?)))
 }

@@ -7,6 +7,7 @@ mod auth;
 mod cluster;
 mod ingress;
 mod keys;
+mod recordings;
 mod rooms;
 mod tokens;
 mod users;
@@ -63,6 +64,22 @@ pub fn router(services: Services) -> Router {
         .route("/apps/{app}/rooms/{room}/go-live", post(rooms::go_live))
         .route("/apps/{app}/rooms/{room}/stop-live", post(rooms::stop_live))
         .route(
+            "/apps/{app}/rooms/{room}/recording",
+            post(recordings::start).delete(recordings::stop),
+        )
+        .route(
+            "/apps/{app}/storage",
+            get(recordings::get_storage)
+                .put(recordings::put_storage)
+                .delete(recordings::delete_storage),
+        )
+        .route("/apps/{app}/storage/test", post(recordings::test_storage))
+        .route("/apps/{app}/recordings", get(recordings::list))
+        .route(
+            "/apps/{app}/recordings/{id}",
+            get(recordings::get).delete(recordings::delete),
+        )
+        .route(
             "/apps/{app}/ws-ingest",
             post(ws_ingest::create).get(ws_ingest::list),
         )
@@ -85,8 +102,12 @@ pub fn router(services: Services) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::audit::layer))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .with_state(services.clone());
+    // A recording's VOD playlist: public, the URL carries its own signature and expiry.
+    let vod = Router::new()
+        .route("/vod/{app}/{id}/{file}", get(recordings::playlist))
         .with_state(services);
-    Router::new().nest("/api/v1", v1)
+    Router::new().nest("/api/v1", v1).merge(vod)
 }
 
 async fn not_found() -> ApiError {

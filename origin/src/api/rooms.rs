@@ -296,12 +296,24 @@ pub async fn go_live(
     .await?;
     let mut view = room_view(&tenants, &live, &app, &room)
         .ok_or_else(|| ApiError::NotFound(format!("room {app}/{room}")))?;
-    // Recording lands with the recording issue: the flag is kept and reported.
-    view["recording"] = json!({
-        "requested": record,
-        "available": false,
-        "reason": "recording is not available in this version",
-    });
+    if record {
+        let has_storage = tenants.read(|s| {
+            s.tenants
+                .apps
+                .get(&app)
+                .is_some_and(|a| a.storage.is_some())
+        });
+        view["recording"] = if has_storage {
+            let id = super::recordings::start_recording(&tenants, &app, &room).await?;
+            json!({"requested": true, "id": id, "state": "recording"})
+        } else {
+            json!({
+                "requested": true,
+                "available": false,
+                "reason": format!("app {app} has no storage: PUT /api/v1/apps/{app}/storage"),
+            })
+        };
+    }
     Ok(data(view))
 }
 

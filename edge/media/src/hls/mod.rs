@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use streamhub_shared::media::{MediaConsumer, RecvError, TrackInfo};
 use streamhub_shared::{AppName, RoomName};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 pub use cache::{MediaCache, MediaKey};
 pub use http::{router, HlsStats};
@@ -29,6 +29,27 @@ pub use segmenter::{Output, Part, Resync, Segment, Segmenter};
 /// How long an ended room stays servable (its playlist carries `#EXT-X-ENDLIST`) before
 /// [`HlsRegistry::sweep`] removes it, unless a publisher restarts it.
 pub const ENDED_ROOM_TTL: Duration = Duration::from_secs(60);
+
+/// Complete segments a recorder may fall behind by before it loses some (a few minutes of
+/// media at the usual segment lengths).
+pub const RECORD_BACKLOG: usize = 64;
+
+/// What a room's recorders get ([`HlsRoom::record`]), in order.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// A complete segment and the init segment that decodes it.
+    Segment {
+        /// The init segment's content id: a new id starts a new MP4.
+        init_id: u32,
+        init: Bytes,
+        duration_secs: f64,
+        discontinuity: bool,
+        /// The segment's fragments (`moof` + `mdat` each).
+        data: Bytes,
+    },
+    /// The publisher session ended.
+    Ended,
+}
 
 /// HLS packaging settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +104,7 @@ pub struct HlsRoom {
     // A std Mutex: every access is a few field reads or one render, never across an `.await`.
     state: Mutex<RoomState>,
     progress: watch::Sender<Progress>,
+    recorded: broadcast::Sender<Recorded>,
 }
 
 #[derive(Debug)]
@@ -110,7 +132,14 @@ impl HlsRoom {
                 ended_at: None,
             }),
             progress: watch::channel(Progress::default()).0,
+            recorded: broadcast::channel(RECORD_BACKLOG).0,
         }
+    }
+
+    /// Every complete segment from now on, with its init segment, and the end of each
+    /// publisher session: what a recorder writes (the fragments HLS serves, no second encode).
+    pub fn record(&self) -> broadcast::Receiver<Recorded> {
+        self.recorded.subscribe()
     }
 
     fn state(&self) -> MutexGuard<'_, RoomState> {
@@ -224,6 +253,18 @@ impl HlsRoom {
             segment.discontinuity,
             init,
         );
+        if self.recorded.receiver_count() > 0 {
+            if let Some((_, bytes)) = state.inits.iter().find(|(n, _)| *n == init) {
+                // No recorder listening is the only way this fails.
+                let _ = self.recorded.send(Recorded::Segment {
+                    init_id: init,
+                    init: bytes.clone(),
+                    duration_secs: segment.duration_secs,
+                    discontinuity: segment.discontinuity,
+                    data: segment.data.clone(),
+                });
+            }
+        }
         self.cache
             .insert(MediaKey::Segment { room: self.id, msn }, segment.data);
         // Drop init segments no held segment needs any more (the current one always stays).
@@ -257,6 +298,7 @@ impl HlsRoom {
         if state.session == session {
             state.playlist.end();
             state.ended_at = Some(now);
+            let _ = self.recorded.send(Recorded::Ended);
         }
         self.notify(state);
     }
