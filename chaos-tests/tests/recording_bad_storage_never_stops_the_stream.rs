@@ -12,19 +12,16 @@ use streamhub_chaos_tests::{chaos_seed, hls, poll, Api, Cluster, Publisher};
 use streamhub_testkit::s3::{self, S3Server};
 
 async fn put_storage(admin: &Api, app: &str, endpoint: &str, bucket: &str, secret: &str) {
+    let body = json!({
+        "endpoint": endpoint,
+        "region": "us-east-1",
+        "bucket": bucket,
+        "pathStyle": true,
+        "accessKeyId": s3::ACCESS_KEY,
+        "secretAccessKey": secret,
+    });
     let r = admin
-        .send(
-            admin
-                .request(reqwest::Method::PUT, &format!("/apps/{app}/storage"))
-                .json(&json!({
-                    "endpoint": endpoint,
-                    "region": "us-east-1",
-                    "bucket": bucket,
-                    "pathStyle": true,
-                    "accessKeyId": s3::ACCESS_KEY,
-                    "secretAccessKey": secret,
-                })),
-        )
+        .put(&format!("/apps/{app}/storage"), body)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

@@ -25,18 +25,7 @@ async fn recording_survives_an_s3_outage() {
     let admin = c.admin(0).await;
     assert_eq!(admin.create_app("rec").await.unwrap().status, 201);
     let r = admin
-        .send(
-            admin
-                .request(reqwest::Method::PUT, "/apps/rec/storage")
-                .json(&json!({
-                    "endpoint": s3.endpoint(),
-                    "region": "us-east-1",
-                    "bucket": s3::BUCKET,
-                    "pathStyle": true,
-                    "accessKeyId": s3::ACCESS_KEY,
-                    "secretAccessKey": s3::SECRET_KEY,
-                })),
-        )
+        .put("/apps/rec/storage", s3.storage(s3::BUCKET, s3::SECRET_KEY))
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

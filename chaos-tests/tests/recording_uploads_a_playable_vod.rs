@@ -16,21 +16,12 @@ const SECS: u32 = 30;
 /// testsrc's rate.
 const FPS: u64 = 25;
 
-pub async fn put_storage(admin: &Api, app: &str, s3: &S3Server, secret: &str) -> Value {
+/// Sets app `app`'s storage on `s3` with the given prefix and secret; the answer.
+async fn put_storage(admin: &Api, app: &str, s3: &S3Server, secret: &str) -> Value {
+    let mut body = s3.storage(s3::BUCKET, secret);
+    body["prefix"] = json!("tenant-a");
     let r = admin
-        .send(
-            admin
-                .request(reqwest::Method::PUT, &format!("/apps/{app}/storage"))
-                .json(&json!({
-                    "endpoint": s3.endpoint(),
-                    "region": "us-east-1",
-                    "bucket": s3::BUCKET,
-                    "prefix": "tenant-a",
-                    "pathStyle": true,
-                    "accessKeyId": s3::ACCESS_KEY,
-                    "secretAccessKey": secret,
-                })),
-        )
+        .put(&format!("/apps/{app}/storage"), body)
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");

@@ -162,6 +162,11 @@ impl Api {
     }
 
     /// `DELETE /api/v1<path>`.
+    pub async fn put(&self, path: &str, body: Value) -> anyhow::Result<Reply> {
+        self.send(self.request(reqwest::Method::PUT, path).json(&body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         self.send(self.request(reqwest::Method::DELETE, path)).await
     }

@@ -48,6 +48,19 @@ impl S3Server {
         Ok(s)
     }
 
+    /// The body of `PUT /api/v1/apps/:app/storage` for `bucket` on this server, signed with
+    /// `secret` (path-style, as s3s-fs needs).
+    pub fn storage(&self, bucket: &str, secret: &str) -> serde_json::Value {
+        serde_json::json!({
+            "endpoint": self.endpoint(),
+            "region": "us-east-1",
+            "bucket": bucket,
+            "pathStyle": true,
+            "accessKeyId": ACCESS_KEY,
+            "secretAccessKey": secret,
+        })
+    }
+
     /// The server's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -51,15 +51,7 @@ async fn main() {
         keys.push(admin.rtmp_ingress(app, "bench").await.unwrap());
     }
     let r = admin
-        .send(
-            admin
-                .request(reqwest::Method::PUT, "/apps/rec/storage")
-                .json(&json!({
-                    "endpoint": s3.endpoint(), "region": "us-east-1", "bucket": s3::BUCKET,
-                    "pathStyle": true, "accessKeyId": s3::ACCESS_KEY,
-                    "secretAccessKey": s3::SECRET_KEY,
-                })),
-        )
+        .put("/apps/rec/storage", s3.storage(s3::BUCKET, s3::SECRET_KEY))
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{r:?}");
