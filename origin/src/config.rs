@@ -41,6 +41,11 @@ pub struct OriginArgs {
     /// Size of the S3 parts recordings are uploaded in, in MiB (5 to 64) [default: 8].
     #[arg(long, env = "STREAMHUB_RECORD_PART_MB")]
     pub record_part_mb: Option<u64>,
+    /// How long a recording waits for its room to come back after the origin recording it
+    /// stopped (or before its room first goes live), in seconds; past it the recording ends
+    /// [default: 120].
+    #[arg(long, env = "STREAMHUB_RECORD_RESUME_SECS")]
+    pub record_resume_secs: Option<u64>,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
@@ -62,6 +67,7 @@ impl BinaryArgs for OriginArgs {
             authz_enforce: self.authz_enforce.or(file.authz_enforce),
             record_spool_mb: self.record_spool_mb.or(file.record_spool_mb),
             record_part_mb: self.record_part_mb.or(file.record_part_mb),
+            record_resume_secs: self.record_resume_secs.or(file.record_resume_secs),
         }
     }
 }
@@ -82,6 +88,8 @@ pub struct Settings {
     pub record_spool_bytes: u64,
     /// The S3 part size of recordings, in bytes.
     pub record_part_bytes: u64,
+    /// How long a recording whose room is not live anywhere waits for it.
+    pub record_resume: std::time::Duration,
 }
 
 impl OriginArgs {
@@ -123,7 +131,12 @@ impl OriginArgs {
                 "must hold at least four parts (--record-part-mb)",
             ));
         }
+        let resume_secs = self.record_resume_secs.unwrap_or(120);
+        if !(10..=86_400).contains(&resume_secs) {
+            return Err(invalid("record-resume-secs", "must be 10 to 86400"));
+        }
         Ok(Settings {
+            record_resume: std::time::Duration::from_secs(resume_secs),
             record_spool_bytes: spool_mb * 1024 * 1024,
             record_part_bytes: part_mb * 1024 * 1024,
             node,

@@ -110,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             spool_dir: s.data_dir.join("recordings"),
             spool_bytes: settings.record_spool_bytes,
             part_bytes: settings.record_part_bytes,
+            resume: settings.record_resume,
         },
         tasks.clone(),
     );

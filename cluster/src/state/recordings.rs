@@ -75,9 +75,10 @@ pub enum RecordingState {
 }
 
 impl RecordingState {
-    /// Whether the recording will not change any more.
+    /// Whether the state ends a recording by itself (`partial` does once the recording is
+    /// stopped: before that, the room may come back and continue it).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Ready | Self::Partial | Self::Failed)
+        matches!(self, Self::Ready | Self::Failed)
     }
 }
 
@@ -129,6 +130,10 @@ pub struct RecordingPart {
     pub started_at_ms: u64,
     #[serde(default)]
     pub uploaded: Vec<Uploaded>,
+    /// For the spooled remainder of a part whose node stopped (its upload was completed by
+    /// another origin with what had landed): the index of that part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<u32>,
 }
 
 impl RecordingPart {
@@ -175,9 +180,64 @@ impl Recording {
         self.parts.iter().map(RecordingPart::bytes).sum()
     }
 
-    /// Whether media still goes into it.
+    /// Whether media still goes into it: it is recording, or it is `partial` because the
+    /// origin recording it stopped and the room may come back to continue it.
     pub fn is_recording(&self) -> bool {
-        self.state == RecordingState::Recording && self.stopped_at_ms.is_none()
+        self.stopped_at_ms.is_none()
+            && matches!(
+                self.state,
+                RecordingState::Recording | RecordingState::Partial
+            )
+    }
+
+    /// Whether it will not change any more (but for the spooled remainder of a part whose
+    /// origin stopped, added as a part of its own).
+    pub fn is_settled(&self) -> bool {
+        self.state.is_final()
+            || (self.state == RecordingState::Partial && self.stopped_at_ms.is_some())
+    }
+
+    /// The parts with an object in the bucket, in media order (a remainder uploaded after a
+    /// restart plays before the part that continued the room on another origin).
+    pub fn playable_parts(&self) -> Vec<&RecordingPart> {
+        let mut parts: Vec<&RecordingPart> = self
+            .parts
+            .iter()
+            .filter(|p| {
+                matches!(p.state, PartState::Complete | PartState::Partial)
+                    && !p.uploaded.is_empty()
+            })
+            .collect();
+        parts.sort_by_key(|p| (p.started_at_ms, p.index));
+        parts
+    }
+
+    /// What the recording's parts make it once nothing more is uploaded: `None` while a part
+    /// is still open. `lost` says media was lost before it reached the spool.
+    pub fn outcome(&self, lost: bool) -> Option<(RecordingState, Option<String>)> {
+        if self.parts.iter().any(|p| p.state == PartState::Open) {
+            return None;
+        }
+        let playable = !self.playable_parts().is_empty();
+        let whole = self.parts.iter().all(|p| p.state == PartState::Complete);
+        Some(if !playable {
+            let why = if self.parts.is_empty() {
+                "no media was recorded".to_string()
+            } else {
+                self.reason
+                    .clone()
+                    .unwrap_or_else(|| "no part was uploaded".into())
+            };
+            (RecordingState::Failed, Some(why))
+        } else if whole && !lost && self.reason.is_none() {
+            (RecordingState::Ready, None)
+        } else {
+            let why = self
+                .reason
+                .clone()
+                .unwrap_or_else(|| "some media was lost".into());
+            (RecordingState::Partial, Some(why))
+        })
     }
 }
 
@@ -306,20 +366,31 @@ impl Recordings {
             RecordingChange::Stop { at_ms } => {
                 if rec.stopped_at_ms.is_none() {
                     rec.stopped_at_ms = Some(*at_ms);
-                }
-                if rec.state == RecordingState::Recording {
-                    rec.state = RecordingState::Uploading;
+                    // Settled again once its open parts are done.
+                    if matches!(
+                        rec.state,
+                        RecordingState::Recording | RecordingState::Partial
+                    ) {
+                        rec.state = RecordingState::Uploading;
+                    }
                 }
             }
             RecordingChange::OpenPart(part) => {
                 if rec.state.is_final() {
                     return refused(format!("recording {id} is {:?}", rec.state));
                 }
+                if part.continues.is_none() && !rec.is_recording() {
+                    return refused(format!("recording {id} is stopped"));
+                }
                 if rec.parts.len() >= MAX_PARTS {
                     return refused(format!("recording {id} has {MAX_PARTS} parts"));
                 }
                 if rec.parts.iter().any(|p| p.index == part.index) {
                     return exists(format!("part {} of recording {id}", part.index));
+                }
+                if part.continues.is_none() && rec.state == RecordingState::Partial {
+                    // The room came back: the recording goes on (it settles `partial`).
+                    rec.state = RecordingState::Recording;
                 }
                 rec.parts.push(part.clone());
             }
@@ -388,7 +459,113 @@ mod tests {
             tracks: vec!["avc1.42c01f".into()],
             started_at_ms: 0,
             uploaded: Vec::new(),
+            continues: None,
         }
+    }
+
+    fn landed(index: u32, number: u32) -> RecordingChange {
+        RecordingChange::Uploaded {
+            index,
+            uploaded: Uploaded {
+                number,
+                etag: "e".into(),
+                bytes: 5,
+                fragments: vec![[2000, 5]],
+            },
+        }
+    }
+
+    fn close(index: u32, state: PartState) -> RecordingChange {
+        RecordingChange::ClosePart { index, state }
+    }
+
+    #[test]
+    fn a_dead_origins_part_is_partial_and_the_room_continues_the_recording() {
+        let (app, room) = names();
+        let mut r = Recordings::default();
+        let start = RecordingChange::Start {
+            app: app.clone(),
+            room: room.clone(),
+            at_ms: 0,
+        };
+        r.apply("r1", &start, true, None);
+        r.apply("r1", &RecordingChange::OpenPart(part(0)), true, None);
+        r.apply("r1", &landed(0, 1), true, None);
+        assert_eq!(r.recordings["r1"].outcome(false), None, "a part is open");
+        // The origin died: another completed its upload with what had landed.
+        r.apply("r1", &close(0, PartState::Partial), true, None);
+        let partial = RecordingChange::SetState {
+            state: RecordingState::Partial,
+            reason: Some("o1 stopped".into()),
+        };
+        assert_eq!(r.apply("r1", &partial, true, None), CommandResponse::Ok);
+        let rec = &r.recordings["r1"];
+        assert!(
+            rec.is_recording() && !rec.is_settled(),
+            "the room may come back"
+        );
+        assert_eq!(r.active(&app, &room).map(|r| r.id.as_str()), Some("r1"));
+        // The spooled remainder, uploaded after the restart, plays before the room's next part.
+        let mut remainder = part(1);
+        remainder.continues = Some(0);
+        remainder.started_at_ms = 2000;
+        r.apply("r1", &RecordingChange::OpenPart(remainder), true, None);
+        assert_eq!(r.recordings["r1"].state, RecordingState::Partial);
+        let mut next = part(2);
+        next.node = "o2".into();
+        next.started_at_ms = 1000;
+        r.apply("r1", &RecordingChange::OpenPart(next), true, None);
+        assert_eq!(r.recordings["r1"].state, RecordingState::Recording);
+        for i in [1, 2] {
+            r.apply("r1", &landed(i, 1), true, None);
+            r.apply("r1", &close(i, PartState::Complete), true, None);
+        }
+        let order: Vec<u32> = r.recordings["r1"]
+            .playable_parts()
+            .iter()
+            .map(|p| p.index)
+            .collect();
+        assert_eq!(order, vec![0, 2, 1], "by the time each part's media starts");
+        r.apply("r1", &RecordingChange::Stop { at_ms: 9 }, true, None);
+        let (state, _) = r.recordings["r1"].outcome(false).unwrap();
+        assert_eq!(state, RecordingState::Partial, "part 0 lost its tail");
+        // Stopped: only a remainder may still be added.
+        assert!(matches!(
+            r.apply("r1", &RecordingChange::OpenPart(part(3)), true, None),
+            CommandResponse::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn outcome_of_whole_and_empty_recordings() {
+        let (app, _) = names();
+        let mut r = Recordings::default();
+        let start = |id: &str, r: &mut Recordings| {
+            let change = RecordingChange::Start {
+                app: app.clone(),
+                room: RoomName::new(id).unwrap(),
+                at_ms: 0,
+            };
+            r.apply(id, &change, true, None);
+        };
+        start("whole", &mut r);
+        r.apply("whole", &RecordingChange::OpenPart(part(0)), true, None);
+        r.apply("whole", &landed(0, 1), true, None);
+        r.apply("whole", &close(0, PartState::Complete), true, None);
+        assert_eq!(
+            r.recordings["whole"].outcome(false),
+            Some((RecordingState::Ready, None))
+        );
+        assert_eq!(
+            r.recordings["whole"].outcome(true).map(|o| o.0),
+            Some(RecordingState::Partial),
+            "segments lost before the spool"
+        );
+        start("empty", &mut r);
+        assert_eq!(
+            r.recordings["empty"].outcome(false).map(|o| o.0),
+            Some(RecordingState::Failed)
+        );
     }
 
     #[test]

@@ -14,9 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use streamhub_cluster::seal::place;
-use streamhub_cluster::state::{
-    Command, PartState, Recording, RecordingChange, RecordingPart, Storage,
-};
+use streamhub_cluster::state::{Command, PartState, Recording, RecordingChange, Storage};
 use streamhub_shared::{AppName, RoomName};
 
 use super::apps::{authorize_app, load_app};
@@ -318,6 +316,7 @@ fn view(rec: &Recording, urls: Option<Value>) -> Value {
             "durationMs": p.duration_ms(),
             "bytes": p.bytes(),
             "startedAtMs": p.started_at_ms,
+            "continues": p.continues,
         })).collect::<Vec<_>>(),
     });
     if let Some(stopped) = rec.stopped_at_ms {
@@ -416,7 +415,7 @@ pub async fn get(
 ) -> Result<axum::Json<Value>, ApiError> {
     let app = authorize_app(&who, &app, Action::Read)?;
     let rec = recording(&tenants, &app, &id)?;
-    let playable: Vec<&RecordingPart> = rec.parts.iter().filter(|p| vod::has_object(p)).collect();
+    let playable = rec.playable_parts();
     let links = if playable.is_empty() {
         None
     } else {
@@ -519,7 +518,7 @@ pub async fn playlist(
     let store = Store::new(&bucket);
     let ttl = Duration::from_secs(q.exp.saturating_sub(now).max(60));
     let mut parts = Vec::new();
-    for p in rec.parts.iter().filter(|p| vod::has_object(p)) {
+    for p in rec.playable_parts() {
         let url = store
             .presign_get(&p.key, ttl)
             .await

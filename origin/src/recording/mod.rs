@@ -12,17 +12,23 @@
 //!   retried with backoff and jitter while S3 is unreachable (the spool is bounded per node);
 //!   an origin that restarts uploads what its spool holds, with the upload ids the state and
 //!   the spool keep.
+//! - An origin that dies mid-recording: the leader's janitor ([`Inner::janitor`]) completes its
+//!   open uploads with the S3 parts that landed (the part is `partial`, and plays) and keeps the
+//!   recording open for the room to come back (`--record-resume-secs`): the origin that takes
+//!   the room continues the recording as its next part. When the dead origin restarts, what its
+//!   spool kept is uploaded as a part of its own that `continues` the partial one.
 
 pub mod s3;
 pub mod spool;
 pub mod vod;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use streamhub_cluster::backoff::Backoff;
+use streamhub_cluster::registry::{self, NODE_TTL_MS};
 use streamhub_cluster::seal::place;
 use streamhub_cluster::state::{
     Command, PartState, RecordMode, Recording, RecordingChange, RecordingPart, RecordingState,
@@ -36,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::credentials::{random_hex, unix_now_ms};
-use crate::tenants::Tenants;
+use crate::tenants::{Tenants, WriteError};
 use s3::{Bucket, S3Failure, Store};
 use spool::{Budget, PartMeta, PartWriter, SpoolError, SpooledPart};
 
@@ -47,7 +53,18 @@ pub struct RecorderConfig {
     pub spool_dir: PathBuf,
     pub spool_bytes: u64,
     pub part_bytes: u64,
+    /// How long a recording whose room is live nowhere waits for it.
+    pub resume: Duration,
 }
+
+/// How often the leader's janitor looks for the parts of dead origins.
+const JANITOR_EVERY: Duration = Duration::from_secs(2);
+/// A stopped recording whose parts are all closed and that nobody settled (its last uploader
+/// died) is settled by the janitor this long after it stopped.
+const SETTLE_GRACE_MS: u64 = 15_000;
+/// An upload gone while the state still calls its part open (nobody closed it) is closed by
+/// its own origin after this.
+const GONE_GRACE: Duration = Duration::from_secs(30);
 
 /// Retries of one S3 call start here and back off to [`RETRY_CAP`].
 const RETRY_BASE: Duration = Duration::from_secs(1);
@@ -82,6 +99,23 @@ struct Inner {
     wake: Notify,
     /// Bytes uploaded to S3 since the start.
     uploaded: std::sync::atomic::AtomicU64,
+    /// The janitor's view (it runs on the leader only).
+    janitor: Mutex<Janitor>,
+}
+
+/// What the leader's janitor keeps between rounds.
+#[derive(Default)]
+struct Janitor {
+    /// Since when this origin leads (the janitor waits a heartbeat TTL before it calls a node
+    /// dead: a new leader has not heard the heartbeats yet).
+    leading_since: Option<Instant>,
+    last_round: Option<Instant>,
+    /// Parts of dead origins being closed now: `(recording, index)`.
+    closing: HashSet<(String, u32)>,
+    /// Recordings whose room is live nowhere, since when.
+    orphans: HashMap<String, Instant>,
+    /// Recordings being settled now.
+    settling: HashSet<String>,
 }
 
 impl Recorder {
@@ -97,6 +131,7 @@ impl Recorder {
             tasks,
             wake: Notify::new(),
             uploaded: Default::default(),
+            janitor: Mutex::default(),
         }))
     }
 
@@ -143,6 +178,9 @@ impl Recorder {
             self.0.tasks.spawn(async move {
                 match start(&inner.tenants, &app, &room).await {
                     Ok(id) => tracing::info!(%app, %room, id, "recording (the app records always)"),
+                    // A recording of the room waits for it (its origin died, or it was started
+                    // before the room went live): it continues, from these early segments.
+                    Err(WriteError::Exists(_)) => {}
                     Err(why) => {
                         tracing::info!(%app, %room, %why, "not recording");
                         // Nobody will read the early segments: do not hold them.
@@ -176,14 +214,16 @@ impl Recorder {
     /// for until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = self.0.clone();
+        // The spool is read against the replicated state: as fresh as the cluster's first.
+        inner.tenants.fresh().await;
         match spool::recover(&inner.config.spool_dir, &inner.budget).await {
             Ok(parts) => {
-                for part in parts {
+                for (part, crashed) in parts {
                     let inner = inner.clone();
                     inner
                         .tasks
                         .clone()
-                        .spawn(async move { inner.resume(part).await });
+                        .spawn(async move { inner.resume(part, crashed).await });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the recording spool"),
@@ -196,6 +236,7 @@ impl Recorder {
                 _ = inner.wake.notified() => {}
             }
             inner.reconcile();
+            inner.janitor();
         }
         for token in inner
             .running
@@ -328,7 +369,7 @@ impl Inner {
         // A final state keeps the reason it ended with.
         if self
             .recording(id)
-            .is_some_and(|r| r.reason != reason && !r.state.is_final())
+            .is_some_and(|r| r.reason != reason && !r.is_settled())
         {
             self.change(id, RecordingChange::SetReason { reason }).await;
         }
@@ -397,6 +438,8 @@ impl Inner {
                                 tracks: tracks(&live.media),
                                 started_at_ms: unix_now_ms(),
                                 upload_id: None,
+                                continues: None,
+                                chunk_base: 0,
                             };
                             next_index += 1;
                             match PartWriter::create(&self.config.spool_dir, &meta, &init, self.config.part_bytes, self.budget.clone()).await {
@@ -457,10 +500,7 @@ impl Inner {
         if let Some((_, w, wake)) = writer.take() {
             self.finish_writer(id, w, &wake).await;
         }
-        let mut states = Vec::new();
-        while let Some(r) = uploads.join_next().await {
-            states.push(r.unwrap_or(PartState::Failed));
-        }
+        while uploads.join_next().await.is_some() {}
         if self
             .recording(id)
             .is_none_or(|r| r.state == RecordingState::Failed)
@@ -468,7 +508,7 @@ impl Inner {
             // Nothing more will be uploaded: free what is left in the spool.
             self.forget_spool(id).await;
         }
-        self.settle(id, &states, lost).await;
+        self.settle(id, lost > 0).await;
     }
 
     /// Removes every spooled part of recording `id`.
@@ -493,37 +533,19 @@ impl Inner {
         wake.notify_one();
     }
 
-    /// The final state of a recording once its parts are settled here.
-    async fn settle(&self, id: &str, parts: &[PartState], lost: u64) {
+    /// Gives a stopped recording its final state once no part of it is open (on any origin):
+    /// `ready`, `partial` or `failed`. `lost` says media was lost here before the spool.
+    async fn settle(&self, id: &str, lost: bool) {
         let Some(rec) = self.recording(id) else {
             return;
         };
-        if rec.state == RecordingState::Failed {
+        if rec.is_recording() || rec.is_settled() {
+            // Still recorded (elsewhere, or the room may come back), or settled already.
             return;
         }
-        if rec.is_recording() {
-            // Stopped here (the room moved, or this node stops) while the recording goes on.
+        let Some((state, reason)) = rec.outcome(lost) else {
+            // A part is still uploading; whoever finishes it settles.
             return;
-        }
-        let complete = parts.iter().filter(|p| **p == PartState::Complete).count();
-        let (state, reason) = if parts.is_empty() {
-            (
-                RecordingState::Failed,
-                Some("no media was recorded".to_string()),
-            )
-        } else if complete == parts.len() && lost == 0 {
-            (RecordingState::Ready, None)
-        } else if complete > 0 || parts.contains(&PartState::Partial) {
-            (
-                RecordingState::Partial,
-                rec.reason
-                    .or_else(|| Some(format!("{lost} segments were lost"))),
-            )
-        } else {
-            (
-                RecordingState::Failed,
-                rec.reason.or_else(|| Some("no part was uploaded".into())),
-            )
         };
         tracing::info!(id, ?state, "recording settled");
         self.change(id, RecordingChange::SetState { state, reason })
@@ -532,7 +554,8 @@ impl Inner {
 
     /// Uploads one spooled part: its multipart upload, its chunks as they are sealed, then
     /// the completion. Retries what may succeed later; gives up (and fails the recording) on
-    /// what will not.
+    /// what will not. An upload another origin completed (this one was taken for dead) goes
+    /// on as a new part.
     async fn upload(
         &self,
         id: &str,
@@ -541,29 +564,54 @@ impl Inner {
         wake: Arc<Notify>,
         failed: CancellationToken,
     ) -> PartState {
-        match self.try_upload(id, &part, &store, &wake).await {
-            Ok(state) => state,
-            Err(e) => {
-                if let Ok(meta) = part.meta().await {
-                    if let Some(upload) = &meta.upload_id {
-                        let _ = store.abort_upload(&meta.key, upload).await;
+        let mut gone_since: Option<Instant> = None;
+        loop {
+            match self.try_upload(id, &part, &store, &wake).await {
+                Ok(state) => return state,
+                Err(S3Failure::UploadGone(why)) => {
+                    // The janitor completes the upload first, then closes the part in the state:
+                    // once the state says so, the rest goes to a new part. An upload gone while
+                    // the state still calls it open for long was lost some other way.
+                    let since = *gone_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= GONE_GRACE {
+                        tracing::warn!(id, %why, "the part's upload is gone; closing it");
+                        if let Ok(meta) = part.meta().await {
+                            let landed = !self.uploaded(id, meta.index).is_empty();
+                            let state = if landed {
+                                PartState::Partial
+                            } else {
+                                PartState::Failed
+                            };
+                            let index = meta.index;
+                            self.change(id, RecordingChange::ClosePart { index, state })
+                                .await;
+                        }
                     }
-                    self.change(
-                        id,
-                        RecordingChange::ClosePart {
-                            index: meta.index,
-                            state: PartState::Failed,
-                        },
-                    )
-                    .await;
+                    tokio::time::sleep(RETRY_BASE).await;
                 }
-                // A part still being written is removed by its recorder once its writer is done.
-                if part.is_ended().await {
-                    let _ = part.remove().await;
+                Err(e) => {
+                    if let Ok(meta) = part.meta().await {
+                        if let Some(upload) = &meta.upload_id {
+                            let _ = store.abort_upload(&meta.key, upload).await;
+                        }
+                        self.change(
+                            id,
+                            RecordingChange::ClosePart {
+                                index: meta.index,
+                                state: PartState::Failed,
+                            },
+                        )
+                        .await;
+                    }
+                    // A part still being written is removed by its recorder once its writer
+                    // is done.
+                    if part.is_ended().await {
+                        let _ = part.remove().await;
+                    }
+                    self.fail(id, format!("S3 {e}")).await;
+                    failed.cancel();
+                    return PartState::Failed;
                 }
-                self.fail(id, format!("S3 {e}")).await;
-                failed.cancel();
-                PartState::Failed
             }
         }
     }
@@ -612,56 +660,43 @@ impl Inner {
         wake: &Notify,
     ) -> Result<PartState, S3Failure> {
         let io = |e: std::io::Error| S3Failure::Other(format!("spool: {e}"));
-        let meta = part.meta().await.map_err(io)?;
-        let upload_id = match &meta.upload_id {
-            Some(u) => u.clone(),
-            None => {
-                let u = self
-                    .retry(id, "starting the upload", || async {
-                        store.bucket_exists().await?;
-                        store.create_upload(&meta.key).await
-                    })
-                    .await?;
-                part.set_upload_id(&u).await.map_err(io)?;
-                u
+        let Some((meta, upload_id)) = self.open_part(id, part, store).await? else {
+            if part.is_ended().await {
+                let _ = part.remove().await;
             }
+            return Ok(PartState::Failed);
         };
-        // Listed in the state once (again after a restart: `Exists` is fine).
-        let listed = self
-            .recording(id)
-            .is_some_and(|r| r.parts.iter().any(|p| p.index == meta.index));
-        if !listed {
-            self.change(
-                id,
-                RecordingChange::OpenPart(RecordingPart {
-                    index: meta.index,
-                    node: self.me.clone(),
-                    key: meta.key.clone(),
-                    upload_id: Some(upload_id.clone()),
-                    state: PartState::Open,
-                    init_size: meta.init_size,
-                    tracks: meta.tracks.clone(),
-                    started_at_ms: meta.started_at_ms,
-                    uploaded: Vec::new(),
-                }),
-            )
-            .await;
-        }
         loop {
             for n in part.sealed().await.map_err(io)? {
-                let done = self.uploaded(id, meta.index).iter().any(|u| u.number == n);
+                // The S3 part number (see `PartMeta::chunk_base`).
+                let Some(number) = n.checked_sub(meta.chunk_base).filter(|n| *n > 0) else {
+                    part.remove_chunk(n).await.map_err(io)?;
+                    continue;
+                };
+                let done = self
+                    .uploaded(id, meta.index)
+                    .iter()
+                    .any(|u| u.number == number);
                 if !done {
-                    let (data, fragments) = part.chunk(n).await.map_err(io)?;
+                    let (mut data, fragments) = part.chunk(n).await.map_err(io)?;
+                    if meta.continues.is_some() && number == 1 && n != 1 {
+                        // The first S3 part of a remainder's own object: the init segment first.
+                        let init = part.init().await.map_err(io)?;
+                        let mut both = bytes::BytesMut::with_capacity(init.len() + data.len());
+                        both.extend_from_slice(&init);
+                        both.extend_from_slice(&data);
+                        data = both.freeze();
+                    }
                     let bytes = data.len() as u64;
                     let etag = self
                         .retry(id, "uploading", || {
-                            store.upload_part(&meta.key, &upload_id, n, data.clone())
+                            store.upload_part(&meta.key, &upload_id, number, data.clone())
                         })
                         .await?;
                     self.uploaded
                         .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                     let uploaded = Uploaded {
-                        number: n,
+                        number,
                         etag,
                         bytes,
                         fragments,
@@ -697,6 +732,16 @@ impl Inner {
             .map(|u| (u.number, u.etag))
             .collect();
         parts.sort_unstable();
+        if parts.is_empty() {
+            // Nothing was spooled after the part's init (a remainder of nothing).
+            let _ = store.abort_upload(&meta.key, &upload_id).await;
+            let index = meta.index;
+            let state = PartState::Failed;
+            self.change(id, RecordingChange::ClosePart { index, state })
+                .await;
+            let _ = part.remove().await;
+            return Ok(state);
+        }
         self.retry(id, "completing the upload", || {
             store.complete_upload(&meta.key, &upload_id, &parts)
         })
@@ -719,6 +764,127 @@ impl Inner {
         Ok(PartState::Complete)
     }
 
+    /// The spooled part's upload, listed in the state as this origin's: begun (or found again
+    /// after a restart), moved to a free index when another part took its index, or turned into
+    /// a new part that continues it when another origin completed its upload (this origin was
+    /// taken for dead). `None`: the state refuses the part (the recording ended).
+    async fn open_part(
+        &self,
+        id: &str,
+        part: &SpooledPart,
+        store: &Store,
+    ) -> Result<Option<(PartMeta, String)>, S3Failure> {
+        let io = |e: std::io::Error| S3Failure::Other(format!("spool: {e}"));
+        loop {
+            let mut meta = part.meta().await.map_err(io)?;
+            let Some(rec) = self.recording(id) else {
+                if let Some(upload) = &meta.upload_id {
+                    let _ = store.abort_upload(&meta.key, upload).await;
+                }
+                return Ok(None);
+            };
+            let free_index = rec
+                .parts
+                .iter()
+                .map(|p| p.index + 1)
+                .max()
+                .unwrap_or(0)
+                .max(meta.index + 1);
+            let key =
+                |index: u32| store.key(&format!("{}/{}/{id}/part-{index}.mp4", rec.app, rec.room));
+            match rec.parts.iter().find(|p| p.index == meta.index) {
+                Some(p) if p.node == self.me && p.key == meta.key => {
+                    if p.state == PartState::Open {
+                        if let Some(upload) = p.upload_id.clone().or(meta.upload_id.clone()) {
+                            return Ok(Some((meta, upload)));
+                        }
+                    }
+                    // Closed by another origin: what is left here becomes a part of its own.
+                    // Chunks its object already holds (listed, not yet forgotten here) go.
+                    for n in part.sealed().await.map_err(io)? {
+                        if p.uploaded.iter().any(|u| u.number + meta.chunk_base == n) {
+                            part.remove_chunk(n).await.map_err(io)?;
+                        }
+                    }
+                    if part.is_ended().await && part.sealed().await.map_err(io)?.is_empty() {
+                        return Ok(None);
+                    }
+                    let Some(first) = part.first_chunk().await.map_err(io)? else {
+                        return Ok(None);
+                    };
+                    tracing::info!(
+                        id,
+                        part = p.index,
+                        next = free_index,
+                        "the part was closed elsewhere; the spooled rest becomes a new part"
+                    );
+                    meta.continues = Some(p.index);
+                    meta.chunk_base = first - 1;
+                    meta.started_at_ms = p.started_at_ms + p.duration_ms();
+                    meta.index = free_index;
+                    meta.key = key(free_index);
+                    meta.upload_id = None;
+                    part.set_meta(&meta).await.map_err(io)?;
+                }
+                Some(_) => {
+                    // Another part took this index (another origin continued the room).
+                    if let Some(upload) = meta.upload_id.take() {
+                        let _ = store.abort_upload(&meta.key, &upload).await;
+                    }
+                    meta.index = free_index;
+                    meta.key = key(free_index);
+                    part.set_meta(&meta).await.map_err(io)?;
+                }
+                None => {
+                    let upload_id = match &meta.upload_id {
+                        Some(u) => u.clone(),
+                        None => {
+                            let u = self
+                                .retry(id, "starting the upload", || async {
+                                    store.bucket_exists().await?;
+                                    store.create_upload(&meta.key).await
+                                })
+                                .await?;
+                            part.set_upload_id(&u).await.map_err(io)?;
+                            meta.upload_id = Some(u.clone());
+                            u
+                        }
+                    };
+                    let open = RecordingChange::OpenPart(RecordingPart {
+                        index: meta.index,
+                        node: self.me.clone(),
+                        key: meta.key.clone(),
+                        upload_id: Some(upload_id.clone()),
+                        state: PartState::Open,
+                        init_size: meta.init_size,
+                        tracks: meta.tracks.clone(),
+                        started_at_ms: meta.started_at_ms,
+                        uploaded: Vec::new(),
+                        continues: meta.continues,
+                    });
+                    let cmd = Command::Recording {
+                        id: id.to_string(),
+                        change: open,
+                    };
+                    match self.tenants.write(cmd).await {
+                        Ok(()) => return Ok(Some((meta, upload_id))),
+                        // Taken meanwhile: read the state again.
+                        Err(WriteError::Exists(_)) => {}
+                        Err(WriteError::Refused(why)) => {
+                            tracing::warn!(id, %why, "recording part refused; dropped");
+                            let _ = store.abort_upload(&meta.key, &upload_id).await;
+                            return Ok(None);
+                        }
+                        Err(e) => {
+                            tracing::warn!(id, error = %e, "recording part not listed yet");
+                            tokio::time::sleep(RETRY_BASE).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn uploaded(&self, id: &str, index: u32) -> Vec<Uploaded> {
         self.recording(id)
             .and_then(|r| r.parts.into_iter().find(|p| p.index == index))
@@ -726,9 +892,9 @@ impl Inner {
             .unwrap_or_default()
     }
 
-    /// Uploads a part the spool kept from before a restart, then settles its recording if no
-    /// node records it any more.
-    async fn resume(self: Arc<Self>, part: SpooledPart) {
+    /// Uploads a part the spool kept from before a restart (`crashed`: its writer never ended
+    /// it), then settles its recording if nothing else records it.
+    async fn resume(self: Arc<Self>, part: SpooledPart, crashed: bool) {
         let Ok(meta) = part.meta().await else {
             let _ = part.remove().await;
             return;
@@ -746,43 +912,209 @@ impl Inner {
                 return self.fail(&id, why).await;
             }
         };
+        if crashed {
+            let why = format!(
+                "{} stopped while recording: media after its last spooled fragment was lost",
+                self.me
+            );
+            self.reason(&id, Some(why)).await;
+        }
         tracing::info!(id, part = meta.index, "uploading what the spool kept");
-        let state = self
-            .upload(
-                &id,
-                part,
-                store,
-                Arc::new(Notify::new()),
-                CancellationToken::new(),
-            )
+        let wake = Arc::new(Notify::new());
+        self.upload(&id, part, store, wake, CancellationToken::new())
             .await;
-        let held_elsewhere = self.tenants.read(|s| {
-            s.placements
-                .get(&rec.app, &rec.room)
-                .is_some_and(|p| p.node != self.me && p.is_live(unix_now_ms()))
-        });
-        let recorded_here = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&id);
-        if held_elsewhere || recorded_here {
+        self.settle(&id, crashed).await;
+    }
+
+    /// On the leader, every [`JANITOR_EVERY`]: completes the open uploads of dead origins with
+    /// what they uploaded (the part is `partial`), ends recordings whose room stayed away
+    /// longer than the resume window, and settles stopped recordings nobody settled.
+    fn janitor(self: &Arc<Self>) {
+        let st = self.tenants.raft().status();
+        let mut j = self.janitor.lock().unwrap_or_else(|e| e.into_inner());
+        if st.leader != Some(st.node_id) {
+            j.leading_since = None;
+            j.orphans.clear();
             return;
         }
-        if self.recording(&id).is_some_and(|r| r.is_recording()) {
-            self.change(
-                &id,
-                RecordingChange::Stop {
-                    at_ms: unix_now_ms(),
-                },
-            )
-            .await;
+        let since = *j.leading_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_millis(NODE_TTL_MS)
+            || j.last_round.is_some_and(|t| t.elapsed() < JANITOR_EVERY)
+        {
+            // A new leader has not heard every node's heartbeat yet.
+            return;
         }
-        let states: Vec<PartState> = self
-            .recording(&id)
-            .map(|r| r.parts.iter().map(|p| p.state).collect())
-            .unwrap_or_else(|| vec![state]);
-        self.settle(&id, &states, 0).await;
+        j.last_round = Some(Instant::now());
+        let now = unix_now_ms();
+        let (dead, orphaned, unsettled) = self.tenants.read(|s| {
+            let (mut dead, mut orphaned, mut unsettled) = (Vec::new(), Vec::new(), Vec::new());
+            for rec in s.recordings.recordings.values() {
+                let mut open = false;
+                for p in rec.parts.iter().filter(|p| p.state == PartState::Open) {
+                    open = true;
+                    let up = p.node == self.me
+                        || s.registry
+                            .nodes
+                            .get(&p.node)
+                            .is_some_and(|n| registry::is_up(n, now));
+                    if !up {
+                        dead.push((rec.id.clone(), rec.app.clone(), p.clone()));
+                    }
+                }
+                if open {
+                    continue;
+                }
+                if rec.is_recording() {
+                    let live = s
+                        .placements
+                        .get(&rec.app, &rec.room)
+                        .is_some_and(|p| p.is_live(now));
+                    if !live {
+                        orphaned.push(rec.clone());
+                    }
+                } else if !rec.is_settled()
+                    && rec
+                        .stopped_at_ms
+                        .is_some_and(|t| now.saturating_sub(t) >= SETTLE_GRACE_MS)
+                {
+                    unsettled.push(rec.id.clone());
+                }
+            }
+            (dead, orphaned, unsettled)
+        });
+        for (id, app, part) in dead {
+            if j.closing.insert((id.clone(), part.index)) {
+                let inner = self.clone();
+                self.tasks
+                    .spawn(async move { inner.close_dead(&id, &app, part).await });
+            }
+        }
+        j.orphans
+            .retain(|id, _| orphaned.iter().any(|r| &r.id == id));
+        for rec in orphaned {
+            let first_seen = !j.orphans.contains_key(&rec.id);
+            let since = *j.orphans.entry(rec.id.clone()).or_insert_with(Instant::now);
+            let inner = self.clone();
+            if since.elapsed() >= self.config.resume {
+                j.orphans.remove(&rec.id);
+                self.tasks.spawn(async move {
+                    tracing::info!(id = rec.id, "the room did not come back: recording ends");
+                    let at_ms = unix_now_ms();
+                    inner.change(&rec.id, RecordingChange::Stop { at_ms }).await;
+                    inner.settle(&rec.id, false).await;
+                });
+            } else if first_seen && rec.state == RecordingState::Recording && !rec.parts.is_empty()
+            {
+                // Its origin stopped mid-recording: partial so far, open for the room's return.
+                let nodes: Vec<&str> = rec.parts.iter().map(|p| p.node.as_str()).collect();
+                let why = format!(
+                    "the origin recording it ({}) stopped; what was uploaded plays, and the room \
+                     continues this recording if it comes back within {} s",
+                    nodes.last().copied().unwrap_or_default(),
+                    self.config.resume.as_secs()
+                );
+                self.tasks.spawn(async move {
+                    let state = RecordingState::Partial;
+                    let reason = Some(why);
+                    let still = inner.recording(&rec.id).is_some_and(|r| {
+                        r.state == RecordingState::Recording && r.parts.len() == rec.parts.len()
+                    });
+                    if still {
+                        inner
+                            .change(&rec.id, RecordingChange::SetState { state, reason })
+                            .await;
+                    }
+                });
+            }
+        }
+        for id in unsettled {
+            if j.settling.insert(id.clone()) {
+                let inner = self.clone();
+                self.tasks.spawn(async move {
+                    inner.settle(&id, false).await;
+                    inner
+                        .janitor
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .settling
+                        .remove(&id);
+                });
+            }
+        }
+    }
+
+    /// Closes part `part` of recording `id`, left open by an origin that is down: its upload
+    /// completed with the S3 parts that landed (`partial`: it plays), or aborted if none did.
+    async fn close_dead(&self, id: &str, app: &AppName, part: RecordingPart) {
+        let index = part.index;
+        let state = match bucket_of(&self.tenants, app) {
+            Err(why) => {
+                tracing::warn!(id, index, %why, "cannot close the part of a dead origin");
+                Some(PartState::Failed)
+            }
+            Ok(bucket) => {
+                let store = Store::new(&bucket);
+                let mut landed: Vec<(u32, String)> = part
+                    .uploaded
+                    .iter()
+                    .map(|u| (u.number, u.etag.clone()))
+                    .collect();
+                landed.sort_unstable();
+                match (&part.upload_id, landed.is_empty()) {
+                    (Some(upload), false) => {
+                        match store.complete_upload(&part.key, upload, &landed).await {
+                            Ok(()) | Err(S3Failure::UploadGone(_)) => Some(PartState::Partial),
+                            Err(e) if e.is_permanent() => {
+                                tracing::warn!(id, index, error = %e, "part lost");
+                                Some(PartState::Failed)
+                            }
+                            Err(e) => {
+                                // S3 is away: the next round tries again.
+                                tracing::warn!(id, index, error = %e, "part not closed yet");
+                                None
+                            }
+                        }
+                    }
+                    (Some(upload), true) => {
+                        let _ = store.abort_upload(&part.key, upload).await;
+                        Some(PartState::Failed)
+                    }
+                    (None, landed_none) => Some(if landed_none {
+                        PartState::Failed
+                    } else {
+                        PartState::Partial
+                    }),
+                }
+            }
+        };
+        if let Some(state) = state {
+            let still_open = self
+                .recording(id)
+                .and_then(|r| r.parts.into_iter().find(|p| p.index == index))
+                .is_some_and(|p| p.state == PartState::Open && p.node == part.node);
+            if still_open {
+                tracing::info!(
+                    id,
+                    index,
+                    node = part.node,
+                    ?state,
+                    "closed the part of a dead origin"
+                );
+                self.change(id, RecordingChange::ClosePart { index, state })
+                    .await;
+                let why = format!(
+                    "{} stopped mid-recording: the {:.0} s it uploaded play as part {index}",
+                    part.node,
+                    part.duration_ms() as f64 / 1000.0
+                );
+                self.reason(id, Some(why)).await;
+            }
+        }
+        self.janitor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closing
+            .remove(&(id.to_string(), index));
     }
 }
 

@@ -48,6 +48,9 @@ pub enum S3Failure {
     Bucket(String),
     #[error("permission denied: {0}")]
     Permission(String),
+    /// The multipart upload is no more (completed or aborted by another origin).
+    #[error("the multipart upload is gone: {0}")]
+    UploadGone(String),
     #[error("{0}")]
     Other(String),
 }
@@ -55,7 +58,10 @@ pub enum S3Failure {
 impl S3Failure {
     /// A failure that retrying will not mend (until someone changes the storage settings).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::Auth(_) | Self::Bucket(_) | Self::Permission(_))
+        matches!(
+            self,
+            Self::Auth(_) | Self::Bucket(_) | Self::Permission(_) | Self::UploadGone(_)
+        )
     }
 
     /// The kind, as the storage test names it.
@@ -67,6 +73,7 @@ impl S3Failure {
             Self::Auth(_) => "auth",
             Self::Bucket(_) => "bucket",
             Self::Permission(_) => "permission",
+            Self::UploadGone(_) => "upload",
             Self::Other(_) => "other",
         }
     }
@@ -110,6 +117,7 @@ where
                 "{said} (check accessKeyId, secretAccessKey and sessionToken)"
             )),
             "NoSuchBucket" => S3Failure::Bucket(format!("bucket {bucket:?} does not exist")),
+            "NoSuchUpload" => S3Failure::UploadGone(said),
             "AccessDenied" | "AllAccessDisabled" => S3Failure::Permission(format!(
                 "{said} (the key may not write to bucket {bucket:?})"
             )),

@@ -4,6 +4,8 @@
 //! A part's directory, `<spool>/<recording id>/<part index>/`:
 //!
 //! - `meta.json`: what the part is ([`PartMeta`]), with its upload id once there is one;
+//! - `init.mp4`: the init segment again, for a remainder uploaded as an object of its own (see
+//!   [`PartMeta::continues`]);
 //! - `chunk-<n>.open` and `chunk-<n>.open.idx`: the chunk being written and its fragments, one
 //!   `<duration ms> <size>` line each (written after the fragment, so a crash leaves at most a
 //!   torn last fragment, cut off at recovery);
@@ -55,6 +57,11 @@ impl Budget {
             .is_ok()
     }
 
+    /// Counts `n` bytes written whatever the limit (the small init copy of a part).
+    fn force(&self, n: u64) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
     fn give(&self, n: u64) {
         let _ = self
             .used
@@ -90,6 +97,19 @@ pub struct PartMeta {
     pub started_at_ms: u64,
     #[serde(default)]
     pub upload_id: Option<String>,
+    /// Set once the part's upload was completed by another origin (this one had stopped): what
+    /// is left here becomes a new part (`index`, `key`) of its own, continuing part
+    /// `continues`; its first chunk uploaded gets the init segment in front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<u32>,
+    /// Chunk `n` is uploaded as S3 part `n - chunk_base`: a remainder's S3 parts start at 1
+    /// (some S3 servers accept only part numbers 1, 2, 3, ... in a completion).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub chunk_base: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The directory of a part.
@@ -131,6 +151,8 @@ impl PartWriter {
         let dir = part_dir(root, &meta.recording, meta.index);
         tokio::fs::create_dir_all(&dir).await?;
         write_json(&dir.join("meta.json"), meta).await?;
+        tokio::fs::write(dir.join("init.mp4"), init).await?;
+        budget.force(init.len() as u64);
         let mut w = Self::open_chunk(dir, 1, chunk_bytes, budget).await?;
         w.write(init).await?;
         Ok(w)
@@ -243,21 +265,42 @@ impl SpooledPart {
     pub async fn set_upload_id(&self, upload_id: &str) -> std::io::Result<()> {
         let mut meta = self.meta().await?;
         meta.upload_id = Some(upload_id.to_string());
-        write_json(&self.dir.join("meta.json"), &meta).await
+        self.set_meta(&meta).await
+    }
+
+    pub async fn set_meta(&self, meta: &PartMeta) -> std::io::Result<()> {
+        write_json(&self.dir.join("meta.json"), meta).await
+    }
+
+    /// The part's init segment.
+    pub async fn init(&self) -> std::io::Result<Bytes> {
+        tokio::fs::read(self.dir.join("init.mp4"))
+            .await
+            .map(Bytes::from)
     }
 
     /// Sealed chunks not uploaded yet, in order.
     pub async fn sealed(&self) -> std::io::Result<Vec<u32>> {
+        self.chunks(&[".bin"]).await
+    }
+
+    /// The lowest chunk still here, sealed or being written.
+    pub async fn first_chunk(&self) -> std::io::Result<Option<u32>> {
+        Ok(self.chunks(&[".bin", ".open"]).await?.first().copied())
+    }
+
+    async fn chunks(&self, suffixes: &[&str]) -> std::io::Result<Vec<u32>> {
         let mut out = Vec::new();
         let mut rd = tokio::fs::read_dir(&self.dir).await?;
         while let Some(e) = rd.next_entry().await? {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if let Some(n) = name
-                .strip_prefix("chunk-")
-                .and_then(|r| r.strip_suffix(".bin"))
-                .and_then(|n| n.parse().ok())
-            {
+            if let Some(n) = name.strip_prefix("chunk-").and_then(|r| {
+                suffixes
+                    .iter()
+                    .find_map(|s| r.strip_suffix(s))
+                    .and_then(|n| n.parse().ok())
+            }) {
                 out.push(n);
             }
         }
@@ -321,9 +364,13 @@ async fn dir_size(dir: &Path) -> u64 {
 }
 
 /// What a restart finds in the spool: every part directory, with a chunk left open by a crash
-/// sealed (cut to its last whole fragment) and the part marked ended (its writer is gone).
+/// sealed (cut to its last whole fragment) and the part marked ended (its writer is gone), and
+/// whether its writer had not ended it (the node stopped while recording it).
 /// Adds what is on disk to `budget`.
-pub async fn recover(root: &Path, budget: &Arc<Budget>) -> std::io::Result<Vec<SpooledPart>> {
+pub async fn recover(
+    root: &Path,
+    budget: &Arc<Budget>,
+) -> std::io::Result<Vec<(SpooledPart, bool)>> {
     let mut parts = Vec::new();
     let Ok(mut recs) = tokio::fs::read_dir(root).await else {
         return Ok(parts);
@@ -339,15 +386,17 @@ pub async fn recover(root: &Path, budget: &Arc<Budget>) -> std::io::Result<Vec<S
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 continue;
             }
+            let crashed = !dir.join("end").exists();
             seal_torn(&dir).await?;
             tokio::fs::write(dir.join("end"), b"").await?;
             budget
                 .used
                 .fetch_add(dir_size(&dir).await, Ordering::Relaxed);
-            parts.push(SpooledPart {
+            let part = SpooledPart {
                 dir,
                 budget: budget.clone(),
-            });
+            };
+            parts.push((part, crashed));
         }
     }
     Ok(parts)
@@ -421,6 +470,8 @@ mod tests {
             tracks: vec!["h264".into()],
             started_at_ms: 0,
             upload_id: None,
+            continues: None,
+            chunk_base: 0,
         }
     }
 
@@ -487,10 +538,18 @@ mod tests {
         let again = Budget::new(64 * 1024 * 1024);
         let parts = recover(tmp.path(), &again).await.unwrap();
         assert_eq!(parts.len(), 1);
-        assert!(parts[0].is_ended().await);
-        let (data, fragments) = parts[0].chunk(1).await.unwrap();
+        let (part, crashed) = &parts[0];
+        assert!(crashed, "its writer never ended it");
+        assert!(part.is_ended().await);
+        let (data, fragments) = part.chunk(1).await.unwrap();
         assert_eq!(&data[..], b"initfrag-onefrag-two");
         assert_eq!(fragments, [[2000, 8], [2000, 8]]);
-        assert_eq!(again.used(), dir_size(&parts[0].dir).await);
+        assert_eq!(&part.init().await.unwrap()[..], b"init");
+        assert_eq!(again.used(), dir_size(&part.dir).await);
+        // Found again after a clean stop: not a crash.
+        let parts = recover(tmp.path(), &Budget::new(64 * 1024 * 1024))
+            .await
+            .unwrap();
+        assert!(!parts[0].1);
     }
 }

@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use streamhub_cluster::state::{PartState, RecordingPart};
+use streamhub_cluster::state::RecordingPart;
 
 /// The playlist of `parts` (those with an object: complete or partial), with each part's
 /// object at the URL given beside it.
@@ -58,11 +58,6 @@ pub fn playlist(parts: &[(&RecordingPart, String)]) -> String {
     out
 }
 
-/// Whether a part's object exists in the bucket.
-pub fn has_object(part: &RecordingPart) -> bool {
-    matches!(part.state, PartState::Complete | PartState::Partial) && !part.uploaded.is_empty()
-}
-
 /// The signature of a playlist URL of recording `id` of `app` valid until `exp` (Unix
 /// seconds).
 pub fn sign(key: &[u8; 32], app: &str, id: &str, exp: u64) -> String {
@@ -83,7 +78,7 @@ pub fn verify(key: &[u8; 32], app: &str, id: &str, exp: u64, sig: &str, now: u64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use streamhub_cluster::state::Uploaded;
+    use streamhub_cluster::state::{PartState, Uploaded};
 
     #[test]
     fn fragments_are_byte_ranges_after_the_init() {
@@ -96,6 +91,7 @@ mod tests {
             init_size: 700,
             tracks: vec![],
             started_at_ms: 0,
+            continues: None,
             uploaded: vec![
                 Uploaded {
                     number: 2,
