@@ -82,7 +82,9 @@ const VERIFIED_TTL: Duration = Duration::from_secs(30);
 /// lookup costs ~1 µs (see docs/benchmarks.md). Refusals are not remembered.
 pub struct Remembering<V> {
     inner: Arc<V>,
-    verified: moka::sync::Cache<[u8; 32], Arc<AccessClaims>>,
+    /// By the token itself (a lookup by `&str` hashes it once and allocates nothing), with the
+    /// app it was verified for: a hit for another app is a miss.
+    verified: moka::sync::Cache<String, (AppName, Arc<AccessClaims>)>,
 }
 
 impl<V: TokenVerifier> Remembering<V> {
@@ -104,17 +106,6 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The cache key of `token` for `app`.
-fn token_id(app: &AppName, token: &str) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::new()
-        .chain_update(app.as_str())
-        .chain_update([0])
-        .chain_update(token)
-        .finalize()
-        .into()
-}
-
 impl<V: TokenVerifier> TokenVerifier for Remembering<V> {
     fn verify(
         &self,
@@ -124,20 +115,20 @@ impl<V: TokenVerifier> TokenVerifier for Remembering<V> {
         if let Some(claims) = self.remembered(app, token) {
             return Box::pin(std::future::ready(Ok(claims)));
         }
-        let id = token_id(app, token);
         let (inner, cache) = (self.inner.clone(), self.verified.clone());
         let (app, token) = (app.clone(), token.to_string());
         Box::pin(async move {
             let claims = inner.verify(&app, &token).await?;
-            cache.insert(id, claims.clone());
+            cache.insert(token, (app, claims.clone()));
             Ok(claims)
         })
     }
 
     fn remembered(&self, app: &AppName, token: &str) -> Option<Arc<AccessClaims>> {
         self.verified
-            .get(&token_id(app, token))
-            .filter(|claims| claims.exp > unix_now())
+            .get(token)
+            .filter(|(verified_for, claims)| verified_for == app && claims.exp > unix_now())
+            .map(|(_, claims)| claims)
     }
 }
 
