@@ -193,6 +193,8 @@ mod tests {
             node: "o1".into(),
             at_ms: 1000,
             lease_ms: 10_000,
+            protocol: None,
+            publisher: None,
         });
         let q = StateQuery::Placement { app, room };
         match q.answer(&s, 5000) {

@@ -224,6 +224,11 @@ pub mod place {
         format!("ingress-passphrase:{id}")
     }
 
+    /// A webhook's signing secret.
+    pub fn webhook_secret(id: &str) -> String {
+        format!("webhook-secret:{id}")
+    }
+
     /// The secret access key of an app's recording storage.
     pub fn storage_secret(app: &str) -> String {
         format!("storage-secret:{app}")

@@ -352,6 +352,8 @@ async fn forwarded_writes_speak_only_for_their_sender_and_barriers_are_fresh() {
         node: node.into(),
         at_ms: 1,
         lease_ms: 10_000,
+        protocol: None,
+        publisher: None,
     };
     let send = |cmd: Command| {
         let other = other.clone();

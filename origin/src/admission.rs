@@ -185,7 +185,10 @@ impl Admission {
         if let Some(node) = self.claims.holder_elsewhere(&app, &room) {
             return Err(Refusal::BusyElsewhere { app, room, node });
         }
-        let epoch = self.claims.claim(&app, &room).await?;
+        let epoch = self
+            .claims
+            .claim(&app, &room, &grant.publisher, req.protocol)
+            .await?;
         let started = self.recheck(&grant).and_then(|()| {
             self.rooms.start_publish(PublishClaim {
                 grant,
@@ -338,7 +341,7 @@ impl Admission {
     /// whose ingest bitrate is over its app's `ingestKbps`.
     pub fn revalidate(&self) {
         for grant in self.rooms.grants() {
-            if !self.holds(&grant) && self.rooms.revoke(&grant.publisher) > 0 {
+            if !self.holds(&grant) && self.rooms.revoke(&grant.publisher, "kicked") > 0 {
                 tracing::info!(app = %grant.app, room = %grant.room, publisher = %grant.publisher,
                     "credential revoked: local publisher dropped");
             }
@@ -367,7 +370,9 @@ impl Admission {
             }
             let kbps = r.bytes_in.saturating_sub(bytes) * 8 / elapsed.as_millis().max(1) as u64;
             last.insert(key, (now, r.bytes_in));
-            if kbps > limit + limit / INGEST_TOLERANCE && self.rooms.revoke(&r.publisher) > 0 {
+            if kbps > limit + limit / INGEST_TOLERANCE
+                && self.rooms.revoke(&r.publisher, "quota") > 0
+            {
                 tracing::warn!(app = %r.app, room = %r.room, publisher = %r.publisher, kbps,
                     limit, "quota: ingest bitrate over the app's ingestKbps, publisher dropped");
             }
@@ -492,6 +497,8 @@ mod tests {
             &'a self,
             app: &'a AppName,
             room: &'a RoomName,
+            publisher: &'a str,
+            protocol: Protocol,
         ) -> BoxFuture<'a, Result<u64, Refusal>> {
             Box::pin(async move {
                 if let During::DeleteIngress(id) = &self.during {
@@ -501,7 +508,7 @@ mod tests {
                     };
                     self.tenants.write(cmd).await.expect("delete ingress");
                 }
-                self.inner.claim(app, room).await
+                self.inner.claim(app, room, publisher, protocol).await
             })
         }
 
@@ -733,6 +740,8 @@ mod tests {
                 node: "origin-2".into(),
                 at_ms: unix_now_ms(),
                 lease_ms: LEASE.as_millis() as u64,
+                protocol: None,
+                publisher: None,
             })
             .await
             .expect("claim elsewhere");

@@ -232,6 +232,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     tasks.spawn(heartbeats.run(shutdown.clone()));
     tasks.spawn(placement.run_releases(released_rx, shutdown.clone()));
     tasks.spawn(recorder.clone().run(shutdown.clone()));
+    let webhooks = crate::webhooks::Webhooks::new(
+        tenants.clone(),
+        s.node_name.clone(),
+        settings.webhook_allow_private,
+    )?;
+    tasks.spawn(webhooks.clone().run(shutdown.clone()));
 
     let ws = Arc::new(WsIngest::default());
     let metrics = Arc::new(Metrics::new(Sources {
@@ -272,6 +278,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         authz: crate::api::Authz(settings.authz),
         viewers,
         recorder,
+        webhooks,
     };
     let router = http_router(&settings, services, &hls, &stats)
         .merge(streamhub_media::node::routes(health.clone(), metrics));
@@ -414,13 +421,14 @@ impl RoomObserver for NodeObserver {
         ));
     }
 
-    fn room_ended(&self, app: &AppName, room: &RoomName, epoch: u64) {
-        tracing::info!(%app, %room, epoch, "room ended");
+    fn room_ended(&self, app: &AppName, room: &RoomName, epoch: u64, why: &'static str) {
+        tracing::info!(%app, %room, epoch, why, "room ended");
         self.recorder.room_ended(app, room);
         let r = Released {
             app: app.clone(),
             room: room.clone(),
             epoch,
+            why,
         };
         // A full queue only means the lease expires instead of being released early.
         let _ = self.released.try_send(r);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Refusal;
 use crate::credentials::unix_now_ms;
-use crate::rooms::Rooms;
+use crate::rooms::{Protocol, Rooms};
 
 /// How long a claim lives without a heartbeat renewing it.
 pub const LEASE: Duration = Duration::from_secs(10);
@@ -26,6 +26,8 @@ pub struct Released {
     pub app: AppName,
     pub room: RoomName,
     pub epoch: u64,
+    /// Why its publisher left (see `RoomObserver::room_ended`).
+    pub why: &'static str,
 }
 
 /// What admission needs of the placement table. The real one is [`Placement`]; a test can wrap
@@ -35,11 +37,14 @@ pub trait RoomClaims: Send + Sync + 'static {
     /// local replica: no write, so a device reconnecting in a tight loop costs no log entries).
     fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<String>;
 
-    /// Claims `app/room` for this node; the granted epoch.
+    /// Claims `app/room` for this node and `publisher` (its ingress id or identity) over
+    /// `protocol`; the granted epoch.
     fn claim<'a>(
         &'a self,
         app: &'a AppName,
         room: &'a RoomName,
+        publisher: &'a str,
+        protocol: Protocol,
     ) -> BoxFuture<'a, Result<u64, Refusal>>;
 
     /// Gives up `app/room` at `epoch` at once (a claim that will not be used).
@@ -107,7 +112,8 @@ impl Placement {
                 r = rx.recv() => match r { Some(r) => r, None => return },
             };
             self.end_room(&r).await;
-            self.release(&r.app, &r.room, r.epoch).await;
+            self.release_because(&r.app, &r.room, r.epoch, Some(r.why))
+                .await;
         }
     }
 
@@ -144,6 +150,8 @@ impl RoomClaims for Placement {
         &'a self,
         app: &'a AppName,
         room: &'a RoomName,
+        publisher: &'a str,
+        protocol: Protocol,
     ) -> BoxFuture<'a, Result<u64, Refusal>> {
         Box::pin(async move {
             let cmd = Command::ClaimRoom {
@@ -152,6 +160,8 @@ impl RoomClaims for Placement {
                 node: self.me.clone(),
                 at_ms: unix_now_ms(),
                 lease_ms: LEASE.as_millis() as u64,
+                protocol: Some(protocol.as_str().to_string()),
+                publisher: Some(publisher.to_string()),
             };
             match self.raft.write(cmd).await {
                 Ok(CommandResponse::Claimed { epoch }) => Ok(epoch),
@@ -174,19 +184,24 @@ impl RoomClaims for Placement {
         room: &'a RoomName,
         epoch: u64,
     ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let cmd = Command::ReleaseRoom {
-                app: app.clone(),
-                room: room.clone(),
-                node: self.me.clone(),
-                epoch,
-            };
-            match self.raft.write(cmd).await {
-                Ok(_) => tracing::debug!(%app, %room, epoch, "room released"),
-                Err(e) => {
-                    tracing::warn!(%app, %room, error = %e, "release failed; the lease will expire")
-                }
+        Box::pin(self.release_because(app, room, epoch, None))
+    }
+}
+
+impl Placement {
+    async fn release_because(&self, app: &AppName, room: &RoomName, epoch: u64, why: Option<&str>) {
+        let cmd = Command::ReleaseRoom {
+            app: app.clone(),
+            room: room.clone(),
+            node: self.me.clone(),
+            epoch,
+            reason: why.map(str::to_string),
+        };
+        match self.raft.write(cmd).await {
+            Ok(_) => tracing::debug!(%app, %room, epoch, "room released"),
+            Err(e) => {
+                tracing::warn!(%app, %room, error = %e, "release failed; the lease will expire")
             }
-        })
+        }
     }
 }

@@ -68,8 +68,10 @@ pub trait RoomObserver: Send + Sync + 'static {
     /// A publisher started `app/room`; `takeover` is true when it replaced a previous session.
     fn room_started(&self, app: &AppName, room: &RoomName, publisher: &Publisher, takeover: bool);
 
-    /// The last session of `app/room` on this node ended (not replaced by a takeover here).
-    fn room_ended(&self, _app: &AppName, _room: &RoomName, _epoch: u64) {}
+    /// The last session of `app/room` on this node ended (not replaced by a takeover here);
+    /// `why`: `ended` (its publisher stopped), `kicked` (its credential was revoked), `fenced`
+    /// (the cluster placed the room elsewhere) or `quota`.
+    fn room_ended(&self, _app: &AppName, _room: &RoomName, _epoch: u64, _why: &'static str) {}
 }
 
 #[derive(Debug)]
@@ -80,9 +82,18 @@ struct LiveRoom {
     protocol: Protocol,
     started_at: SystemTime,
     cancel: CancellationToken,
+    /// Why the session was ended from outside (unset: its publisher stopped).
+    why: std::sync::OnceLock<&'static str>,
     tracks: Arc<Mutex<Vec<TrackInfo>>>,
     stats: Arc<PublishStats>,
     media: MediaHandle,
+}
+
+impl LiveRoom {
+    fn end(&self, why: &'static str) {
+        let _ = self.why.set(why);
+        self.cancel.cancel();
+    }
 }
 
 /// Counters of one publisher, read by the rooms API.
@@ -187,6 +198,7 @@ impl Rooms {
                 protocol: claim.protocol,
                 started_at: SystemTime::now(),
                 cancel: cancel.clone(),
+                why: std::sync::OnceLock::new(),
                 tracks: tracks.clone(),
                 stats: stats.clone(),
                 media: media.handle(),
@@ -212,12 +224,12 @@ impl Rooms {
     }
 
     /// Ends every live session of `publisher` (an ingress id or a token publisher: its
-    /// credential was revoked).
-    pub fn revoke(&self, publisher: &str) -> usize {
+    /// credential was revoked, `kicked`, or it is over a `quota`).
+    pub fn revoke(&self, publisher: &str, why: &'static str) -> usize {
         let live = self.live.lock().expect("rooms lock");
         let mut n = 0;
         for r in live.values().filter(|r| r.grant.publisher == publisher) {
-            r.cancel.cancel();
+            r.end(why);
             n += 1;
         }
         n
@@ -229,7 +241,7 @@ impl Rooms {
         let mut n = 0;
         for ((a, _), r) in live.iter() {
             if a == app {
-                r.cancel.cancel();
+                r.end("kicked");
                 n += 1;
             }
         }
@@ -286,7 +298,7 @@ impl Rooms {
         let live = self.live.lock().expect("rooms lock");
         match live.get(&(app.clone(), room.clone())) {
             Some(r) if Some(r.epoch) != epoch => {
-                r.cancel.cancel();
+                r.end("fenced");
                 true
             }
             _ => false,
@@ -312,7 +324,8 @@ impl Rooms {
         let key = (app.clone(), room.clone());
         if live.get(&key).is_some_and(|r| r.session == session) {
             if let Some(ended) = live.remove(&key) {
-                self.observer.room_ended(app, room, ended.epoch);
+                let why = ended.why.get().copied().unwrap_or("ended");
+                self.observer.room_ended(app, room, ended.epoch, why);
             }
         }
     }

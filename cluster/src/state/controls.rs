@@ -564,6 +564,8 @@ mod tests {
             node: node.into(),
             at_ms,
             lease_ms: 10_000,
+            protocol: None,
+            publisher: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! this was one struct.
 
 pub mod controls;
+pub mod events;
 pub mod membership;
 pub mod placement;
 pub mod recordings;
@@ -21,6 +22,9 @@ use streamhub_shared::{AppName, RoomName};
 pub use controls::{
     AppSettings, GoLive, Member, MemberRole, Playback, Quotas, Role, RoleBinding, RoomObject,
     RoomState, User,
+};
+pub use events::{
+    Attempt, Delivery, DeliveryStatus, Event, Events, Webhook, WebhookChange, EVENT_TYPES,
 };
 pub use membership::{ClusterCa, JoinToken, Membership, RevokedCert, JOIN_TOKEN_UNKNOWN};
 pub use placement::{room_key, Placement, Placements};
@@ -136,6 +140,12 @@ pub enum Command {
         node: String,
         at_ms: u64,
         lease_ms: u64,
+        /// The publisher's protocol (`rtmp`, `whip`, ...), for the `publisher.joined` event.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        protocol: Option<String>,
+        /// The publisher: its ingress id or token identity.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        publisher: Option<String>,
     },
     /// `node` gives up `app/room` if it still holds it at `epoch`.
     ReleaseRoom {
@@ -143,6 +153,9 @@ pub enum Command {
         room: RoomName,
         node: String,
         epoch: u64,
+        /// Why the publisher left (`ended`, `kicked`, `fenced`, `quota`), for `publisher.left`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// Adds a dashboard user (refused past [`controls::MAX_USERS`]).
     CreateUser(User),
@@ -198,6 +211,29 @@ pub enum Command {
         node: String,
         epoch: u64,
         at_ms: u64,
+    },
+    /// Adds a webhook endpoint to its app (refused past [`events::MAX_WEBHOOKS_PER_APP`]).
+    CreateWebhook(Webhook),
+    UpdateWebhook {
+        app: AppName,
+        id: String,
+        change: WebhookChange,
+    },
+    DeleteWebhook {
+        app: AppName,
+        id: String,
+    },
+    /// Sends event `n` to webhook `id` again.
+    Redeliver {
+        app: AppName,
+        id: String,
+        n: u64,
+    },
+    /// The delivering origin's report of one attempt.
+    WebhookAttempt {
+        app: AppName,
+        id: String,
+        attempt: Attempt,
     },
 }
 
@@ -257,11 +293,21 @@ pub struct ClusterState {
     pub membership: Membership,
     #[serde(flatten)]
     pub recordings: Recordings,
+    #[serde(flatten)]
+    pub events: Events,
 }
 
 impl ClusterState {
     /// Applies one command. Deterministic: the same commands in the same order give the same state.
+    /// The events a change causes are appended in the same step (see [`events`]).
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
+        let before = self.before(cmd);
+        let r = self.apply_change(cmd);
+        self.emit(cmd, &r, before);
+        r
+    }
+
+    fn apply_change(&mut self, cmd: &Command) -> CommandResponse {
         match cmd {
             Command::BootstrapAdmin(admin) => self.tenants.bootstrap_admin(admin),
             Command::CreateApp(app) => self.tenants.create_app(app),
@@ -272,6 +318,7 @@ impl ClusterState {
                 let r = self.tenants.delete_app(name);
                 if r == CommandResponse::Ok {
                     self.recordings.forget_app(name);
+                    self.events.forget_app(name);
                 }
                 r
             }
@@ -348,6 +395,7 @@ impl ClusterState {
                 node,
                 at_ms,
                 lease_ms,
+                ..
             } => match self
                 .tenants
                 .claim_quota(&self.placements, app, room, node, *at_ms)
@@ -360,6 +408,7 @@ impl ClusterState {
                 room,
                 node,
                 epoch,
+                ..
             } => self.placements.release(app, room, node, *epoch),
             Command::CreateUser(user) => self.tenants.create_user(user),
             Command::UpdateUser {
@@ -407,6 +456,18 @@ impl ClusterState {
             } => self
                 .tenants
                 .end_room(&self.placements, app, room, node, *epoch, *at_ms),
+            Command::CreateWebhook(w) => {
+                if !self.tenants.apps.contains_key(&w.app) {
+                    return not_found(format!("app {}", w.app));
+                }
+                self.events.create_webhook(w)
+            }
+            Command::UpdateWebhook { app, id, change } => {
+                self.events.update_webhook(app, id, change)
+            }
+            Command::DeleteWebhook { app, id } => self.events.delete_webhook(app, id),
+            Command::Redeliver { app, id, n } => self.events.redeliver(app, id, *n),
+            Command::WebhookAttempt { app, id, attempt } => self.events.attempt(app, id, attempt),
         }
     }
 }
@@ -432,6 +493,8 @@ mod tests {
             node: "o2".into(),
             at_ms: 0,
             lease_ms: 1,
+            protocol: None,
+            publisher: None,
         };
         assert_eq!(claim.nodes_named(), ["o2"]);
         let status = Command::SetIngressStatus {

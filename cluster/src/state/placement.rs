@@ -142,6 +142,8 @@ mod tests {
             node: node.into(),
             at_ms,
             lease_ms: 10_000,
+            protocol: None,
+            publisher: None,
         }
     }
 
@@ -151,6 +153,7 @@ mod tests {
             room: RoomName::new("r").unwrap(),
             node: node.into(),
             epoch,
+            reason: None,
         }
     }
 

@@ -251,7 +251,7 @@ pub async fn delete(
         })
         .await?;
     rtsp.stop(&id);
-    let dropped = rooms.revoke(&id);
+    let dropped = rooms.revoke(&id, "kicked");
     tracing::info!(%app, ingress = %id, dropped, "ingress deleted");
     Ok(StatusCode::NO_CONTENT)
 }

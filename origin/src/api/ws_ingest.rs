@@ -130,7 +130,7 @@ pub async fn delete(
             id: id.clone(),
         })
         .await?;
-    let dropped = rooms.revoke(&id);
+    let dropped = rooms.revoke(&id, "kicked");
     tracing::info!(%app, key = %id, dropped, "device key revoked");
     Ok(StatusCode::NO_CONTENT)
 }
