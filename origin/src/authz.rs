@@ -34,6 +34,8 @@ pub enum Action {
     ManageSettings,
     /// API keys of the app, and rotating its signing keys.
     ManageKeys,
+    /// Webhook endpoints, their secrets and delivery log.
+    ManageWebhooks,
     /// Users with roles in the app.
     ManageUsers,
     /// Create and delete apps (node-wide).
@@ -62,6 +64,7 @@ pub const POLICY: &[(Action, Role, Scope)] = &[
     (Action::MintTokens, Role::Operator, Scope::App),
     (Action::ManageSettings, Role::Admin, Scope::App),
     (Action::ManageKeys, Role::Admin, Scope::App),
+    (Action::ManageWebhooks, Role::Admin, Scope::App),
     (Action::ManageUsers, Role::Owner, Scope::App),
     (Action::ManageApps, Role::Admin, Scope::Node),
     (Action::SetQuotas, Role::Admin, Scope::Node),
@@ -89,6 +92,7 @@ impl Action {
             Action::MintTokens => "mint tokens",
             Action::ManageSettings => "change app settings",
             Action::ManageKeys => "manage keys",
+            Action::ManageWebhooks => "manage webhooks",
             Action::ManageUsers => "manage users",
             Action::ManageApps => "create or delete apps",
             Action::SetQuotas => "set quotas",

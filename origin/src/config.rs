@@ -46,6 +46,16 @@ pub struct OriginArgs {
     /// [default: 120].
     #[arg(long, env = "STREAMHUB_RECORD_RESUME_SECS")]
     pub record_resume_secs: Option<u64>,
+    /// Let webhooks reach loopback, private and cluster addresses (refused by default: a
+    /// tenant's webhook must not reach into the cluster's own network).
+    #[arg(
+        long,
+        env = "STREAMHUB_WEBHOOK_ALLOW_PRIVATE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    #[serde(default)]
+    pub webhook_allow_private: bool,
     /// Raft log entries between snapshots (tests lower it) [default: 5000].
     #[arg(long, env = "STREAMHUB_RAFT_SNAPSHOT_LOGS", hide = true)]
     pub raft_snapshot_logs: Option<u64>,
@@ -68,6 +78,7 @@ impl BinaryArgs for OriginArgs {
             record_spool_mb: self.record_spool_mb.or(file.record_spool_mb),
             record_part_mb: self.record_part_mb.or(file.record_part_mb),
             record_resume_secs: self.record_resume_secs.or(file.record_resume_secs),
+            webhook_allow_private: self.webhook_allow_private || file.webhook_allow_private,
         }
     }
 }
@@ -90,6 +101,8 @@ pub struct Settings {
     pub record_part_bytes: u64,
     /// How long a recording whose room is not live anywhere waits for it.
     pub record_resume: std::time::Duration,
+    /// Webhooks may reach loopback, private and cluster addresses.
+    pub webhook_allow_private: bool,
 }
 
 impl OriginArgs {
@@ -137,6 +150,7 @@ impl OriginArgs {
         }
         Ok(Settings {
             record_resume: std::time::Duration::from_secs(resume_secs),
+            webhook_allow_private: self.webhook_allow_private,
             record_spool_bytes: spool_mb * 1024 * 1024,
             record_part_bytes: part_mb * 1024 * 1024,
             node,
@@ -180,6 +194,21 @@ mod tests {
         let s = file.into_settings().unwrap();
         assert_eq!(s.node.region, "eu");
         assert_eq!(s.rtmp.port(), 1935);
+    }
+
+    #[test]
+    fn webhook_allow_private_takes_1_from_the_environment() {
+        let parse = |args: &[&str]| {
+            let cmd = config::command::<OriginArgs>(NodeKind::Origin);
+            let m = cmd.try_get_matches_from(args).unwrap();
+            <OriginArgs as clap::FromArgMatches>::from_arg_matches(&m).unwrap()
+        };
+        assert!(!parse(&["streamhub-origin"]).webhook_allow_private);
+        assert!(parse(&["streamhub-origin", "--webhook-allow-private"]).webhook_allow_private);
+        std::env::set_var("STREAMHUB_WEBHOOK_ALLOW_PRIVATE", "1");
+        let from_env = parse(&["streamhub-origin"]).webhook_allow_private;
+        std::env::remove_var("STREAMHUB_WEBHOOK_ALLOW_PRIVATE");
+        assert!(from_env);
     }
 
     #[test]

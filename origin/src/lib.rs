@@ -34,5 +34,6 @@ pub mod srt;
 pub mod tenants;
 pub mod transcode;
 pub mod trust;
+pub mod webhooks;
 pub mod whip;
 pub mod wsmjpeg;

@@ -52,6 +52,8 @@ pub struct Services {
     pub viewers: Arc<streamhub_media::access::ViewerTracker>,
     /// Records rooms to their app's bucket.
     pub recorder: crate::recording::Recorder,
+    /// Delivers the apps' webhooks (and checks their URLs).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Where this node is reached: what minted URLs and the start banner say.

@@ -313,6 +313,29 @@ impl Tenants {
             .seal(&place::ingress_passphrase(id), passphrase.as_bytes())
     }
 
+    /// `secret` sealed as the signing secret of webhook `id`.
+    pub fn seal_webhook_secret(&self, id: &str, secret: &str) -> Result<String, ApiError> {
+        self.keyring
+            .seal(&place::webhook_secret(id), secret.as_bytes())
+    }
+
+    /// The secrets webhook `w` signs with at `now_ms`: its secret, and the one before a
+    /// rotation during the overlap.
+    pub fn webhook_secrets(
+        &self,
+        w: &streamhub_cluster::state::Webhook,
+        now_ms: u64,
+    ) -> Result<Vec<String>, ApiError> {
+        let place = place::webhook_secret(&w.id);
+        let mut out = vec![self.keyring.open_text(&place, &w.secret)?];
+        if let (Some(prev), Some(until)) = (&w.previous_secret, w.previous_until_ms) {
+            if until > now_ms {
+                out.push(self.keyring.open_text(&place, prev)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// `url` sealed as the source of ingress `id`.
     pub fn seal_ingress_url(&self, id: &str, url: &str) -> Result<String, ApiError> {
         self.keyring.seal(&place::ingress_url(id), url.as_bytes())

@@ -22,6 +22,7 @@ pub mod require;
 pub mod s3;
 pub mod single;
 pub mod timeline;
+pub mod webhook;
 pub mod whep;
 
 pub use api::{Api, Reply};

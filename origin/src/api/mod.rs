@@ -11,6 +11,7 @@ mod recordings;
 mod rooms;
 mod tokens;
 mod users;
+mod webhooks;
 mod ws_ingest;
 
 use axum::extract::DefaultBodyLimit;
@@ -87,6 +88,29 @@ pub fn router(services: Services) -> Router {
             "/apps/{app}/ws-ingest/{id}",
             axum::routing::delete(ws_ingest::delete),
         )
+        .route(
+            "/apps/{app}/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/apps/{app}/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/apps/{app}/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/apps/{app}/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/apps/{app}/webhooks/{id}/deliveries/{delivery}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route("/apps/{app}/events", get(webhooks::events))
         .route("/cluster", get(cluster::status))
         .route("/cluster/join", post(cluster::join))
         .route(

@@ -1,0 +1,404 @@
+//! Webhooks against a real receiver that checks every signature the way docs/webhooks.md
+//! tells integrators to: a room's events arrive signed and in sequence; an outage of the
+//! receiver loses nothing and duplicates nothing acknowledged; the origin delivering them is
+//! killed and another one takes over without a gap; URLs into the node itself are refused.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use streamhub_chaos_tests::require::{has_command, require};
+use streamhub_chaos_tests::webhook::{verify, Mode, Receiver};
+use streamhub_chaos_tests::{chaos_seed, poll, Api, Cluster, Publisher};
+use streamhub_testkit::single::Origin;
+
+const ALLOW_PRIVATE: (&str, &str) = ("STREAMHUB_WEBHOOK_ALLOW_PRIVATE", "1");
+/// The signature's timestamp may be this old (docs/webhooks.md says 5 minutes).
+const TOLERANCE: Duration = Duration::from_secs(300);
+
+/// A webhook of `app` to `url` for every event: its id and secret.
+async fn webhook(api: &Api, app: &str, url: &str) -> (String, String) {
+    let r = api
+        .post(
+            &format!("/apps/{app}/webhooks"),
+            json!({"url": url, "events": ["*"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let d = r.data();
+    let secret = d["secret"].as_str().expect("secret shown once").to_string();
+    (d["id"].as_str().unwrap().to_string(), secret)
+}
+
+/// Every acknowledged event, verified: checks each request's signature and headers, that no
+/// event was acknowledged twice, and answers the bodies by event id.
+fn acknowledged(rx: &Receiver, secret: &str) -> BTreeMap<u64, Value> {
+    let mut out = BTreeMap::new();
+    for r in rx.received() {
+        let body = verify(secret, &r, TOLERANCE).unwrap_or_else(|e| panic!("{e}: {r:?}"));
+        assert_eq!(body["id"], r.delivery.as_str(), "X-StreamHub-Delivery");
+        assert_eq!(body["type"], r.event.as_str(), "X-StreamHub-Event");
+        if r.answered != 200 {
+            continue;
+        }
+        let n: u64 = body["id"].as_str().unwrap()["evt_".len()..]
+            .parse()
+            .unwrap();
+        if let Some(first) = out.insert(n, body.clone()) {
+            panic!("event delivered again after it was acknowledged: {first} then {body}");
+        }
+    }
+    out
+}
+
+/// The types of `room`'s events in sequence order, checking the sequence has no gap.
+fn room_events(events: &BTreeMap<u64, Value>, room: &str) -> Vec<String> {
+    let mut by_seq: Vec<(u64, String)> = events
+        .values()
+        .filter(|e| e["room"] == room)
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_seq.sort();
+    for (i, (seq, _)) in by_seq.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "a gap in {room}'s sequence: {by_seq:?}");
+    }
+    by_seq.into_iter().map(|(_, t)| t).collect()
+}
+
+/// A room's events when `publish_once` publishes into it: its ingress is created, then it
+/// lives once.
+const ROOM_LIFE: [&str; 5] = [
+    "ingress.created",
+    "room.started",
+    "publisher.joined",
+    "publisher.left",
+    "room.ended",
+];
+
+/// Publishes to `room` of `app` through `node` for a few seconds and waits for ffmpeg to end.
+async fn publish_once(c: &Cluster, api: &Api, node: usize, app: &str, room: &str) {
+    let key = api.rtmp_ingress(app, room).await.unwrap();
+    let mut p = Publisher::for_secs(&c.nodes[node].rtmp_url(&key), 4);
+    let done = p.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        done.is_some_and(|(s, _)| s.success()),
+        "ffmpeg: {}",
+        p.stderr()
+    );
+}
+
+async fn wait_for(
+    what: &str,
+    rx: &Receiver,
+    secret: &str,
+    timeout: Duration,
+    done: impl Fn(&BTreeMap<u64, Value>) -> bool,
+) -> BTreeMap<u64, Value> {
+    poll(what, timeout, || async {
+        let got = acknowledged(rx, secret);
+        if done(&got) {
+            Ok(got)
+        } else {
+            let types: Vec<_> = got
+                .values()
+                .map(|e| format!("{}:{}#{}", e["type"], e["room"], e["seq"]))
+                .collect();
+            Err(format!("{} acknowledged: {types:?}", got.len()))
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn has_room_life(got: &BTreeMap<u64, Value>, room: &str) -> bool {
+    got.values()
+        .filter(|e| e["room"] == room && e["type"] == "room.ended")
+        .count()
+        >= 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_events_arrive_signed_and_in_sequence() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let rx = Receiver::start().await.unwrap();
+    let c = Cluster::start_with_env(3, chaos_seed(), &[ALLOW_PRIVATE]).await;
+    let api = c.admin(0).await;
+    assert_eq!(api.create_app("hooks").await.unwrap().status, 201);
+    let (_, secret) = webhook(&api, "hooks", &rx.url()).await;
+    // Publish through another origin than the one the API was called on.
+    publish_once(&c, &api, 1, "hooks", "stage").await;
+    let got = wait_for(
+        "the room's events",
+        &rx,
+        &secret,
+        Duration::from_secs(60),
+        |g| has_room_life(g, "stage"),
+    )
+    .await;
+    assert_eq!(room_events(&got, "stage"), ROOM_LIFE, "{got:#?}");
+    let joined = got
+        .values()
+        .find(|e| e["type"] == "publisher.joined")
+        .unwrap();
+    assert_eq!(joined["data"]["protocol"], "rtmp", "{joined}");
+    assert_eq!(joined["node"], c.nodes[1].name(), "{joined}");
+    assert_eq!(joined["app"], "hooks");
+    let left = got
+        .values()
+        .find(|e| e["type"] == "publisher.left")
+        .unwrap();
+    assert_eq!(left["data"]["reason"], "ended", "{left}");
+    let ids: HashSet<_> = got.values().map(|e| e["id"].to_string()).collect();
+    assert_eq!(ids.len(), got.len(), "ids are unique");
+    // The ingress was created through the API: its event came first.
+    let first = got.values().next().unwrap();
+    assert_eq!(first["type"], "ingress.created", "{first}");
+
+    // The same events in the feed, and the deliveries in the log.
+    let feed = api.get("/apps/hooks/events?limit=100").await.unwrap();
+    let feed_ids: Vec<_> = feed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    for id in &ids {
+        assert!(feed_ids.contains(id), "{id} not in the feed {feed_ids:?}");
+    }
+    let hooks = api.get("/apps/hooks/webhooks").await.unwrap();
+    let id = hooks.data()[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        hooks.data()[0].get("secret").is_none(),
+        "secret shown again"
+    );
+    let log = api
+        .get(&format!("/apps/hooks/webhooks/{id}/deliveries"))
+        .await
+        .unwrap();
+    let delivered = log
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "delivered" && d["lastStatus"] == 200)
+        .count();
+    assert_eq!(delivered, got.len(), "{log:?}");
+
+    // A rotated secret: the old and the new one both sign during the overlap.
+    let r = api
+        .post(
+            &format!("/apps/hooks/webhooks/{id}/rotate-secret"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_secret = r.data()["secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    let before = rx.received().len();
+    publish_once(&c, &api, 2, "hooks", "second").await;
+    poll(
+        "events after the rotation",
+        Duration::from_secs(60),
+        || async {
+            let after = rx.received()[before..].to_vec();
+            let ended = after
+                .iter()
+                .any(|r| r.event == "room.ended" && r.answered == 200);
+            ended
+                .then_some(())
+                .ok_or(format!("{} requests since", after.len()))
+        },
+    )
+    .await
+    .unwrap();
+    for r in &rx.received()[before..] {
+        verify(&secret, r, TOLERANCE).expect("the old secret signs during the overlap");
+        verify(&new_secret, r, TOLERANCE).expect("the new secret signs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_outage_loses_nothing_and_repeats_nothing_acknowledged() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let rx = Receiver::start().await.unwrap();
+    let c = Cluster::start_with_env(3, chaos_seed(), &[ALLOW_PRIVATE]).await;
+    let api = c.admin(0).await;
+    assert_eq!(api.create_app("outage").await.unwrap().status, 201);
+    let (id, secret) = webhook(&api, "outage", &rx.url()).await;
+    rx.set(Mode::Down).await.unwrap();
+    c.note("receiver down (connection refused)");
+    let down = tokio::time::Instant::now();
+    publish_once(&c, &api, 0, "outage", "a").await;
+    publish_once(&c, &api, 2, "outage", "b").await;
+    tokio::time::sleep_until(down + Duration::from_secs(30)).await;
+    rx.set(Mode::Fail).await.unwrap();
+    c.note("receiver answers 500");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    rx.set(Mode::Ok).await.unwrap();
+    c.note("receiver answers 200");
+    // The backoff is capped at a minute, with 20 % jitter.
+    let got = wait_for("every event", &rx, &secret, Duration::from_secs(150), |g| {
+        has_room_life(g, "a") && has_room_life(g, "b")
+    })
+    .await;
+    assert_eq!(room_events(&got, "a"), ROOM_LIFE);
+    assert_eq!(room_events(&got, "b"), ROOM_LIFE);
+    // The retries are in the delivery log: the first event was tried before it was taken.
+    let log = api
+        .get(&format!("/apps/outage/webhooks/{id}/deliveries"))
+        .await
+        .unwrap();
+    let first = got.keys().next().unwrap();
+    let entry = log
+        .data()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == format!("evt_{first}"))
+        .cloned()
+        .unwrap_or_else(|| panic!("evt_{first} not in {log:?}"));
+    assert_eq!(entry["status"], "delivered", "{entry}");
+    assert!(entry["attempts"].as_u64().unwrap() >= 3, "{entry}");
+    // Nothing more comes after everything was acknowledged.
+    let n = rx.received().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    acknowledged(&rx, &secret);
+    assert_eq!(
+        rx.received().len(),
+        n,
+        "deliveries went on: {:?}",
+        &rx.received()[n..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivering_origin_is_killed_and_another_delivers_without_a_gap() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let rx = Receiver::start().await.unwrap();
+    let mut c = Cluster::start_with_env(3, chaos_seed(), &[ALLOW_PRIVATE]).await;
+    let api = c.admin(0).await;
+    assert_eq!(api.create_app("kill").await.unwrap().status, 201);
+    let (id, secret) = webhook(&api, "kill", &rx.url()).await;
+    // The first event tells which origin delivers this app's webhooks.
+    api.rtmp_ingress("kill", "warmup").await.unwrap();
+    wait_for(
+        "the first event",
+        &rx,
+        &secret,
+        Duration::from_secs(30),
+        |g| !g.is_empty(),
+    )
+    .await;
+    let log = api
+        .get(&format!("/apps/kill/webhooks/{id}/deliveries"))
+        .await
+        .unwrap();
+    let deliverer = log.data()[0]["node"].as_str().unwrap().to_string();
+    let victim = c.index_of(&deliverer).unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    c.note(format!(
+        "{deliverer} delivers; the receiver fails until it is killed"
+    ));
+    rx.set(Mode::Fail).await.unwrap();
+    let api = c.admin(others[0]).await;
+    publish_once(&c, &api, others[0], "kill", "r1").await;
+    publish_once(&c, &api, others[1], "kill", "r2").await;
+    // Pending: tried, not acknowledged.
+    poll(
+        "attempts on the pending events",
+        Duration::from_secs(30),
+        || async {
+            let tried = rx.received().iter().filter(|r| r.answered == 500).count();
+            (tried > 0)
+                .then_some(())
+                .ok_or("no attempt yet".to_string())
+        },
+    )
+    .await
+    .unwrap();
+    c.nodes[victim].kill9();
+    c.note(format!("SIGKILL {deliverer}"));
+    rx.set(Mode::Ok).await.unwrap();
+    let got = wait_for(
+        "every event after the kill",
+        &rx,
+        &secret,
+        Duration::from_secs(150),
+        |g| has_room_life(g, "r1") && has_room_life(g, "r2"),
+    )
+    .await;
+    assert_eq!(room_events(&got, "r1"), ROOM_LIFE);
+    assert_eq!(room_events(&got, "r2"), ROOM_LIFE);
+    let log = api
+        .get(&format!("/apps/kill/webhooks/{id}/deliveries"))
+        .await
+        .unwrap();
+    let nodes: HashMap<String, usize> =
+        log.data()
+            .as_array()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, d| {
+                *m.entry(d["node"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+                m
+            });
+    assert!(
+        nodes.keys().any(|n| *n != deliverer),
+        "no other origin delivered: {nodes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_into_the_node_itself_are_refused_by_default() {
+    let o = Origin::start().await;
+    let api = o.admin().await;
+    assert_eq!(api.create_app("ssrf").await.unwrap().status, 201);
+    let cluster_port = o.config().cluster.port();
+    let http_port = o.config().http.port();
+    for url in [
+        format!("http://127.0.0.1:{http_port}/api/v1/apps"),
+        format!("http://127.0.0.1:{cluster_port}/"),
+        "http://localhost:9/hook".to_string(),
+        "http://[::1]:9/hook".to_string(),
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://10.0.0.1/hook".to_string(),
+        "ftp://example.com/hook".to_string(),
+        "http://user:pass@example.com/hook".to_string(),
+    ] {
+        let r = api
+            .post("/apps/ssrf/webhooks", json!({"url": url, "events": ["*"]}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{url} was accepted: {r:?}");
+    }
+    let r = api
+        .post(
+            "/apps/ssrf/webhooks",
+            json!({"url": "https://example.com/hook", "events": ["room.nope"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "an unknown event type was accepted: {r:?}");
+    let r = api
+        .post(
+            "/apps/ssrf/webhooks",
+            json!({"url": "https://example.com/hook", "events": ["room.started"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "a public URL was refused: {r:?}");
+}
