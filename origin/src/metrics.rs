@@ -27,6 +27,7 @@ pub struct Sources {
     pub ws: Arc<WsStats>,
     pub raft: Arc<RaftNode>,
     pub recorder: crate::recording::Recorder,
+    pub webhooks: Arc<crate::webhooks::Stats>,
 }
 
 /// The origin's `/metrics`: its Prometheus registry and where each value comes from.
@@ -64,6 +65,8 @@ pub struct Metrics {
     spool_limit: IntGauge,
     recordings: IntGauge,
     uploaded: IntCounter,
+    webhook_attempts: prometheus::IntCounterVec,
+    webhook_dropped: prometheus::IntCounterVec,
 }
 
 impl Metrics {
@@ -210,6 +213,19 @@ impl Metrics {
                 "streamhub_recording_uploaded_bytes_total",
                 "Recorded bytes uploaded to S3",
             ),
+            webhook_attempts: counter_vec(
+                &r,
+                "streamhub_webhook_attempts_total",
+                "Webhook delivery attempts this origin made, by outcome (delivered, retrying, failed)",
+                &["outcome"],
+            ),
+            webhook_dropped: counter_vec(
+                &r,
+                "streamhub_webhook_dropped_total",
+                "Events pushed out of an app's log before an endpoint that wanted them took them \
+                 (cluster-wide, by app)",
+                &["app"],
+            ),
             raft_leader: gauge(
                 &r,
                 "streamhub_raft_leader_id",
@@ -355,6 +371,28 @@ impl Metrics {
         self.spool_limit.set(limit as i64);
         self.recordings.set(src.recorder.active() as i64);
         sync_counter(&self.uploaded, src.recorder.uploaded_bytes());
+        let w = &src.webhooks;
+        for (outcome, n) in [
+            ("delivered", &w.delivered),
+            ("retrying", &w.retrying),
+            ("failed", &w.failed),
+        ] {
+            sync_counter(
+                &self.webhook_attempts.with_label_values(&[outcome]),
+                n.load(Relaxed),
+            );
+        }
+        let dropped: Vec<(String, u64)> = src.raft.read(|s| {
+            s.events
+                .apps
+                .iter()
+                .filter(|(_, a)| a.dropped > 0)
+                .map(|(app, a)| (app.to_string(), a.dropped))
+                .collect()
+        });
+        for (app, n) in dropped {
+            sync_counter(&self.webhook_dropped.with_label_values(&[&app]), n);
+        }
         let m = src.raft.status();
         self.raft_term.set(m.term as i64);
         self.raft_leader.set(m.leader.unwrap_or(0) as i64);
@@ -369,4 +407,10 @@ impl MetricsSource for Metrics {
         self.sample();
         render(&self.registry)
     }
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::IntCounterVec {
+    let c = prometheus::IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
 }

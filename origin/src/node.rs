@@ -250,6 +250,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ws: ws.stats.clone(),
         raft: raft.clone(),
         recorder: recorder.clone(),
+        webhooks: webhooks.stats(),
     }));
     let services = Services {
         tenants: tenants.clone(),
