@@ -75,8 +75,9 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         viewers: viewers.clone(),
         me: s.node_name.clone(),
     };
-    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc, gate)
-        .merge(streamhub_media::node::routes(health.clone(), metrics));
+    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc, gate).merge(
+        streamhub_media::node::routes(health.clone(), metrics, s.metrics_token.as_deref()),
+    );
     tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
     tasks.spawn(run_heartbeats(
         s.node_name.clone(),

@@ -281,8 +281,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         recorder,
         webhooks,
     };
-    let router = http_router(&settings, services, &hls, &stats)
-        .merge(streamhub_media::node::routes(health.clone(), metrics));
+    let router = http_router(&settings, services, &hls, &stats).merge(
+        streamhub_media::node::routes(health.clone(), metrics, s.metrics_token.as_deref()),
+    );
     let serving = Serving::start(surface, router, shutdown.clone());
     health.set_ready();
     println!(

@@ -17,6 +17,7 @@ pub mod hls;
 pub mod node;
 pub mod poll;
 pub mod ports;
+pub mod prom;
 pub mod publisher;
 pub mod require;
 pub mod s3;

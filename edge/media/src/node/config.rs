@@ -208,6 +208,10 @@ pub struct NodeArgs {
     /// File holding the join token (read once at the first start).
     #[arg(long, env = "STREAMHUB_JOIN_TOKEN_FILE")]
     pub join_token_file: Option<PathBuf>,
+    /// Bearer token `/metrics` asks for (16 to 256 characters); without it `/metrics` is open
+    /// to anyone who reaches the port. Prefer the environment variable (flags show in `ps`).
+    #[arg(long, env = "STREAMHUB_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Extra root certificate(s) (PEM) trusted for the HTTPS of the --join URLs, beside the
     /// public web roots (origins with a private CA).
     #[arg(long, env = "STREAMHUB_JOIN_CA_ROOT")]
@@ -285,6 +289,8 @@ pub struct NodeSettings {
     /// Origins to join through (first start).
     pub join: Vec<url::Url>,
     pub join_token: Option<String>,
+    /// What `/metrics` asks for as `Authorization: Bearer`, if anything.
+    pub metrics_token: Option<String>,
     /// Extra roots trusted for the HTTPS of `join`.
     pub join_ca_root: Option<PathBuf>,
     /// Bound of the media cache.
@@ -320,6 +326,7 @@ impl NodeArgs {
             cluster_advertise: self.cluster_advertise.or(file.cluster_advertise),
             join: self.join.or(file.join),
             join_token: self.join_token.or(file.join_token),
+            metrics_token: self.metrics_token.or(file.metrics_token),
             https: self.https.or(file.https),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
@@ -382,6 +389,15 @@ impl NodeArgs {
                 "join-token",
                 "a join token needs --join (the origins to join through)",
             ));
+        }
+        if let Some(t) = &self.metrics_token {
+            let ok = (16..=256).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(invalid(
+                    "metrics-token",
+                    "must be 16 to 256 printable ASCII characters without spaces",
+                ));
+            }
         }
         let region_header = self
             .region_header
@@ -452,6 +468,7 @@ impl NodeArgs {
             cluster_advertise: self.cluster_advertise,
             join,
             join_token,
+            metrics_token: self.metrics_token,
             join_ca_root: self.join_ca_root,
             cache_bytes: cache_bytes(self.cache_bytes)?,
             hls: hls_config(

@@ -204,16 +204,55 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn render(&self) -> String;
 }
 
-async fn metrics(State(source): State<Arc<dyn MetricsSource>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        source.render(),
-    )
+#[derive(Clone)]
+struct MetricsState {
+    source: Arc<dyn MetricsSource>,
+    token: Option<Arc<str>>,
 }
 
-/// `GET /healthz` and `GET /metrics`, served by every node.
-pub fn routes(health: Health, metrics_source: Arc<dyn MetricsSource>) -> Router {
+async fn metrics(
+    State(m): State<MetricsState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(want) = &m.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given.as_bytes(), want.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "metrics need the bearer token (--metrics-token)\n",
+            )
+                .into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        m.source.render(),
+    )
+        .into_response()
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /healthz` and `GET /metrics` (behind `metrics_token` as a bearer token, if set),
+/// served by every node.
+pub fn routes(
+    health: Health,
+    metrics_source: Arc<dyn MetricsSource>,
+    metrics_token: Option<&str>,
+) -> Router {
+    let state = MetricsState {
+        source: metrics_source,
+        token: metrics_token.map(Arc::from),
+    };
     Router::new()
         .route("/healthz", get(healthz).with_state(health))
-        .route("/metrics", get(metrics).with_state(metrics_source))
+        .route("/metrics", get(metrics).with_state(state))
 }

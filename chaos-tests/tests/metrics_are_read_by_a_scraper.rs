@@ -1,0 +1,126 @@
+//! `/metrics` of an origin and an edge, read by a strict Prometheus text-format reader during a
+//! run with three apps, behind `--metrics-token`: each app's viewer count (cluster-wide, from
+//! the nodes' load reports) matches the HLS clients started for it on the edge.
+
+use std::time::Duration;
+
+use serde_json::json;
+use streamhub_chaos_tests::prom::{self, Sample};
+use streamhub_chaos_tests::require::{has_command, require};
+use streamhub_chaos_tests::{chaos_seed, hls, poll, Api, Cluster, Node, Publisher};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "metrics-token-0123456789";
+
+async fn scrape(node: &Node) -> Result<Vec<Sample>, String> {
+    let client = reqwest::Client::new();
+    let url = node.url("/metrics");
+    let anonymous = client.get(&url).send().await.map_err(|e| e.to_string())?;
+    if anonymous.status() != 401 {
+        return Err(format!(
+            "/metrics of {} without the token: {}",
+            node.name(),
+            anonymous.status()
+        ));
+    }
+    let r = client
+        .get(&url)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != 200 {
+        return Err(format!("/metrics of {}: {}", node.name(), r.status()));
+    }
+    let text = r.text().await.map_err(|e| e.to_string())?;
+    // A malformed exposition fails the test at once (not a reason to poll again).
+    Ok(prom::parse(&text).unwrap_or_else(|e| panic!("/metrics of {}: {e}", node.name())))
+}
+
+/// A viewer token of `app` for identity `who`.
+async fn token(api: &Api, app: &str, who: &str) -> String {
+    let r = api
+        .post(
+            &format!("/apps/{app}/tokens"),
+            json!({"room": "cam", "identity": who, "canSubscribe": true}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    r.data()["token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let mut c =
+        Cluster::start_with_env(1, chaos_seed(), &[("STREAMHUB_METRICS_TOKEN", TOKEN)]).await;
+    let edge = c.start_edge("edge-1", "local", 0, &[]).await;
+    let api = c.admin(0).await;
+    let apps = [("m1", 1usize), ("m2", 2), ("m3", 3)];
+    let mut publishers = Vec::new();
+    for (app, _) in apps {
+        assert_eq!(api.create_app(app).await.unwrap().status, 201);
+        // Token playback: each viewer is counted by its identity (anonymous viewers from one
+        // address would count once).
+        let r = api
+            .patch(&format!("/apps/{app}"), json!({"playback": "token"}))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        let key = api.rtmp_ingress(app, "cam").await.unwrap();
+        publishers.push(Publisher::start(&c.nodes[0].rtmp_url(&key)));
+    }
+    let stop = CancellationToken::new();
+    let mut viewers = Vec::new();
+    for (app, n) in apps {
+        for i in 0..n {
+            let token = token(&api, app, &format!("viewer-{i}")).await;
+            let url = edge.url(&format!("/hls/{app}/cam/index.m3u8?token={token}"));
+            let stop = stop.clone();
+            viewers.push(tokio::spawn(async move {
+                let client = hls::client();
+                while !stop.is_cancelled() {
+                    let _ = hls::get(&client, &url).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }));
+        }
+    }
+    poll(
+        "each app's viewers in the origin's /metrics",
+        Duration::from_secs(60),
+        || async {
+            let s = scrape(&c.nodes[0]).await?;
+            let counts: Vec<Option<f64>> = apps
+                .iter()
+                .map(|(app, _)| {
+                    prom::find(
+                        &s,
+                        "streamhub_app_usage",
+                        &[("app", *app), ("kind", "viewers")],
+                    )
+                })
+                .collect();
+            let want: Vec<Option<f64>> = apps.iter().map(|(_, n)| Some(*n as f64)).collect();
+            (counts == want)
+                .then_some(())
+                .ok_or(format!("viewers by app {counts:?}, want {want:?}"))
+        },
+    )
+    .await
+    .unwrap();
+    // The edge's exposition reads too, and it served the HLS viewers.
+    let s = scrape(&edge).await.unwrap();
+    let served = prom::find(&s, "streamhub_hls_requests_total", &[]).unwrap_or(0.0);
+    assert!(served >= 6.0, "the edge served {served} HLS requests");
+    stop.cancel();
+    for v in viewers {
+        let _ = v.await;
+    }
+    for mut p in publishers {
+        p.stop();
+    }
+}
