@@ -116,6 +116,36 @@ async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
     let s = scrape(&edge).await.unwrap();
     let served = prom::find(&s, "streamhub_hls_requests_total", &[]).unwrap_or(0.0);
     assert!(served >= 6.0, "the edge served {served} HLS requests");
+    // Every series the Grafana dashboard draws is one the nodes expose (those that exist only
+    // once something happened: quotas set, events dropped).
+    let origin = scrape(&c.nodes[0]).await.unwrap();
+    let exposed: std::collections::HashSet<&str> = origin
+        .iter()
+        .chain(s.iter())
+        .map(|x| x.name.as_str())
+        .collect();
+    let dashboard = include_str!("../../deploy/grafana/streamhub.json");
+    let mut drawn: Vec<&str> = dashboard
+        .match_indices("streamhub_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| *n != "streamhub_" && !n.starts_with("streamhub_overview"))
+        .collect();
+    drawn.sort_unstable();
+    drawn.dedup();
+    assert!(drawn.len() >= 10, "{drawn:?}");
+    for name in drawn {
+        let only_sometimes = ["streamhub_app_quota", "streamhub_webhook_dropped_total"];
+        assert!(
+            exposed.contains(name) || only_sometimes.contains(&name),
+            "the dashboard draws {name}, which no node exposes"
+        );
+    }
     stop.cancel();
     for v in viewers {
         let _ = v.await;
