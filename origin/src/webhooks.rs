@@ -83,14 +83,14 @@ pub fn is_public(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
+            // Global unicast only (2000::/3), without the ranges that tunnel to IPv4 or are
+            // documentation: Teredo 2001::/32, 6to4 2002::/16, 2001:db8::/32. Everything else
+            // (NAT64 64:ff9b::/96, site-local, unique local, link-local, mapped forms) is not.
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-                || (s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == 0 && s[4] == 0))
+            (s[0] & 0xe000) == 0x2000
+                && !(s[0] == 0x2001 && s[1] == 0)
+                && s[0] != 0x2002
+                && !(s[0] == 0x2001 && s[1] == 0x0db8)
         }
     }
 }
@@ -142,10 +142,11 @@ impl Guard {
                  --webhook-allow-private)"
             ));
         }
+        let ip = ip.to_canonical();
         if self
             .node_hosts()
             .iter()
-            .any(|h| h.parse::<IpAddr>().is_ok_and(|h| h == ip))
+            .any(|h| h.parse::<IpAddr>().is_ok_and(|h| h.to_canonical() == ip))
         {
             return Err(format!("{ip} is a node of this cluster"));
         }
@@ -197,20 +198,20 @@ impl reqwest::dns::Resolve for GuardResolver {
         Box::pin(async move {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refused = None;
+            let any = !found.is_empty();
             let allowed: Vec<SocketAddr> = found
                 .into_iter()
-                .filter(|a| match guard.check_ip(a.ip()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        refused = Some(e);
-                        false
-                    }
-                })
+                .filter(|a| guard.check_ip(a.ip()).is_ok())
                 .collect();
             if allowed.is_empty() {
-                let why = refused.unwrap_or_else(|| format!("{host} has no address"));
-                return Err(format!("{host}: {why}").into());
+                // Which internal address a name has is not the tenant's to learn.
+                let why = if any {
+                    "resolves only to addresses webhooks may not reach (loopback, private, \
+                     reserved or a cluster node)"
+                } else {
+                    "has no address"
+                };
+                return Err(format!("{host} {why}").into());
             }
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
@@ -276,6 +277,8 @@ impl Webhooks {
             .timeout(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the target itself, past the guard's resolver.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardResolver(guard.clone())))
             .user_agent(concat!("streamhub-webhooks/", env!("CARGO_PKG_VERSION")))
             .pool_max_idle_per_host(4)
@@ -550,6 +553,16 @@ impl Webhooks {
         loop {
             match self.0.tenants.write_answer(cmd.clone()).await {
                 Ok(_) => return,
+                // The event left the log, or the endpoint was deleted: nothing to record.
+                Err(
+                    e @ (crate::tenants::WriteError::NotFound(_)
+                    | crate::tenants::WriteError::Exists(_)
+                    | crate::tenants::WriteError::Refused(_)
+                    | crate::tenants::WriteError::Unexpected(_)),
+                ) => {
+                    tracing::info!(%app, webhook = id, error = %e, "webhook attempt not recorded");
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!(%app, webhook = id, error = %e, "cannot record a webhook attempt; retrying");
                 }
@@ -617,6 +630,12 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "2001:0:4136:e378::1",
+            "fec0::1",
+            "2001:db8::1",
+            "::ffff:0:a00:1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }

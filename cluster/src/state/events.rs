@@ -374,6 +374,12 @@ impl Events {
             Ok(w) => w,
             Err(r) => return r,
         };
+        if n > w.cursor {
+            // Not sent yet: it comes in its turn (a redelivery must not overtake it).
+            return CommandResponse::Refused {
+                why: format!("{} has not been delivered yet", event_id(n)),
+            };
+        }
         if w.redeliver.contains(&n) {
             return CommandResponse::Ok;
         }
@@ -451,6 +457,8 @@ pub(super) struct Before {
     ingress: Option<Ingress>,
     ingress_state: Option<String>,
     recording: Option<(RecordingState, bool)>,
+    /// The placements a removed node held.
+    held: Vec<Placement>,
 }
 
 impl ClusterState {
@@ -459,6 +467,15 @@ impl ClusterState {
         match cmd {
             Command::ClaimRoom { app, room, .. } => {
                 b.placement = self.placements.get(app, room).cloned();
+            }
+            Command::RemoveNode { name, .. } => {
+                b.held = self
+                    .placements
+                    .rooms
+                    .values()
+                    .filter(|p| &p.node == name)
+                    .cloned()
+                    .collect();
             }
             Command::DeleteIngress { id, .. } => {
                 b.ingress = self.tenants.ingresses.get(id).cloned();
@@ -536,8 +553,8 @@ impl ClusterState {
                 };
                 let at_ms = Some(*at_ms);
                 match &before.placement {
-                    // A renewal of its own claim.
-                    Some(p) if p.epoch == *epoch => return,
+                    // A renewal of its own live claim.
+                    Some(p) if p.epoch == *epoch && at_ms.is_some_and(|t| p.is_live(t)) => return,
                     // Taken over from a holder whose lease ran out.
                     Some(p) => {
                         let data = json!({ "epoch": p.epoch, "reason": "fenced" });
@@ -613,6 +630,32 @@ impl ClusterState {
                     data,
                 });
             }
+            Command::RemoveNode { .. } => {
+                // Its rooms end with it (their publishers are gone with the node).
+                for p in &before.held {
+                    let (app, room, node) = (&p.app, Some(&p.room), Some(p.node.as_str()));
+                    let data = json!({ "epoch": p.epoch, "reason": "fenced" });
+                    let (kind, at_ms) = ("publisher.left", None);
+                    self.push(NewEvent {
+                        kind,
+                        app,
+                        room,
+                        node,
+                        at_ms,
+                        data,
+                    });
+                    let data = json!({ "epoch": p.epoch });
+                    let kind = "room.ended";
+                    self.push(NewEvent {
+                        kind,
+                        app,
+                        room,
+                        node,
+                        at_ms,
+                        data,
+                    });
+                }
+            }
             Command::CreateIngress(i) => self.push(NewEvent {
                 kind: "ingress.created",
                 app: &i.app,
@@ -629,7 +672,7 @@ impl ClusterState {
                         room: Some(&i.room),
                         node: None,
                         at_ms: None,
-                        data: json!({ "ingressId": i.id, "type": i.kind }),
+                        data: json!({ "ingressId": i.id, "type": i.kind, "name": i.name }),
                     });
                 }
             }
@@ -879,6 +922,14 @@ mod tests {
             ev.redeliver(&app(), "w", 7),
             CommandResponse::NotFound { .. }
         ));
+        push(&mut ev, "room.ended", None);
+        assert!(
+            matches!(
+                ev.redeliver(&app(), "w", 2),
+                CommandResponse::Refused { .. }
+            ),
+            "a redelivery would overtake an event not sent yet"
+        );
         assert_eq!(ev.redeliver(&app(), "w", 1), CommandResponse::Ok);
         let mut again = attempt(1, DeliveryStatus::Delivered);
         again.redelivery = true;
@@ -887,5 +938,67 @@ mod tests {
         assert!(w.redeliver.is_empty());
         assert_eq!(w.cursor, 1);
         assert_eq!(w.deliveries.back().unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn a_room_lives_ends_when_its_lease_ran_out_and_ends_with_its_node() {
+        use super::super::registry::tests::node;
+        use super::super::tenants::tests::app as new_app;
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateApp(new_app("a")));
+        s.apply(&Command::RegisterNode(node("o1", 1)));
+        let claim = |at_ms| Command::ClaimRoom {
+            app: app(),
+            room: RoomName::new("r").unwrap(),
+            node: "o1".into(),
+            at_ms,
+            lease_ms: 10_000,
+            protocol: Some("rtmp".into()),
+            publisher: Some("in_1".into()),
+        };
+        let kinds = |s: &ClusterState| -> Vec<String> {
+            s.events
+                .app(&app())
+                .unwrap()
+                .log
+                .iter()
+                .map(|e| e.kind.clone())
+                .collect()
+        };
+        s.apply(&claim(1_000));
+        s.apply(&claim(2_000));
+        assert_eq!(
+            kinds(&s),
+            ["room.started", "publisher.joined"],
+            "a renewal is silent"
+        );
+        // The same origin claims again after its lease ran out (its release was lost).
+        s.apply(&claim(30_000));
+        s.apply(&Command::RemoveNode {
+            name: "o1".into(),
+            at_ms: 31_000,
+        });
+        assert_eq!(
+            kinds(&s),
+            [
+                "room.started",
+                "publisher.joined",
+                "publisher.left",
+                "room.ended",
+                "room.started",
+                "publisher.joined",
+                "publisher.left",
+                "room.ended"
+            ]
+        );
+        let seqs: Vec<_> = s
+            .events
+            .app(&app())
+            .unwrap()
+            .log
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, (1..=8).map(Some).collect::<Vec<_>>());
     }
 }

@@ -247,6 +247,7 @@ impl Command {
             | Command::ReleaseRoom { node, .. }
             | Command::EndRoom { node, .. } => vec![node.as_str()],
             Command::SetIngressStatus { status, .. } => vec![status.node.as_str()],
+            Command::WebhookAttempt { attempt, .. } => vec![attempt.node.as_str()],
             _ => Vec::new(),
         }
     }

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use streamhub_cluster::state::events::{event_id, event_number, MAX_EVENTS_PER_APP};
-use streamhub_cluster::state::{Command, Webhook, WebhookChange, EVENT_TYPES};
+use streamhub_cluster::state::{Command, CommandResponse, Webhook, WebhookChange, EVENT_TYPES};
 use streamhub_shared::AppName;
 
 use super::apps::{authorize_app, load_app};
@@ -293,11 +293,15 @@ pub async fn redeliver(
     let app = authorize_app(&who, &app, Action::ManageWebhooks)?;
     let n = event_number(&delivery)
         .ok_or_else(|| ApiError::BadRequest(format!("{delivery:?} is not an event id")))?;
-    services
+    match services
         .tenants
-        .write(Command::Redeliver { app, id, n })
-        .await?;
-    Ok(StatusCode::ACCEPTED)
+        .write_answer(Command::Redeliver { app, id, n })
+        .await?
+    {
+        CommandResponse::Ok => Ok(StatusCode::ACCEPTED),
+        CommandResponse::Refused { why } => Err(ApiError::Conflict(why)),
+        other => Err(ApiError::Internal(format!("unexpected answer {other:?}"))),
+    }
 }
 
 /// `GET /apps/:app/events?after=<event id>&limit=` (`read`): the app's events, oldest first,
