@@ -83,9 +83,11 @@ async fn rtsp_camera_pulled_through_an_ingress() {
     );
     let tcp = url_ingress(&api, "gate", &camera_url, None).await;
     let udp = url_ingress(&api, "gate-udp", &camera_url, Some("udp")).await;
-    wait_state(&api, &tcp, "live", Duration::from_secs(30)).await;
-    wait_state(&api, &udp, "live", Duration::from_secs(30)).await;
-    wait_state(&api, &creds, "live", Duration::from_secs(30)).await;
+    // The GStreamer camera answers 503 to DESCRIBE while its media is not prepared, which on
+    // a loaded machine lasted over 30 s once: the pulls retry until it serves.
+    wait_state(&api, &tcp, "live", Duration::from_secs(90)).await;
+    wait_state(&api, &udp, "live", Duration::from_secs(90)).await;
+    wait_state(&api, &creds, "live", Duration::from_secs(90)).await;
     c.note("both pulls live");
     let http = hls::client();
     let pl = edge.url("/hls/cams/gate/index.m3u8");

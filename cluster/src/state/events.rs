@@ -556,29 +556,7 @@ impl ClusterState {
                     // A renewal of its own live claim.
                     Some(p) if p.epoch == *epoch && at_ms.is_some_and(|t| p.is_live(t)) => return,
                     // Taken over from a holder whose lease ran out.
-                    Some(p) => {
-                        let data = json!({ "epoch": p.epoch, "reason": "fenced" });
-                        let node = Some(p.node.as_str());
-                        let (room, kind) = (Some(room), "publisher.left");
-                        self.push(NewEvent {
-                            kind,
-                            app,
-                            room,
-                            node,
-                            at_ms,
-                            data,
-                        });
-                        let data = json!({ "epoch": p.epoch });
-                        let kind = "room.ended";
-                        self.push(NewEvent {
-                            kind,
-                            app,
-                            room,
-                            node,
-                            at_ms,
-                            data,
-                        });
-                    }
+                    Some(p) => self.room_ended(app, room, &p.node, p.epoch, "fenced", at_ms),
                     None => {}
                 }
                 let room = Some(room);
@@ -609,51 +587,13 @@ impl ClusterState {
                 epoch,
                 reason,
             } => {
-                let (room, node) = (Some(room), Some(node.as_str()));
                 let reason = reason.as_deref().unwrap_or("ended");
-                let data = json!({ "epoch": epoch, "reason": reason });
-                self.push(NewEvent {
-                    kind: "publisher.left",
-                    app,
-                    room,
-                    node,
-                    at_ms: None,
-                    data,
-                });
-                let data = json!({ "epoch": epoch });
-                self.push(NewEvent {
-                    kind: "room.ended",
-                    app,
-                    room,
-                    node,
-                    at_ms: None,
-                    data,
-                });
+                self.room_ended(app, room, node, *epoch, reason, None);
             }
             Command::RemoveNode { .. } => {
                 // Its rooms end with it (their publishers are gone with the node).
                 for p in &before.held {
-                    let (app, room, node) = (&p.app, Some(&p.room), Some(p.node.as_str()));
-                    let data = json!({ "epoch": p.epoch, "reason": "fenced" });
-                    let (kind, at_ms) = ("publisher.left", None);
-                    self.push(NewEvent {
-                        kind,
-                        app,
-                        room,
-                        node,
-                        at_ms,
-                        data,
-                    });
-                    let data = json!({ "epoch": p.epoch });
-                    let kind = "room.ended";
-                    self.push(NewEvent {
-                        kind,
-                        app,
-                        room,
-                        node,
-                        at_ms,
-                        data,
-                    });
+                    self.room_ended(&p.app, &p.room, &p.node, p.epoch, "fenced", None);
                 }
             }
             Command::CreateIngress(i) => self.push(NewEvent {
@@ -741,6 +681,39 @@ impl ClusterState {
             }),
             _ => {}
         }
+    }
+
+    /// `publisher.left` (with `reason`) and `room.ended` of `app/room`, held by `node` at `epoch`.
+    fn room_ended(
+        &mut self,
+        app: &AppName,
+        room: &RoomName,
+        node: &str,
+        epoch: u64,
+        reason: &str,
+        at_ms: Option<u64>,
+    ) {
+        let (room, node) = (Some(room), Some(node));
+        let data = json!({ "epoch": epoch, "reason": reason });
+        let kind = "publisher.left";
+        self.push(NewEvent {
+            kind,
+            app,
+            room,
+            node,
+            at_ms,
+            data,
+        });
+        let data = json!({ "epoch": epoch });
+        let kind = "room.ended";
+        self.push(NewEvent {
+            kind,
+            app,
+            room,
+            node,
+            at_ms,
+            data,
+        });
     }
 
     /// Appends an event of an app that exists.
