@@ -10,7 +10,7 @@
 //!
 //! ```sh
 //! cargo build --release -p streamhub-origin -p streamhub-chaos-tests --bin authz_bench
-//! STREAMHUB_ORIGIN_BIN=$PWD/target/release/streamhub-origin VIEWERS=1000 SECS=30 \
+//! STREAMHUB_ORIGIN_BIN=$PWD/target/release/streamhub-origin VIEWERS=1000 SECS=30 ROUNDS=2 \
 //!   target/release/authz_bench
 //! ```
 
@@ -194,10 +194,11 @@ async fn main() {
         ),
     ];
     let mut cpu_sum = [0.0f64; 3];
-    for round in 0..2 {
+    let rounds = env("ROUNDS", 2).max(1);
+    for round in 0..rounds {
         for i in 0..3 {
-            // The second round runs in the other order: drift hits every phase alike.
-            let i = if round == 0 { i } else { 2 - i };
+            // Every other round runs in the other order: drift hits every phase alike.
+            let i = if round % 2 == 0 { i } else { 2 - i };
             let (short, name, urls) = phases[i];
             if only.as_deref().is_some_and(|o| o != short) {
                 continue;
