@@ -86,9 +86,9 @@ impl Receiver {
             let listener = loop {
                 match TcpListener::bind(self.addr).await {
                     Ok(l) => break l,
-                    Err(e) if tries < 50 => {
+                    // The old listener's port may take a moment to be free again.
+                    Err(_) if tries < 50 => {
                         tries += 1;
-                        let _ = e;
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     Err(e) => return Err(e.into()),
