@@ -224,6 +224,72 @@ async fn a_rooms_events_arrive_signed_and_in_sequence() {
         verify(&secret, r, TOLERANCE).expect("the old secret signs during the overlap");
         verify(&new_secret, r, TOLERANCE).expect("the new secret signs");
     }
+
+    // A delivered event is sent again on request, under its own delivery id.
+    let first = got.values().next().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hook = format!("/apps/hooks/webhooks/{id}");
+    let r = api
+        .post(&format!("{hook}/deliveries/{first}/redeliver"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 202, "{r:?}");
+    poll("the redelivery", Duration::from_secs(30), || async {
+        let again = rx
+            .received()
+            .iter()
+            .filter(|r| r.delivery == first && r.answered == 200)
+            .count();
+        (again == 2)
+            .then_some(())
+            .ok_or(format!("{first} received {again} times"))
+    })
+    .await
+    .unwrap();
+    let r = api
+        .post(
+            &format!("{hook}/deliveries/evt_999999999/redeliver"),
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "an unknown event was redelivered: {r:?}");
+
+    // Disabled, it receives nothing, and an event it has not been sent cannot be redelivered
+    // ahead of its turn.
+    let r = api.patch(&hook, json!({"enabled": false})).await.unwrap();
+    assert_eq!(
+        (r.status, &r.data()["enabled"]),
+        (200, &json!(false)),
+        "{r:?}"
+    );
+    let before = rx.received().len();
+    api.rtmp_ingress("hooks", "quiet").await.unwrap();
+    let feed = api.get("/apps/hooks/events?limit=1000").await.unwrap();
+    let newest = feed.body["last"].as_str().unwrap().to_string();
+    let r = api
+        .post(&format!("{hook}/deliveries/{newest}/redeliver"), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 409,
+        "a redelivery would overtake the event: {r:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        rx.received().len(),
+        before,
+        "a disabled webhook received events"
+    );
+    let r = api
+        .patch(&hook, json!({"url": "ftp://example.com/x"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(api.delete(&hook).await.unwrap().status, 204);
+    assert_eq!(api.get(&hook).await.unwrap().status, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +313,7 @@ async fn a_receiver_outage_loses_nothing_and_repeats_nothing_acknowledged() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     rx.set(Mode::Ok).await.unwrap();
     c.note("receiver answers 200");
-    // The backoff is capped at a minute, with 20 % jitter.
+    // The backoff is capped at a minute (its jitter only shortens it).
     let got = wait_for("every event", &rx, &secret, Duration::from_secs(150), |g| {
         has_room_life(g, "a") && has_room_life(g, "b")
     })

@@ -30,6 +30,17 @@ impl Backoff {
         }
     }
 
+    /// A backoff that has seen `failures` failures in a row already (a retry schedule kept
+    /// elsewhere, such as in the replicated state, and resumed here).
+    pub const fn after(base: Duration, cap: Duration, failures: u32) -> Self {
+        Self {
+            base,
+            cap,
+            failures,
+            retry_at: None,
+        }
+    }
+
     /// Records a failure at `now`; `jitter` in `[0, 1)` scales the delay into `[50%, 100%)` of
     /// the exponential step. Returns the delay before the next attempt.
     pub fn failed(&mut self, now: Instant, jitter: f64) -> Duration {

@@ -245,13 +245,10 @@ impl Sessions {
         });
         !changed
             && self.break_glass.as_deref().is_some_and(|(u, p)| {
-                u == user && constant_time_eq(p.as_bytes(), password.as_bytes())
+                u == user
+                    && streamhub_media::http::constant_time_eq(p.as_bytes(), password.as_bytes())
             })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Seconds since the Unix epoch.

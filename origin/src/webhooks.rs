@@ -7,8 +7,9 @@
 //!   TTL the next origin in hash order takes its apps: the registry's heartbeat is the lease.
 //! - **At least once, in order per endpoint.** An endpoint's task sends its next event (after
 //!   its cursor, or a redelivery asked through the API), and reports the attempt through Raft
-//!   before it goes on; a 2xx moves the cursor. A failed attempt is retried with exponential
-//!   backoff and jitter ([`RETRY_BASE`] to [`RETRY_CAP`]) until the event is [`MAX_AGE`] old,
+//!   before it goes on; a 2xx moves the cursor. A failed attempt is retried with the
+//!   workspace's backoff ([`Backoff`], [`RETRY_BASE`] to [`RETRY_CAP`], resumed from the attempts
+//!   the state counts, so a new deliverer keeps the schedule) until the event is [`MAX_AGE`] old,
 //!   then marked failed. Each endpoint has its own task: one that fails never holds another up.
 //!   A deliverer that dies between the receiver's 2xx and its report makes the next deliverer
 //!   send that event again (the receiver deduplicates on `X-StreamHub-Delivery`).
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use streamhub_cluster::backoff::Backoff;
 use streamhub_cluster::registry;
 use streamhub_cluster::state::{Attempt, ClusterState, Command, DeliveryStatus, Event, NodeRole};
 use streamhub_shared::AppName;
@@ -306,6 +308,8 @@ impl Webhooks {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each app's overflow count as last seen, to log it as it grows.
+        let mut dropped_seen: HashMap<AppName, u64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -329,6 +333,26 @@ impl Webhooks {
                     })
                     .collect()
             });
+            // The overflow of the apps this origin delivers, said once per origin (the counter
+            // is in `/metrics` on every origin).
+            let dropped: Vec<(AppName, u64)> = self.0.tenants.read(|s| {
+                s.events
+                    .apps
+                    .iter()
+                    .filter(|(app, a)| {
+                        a.dropped > 0 && deliverer_of(s, app, now).as_deref() == Some(me.as_str())
+                    })
+                    .map(|(app, a)| (app.clone(), a.dropped))
+                    .collect()
+            });
+            for (app, n) in dropped {
+                let seen = dropped_seen.entry(app.clone()).or_insert(0);
+                if n > *seen {
+                    tracing::warn!(%app, dropped = n, new = n - *seen,
+                        "webhook events dropped: the app's event log overflowed before its endpoints took them");
+                    *seen = n;
+                }
+            }
             let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
             running.retain(|k, stop| {
                 let keep = mine.contains(k) && !stop.is_cancelled();
@@ -494,7 +518,7 @@ impl Webhooks {
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let next_attempt_at_ms = (status == DeliveryStatus::Retrying).then(|| {
-            let delay = backoff_jitter(RETRY_BASE, RETRY_CAP, attempts + 1);
+            let delay = Backoff::after(RETRY_BASE, RETRY_CAP, attempts).next_random_delay();
             now + delay.as_millis() as u64
         });
         if let Some(e) = &error {
@@ -574,15 +598,6 @@ impl Webhooks {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
-}
-
-/// The delay before retry number `attempt` (1-based): `base` doubled each time up to `cap`,
-/// then 80 % to 120 % of it, so endpoints failing together do not retry together.
-fn backoff_jitter(base: Duration, cap: Duration, attempt: u32) -> Duration {
-    let d = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(cap);
-    d.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.8..1.2))
 }
 
 /// An error with its causes (reqwest's own message hides why a connection failed).

@@ -106,6 +106,7 @@ enum Act {
     SetQuotas,
     CreateApp,
     ReadCluster,
+    CreateWebhook,
 }
 
 const ACTIONS: &[Act] = &[
@@ -119,6 +120,7 @@ const ACTIONS: &[Act] = &[
     Act::SetQuotas,
     Act::CreateApp,
     Act::ReadCluster,
+    Act::CreateWebhook,
 ];
 
 impl Act {
@@ -129,7 +131,7 @@ impl Act {
         match self {
             Act::ReadApp => (R::Viewer, false),
             Act::CreateIngress | Act::CreateRoom | Act::MintToken => (R::Operator, false),
-            Act::RenameApp | Act::CreateKey => (R::Admin, false),
+            Act::RenameApp | Act::CreateKey | Act::CreateWebhook => (R::Admin, false),
             Act::CreateUser => (R::Owner, false),
             Act::SetQuotas | Act::CreateApp => (R::Admin, true),
             Act::ReadCluster => (R::Viewer, true),
@@ -169,6 +171,7 @@ impl Act {
             Act::SetQuotas => "set quotas",
             Act::CreateApp => "create or delete apps",
             Act::ReadCluster => "read the cluster",
+            Act::CreateWebhook => "manage webhooks",
         }
     }
 
@@ -219,6 +222,13 @@ impl Act {
                     .await
             }
             Act::ReadCluster => api.get("/cluster").await,
+            Act::CreateWebhook => {
+                api.post(
+                    "/apps/shop/webhooks",
+                    json!({"url": format!("https://hooks.example.com/{who}"), "events": ["*"]}),
+                )
+                .await
+            }
         };
         r.expect("request").status
     }
@@ -258,6 +268,26 @@ impl Act {
                     == json!(1000 + who.len())
             }
             Act::CreateApp => admin.get(&format!("/apps/app-{who}")).await.unwrap().status == 200,
+            Act::CreateWebhook => {
+                let url = format!("https://hooks.example.com/{who}");
+                let hooks = data(admin.get("/apps/shop/webhooks").await.unwrap());
+                let made = hooks
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|h| h["url"] == url)
+                    .cloned();
+                if let Some(h) = &made {
+                    // An app has at most 10 endpoints: free the slot for the next principal.
+                    let id = h["id"].as_str().unwrap();
+                    let r = admin
+                        .delete(&format!("/apps/shop/webhooks/{id}"))
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status, 204, "{r:?}");
+                }
+                made.is_some()
+            }
         })
     }
 }

@@ -251,6 +251,11 @@ pub fn room_names(app: &str, room: &str) -> Result<(AppName, RoomName), String> 
     Ok((app, room))
 }
 
+/// Compares two secrets in time that depends only on their lengths (not on where they differ).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,7 +220,7 @@ async fn metrics(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        if !same_secret(given.as_bytes(), want.as_bytes()) {
+        if !crate::http::constant_time_eq(given.as_bytes(), want.as_bytes()) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -234,11 +234,6 @@ async fn metrics(
         m.source.render(),
     )
         .into_response()
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `GET /healthz` and `GET /metrics` (behind `metrics_token` as a bearer token, if set),
