@@ -31,6 +31,30 @@ async fn webhook(api: &Api, app: &str, url: &str) -> (String, String) {
     (d["id"].as_str().unwrap().to_string(), secret)
 }
 
+/// The delivery log of webhook `id` of `app` once `done` holds for it (attempts are reported
+/// through Raft after the receiver answers, so the log may trail the receiver a moment).
+async fn delivery_log(
+    api: &Api,
+    app: &str,
+    id: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    poll("the delivery log", Duration::from_secs(30), || async {
+        let log = api
+            .get(&format!("/apps/{app}/webhooks/{id}/deliveries"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let entries = log.data().as_array().cloned().unwrap_or_default();
+        if done(&entries) {
+            Ok(entries)
+        } else {
+            Err(format!("{log:?}"))
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Every acknowledged event, verified: checks each request's signature and headers, that no
 /// event was acknowledged twice, and answers the bodies by event id.
 fn acknowledged(rx: &Receiver, secret: &str) -> BTreeMap<u64, Value> {
@@ -179,18 +203,13 @@ async fn a_rooms_events_arrive_signed_and_in_sequence() {
         hooks.data()[0].get("secret").is_none(),
         "secret shown again"
     );
-    let log = api
-        .get(&format!("/apps/hooks/webhooks/{id}/deliveries"))
-        .await
-        .unwrap();
-    let delivered = log
-        .data()
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|d| d["status"] == "delivered" && d["lastStatus"] == 200)
-        .count();
-    assert_eq!(delivered, got.len(), "{log:?}");
+    let delivered = |log: &[Value]| {
+        log.iter()
+            .filter(|d| d["status"] == "delivered" && d["lastStatus"] == 200)
+            .count()
+    };
+    let log = delivery_log(&api, "hooks", &id, |l| delivered(l) >= got.len()).await;
+    assert_eq!(delivered(&log), got.len(), "{log:?}");
 
     // A rotated secret: the old and the new one both sign during the overlap.
     let r = api
@@ -321,19 +340,17 @@ async fn a_receiver_outage_loses_nothing_and_repeats_nothing_acknowledged() {
     assert_eq!(room_events(&got, "a"), ROOM_LIFE);
     assert_eq!(room_events(&got, "b"), ROOM_LIFE);
     // The retries are in the delivery log: the first event was tried before it was taken.
-    let log = api
-        .get(&format!("/apps/outage/webhooks/{id}/deliveries"))
-        .await
-        .unwrap();
-    let first = got.keys().next().unwrap();
+    let first = format!("evt_{}", got.keys().next().unwrap());
+    let log = delivery_log(&api, "outage", &id, |l| {
+        l.iter()
+            .any(|d| d["id"] == first.as_str() && d["status"] == "delivered")
+    })
+    .await;
     let entry = log
-        .data()
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|d| d["id"] == format!("evt_{first}"))
-        .cloned()
-        .unwrap_or_else(|| panic!("evt_{first} not in {log:?}"));
+        .find(|d| d["id"] == first.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(entry["status"], "delivered", "{entry}");
     assert!(entry["attempts"].as_u64().unwrap() >= 3, "{entry}");
     // Nothing more comes after everything was acknowledged.
@@ -368,11 +385,8 @@ async fn the_delivering_origin_is_killed_and_another_delivers_without_a_gap() {
         |g| !g.is_empty(),
     )
     .await;
-    let log = api
-        .get(&format!("/apps/kill/webhooks/{id}/deliveries"))
-        .await
-        .unwrap();
-    let deliverer = log.data()[0]["node"].as_str().unwrap().to_string();
+    let log = delivery_log(&api, "kill", &id, |l| !l.is_empty()).await;
+    let deliverer = log[0]["node"].as_str().unwrap().to_string();
     let victim = c.index_of(&deliverer).unwrap();
     let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     c.note(format!(
@@ -408,20 +422,15 @@ async fn the_delivering_origin_is_killed_and_another_delivers_without_a_gap() {
     .await;
     assert_eq!(room_events(&got, "r1"), ROOM_LIFE);
     assert_eq!(room_events(&got, "r2"), ROOM_LIFE);
-    let log = api
-        .get(&format!("/apps/kill/webhooks/{id}/deliveries"))
-        .await
-        .unwrap();
-    let nodes: HashMap<String, usize> =
-        log.data()
-            .as_array()
-            .unwrap()
-            .iter()
-            .fold(HashMap::new(), |mut m, d| {
-                *m.entry(d["node"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-                m
-            });
+    let log = delivery_log(&api, "kill", &id, |l| {
+        l.iter().any(|d| d["node"] != deliverer.as_str())
+    })
+    .await;
+    let nodes: HashMap<String, usize> = log.iter().fold(HashMap::new(), |mut m, d| {
+        *m.entry(d["node"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        m
+    });
     assert!(
         nodes.keys().any(|n| *n != deliverer),
         "no other origin delivered: {nodes:?}"
