@@ -3,7 +3,10 @@
 //! of an identical room of a `playback: token` app, each with its own viewer token sent as a
 //! Bearer header (the check alone: verified, remembered, decided, counted), then the same with
 //! the token in `?token=` (the check, and the token added to every URI of each playlist), on
-//! one origin, one phase after the other and then again in the other order. Each viewer is its own
+//! one origin, one phase after the other and then again in the other order. A control phase
+//! sends the public app's requests with a header of the same size as the Bearer one (`X-Pad`):
+//! the same bytes on the wire and through the HTTP parser, no token checked, so what the check
+//! itself costs is header against padded, and what bigger requests cost is padded against public. Each viewer is its own
 //! client with its own keep-alive connection, polling the playlist every second and fetching
 //! each new segment with the URI the playlist gives, as a player does. Reports the origin's CPU
 //! per phase (from `/proc`) and the ratio.
@@ -40,17 +43,17 @@ fn newest_segment(playlist: &str) -> Option<String> {
 }
 
 /// One player until `stop`: the playlist every second, each new segment once; `playlist` may
-/// carry `\nBearer <token>`: the token sent as a header instead.
+/// carry a header line to send with every request (`\nAuthorization: Bearer <token>`).
 async fn viewer(playlist: String, counts: Arc<Counts>, stop: CancellationToken) {
-    let (playlist, bearer) = match playlist.split_once("\nBearer ") {
-        Some((p, t)) => (p.to_string(), Some(t.to_string())),
-        None => (playlist, None),
+    let (playlist, extra) = match playlist.split_once('\n') {
+        Some((p, h)) => (p.to_string(), h.split_once(": ")),
+        None => (playlist.clone(), None),
     };
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(t) = bearer {
+    if let Some((name, value)) = extra {
         headers.insert(
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {t}").parse().unwrap(),
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
         );
     }
     let client = reqwest::Client::builder()
@@ -145,6 +148,7 @@ async fn main() {
     let open = vec![origin.url("/hls/open/bench/index.m3u8"); viewers];
     let mut private = Vec::with_capacity(viewers);
     let mut bearer = Vec::with_capacity(viewers);
+    let mut padded = Vec::with_capacity(viewers);
     for i in 0..viewers {
         let r = admin
             .post(
@@ -156,8 +160,15 @@ async fn main() {
         let token = r.body["data"]["token"].as_str().unwrap().to_string();
         private.push(origin.url(&format!("/hls/private/bench/index.m3u8?token={token}")));
         bearer.push(format!(
-            "{}\nBearer {token}",
+            "{}\nAuthorization: Bearer {token}",
             origin.url("/hls/private/bench/index.m3u8")
+        ));
+        // Same length as the token (an `Authorization` header's name is 13 bytes, `X-Pad`'s 5).
+        padded.push(format!(
+            "{}\nX-Pad: Bearer {}{}",
+            origin.url("/hls/open/bench/index.m3u8"),
+            "x".repeat(8),
+            "p".repeat(token.len())
         ));
     }
     let client = reqwest::Client::new();
@@ -177,11 +188,16 @@ async fn main() {
     }
     println!("| phase | viewers | origin CPU % | segments | errors |");
     println!("|---|---|---|---|---|");
-    // `ONLY=public|header|query` runs that phase alone (to profile it: `perf record -p`).
+    // `ONLY=public|padded|header|query` runs that phase alone (to profile it: `perf record -p`).
     let only = std::env::var("ONLY").ok();
     println!("origin pid {pid}");
     let phases = [
         ("public", "public app, no token", &open),
+        (
+            "padded",
+            "public app, a header the size of the Bearer one (control)",
+            &padded,
+        ),
         (
             "header",
             "token app, a token per viewer as a Bearer header",
@@ -193,12 +209,16 @@ async fn main() {
             &private,
         ),
     ];
-    let mut cpu_sum = [0.0f64; 3];
+    let mut cpu_sum = [0.0f64; 4];
     let rounds = env("ROUNDS", 2).max(1);
     for round in 0..rounds {
-        for i in 0..3 {
+        for i in 0..phases.len() {
             // Every other round runs in the other order: drift hits every phase alike.
-            let i = if round % 2 == 0 { i } else { 2 - i };
+            let i = if round % 2 == 0 {
+                i
+            } else {
+                phases.len() - 1 - i
+            };
             let (short, name, urls) = phases[i];
             if only.as_deref().is_some_and(|o| o != short) {
                 continue;
@@ -211,10 +231,14 @@ async fn main() {
             cpu_sum[i] += cpu;
         }
     }
-    let base = cpu_sum[0].max(0.01);
+    let (base, control) = (cpu_sum[0].max(0.01), cpu_sum[1].max(0.01));
     println!(
-        "\norigin CPU against the public app: the check (header) {:.3}x, the check and the token in every URI (query) {:.3}x",
-        cpu_sum[1] / base,
-        cpu_sum[2] / base
+        "\norigin CPU against the public app: requests as large as the header ones (padded) {:.3}x, \
+         the check (header) {:.3}x, the check and the token in every URI (query) {:.3}x\n\
+         the check against the same requests unchecked (header / padded): {:.3}x",
+        control / base,
+        cpu_sum[2] / base,
+        cpu_sum[3] / base,
+        cpu_sum[2] / control,
     );
 }
