@@ -1,6 +1,8 @@
 //! `/metrics` of an origin and an edge, read by a strict Prometheus text-format reader during a
 //! run with three apps, behind `--metrics-token`: each app's viewer count (cluster-wide, from
-//! the nodes' load reports) matches the HLS clients started for it on the edge.
+//! the nodes' load reports) matches the HLS clients started for it on the edge, and the edge's
+//! own per-app and per-room series count them by protocol (HLS, LL-HLS), with each app's
+//! egress; the origin counts each app's ingest and exposes its Raft lag.
 
 use std::time::Duration;
 
@@ -78,7 +80,10 @@ async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
     for (app, n) in apps {
         for i in 0..n {
             let token = token(&api, app, &format!("viewer-{i}")).await;
-            let url = edge.url(&format!("/hls/{app}/cam/index.m3u8?token={token}"));
+            // The third viewer of m3 reloads as an LL-HLS player does (`_HLS_msn`, answered at
+            // once for a segment the playlist has).
+            let ll = if i == 2 { "&_HLS_msn=0" } else { "" };
+            let url = edge.url(&format!("/hls/{app}/cam/index.m3u8?token={token}{ll}"));
             let stop = stop.clone();
             viewers.push(tokio::spawn(async move {
                 let client = hls::client();
@@ -112,13 +117,78 @@ async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
     )
     .await
     .unwrap();
-    // The edge's exposition reads too, and it served the HLS viewers.
+    // The edge's exposition reads too: it served the HLS viewers, and counts them per app and
+    // per room by protocol, with the bytes each app's viewers took.
+    let by_protocol = [
+        ("m1", "hls", 1.0),
+        ("m2", "hls", 2.0),
+        ("m3", "hls", 2.0),
+        ("m3", "ll-hls", 1.0),
+    ];
+    poll(
+        "the edge's viewers by app, room and protocol",
+        Duration::from_secs(30),
+        || async {
+            let s = scrape(&edge).await?;
+            for (app, protocol, want) in by_protocol {
+                let per_app = prom::find(
+                    &s,
+                    "streamhub_app_viewers",
+                    &[("app", app), ("protocol", protocol)],
+                );
+                let per_room = prom::find(
+                    &s,
+                    "streamhub_room_viewers",
+                    &[("app", app), ("room", "cam"), ("protocol", protocol)],
+                );
+                if per_app != Some(want) || per_room != Some(want) {
+                    return Err(format!(
+                        "{app} {protocol}: app {per_app:?}, room {per_room:?}, want {want}"
+                    ));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
     let s = scrape(&edge).await.unwrap();
     let served = prom::find(&s, "streamhub_hls_requests_total", &[]).unwrap_or(0.0);
     assert!(served >= 6.0, "the edge served {served} HLS requests");
+    let hls_bytes = prom::find(&s, "streamhub_hls_bytes_out_total", &[]).unwrap_or(0.0);
+    let mut egress = 0.0;
+    for (app, _) in apps {
+        let e = prom::find(&s, "streamhub_app_egress_bytes_total", &[("app", app)]);
+        assert!(
+            e.is_some_and(|e| e > 0.0),
+            "{app}'s egress on the edge: {e:?}"
+        );
+        egress += e.unwrap_or(0.0);
+    }
+    // Every HLS body the edge sent went to one of these viewers, counted in its app's egress
+    // after the token was added to its URIs (so at least as large), but for the responses in
+    // flight at the scrape (counted by the HLS side first).
+    assert!(
+        hls_bytes > 0.0 && egress + 64.0 * 1024.0 >= hls_bytes,
+        "egress {egress}, HLS {hls_bytes}"
+    );
     // Every series the Grafana dashboard draws is one the nodes expose (those that exist only
     // once something happened: quotas set, events dropped).
     let origin = scrape(&c.nodes[0]).await.unwrap();
+    for (app, _) in apps {
+        let ingest = prom::find(&origin, "streamhub_app_ingest_bytes_total", &[("app", app)]);
+        assert!(
+            ingest.is_some_and(|b| b > 10_000.0),
+            "{app}'s ingest on the origin: {ingest:?}"
+        );
+    }
+    let last_log = prom::find(&origin, "streamhub_raft_last_log_index", &[]).unwrap_or(0.0);
+    assert!(last_log > 0.0, "the origin's Raft log: {last_log}");
+    let lag = prom::find(&origin, "streamhub_raft_apply_lag_entries", &[]);
+    assert!(
+        lag.is_some_and(|l| l >= 0.0 && l <= last_log),
+        "apply lag {lag:?}"
+    );
     let exposed: std::collections::HashSet<&str> = origin
         .iter()
         .chain(s.iter())
@@ -140,7 +210,11 @@ async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
     drawn.dedup();
     assert!(drawn.len() >= 10, "{drawn:?}");
     for name in drawn {
-        let only_sometimes = ["streamhub_app_quota", "streamhub_webhook_dropped_total"];
+        let only_sometimes = [
+            "streamhub_app_quota",
+            "streamhub_webhook_dropped_total",
+            "streamhub_webhook_attempts_total",
+        ];
         assert!(
             exposed.contains(name) || only_sometimes.contains(&name),
             "the dashboard draws {name}, which no node exposes"

@@ -61,14 +61,18 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         tasks.clone(),
         shutdown.clone(),
     );
-    let metrics = Arc::new(EdgeMetrics::new(
-        stats.clone(),
-        hls.clone(),
-        pulls.clone(),
-        webrtc.clone(),
-    ));
-    let health = Health::default();
     let viewers = Arc::new(ViewerTracker::default());
+    let registry = prometheus::Registry::new();
+    let metrics = Arc::new(EdgeMetrics {
+        playback: PlaybackMetrics::new(&registry),
+        registry,
+        stats: stats.clone(),
+        hls: hls.clone(),
+        pulls: pulls.clone(),
+        webrtc: webrtc.clone(),
+        viewers: viewers.clone(),
+    });
+    let health = Health::default();
     let gate = Gate {
         verifier: Arc::new(Remembering::new(OriginsKeys(origins.clone()))),
         rooms: Arc::new(RememberingAccess::new(OriginsAccess(origins.clone()))),
@@ -217,25 +221,7 @@ struct EdgeMetrics {
     hls: Arc<HlsRegistry>,
     pulls: Arc<Pulls>,
     webrtc: Arc<WebRtc>,
-}
-
-impl EdgeMetrics {
-    fn new(
-        stats: PlaybackStats,
-        hls: Arc<HlsRegistry>,
-        pulls: Arc<Pulls>,
-        webrtc: Arc<WebRtc>,
-    ) -> Self {
-        let registry = prometheus::Registry::new();
-        Self {
-            playback: PlaybackMetrics::new(&registry),
-            registry,
-            stats,
-            hls,
-            pulls,
-            webrtc,
-        }
-    }
+    viewers: Arc<ViewerTracker>,
 }
 
 impl MetricsSource for EdgeMetrics {
@@ -248,6 +234,7 @@ impl MetricsSource for EdgeMetrics {
             webrtc: &self.webrtc.stats,
             viewers: self.pulls.viewers() as u64,
             rooms: self.pulls.list().len() as u64,
+            tracker: &self.viewers,
         });
         streamhub_media::metrics::render(&self.registry)
     }

@@ -28,6 +28,8 @@ pub struct Sources {
     pub raft: Arc<RaftNode>,
     pub recorder: crate::recording::Recorder,
     pub webhooks: Arc<crate::webhooks::Stats>,
+    /// This origin's viewers (it serves playback too).
+    pub viewers: Arc<streamhub_media::access::ViewerTracker>,
 }
 
 /// The origin's `/metrics`: its Prometheus registry and where each value comes from.
@@ -61,6 +63,10 @@ pub struct Metrics {
     raft_leader: IntGauge,
     raft_is_leader: IntGauge,
     raft_applied: IntGauge,
+    raft_last_log: IntGauge,
+    raft_apply_lag: IntGauge,
+    raft_replication_lag: IntGaugeVec,
+    app_ingest: prometheus::IntCounterVec,
     spool_bytes: IntGauge,
     spool_limit: IntGauge,
     recordings: IntGauge,
@@ -216,9 +222,40 @@ impl Metrics {
             webhook_attempts: counter_vec(
                 &r,
                 "streamhub_webhook_attempts_total",
-                "Webhook delivery attempts this origin made, by outcome (delivered, retrying, failed)",
-                &["outcome"],
+                "Webhook delivery attempts this origin made, by app and outcome (delivered, \
+                 retrying, failed)",
+                &["app", "outcome"],
             ),
+            app_ingest: counter_vec(
+                &r,
+                "streamhub_app_ingest_bytes_total",
+                "Media bytes this origin received from each app's publishers (rate * 8: the \
+                 app's ingest bitrate here)",
+                &["app"],
+            ),
+            raft_last_log: gauge(
+                &r,
+                "streamhub_raft_last_log_index",
+                "Index of the last entry in this node's Raft log",
+            ),
+            raft_apply_lag: gauge(
+                &r,
+                "streamhub_raft_apply_lag_entries",
+                "Log entries this node holds but has not applied to its state yet",
+            ),
+            raft_replication_lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "streamhub_raft_replication_lag_entries",
+                        "On the leader: entries each member is behind the leader's log (how \
+                         far a follower trails the commits)",
+                    ),
+                    &["peer"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             webhook_dropped: counter_vec(
                 &r,
                 "streamhub_webhook_dropped_total",
@@ -328,9 +365,18 @@ impl Metrics {
             relay: &src.playback.relay,
             mjpeg: &src.playback.mjpeg,
             webrtc: &src.webrtc.stats,
-            viewers: 0,
+            viewers: src
+                .viewers
+                .report(std::time::Instant::now())
+                .values()
+                .map(|v| u64::from(*v))
+                .sum(),
             rooms: src.hls.len() as u64,
+            tracker: &src.viewers,
         });
+        for (app, bytes) in src.rooms.ingest_bytes_by_app() {
+            sync_counter(&self.app_ingest.with_label_values(&[app.as_str()]), bytes);
+        }
         sync_counter(
             &self.rtmp_connections,
             src.rtmp.connections_total.load(Relaxed),
@@ -371,16 +417,15 @@ impl Metrics {
         self.spool_limit.set(limit as i64);
         self.recordings.set(src.recorder.active() as i64);
         sync_counter(&self.uploaded, src.recorder.uploaded_bytes());
-        let w = &src.webhooks;
-        for (outcome, n) in [
-            ("delivered", &w.delivered),
-            ("retrying", &w.retrying),
-            ("failed", &w.failed),
-        ] {
-            sync_counter(
-                &self.webhook_attempts.with_label_values(&[outcome]),
-                n.load(Relaxed),
-            );
+        for (app, counts) in src.webhooks.by_app() {
+            for (outcome, n) in crate::webhooks::Stats::OUTCOMES.iter().zip(counts) {
+                sync_counter(
+                    &self
+                        .webhook_attempts
+                        .with_label_values(&[app.as_str(), outcome]),
+                    n,
+                );
+            }
         }
         let dropped: Vec<(String, u64)> = src.raft.read(|s| {
             s.events
@@ -399,6 +444,19 @@ impl Metrics {
         self.raft_is_leader
             .set(i64::from(m.leader == Some(m.node_id)));
         self.raft_applied.set(m.last_applied.unwrap_or(0) as i64);
+        let last_log = m.last_log_index.unwrap_or(0);
+        self.raft_last_log.set(last_log as i64);
+        self.raft_apply_lag
+            .set(last_log.saturating_sub(m.last_applied.unwrap_or(0)) as i64);
+        self.raft_replication_lag.reset();
+        if m.leader == Some(m.node_id) {
+            for (id, matched) in &m.replication {
+                let behind = last_log.saturating_sub(matched.unwrap_or(0));
+                self.raft_replication_lag
+                    .with_label_values(&[id.to_string().as_str()])
+                    .set(behind as i64);
+            }
+        }
     }
 }
 

@@ -251,6 +251,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         raft: raft.clone(),
         recorder: recorder.clone(),
         webhooks: webhooks.stats(),
+        viewers: viewers.clone(),
     }));
     let services = Services {
         tenants: tenants.clone(),

@@ -125,6 +125,9 @@ pub struct RoomSummary {
 /// The live rooms of this node.
 pub struct Rooms {
     live: Mutex<HashMap<(AppName, RoomName), LiveRoom>>,
+    /// Bytes received by the sessions that ended, per app (with the live sessions' bytes: a
+    /// counter per app, for `/metrics`).
+    ended_bytes: Mutex<HashMap<AppName, u64>>,
     next_session: std::sync::atomic::AtomicU64,
     observer: Arc<dyn RoomObserver>,
     policy: GroupPolicy,
@@ -135,6 +138,7 @@ impl Rooms {
     pub fn new(observer: Arc<dyn RoomObserver>, policy: GroupPolicy) -> Arc<Self> {
         Arc::new(Self {
             live: Mutex::new(HashMap::new()),
+            ended_bytes: Mutex::new(HashMap::new()),
             next_session: 1.into(),
             observer,
             policy,
@@ -283,6 +287,19 @@ impl Rooms {
     }
 
     /// Number of live publishers per protocol.
+    /// Bytes received per app since this node started, by the sessions that ended and the live
+    /// ones (only ever grows: a counter).
+    pub fn ingest_bytes_by_app(&self) -> HashMap<AppName, u64> {
+        // In `finish`'s order (live, then ended): a session is counted in one or the other.
+        let live = self.live.lock().expect("rooms lock");
+        let mut out = self.ended_bytes.lock().expect("ended bytes lock").clone();
+        for ((app, _), l) in live.iter() {
+            *out.entry(app.clone()).or_default() +=
+                l.stats.bytes_in.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        out
+    }
+
     pub fn publishers_by_protocol(&self) -> HashMap<Protocol, usize> {
         let live = self.live.lock().expect("rooms lock");
         let mut out = HashMap::new();
@@ -324,6 +341,16 @@ impl Rooms {
         let key = (app.clone(), room.clone());
         if live.get(&key).is_some_and(|r| r.session == session) {
             if let Some(ended) = live.remove(&key) {
+                let bytes = ended
+                    .stats
+                    .bytes_in
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                *self
+                    .ended_bytes
+                    .lock()
+                    .expect("ended bytes lock")
+                    .entry(app.clone())
+                    .or_default() += bytes;
                 let why = ended.why.get().copied().unwrap_or("ended");
                 self.observer.room_ended(app, room, ended.epoch, why);
             }

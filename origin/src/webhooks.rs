@@ -19,7 +19,7 @@
 //!   [`Guard`] itself, which drops such addresses, so a name that changes its answer after
 //!   the check (DNS rebinding) cannot slip through.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,12 +220,39 @@ impl reqwest::dns::Resolve for GuardResolver {
     }
 }
 
-/// Delivery counters for `/metrics`.
+/// Delivery attempts this origin made, per app and outcome, for `/metrics` (apps this origin
+/// delivered for since it started: bounded by the apps).
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub delivered: std::sync::atomic::AtomicU64,
-    pub retrying: std::sync::atomic::AtomicU64,
-    pub failed: std::sync::atomic::AtomicU64,
+    by_app: std::sync::Mutex<BTreeMap<AppName, [u64; 3]>>,
+}
+
+impl Stats {
+    /// The outcomes, in the order of [`Stats::by_app`]'s arrays.
+    pub const OUTCOMES: [&'static str; 3] = ["delivered", "retrying", "failed"];
+
+    fn count(&self, app: &AppName, status: DeliveryStatus) {
+        let i = match status {
+            DeliveryStatus::Delivered => 0,
+            DeliveryStatus::Retrying => 1,
+            DeliveryStatus::Failed => 2,
+        };
+        let mut by_app = self.by_app.lock().unwrap_or_else(|e| e.into_inner());
+        match by_app.get_mut(app) {
+            Some(counts) => counts[i] += 1,
+            None => {
+                let mut counts = [0; 3];
+                counts[i] = 1;
+                by_app.insert(app.clone(), counts);
+            }
+        }
+    }
+
+    /// Attempts per app: delivered, retrying, failed.
+    pub fn by_app(&self) -> Vec<(AppName, [u64; 3])> {
+        let by_app = self.by_app.lock().unwrap_or_else(|e| e.into_inner());
+        by_app.iter().map(|(a, c)| (a.clone(), *c)).collect()
+    }
 }
 
 /// The webhook deliverer of this origin.
@@ -511,12 +538,7 @@ impl Webhooks {
             DeliveryStatus::Retrying if too_old => DeliveryStatus::Failed,
             s => s,
         };
-        let counter = match status {
-            DeliveryStatus::Delivered => &self.0.stats.delivered,
-            DeliveryStatus::Retrying => &self.0.stats.retrying,
-            DeliveryStatus::Failed => &self.0.stats.failed,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.stats.count(&event.app, status);
         let next_attempt_at_ms = (status == DeliveryStatus::Retrying).then(|| {
             let delay = Backoff::after(RETRY_BASE, RETRY_CAP, attempts).next_random_delay();
             now + delay.as_millis() as u64

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -324,24 +325,60 @@ enum ViewerKey {
     Anonymous(Option<String>, IpAddr),
 }
 
+/// How a viewer watches, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViewProtocol {
+    Hls,
+    /// A part, a preload hint or a blocking playlist reload (`_HLS_msn`).
+    LlHls,
+    Whep,
+    /// MJPEG streams and `frame.jpg`.
+    Mjpeg,
+}
+
+impl ViewProtocol {
+    pub const ALL: &'static [Self] = &[Self::Hls, Self::LlHls, Self::Whep, Self::Mjpeg];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hls => "hls",
+            Self::LlHls => "ll-hls",
+            Self::Whep => "whep",
+            Self::Mjpeg => "mjpeg",
+        }
+    }
+}
+
+/// A viewer's last request: when, which room, how.
+struct Seen {
+    at: Instant,
+    room: RoomName,
+    protocol: ViewProtocol,
+}
+
 #[derive(Default)]
 struct AppViewers {
-    recent: HashMap<ViewerKey, Instant>,
-    /// Viewers holding a stream open (MJPEG, WHEP sessions).
-    streams: usize,
+    recent: HashMap<ViewerKey, Seen>,
+    /// Viewers holding a stream open (MJPEG, WHEP sessions), by room and protocol.
+    streams: HashMap<(RoomName, ViewProtocol), usize>,
+    /// Media bytes sent to this app's viewers (kept while the app is tracked: a counter).
+    egress: Arc<AtomicU64>,
 }
 
 impl AppViewers {
     fn prune(&mut self, now: Instant) {
         if let Some(deadline) = now.checked_sub(VIEWER_TTL) {
-            self.recent.retain(|_, t| *t > deadline);
+            self.recent.retain(|_, s| s.at > deadline);
         }
     }
 
     fn count(&self) -> u64 {
-        (self.recent.len() + self.streams) as u64
+        (self.recent.len() + self.streams.values().sum::<usize>()) as u64
     }
 }
+
+/// Viewers of one room by protocol, as [`ViewerTracker::rooms`] gives them.
+pub type RoomViewers = BTreeMap<(RoomName, ViewProtocol), u64>;
 
 /// This node's viewers per app: what its load reports say and what its quota checks count.
 #[derive(Default)]
@@ -355,23 +392,45 @@ impl ViewerTracker {
         self.apps.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `key` as a viewer of `app` now; whether it was already counted.
-    fn touch(&self, app: &AppName, key: ViewerKey, now: Instant) -> bool {
+    /// Counts `key` as a viewer of `app/room` by `protocol` now; the app's egress counter (none
+    /// once [`MAX_APPS`] are tracked).
+    fn touch(
+        &self,
+        app: &AppName,
+        room: &RoomName,
+        protocol: ViewProtocol,
+        key: ViewerKey,
+        now: Instant,
+    ) -> Option<Arc<AtomicU64>> {
         let mut apps = self.apps();
         if !apps.contains_key(app) {
             if apps.len() >= MAX_APPS {
-                return false;
+                return None;
             }
             apps.insert(app.clone(), AppViewers::default());
         }
-        let Some(viewers) = apps.get_mut(app) else {
-            return false;
-        };
-        let known = viewers.recent.contains_key(&key);
-        if known || viewers.recent.len() < MAX_VIEWERS_PER_APP {
-            viewers.recent.insert(key, now);
+        let viewers = apps.get_mut(app)?;
+        // A known viewer is updated in place: one hash, nothing allocated.
+        let full = viewers.recent.len() >= MAX_VIEWERS_PER_APP;
+        match viewers.recent.get_mut(&key) {
+            Some(seen) => {
+                seen.at = now;
+                seen.protocol = protocol;
+                if seen.room != *room {
+                    seen.room = room.clone();
+                }
+            }
+            None if !full => {
+                let seen = Seen {
+                    at: now,
+                    room: room.clone(),
+                    protocol,
+                };
+                viewers.recent.insert(key, seen);
+            }
+            None => {}
         }
-        known
+        Some(viewers.egress.clone())
     }
 
     /// Whether `key` counts as a viewer of `app` now.
@@ -380,7 +439,7 @@ impl ViewerTracker {
         let deadline = now.checked_sub(VIEWER_TTL);
         apps.get(app)
             .and_then(|v| v.recent.get(key))
-            .is_some_and(|t| deadline.is_none_or(|d| *t > d))
+            .is_some_and(|s| deadline.is_none_or(|d| s.at > d))
     }
 
     /// Viewers of `app` on this node now.
@@ -398,21 +457,62 @@ impl ViewerTracker {
         self.apps().get(app).map_or(0, |v| {
             v.recent
                 .iter()
-                .filter(|(k, t)| {
+                .filter(|(k, seen)| {
                     matches!(k, ViewerKey::Anonymous(Some(s), _) if s == sub)
-                        && deadline.is_none_or(|d| **t > d)
+                        && deadline.is_none_or(|d| seen.at > d)
                 })
                 .count()
         })
     }
 
-    /// Holds a streaming viewer of `app` while the guard lives.
-    pub fn hold(self: &Arc<Self>, app: &AppName) -> ViewerHold {
-        self.apps().entry(app.clone()).or_default().streams += 1;
+    /// Holds a streaming viewer of `app/room` by `protocol` while the guard lives.
+    pub fn hold(
+        self: &Arc<Self>,
+        app: &AppName,
+        room: &RoomName,
+        protocol: ViewProtocol,
+    ) -> ViewerHold {
+        let mut apps = self.apps();
+        let viewers = apps.entry(app.clone()).or_default();
+        *viewers.streams.entry((room.clone(), protocol)).or_default() += 1;
         ViewerHold {
             tracker: self.clone(),
             app: app.clone(),
+            room: room.clone(),
+            protocol,
+            egress: viewers.egress.clone(),
         }
+    }
+
+    /// Viewers per app now, by room and protocol (apps with none left out).
+    pub fn rooms(&self, now: Instant) -> BTreeMap<AppName, RoomViewers> {
+        let mut apps = self.apps();
+        let mut out = BTreeMap::new();
+        for (app, v) in apps.iter_mut() {
+            v.prune(now);
+            let mut rooms = RoomViewers::new();
+            for seen in v.recent.values() {
+                *rooms.entry((seen.room.clone(), seen.protocol)).or_default() += 1;
+            }
+            for (k, n) in &v.streams {
+                if *n > 0 {
+                    *rooms.entry(k.clone()).or_default() += *n as u64;
+                }
+            }
+            if !rooms.is_empty() {
+                out.insert(app.clone(), rooms);
+            }
+        }
+        out
+    }
+
+    /// Media bytes sent to each app's viewers by this node since it started.
+    pub fn egress(&self) -> Vec<(AppName, u64)> {
+        self.apps()
+            .iter()
+            .map(|(a, v)| (a.clone(), v.egress.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Viewers per app now (the busiest [`MAX_APPS_REPORTED`]), forgetting apps with none.
@@ -420,12 +520,14 @@ impl ViewerTracker {
     /// [`MAX_APPS_REPORTED`]: streamhub_cluster::state::registry::MAX_APPS_REPORTED
     pub fn report(&self, now: Instant) -> BTreeMap<String, u32> {
         let mut apps = self.apps();
+        // An app that sent bytes stays tracked (its egress is a counter), up to MAX_APPS.
         apps.retain(|_, v| {
             v.prune(now);
-            v.count() > 0
+            v.count() > 0 || v.egress.load(Ordering::Relaxed) > 0
         });
         let mut all: Vec<(String, u32)> = apps
             .iter()
+            .filter(|(_, v)| v.count() > 0)
             .map(|(a, v)| (a.to_string(), v.count().min(u64::from(u32::MAX)) as u32))
             .collect();
         all.sort_by_key(|b| std::cmp::Reverse(b.1));
@@ -438,12 +540,28 @@ impl ViewerTracker {
 pub struct ViewerHold {
     tracker: Arc<ViewerTracker>,
     app: AppName,
+    room: RoomName,
+    protocol: ViewProtocol,
+    egress: Arc<AtomicU64>,
+}
+
+impl ViewerHold {
+    /// Counts `bytes` sent to this viewer in its app's egress.
+    pub fn sent(&self, bytes: u64) {
+        self.egress.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Drop for ViewerHold {
     fn drop(&mut self) {
         if let Some(v) = self.tracker.apps().get_mut(&self.app) {
-            v.streams = v.streams.saturating_sub(1);
+            let key = (self.room.clone(), self.protocol);
+            if let Some(n) = v.streams.get_mut(&key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    v.streams.remove(&key);
+                }
+            }
         }
     }
 }
@@ -634,35 +752,74 @@ pub async fn check(State(gate): State<Gate>, mut req: Request, next: Next) -> Re
         Kind::Live => req.uri().path().ends_with("/mjpeg"),
         _ => false,
     };
-    let hold = if streaming {
-        let hold = Arc::new(gate.viewers.hold(&app));
-        req.extensions_mut().insert(AdmittedViewer(hold.clone()));
-        Some(hold)
-    } else {
-        if let Some(key) = key {
-            gate.viewers.touch(&app, key, Instant::now());
+    let protocol = view_protocol(kind, req.uri());
+    let (hold, egress) = match key {
+        Some(_) if streaming => {
+            let hold = Arc::new(gate.viewers.hold(&app, &room, protocol));
+            req.extensions_mut().insert(AdmittedViewer(hold.clone()));
+            (Some(hold), None)
         }
-        None
+        Some(key) => {
+            let egress = gate
+                .viewers
+                .touch(&app, &room, protocol, key, Instant::now());
+            (None, egress)
+        }
+        None => (None, None),
     };
     let resp = next.run(req).await;
-    match (kind, token) {
+    let resp = match (kind, token) {
         (Kind::Hls { playlist: true }, Some(t))
             if t.in_query && resp.status() == StatusCode::OK =>
         {
             with_token(resp, &t.token).await
         }
-        // An MJPEG stream is counted for as long as its body is being sent.
-        _ if kind == Kind::Live && hold.is_some() => hold_body(resp, hold),
+        // An MJPEG stream is counted, and its bytes, for as long as its body is being sent.
+        (Kind::Live, _) if hold.is_some() => return hold_body(resp, hold),
         _ => resp,
+    };
+    if let (Some(egress), Some(len)) =
+        (egress, axum::body::HttpBody::size_hint(resp.body()).exact())
+    {
+        if resp.status().is_success() {
+            egress.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+    resp
+}
+
+/// How a request of `kind` watches: LL-HLS for parts (`part-<msn>.<i>.m4s`) and blocking
+/// playlist reloads.
+fn view_protocol(kind: Kind, uri: &axum::http::Uri) -> ViewProtocol {
+    match kind {
+        Kind::Hls { playlist } => {
+            let ll = if playlist {
+                uri.query().is_some_and(|q| q.contains("_HLS_msn="))
+            } else {
+                uri.path()
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with("part-"))
+            };
+            if ll {
+                ViewProtocol::LlHls
+            } else {
+                ViewProtocol::Hls
+            }
+        }
+        Kind::Whep => ViewProtocol::Whep,
+        Kind::Live | Kind::Page => ViewProtocol::Mjpeg,
     }
 }
 
-/// Keeps `hold` with the response body until the stream ends.
+/// Keeps `hold` with the response body until the stream ends, counting what it sends.
 fn hold_body(resp: Response, hold: Option<Arc<ViewerHold>>) -> Response {
     use futures::StreamExt as _;
     let (parts, body) = resp.into_parts();
     let stream = body.into_data_stream().map(move |chunk| {
-        let _keep = &hold;
+        if let (Some(h), Ok(c)) = (&hold, &chunk) {
+            h.sent(c.len() as u64);
+        }
         chunk
     });
     Response::from_parts(parts, Body::from_stream(stream))
@@ -825,6 +982,24 @@ mod tests {
     }
 
     #[test]
+    fn tells_hls_from_ll_hls() {
+        let p = |kind, uri: &str| view_protocol(kind, &uri.parse().unwrap());
+        let (list, media) = (Kind::Hls { playlist: true }, Kind::Hls { playlist: false });
+        assert_eq!(p(list, "/hls/a/r/index.m3u8"), ViewProtocol::Hls);
+        assert_eq!(
+            p(list, "/hls/a/r/index.m3u8?_HLS_msn=7&_HLS_part=1"),
+            ViewProtocol::LlHls
+        );
+        assert_eq!(p(media, "/hls/a/r/seg-7.m4s"), ViewProtocol::Hls);
+        assert_eq!(
+            p(media, "/hls/a/r/part-7.1.m4s?token=x"),
+            ViewProtocol::LlHls
+        );
+        assert_eq!(p(Kind::Live, "/live/a/r/mjpeg"), ViewProtocol::Mjpeg);
+        assert_eq!(p(Kind::Whep, "/whep/a/r"), ViewProtocol::Whep);
+    }
+
+    #[test]
     fn a_token_reaches_every_uri_of_a_playlist() {
         let playlist = "#EXTM3U\n#EXT-X-MAP:URI=\"init-1.mp4\"\n#EXT-X-PART:DURATION=0.5,URI=\"p.7.0.m4s\"\n#EXTINF:2.0,\nseg-7.m4s\n#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"p.8.1.m4s\"\n#EXT-X-RENDITION-REPORT:URI=\"index.m3u8?x=1\",LAST-MSN=8\n";
         let out = add_token(playlist, "a.b+c");
@@ -853,16 +1028,42 @@ mod tests {
         let app = AppName::new("a").unwrap();
         let t0 = Instant::now();
         let ip = IpAddr::from([10, 0, 0, 1]);
-        assert!(!tracker.touch(&app, ViewerKey::Anonymous(None, ip), t0));
-        assert!(tracker.touch(&app, ViewerKey::Anonymous(None, ip), t0));
-        tracker.touch(&app, ViewerKey::Identity("ann".into()), t0);
-        let hold = tracker.hold(&app);
+        let (cam, desk) = (
+            RoomName::new("cam").unwrap(),
+            RoomName::new("desk").unwrap(),
+        );
+        let anon = || ViewerKey::Anonymous(None, ip);
+        let egress = tracker.touch(&app, &cam, ViewProtocol::Hls, anon(), t0);
+        egress.unwrap().fetch_add(100, Ordering::Relaxed);
+        // The same viewer again, now on another room by LL-HLS: still one viewer.
+        tracker.touch(&app, &desk, ViewProtocol::LlHls, anon(), t0);
+        tracker.touch(
+            &app,
+            &cam,
+            ViewProtocol::Hls,
+            ViewerKey::Identity("ann".into()),
+            t0,
+        );
+        let hold = tracker.hold(&app, &cam, ViewProtocol::Whep);
+        hold.sent(50);
         assert_eq!(tracker.count(&app, t0), 3);
         assert_eq!(tracker.report(t0)["a"], 3);
+        let rooms = &tracker.rooms(t0)[&app];
+        assert_eq!(rooms[&(cam.clone(), ViewProtocol::Hls)], 1);
+        assert_eq!(rooms[&(desk.clone(), ViewProtocol::LlHls)], 1);
+        assert_eq!(rooms[&(cam.clone(), ViewProtocol::Whep)], 1);
+        assert_eq!(rooms.len(), 3);
+        assert_eq!(tracker.egress(), vec![(app.clone(), 150)]);
         drop(hold);
         let later = t0 + VIEWER_TTL + Duration::from_secs(1);
         assert_eq!(tracker.count(&app, later), 0);
         assert!(tracker.report(later).is_empty());
+        assert!(tracker.rooms(later).is_empty());
+        assert_eq!(
+            tracker.egress(),
+            vec![(app, 150)],
+            "the egress counter stays"
+        );
     }
 
     struct Fixed(RoomAccess);
@@ -939,7 +1140,8 @@ mod tests {
             .await
         {
             Ok((_, Some(key))) => {
-                g.viewers.touch(&app, key, Instant::now());
+                g.viewers
+                    .touch(&app, &room, ViewProtocol::Hls, key, Instant::now());
                 StatusCode::OK
             }
             Ok(_) => StatusCode::OK,

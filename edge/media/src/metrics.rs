@@ -4,7 +4,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::access::{ViewProtocol, ViewerTracker};
 
 use crate::hls::{HlsStats, MediaCache};
 use crate::mjpeg::MjpegStats;
@@ -39,7 +41,18 @@ pub struct PlaybackSample<'a> {
     pub viewers: u64,
     /// Rooms pulled from origins (edges) or live here (origins).
     pub rooms: u64,
+    /// This node's viewers by app, room and protocol, and its egress by app.
+    pub tracker: &'a ViewerTracker,
 }
+
+/// Apps with their own label in the per-app viewer series (the busiest); the rest are summed
+/// under `app="_other"`.
+pub const APP_LABELS: usize = 100;
+/// Rooms per app with their own label in `streamhub_room_viewers` (the busiest); the rest of
+/// the app's rooms are summed under `room="_other"`.
+pub const ROOM_LABELS: usize = 10;
+/// The label of what is summed beyond [`APP_LABELS`] or [`ROOM_LABELS`].
+pub const OTHER: &str = "_other";
 
 /// Reads a counter's value from a sample.
 type CounterFn = fn(&PlaybackSample<'_>) -> u64;
@@ -51,6 +64,9 @@ pub struct PlaybackMetrics {
     counters: Vec<(IntCounter, CounterFn)>,
     gauges: Vec<(IntGauge, GaugeFn)>,
     relay_egress: IntCounterVec,
+    app_viewers: IntGaugeVec,
+    room_viewers: IntGaugeVec,
+    app_egress: IntCounterVec,
 }
 
 /// A counter registered in `r`.
@@ -282,7 +298,35 @@ impl PlaybackMetrics {
         .expect("valid metric");
         r.register(Box::new(relay_egress.clone()))
             .expect("unique metric");
+        let app_viewers = gauge_vec(
+            r,
+            "streamhub_app_viewers",
+            "Viewers on this node by app and protocol (hls, ll-hls, whep, mjpeg); the busiest 100 \
+             apps, the rest under app=\"_other\"",
+            &["app", "protocol"],
+        );
+        let room_viewers = gauge_vec(
+            r,
+            "streamhub_room_viewers",
+            "Viewers on this node by room and protocol; the busiest 10 rooms of each labelled app, \
+             the rest under room=\"_other\"",
+            &["app", "room", "protocol"],
+        );
+        let app_egress = IntCounterVec::new(
+            Opts::new(
+                "streamhub_app_egress_bytes_total",
+                "Media bytes this node sent to each app's viewers (HLS, MJPEG and frame bodies, \
+                 WHEP datagrams)",
+            ),
+            &["app"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(app_egress.clone()))
+            .expect("unique metric");
         Self {
+            app_viewers,
+            room_viewers,
+            app_egress,
             counters: COUNTERS
                 .iter()
                 .map(|(name, help, f)| (counter(r, name, help), *f))
@@ -309,7 +353,89 @@ impl PlaybackMetrics {
                 bytes,
             );
         }
+        self.sample_viewers(s.tracker);
     }
+
+    /// The per-app and per-room viewer gauges (labels bounded by [`APP_LABELS`] and
+    /// [`ROOM_LABELS`]), and the per-app egress counters.
+    fn sample_viewers(&self, tracker: &ViewerTracker) {
+        let mut apps: Vec<_> = tracker
+            .rooms(std::time::Instant::now())
+            .into_iter()
+            .collect();
+        let total = |rooms: &crate::access::RoomViewers| rooms.values().sum::<u64>();
+        apps.sort_by_key(|(_, rooms)| std::cmp::Reverse(total(rooms)));
+        self.app_viewers.reset();
+        self.room_viewers.reset();
+        let mut other = [0u64; 4];
+        for (i, (app, rooms)) in apps.iter().enumerate() {
+            let mut by_protocol = [0u64; 4];
+            for ((_, p), n) in rooms {
+                by_protocol[*p as usize] += n;
+            }
+            if i >= APP_LABELS {
+                for (o, n) in other.iter_mut().zip(by_protocol) {
+                    *o += n;
+                }
+                continue;
+            }
+            for p in ViewProtocol::ALL {
+                let n = by_protocol[*p as usize];
+                if n > 0 {
+                    self.app_viewers
+                        .with_label_values(&[app.as_str(), p.as_str()])
+                        .set(n as i64);
+                }
+            }
+            self.sample_rooms(app.as_str(), rooms);
+        }
+        for p in ViewProtocol::ALL {
+            let n = other[*p as usize];
+            if n > 0 {
+                self.app_viewers
+                    .with_label_values(&[OTHER, p.as_str()])
+                    .set(n as i64);
+            }
+        }
+        for (app, bytes) in tracker.egress() {
+            sync_counter(&self.app_egress.with_label_values(&[app.as_str()]), bytes);
+        }
+    }
+
+    fn sample_rooms(&self, app: &str, rooms: &crate::access::RoomViewers) {
+        let mut by_room: std::collections::BTreeMap<&str, u64> = Default::default();
+        for ((room, _), n) in rooms {
+            *by_room.entry(room.as_str()).or_default() += n;
+        }
+        let mut order: Vec<(&str, u64)> = by_room.into_iter().collect();
+        order.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        let labelled: std::collections::HashSet<&str> =
+            order.iter().take(ROOM_LABELS).map(|(r, _)| *r).collect();
+        let mut other = [0u64; 4];
+        for ((room, p), n) in rooms {
+            if labelled.contains(room.as_str()) {
+                self.room_viewers
+                    .with_label_values(&[app, room.as_str(), p.as_str()])
+                    .set(*n as i64);
+            } else {
+                other[*p as usize] += n;
+            }
+        }
+        for p in ViewProtocol::ALL {
+            let n = other[*p as usize];
+            if n > 0 {
+                self.room_viewers
+                    .with_label_values(&[app, OTHER, p.as_str()])
+                    .set(n as i64);
+            }
+        }
+    }
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 /// Renders `r` in the Prometheus text format.

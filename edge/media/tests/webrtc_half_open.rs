@@ -36,6 +36,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
     let play = Role::Play {
         media: handle.clone(),
         hold: None,
+        viewer: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     let opened = node.open(slot, &viewer.offer(), play, None).unwrap();
@@ -64,6 +65,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
             let play = Role::Play {
                 media: media.clone(),
                 hold: None,
+                viewer: None,
             };
             let result = node2
                 .reserve([127, 0, 0, 1].into(), false)
@@ -155,6 +157,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
     let play = Role::Play {
         media: handle.clone(),
         hold: None,
+        viewer: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     assert!(node

@@ -20,6 +20,7 @@ async fn lost_video_packets_are_resent_on_nack() {
     let play = Role::Play {
         media: room.handle(),
         hold: None,
+        viewer: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     let opened = node.open(slot, &viewer.offer(), play, None).unwrap();

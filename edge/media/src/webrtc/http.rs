@@ -173,7 +173,8 @@ async fn whep_offer(
     let admitted = extensions.get::<crate::access::AdmittedViewer>().cloned();
     let role = Role::Play {
         media: viewing.media,
-        hold: Some(Box::new((viewing.hold, admitted))),
+        hold: Some(Box::new(viewing.hold)),
+        viewer: admitted.map(|a| a.0),
     };
     let result = st
         .rtc

@@ -160,6 +160,9 @@ pub enum Role {
         media: MediaHandle,
         /// Held while the session lives (an edge keeps its relay subscription).
         hold: Option<Box<dyn Send + Sync>>,
+        /// The viewer the access check admitted: counted while the session lives, and the
+        /// bytes sent to it in its app's egress.
+        viewer: Option<Arc<crate::access::ViewerHold>>,
     },
 }
 
@@ -511,6 +514,8 @@ impl WebRtc {
             viewer_requests: None,
             packets: self.packets.clone(),
             pending: Some(pending),
+            viewer: None,
+            unreported: 0,
         };
         let me = self.clone();
         tokio::spawn(async move {

@@ -69,7 +69,15 @@ pub(super) struct Session {
     pub viewer_requests: Option<tokio::sync::watch::Receiver<u64>>,
     /// Counts this session against its client's unconnected offers until it connects.
     pub pending: Option<crate::node::surface::ConnGuard>,
+    /// A viewer's admission (see [`Role::Play`]).
+    pub viewer: Option<Arc<crate::access::ViewerHold>>,
+    /// Bytes sent and not yet added to the viewer's app egress (added by the 64 KiB: a shared
+    /// counter is not touched per datagram).
+    pub unreported: u64,
 }
+
+/// How many bytes a session sends between two additions to its app's egress counter.
+const EGRESS_REPORT: u64 = 64 * 1024;
 
 /// A sender's RTP state toward one viewer.
 struct Out {
@@ -108,7 +116,14 @@ impl Session {
                 let ingest = Ingest::new(sink, grace, self.plan.audio_offered);
                 (Some(ingest), Some(stop), None, None)
             }
-            Role::Play { media, hold } => (None, None, Some(media), hold),
+            Role::Play {
+                media,
+                hold,
+                viewer,
+            } => {
+                self.viewer = viewer;
+                (None, None, Some(media), hold)
+            }
         };
         let stop = stop.unwrap_or_default();
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
@@ -278,6 +293,9 @@ impl Session {
         tracing::debug!(session = self.id, reason = end, "WebRTC session ended");
         let _ = self.pc.close();
         self.flush();
+        if let Some(v) = &self.viewer {
+            v.sent(std::mem::take(&mut self.unreported));
+        }
     }
 
     fn read(&mut self, from: SocketAddr, bytes: BytesMut) {
@@ -320,11 +338,20 @@ impl Session {
                 segment_size: r.segment,
                 src_ip: None,
             };
-            if let Err(e) = self.udp.send((&*self.socket).into(), &transmit) {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
+            match self.udp.send((&*self.socket).into(), &transmit) {
+                Ok(()) => {
+                    if let Some(v) = &self.viewer {
+                        self.unreported += r.contents.len() as u64;
+                        if self.unreported >= EGRESS_REPORT {
+                            v.sent(std::mem::take(&mut self.unreported));
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let n = r.datagrams as u64;
                     self.stats.send_drops.fetch_add(n, Ordering::Relaxed);
                 }
+                Err(_) => {}
             }
         }
         self.batch.clear();
