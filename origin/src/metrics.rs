@@ -6,7 +6,7 @@ use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 use streamhub_cluster::raft::RaftNode;
 use streamhub_media::hls::HlsRegistry;
 use streamhub_media::metrics::{
-    counter, gauge, render, sync_counter, PlaybackMetrics, PlaybackSample, PlaybackStats,
+    counter, gauge, gauge_vec, render, sync_counter, PlaybackMetrics, PlaybackSample, PlaybackStats,
 };
 use streamhub_media::node::MetricsSource;
 use streamhub_media::webrtc::WebRtc;
@@ -243,19 +243,13 @@ impl Metrics {
                 "streamhub_raft_apply_lag_entries",
                 "Log entries this node holds but has not applied to its state yet",
             ),
-            raft_replication_lag: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "streamhub_raft_replication_lag_entries",
-                        "On the leader: entries each member is behind the leader's log (how \
-                         far a follower trails the commits)",
-                    ),
-                    &["peer"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            raft_replication_lag: gauge_vec(
+                &r,
+                "streamhub_raft_replication_lag_entries",
+                "On the leader: entries each member (by Raft id) is behind the leader's log (how \
+                 far a follower trails the commits)",
+                &["peer"],
+            ),
             webhook_dropped: counter_vec(
                 &r,
                 "streamhub_webhook_dropped_total",
