@@ -25,7 +25,14 @@ const ORIGIN: Binary = Binary {
     name: "streamhub-origin",
     package: "streamhub-origin",
     env: "STREAMHUB_ORIGIN_BIN",
-    sources: &["shared", "cluster", "edge/media", "origin", "origin/opus"],
+    sources: &[
+        "shared",
+        "cluster",
+        "edge/media",
+        "origin",
+        "origin/opus",
+        "origin/vendor/srt-tokio",
+    ],
 };
 
 const EDGE: Binary = Binary {

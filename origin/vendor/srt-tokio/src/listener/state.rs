@@ -22,6 +22,10 @@ pub struct SrtListenerState {
     statistics_sender: watch::Sender<ListenerStatistics>,
     pending_connections: HashMap<SessionId, PendingConnection>,
     open_connections: HashMap<SessionId, OpenConnection>,
+    /// streamhub: the conclusion answer each open connection was accepted with. A caller whose
+    /// answer was lost repeats its conclusion (addressed to socket id 0, which the connection
+    /// drops as not its own), so the listener answers it again, a bounded number of times.
+    answers: HashMap<SessionId, Answer>,
     close_recvr: Fuse<oneshot::Receiver<()>>,
 }
 
@@ -46,6 +50,7 @@ impl SrtListenerState {
             statistics_sender,
             pending_connections: Default::default(),
             open_connections: Default::default(),
+            answers: Default::default(),
             close_recvr: close_recvr.fuse(),
         }
     }
@@ -157,6 +162,13 @@ impl SrtListenerState {
         let pending = self.pending_connections.remove(&session_id).ok_or(())?;
         let active = pending.transition_to_open(&self.socket, connection)?;
         let _ = self.open_connections.insert(session_id, active);
+        if let Some(packet) = &packet {
+            let answer = Answer {
+                packet: packet.clone(),
+                left: ANSWER_REPEATS,
+            };
+            let _ = self.answers.insert(session_id, answer);
+        }
         match packet {
             Some(packet) => self.socket.send(packet).await.ok().ok_or(()),
             None => Ok(0),
@@ -168,6 +180,16 @@ impl SrtListenerState {
         session_id: SessionId,
         packet: (Packet, SocketAddr),
     ) -> Result<(), ()> {
+        if is_conclusion(&packet.0) {
+            if let Some(answer) = self.answers.get_mut(&session_id) {
+                if answer.left > 0 {
+                    answer.left -= 1;
+                    let again = answer.packet.clone();
+                    let _ = self.socket.send(again).await;
+                }
+                return Ok(());
+            }
+        }
         match self.open_connections.get_mut(&session_id) {
             Some(connection) => connection.send(packet).await,
             None => Ok(()),
@@ -175,9 +197,33 @@ impl SrtListenerState {
     }
 
     async fn drop_connection(&mut self, session_id: SessionId) -> Result<(), ()> {
+        let _ = self.answers.remove(&session_id);
         match self.open_connections.remove(&session_id) {
             Some(mut connection) => connection.close().await,
             None => Ok(()),
         }
     }
+}
+
+/// streamhub: how many times a repeated conclusion is answered again (libsrt callers repeat it
+/// every 250 ms for their connect timeout, 3 s by default).
+const ANSWER_REPEATS: u8 = 16;
+
+struct Answer {
+    packet: (Packet, SocketAddr),
+    left: u8,
+}
+
+/// A caller's conclusion handshake.
+fn is_conclusion(packet: &Packet) -> bool {
+    matches!(
+        packet,
+        Packet::Control(ControlPacket {
+            control_type: ControlTypes::Handshake(HandshakeControlInfo {
+                shake_type: ShakeType::Conclusion,
+                ..
+            }),
+            ..
+        })
+    )
 }
