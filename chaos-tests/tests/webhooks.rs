@@ -1,7 +1,10 @@
 //! Webhooks against a real receiver that checks every signature the way docs/webhooks.md
 //! tells integrators to: a room's events arrive signed and in sequence; an outage of the
 //! receiver loses nothing and duplicates nothing acknowledged; the origin delivering them is
-//! killed and another one takes over without a gap; URLs into the node itself are refused.
+//! killed and another one takes over without a gap; URLs into the node itself are refused;
+//! an app that asks for `viewer.count` gets its rooms' viewers, and the room of an origin
+//! killed under its publisher ends (`publisher.left` fenced, `room.ended`) once the lease is
+//! over, with no encoder coming back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use streamhub_chaos_tests::require::{has_command, require};
 use streamhub_chaos_tests::webhook::{verify, Mode, Receiver};
-use streamhub_chaos_tests::{chaos_seed, poll, Api, Cluster, Publisher};
+use streamhub_chaos_tests::{chaos_seed, hls, poll, Api, Cluster, Publisher};
 use streamhub_testkit::single::Origin;
 
 const ALLOW_PRIVATE: (&str, &str) = ("STREAMHUB_WEBHOOK_ALLOW_PRIVATE", "1");
@@ -435,6 +438,110 @@ async fn the_delivering_origin_is_killed_and_another_delivers_without_a_gap() {
         nodes.keys().any(|n| *n != deliverer),
         "no other origin delivered: {nodes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_counts_arrive_and_a_killed_origins_room_ends() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let rx = Receiver::start().await.unwrap();
+    let mut c = Cluster::start_with_env(3, chaos_seed(), &[ALLOW_PRIVATE]).await;
+    let leader = c.leader().await;
+    // The holder is not the leader: the leader's heartbeat batches end the room.
+    let holder = (leader + 1) % 3;
+    let api = c.admin(leader).await;
+    assert_eq!(api.create_app("counted").await.unwrap().status, 201);
+    let r = api
+        .patch("/apps/counted", json!({"playback": "token"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .post(
+            "/apps/counted/webhooks",
+            json!({"url": rx.url(), "events": ["viewer.count", "publisher.left", "room.ended"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let secret = r.data()["secret"].as_str().unwrap().to_string();
+    let key = api.rtmp_ingress("counted", "cam").await.unwrap();
+    let mut publisher = Publisher::start(&c.nodes[holder].rtmp_url(&key));
+    // Two viewers (two token identities) reload the playlist on the holder every second.
+    let stop = tokio_util::sync::CancellationToken::new();
+    for who in ["v1", "v2"] {
+        let r = api
+            .post(
+                "/apps/counted/tokens",
+                json!({"room": "cam", "identity": who, "canSubscribe": true}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201, "{r:?}");
+        let token = r.data()["token"].as_str().unwrap().to_string();
+        let url = c.nodes[holder].url(&format!("/hls/counted/cam/index.m3u8?token={token}"));
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let client = hls::client();
+            while !stop.is_cancelled() {
+                let _ = hls::get(&client, &url).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+    // Counts come every 30 s: within two periods one says 2.
+    let got = wait_for(
+        "a viewer.count of 2",
+        &rx,
+        &secret,
+        Duration::from_secs(100),
+        |g| {
+            g.values().any(|e| {
+                e["type"] == "viewer.count" && e["room"] == "cam" && e["data"]["viewers"] == 2
+            })
+        },
+    )
+    .await;
+    let count = got
+        .values()
+        .find(|e| e["type"] == "viewer.count" && e["data"]["viewers"] == 2)
+        .unwrap();
+    assert_eq!(count["node"], c.nodes[holder].name(), "{count}");
+    assert_eq!(count["data"]["nodes"], 1, "{count}");
+    assert!(count["seq"].as_u64().is_some(), "{count}");
+    stop.cancel();
+
+    // The holder dies under its publisher; no encoder comes back. The room ends when the lease
+    // is over (10 s) at the leader's next heartbeat batch.
+    c.nodes[holder].kill9();
+    c.note(format!(
+        "SIGKILL {} (holds counted/cam)",
+        c.nodes[holder].name()
+    ));
+    let got = wait_for(
+        "the dead origin's room to end",
+        &rx,
+        &secret,
+        Duration::from_secs(60),
+        |g| {
+            g.values()
+                .any(|e| e["type"] == "room.ended" && e["room"] == "cam")
+        },
+    )
+    .await;
+    let left = got
+        .values()
+        .find(|e| e["type"] == "publisher.left")
+        .expect("publisher.left before room.ended");
+    assert_eq!(left["data"]["reason"], "fenced", "{left}");
+    assert_eq!(left["node"], c.nodes[holder].name(), "{left}");
+    let ended = got.values().find(|e| e["type"] == "room.ended").unwrap();
+    assert_eq!(ended["seq"].as_u64(), left["seq"].as_u64().map(|s| s + 1));
+    // Nobody publishes it and it has no room object: unknown again.
+    let r = api.get("/apps/counted/rooms/cam").await.unwrap();
+    assert_eq!(r.status, 404, "{r:?}");
+    publisher.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

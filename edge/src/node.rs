@@ -203,6 +203,7 @@ async fn run_heartbeats(
                 egress_bps,
                 cpu,
                 app_viewers: viewers.report(std::time::Instant::now()),
+                room_viewers: viewers.room_report(std::time::Instant::now()),
             },
             // Set by the origin from this node's certificate.
             cert_fingerprint: None,

@@ -94,6 +94,7 @@ impl Heartbeats {
                     egress_bps,
                     cpu,
                     app_viewers: self.viewers.report(std::time::Instant::now()),
+                    room_viewers: self.viewers.room_report(std::time::Instant::now()),
                 },
                 cert_fingerprint: Some(self.fingerprint.clone()),
             };

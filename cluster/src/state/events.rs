@@ -48,7 +48,14 @@ pub const EVENT_TYPES: &[&str] = &[
     "room.go_live",
     "room.backstage",
     "quota.exceeded",
+    "viewer.count",
 ];
+
+/// How often an app that asked for `viewer.count` gets one per live room.
+pub const VIEWER_COUNT_EVERY_MS: u64 = 30_000;
+/// Live rooms of an app that get a `viewer.count` each period at most (the busiest), so counts
+/// cannot push the other events out of the app's log.
+pub const MAX_VIEWER_COUNT_ROOMS: usize = 20;
 
 /// One event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +224,9 @@ pub struct Events {
     /// The latest time any command carried: the time of events whose command carries none.
     #[serde(default)]
     pub clock_ms: u64,
+    /// When each app last got its `viewer.count` events.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub viewer_counts_at_ms: BTreeMap<AppName, u64>,
 }
 
 /// An event about to be appended (see [`Events::push`]).
@@ -446,6 +456,21 @@ impl Events {
 
     pub(super) fn forget_app(&mut self, app: &AppName) {
         self.apps.remove(app);
+        self.viewer_counts_at_ms.remove(app);
+    }
+
+    /// The apps with an enabled webhook that names `viewer.count` (the events are opt-in: `*`
+    /// alone does not ask for them).
+    fn viewer_count_apps(&self) -> Vec<AppName> {
+        self.apps
+            .iter()
+            .filter(|(_, a)| {
+                a.webhooks
+                    .values()
+                    .any(|w| w.enabled && w.events.iter().any(|e| e == "viewer.count"))
+            })
+            .map(|(app, _)| app.clone())
+            .collect()
     }
 }
 
@@ -457,7 +482,7 @@ pub(super) struct Before {
     ingress: Option<Ingress>,
     ingress_state: Option<String>,
     recording: Option<(RecordingState, bool)>,
-    /// The placements a removed node held.
+    /// The placements a removed node held, or that a heartbeat batch ends (lease over).
     held: Vec<Placement>,
 }
 
@@ -467,6 +492,10 @@ impl ClusterState {
         match cmd {
             Command::ClaimRoom { app, room, .. } => {
                 b.placement = self.placements.get(app, room).cloned();
+            }
+            Command::Heartbeats { at_ms, beats } => {
+                let renewed: Vec<&str> = beats.iter().map(|b| b.node.as_str()).collect();
+                b.held = self.placements.expiring(*at_ms, &renewed);
             }
             Command::RemoveNode { name, .. } => {
                 b.held = self
@@ -498,7 +527,14 @@ impl ClusterState {
     /// Appends the events `cmd` caused (it answered `r`).
     pub(super) fn emit(&mut self, cmd: &Command, r: &CommandResponse, before: Before) {
         match cmd {
-            Command::Heartbeats { at_ms, .. } => return self.events.tick(*at_ms),
+            Command::Heartbeats { at_ms, .. } => {
+                self.events.tick(*at_ms);
+                // Rooms whose holder stopped renewing its lease (dead, frozen, cut off).
+                for p in &before.held {
+                    self.room_ended(&p.app, &p.room, &p.node, p.epoch, "fenced", Some(*at_ms));
+                }
+                return self.viewer_counts(*at_ms);
+            }
             Command::WebhookAttempt { .. } => return,
             _ => {}
         }
@@ -714,6 +750,52 @@ impl ClusterState {
             at_ms,
             data,
         });
+    }
+
+    /// `viewer.count` of each live room (the busiest [`MAX_VIEWER_COUNT_ROOMS`]) of the apps
+    /// that asked for it, every [`VIEWER_COUNT_EVERY_MS`]: the viewers every node that is up
+    /// reported for the room, by the holder's node.
+    fn viewer_counts(&mut self, at_ms: u64) {
+        for app in self.events.viewer_count_apps() {
+            let last = self.events.viewer_counts_at_ms.get(&app).copied();
+            if last.is_some_and(|t| at_ms < t + VIEWER_COUNT_EVERY_MS) {
+                continue;
+            }
+            self.events.viewer_counts_at_ms.insert(app.clone(), at_ms);
+            let prefix = format!("{app}/");
+            let mut rooms: Vec<(Placement, u64, u32)> = self
+                .placements
+                .rooms
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .filter(|(_, p)| p.is_live(at_ms))
+                .map(|(k, p)| {
+                    let (mut viewers, mut nodes) = (0u64, 0u32);
+                    for n in self.registry.nodes.values() {
+                        if !crate::registry::is_up(n, at_ms) {
+                            continue;
+                        }
+                        if let Some(v) = n.load.room_viewers.get(k.as_str()) {
+                            viewers += u64::from(*v);
+                            nodes += 1;
+                        }
+                    }
+                    (p.clone(), viewers, nodes)
+                })
+                .collect();
+            rooms.sort_by_key(|(p, v, _)| (std::cmp::Reverse(*v), p.room.clone()));
+            rooms.truncate(MAX_VIEWER_COUNT_ROOMS);
+            for (p, viewers, nodes) in rooms {
+                self.push(NewEvent {
+                    kind: "viewer.count",
+                    app: &p.app,
+                    room: Some(&p.room),
+                    node: Some(&p.node),
+                    at_ms: Some(at_ms),
+                    data: json!({ "viewers": viewers, "nodes": nodes, "epoch": p.epoch }),
+                });
+            }
+        }
     }
 
     /// Appends an event of an app that exists.
@@ -973,5 +1055,153 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(seqs, (1..=8).map(Some).collect::<Vec<_>>());
+    }
+
+    fn beat(node: &str, rooms: &[(&str, u32)]) -> super::super::Heartbeat {
+        super::super::Heartbeat {
+            node: node.into(),
+            load: super::super::NodeLoad {
+                room_viewers: rooms.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+                ..Default::default()
+            },
+            cert_fingerprint: None,
+        }
+    }
+
+    fn claim_by(node: &str, room: &str, at_ms: u64) -> Command {
+        Command::ClaimRoom {
+            app: app(),
+            room: RoomName::new(room).unwrap(),
+            node: node.into(),
+            at_ms,
+            lease_ms: 10_000,
+            protocol: Some("rtmp".into()),
+            publisher: None,
+        }
+    }
+
+    fn events_of(s: &ClusterState) -> Vec<(String, Option<String>, serde_json::Value)> {
+        s.events
+            .app(&app())
+            .map(|a| {
+                a.log
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.kind.clone(),
+                            e.room.as_ref().map(|r| r.to_string()),
+                            e.data.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_heartbeat_batch_ends_the_rooms_whose_holder_stopped_renewing() {
+        use super::super::registry::tests::node;
+        use super::super::tenants::tests::app as new_app;
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateApp(new_app("a")));
+        s.apply(&Command::RegisterNode(node("o1", 1)));
+        s.apply(&Command::RegisterNode(node("o2", 2)));
+        s.apply(&claim_by("o1", "r", 1_000));
+        s.apply(&claim_by("o2", "q", 1_000));
+        let started = events_of(&s).len();
+        // o2 keeps beating, o1 is gone: nothing ends while o1's lease runs...
+        let beats = |at_ms| Command::Heartbeats {
+            at_ms,
+            beats: vec![beat("o2", &[])],
+        };
+        s.apply(&beats(10_999));
+        assert_eq!(events_of(&s).len(), started);
+        // ...and its room ends, once, when the lease is over.
+        s.apply(&beats(11_000));
+        s.apply(&beats(13_000));
+        let ended: Vec<_> = events_of(&s)[started..]
+            .iter()
+            .map(|(k, r, d)| (k.clone(), r.clone().unwrap(), d["reason"].clone()))
+            .collect();
+        assert_eq!(
+            ended,
+            [
+                ("publisher.left".into(), "r".into(), json!("fenced")),
+                ("room.ended".into(), "r".into(), serde_json::Value::Null),
+            ]
+        );
+        let (a, r) = (app(), RoomName::new("r").unwrap());
+        assert!(s.placements.get(&a, &r).is_none());
+        assert!(s.placements.get(&a, &RoomName::new("q").unwrap()).is_some());
+        // o1 comes back: a new claim is a new epoch and a new room.
+        assert_eq!(
+            s.apply(&claim_by("o1", "r", 14_000)),
+            CommandResponse::Claimed { epoch: 3 }
+        );
+        let last: Vec<_> = events_of(&s)[started + 2..]
+            .iter()
+            .map(|(k, _, _)| k.clone())
+            .collect();
+        assert_eq!(last, ["room.started", "publisher.joined"]);
+    }
+
+    #[test]
+    fn viewer_counts_are_opt_in_periodic_and_sum_the_nodes_that_are_up() {
+        use super::super::registry::tests::node;
+        use super::super::tenants::tests::app as new_app;
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateApp(new_app("a")));
+        for (i, n) in ["o1", "e1", "e2"].into_iter().enumerate() {
+            s.apply(&Command::RegisterNode(node(n, i as u64 + 1)));
+        }
+        s.apply(&claim_by("o1", "r", 1_000));
+        s.apply(&Command::CreateWebhook(hook("all", &["*"])));
+        let counts = |s: &ClusterState| -> Vec<(String, serde_json::Value)> {
+            events_of(s)
+                .into_iter()
+                .filter(|(k, _, _)| k == "viewer.count")
+                .map(|(_, r, d)| (r.unwrap(), d))
+                .collect()
+        };
+        let round = |s: &mut ClusterState, at_ms: u64, beats: Vec<super::super::Heartbeat>| {
+            s.apply(&Command::Heartbeats { at_ms, beats });
+        };
+        // e2 reported once, long ago: down by the time counts are taken.
+        round(&mut s, 2_000, vec![beat("e2", &[("a/r", 50)])]);
+        round(&mut s, 3_000, vec![beat("o1", &[("a/r", 1)])]);
+        assert!(counts(&s).is_empty(), "`*` alone does not ask for counts");
+
+        s.apply(&Command::CreateWebhook(hook("counts", &["viewer.count"])));
+        let now = 20_000;
+        round(
+            &mut s,
+            now,
+            vec![
+                beat("o1", &[("a/r", 3)]),
+                beat("e1", &[("a/r", 4), ("a/gone", 9), ("b/r", 5)]),
+            ],
+        );
+        assert_eq!(
+            counts(&s),
+            [(
+                "r".to_string(),
+                json!({"viewers": 7, "nodes": 2, "epoch": 1})
+            )]
+        );
+        // Not again within the period...
+        round(&mut s, now + 2_000, vec![beat("o1", &[("a/r", 3)])]);
+        assert_eq!(counts(&s).len(), 1);
+        // ...then again, with the newest reports.
+        round(
+            &mut s,
+            now + VIEWER_COUNT_EVERY_MS,
+            vec![beat("o1", &[("a/r", 2)]), beat("e1", &[("a/r", 8)])],
+        );
+        assert_eq!(counts(&s).len(), 2);
+        assert_eq!(counts(&s)[1].1["viewers"], 10);
+        let e = &s.events.app(&app()).unwrap().log;
+        let last = e.back().unwrap();
+        assert_eq!(last.node.as_deref(), Some("o1"));
+        assert!(last.seq.is_some());
     }
 }

@@ -388,6 +388,17 @@ impl ClusterState {
                     self.registry.heartbeat(*at_ms, beat);
                     self.placements.renew(&beat.node, *at_ms);
                 }
+                // Rooms whose holder stopped renewing end now (their events: see `emit`).
+                for p in self.placements.expire(*at_ms) {
+                    let _ = self.tenants.end_room(
+                        &self.placements,
+                        &p.app,
+                        &p.room,
+                        &p.node,
+                        p.epoch,
+                        *at_ms,
+                    );
+                }
                 CommandResponse::Ok
             }
             Command::ClaimRoom {

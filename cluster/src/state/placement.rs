@@ -123,6 +123,31 @@ impl Placements {
         }
     }
 
+    /// Removes and returns the placements whose lease is over at `at_ms`: their holder stopped
+    /// renewing (dead, frozen or cut off), so the room has ended. A holder that comes back finds
+    /// its placement gone and drops its publisher; a new claim starts a new epoch.
+    pub(super) fn expire(&mut self, at_ms: u64) -> Vec<Placement> {
+        let mut gone = Vec::new();
+        self.rooms.retain(|_, p| {
+            let live = p.is_live(at_ms);
+            if !live {
+                gone.push(p.clone());
+            }
+            live
+        });
+        gone
+    }
+
+    /// The placements [`expire`](Self::expire) would remove at `at_ms` after `renewed` nodes
+    /// renewed theirs.
+    pub(super) fn expiring(&self, at_ms: u64, renewed: &[&str]) -> Vec<Placement> {
+        self.rooms
+            .values()
+            .filter(|p| !p.is_live(at_ms) && !renewed.contains(&p.node.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Releases every room `node` holds (it left the cluster).
     pub(super) fn release_all(&mut self, node: &str) {
         self.rooms.retain(|_, p| p.node != node);

@@ -39,10 +39,16 @@ pub struct NodeLoad {
     /// streams), for the apps' viewer quotas; at most [`MAX_APPS_REPORTED`] apps.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub app_viewers: BTreeMap<String, u32>,
+    /// Viewers per room on this node, by `app/room` (for `viewer.count` events); at most
+    /// [`MAX_ROOMS_REPORTED`] rooms (the busiest).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub room_viewers: BTreeMap<String, u32>,
 }
 
 /// Apps a load report names at most (the busiest).
 pub const MAX_APPS_REPORTED: usize = 1000;
+/// Rooms a load report names at most (the busiest).
+pub const MAX_ROOMS_REPORTED: usize = 1000;
 
 impl Eq for NodeLoad {}
 

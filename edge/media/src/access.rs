@@ -506,6 +506,26 @@ impl ViewerTracker {
         out
     }
 
+    /// Viewers per room now, by `app/room` (every protocol together; the busiest
+    /// [`MAX_ROOMS_REPORTED`]).
+    ///
+    /// [`MAX_ROOMS_REPORTED`]: streamhub_cluster::state::registry::MAX_ROOMS_REPORTED
+    pub fn room_report(&self, now: Instant) -> BTreeMap<String, u32> {
+        let mut all: BTreeMap<String, u64> = BTreeMap::new();
+        for (app, rooms) in self.rooms(now) {
+            for ((room, _), n) in rooms {
+                *all.entry(format!("{app}/{room}")).or_default() += n;
+            }
+        }
+        let mut all: Vec<(String, u32)> = all
+            .into_iter()
+            .map(|(k, n)| (k, n.min(u64::from(u32::MAX)) as u32))
+            .collect();
+        all.sort_by_key(|b| std::cmp::Reverse(b.1));
+        all.truncate(streamhub_cluster::state::registry::MAX_ROOMS_REPORTED);
+        all.into_iter().collect()
+    }
+
     /// Media bytes sent to each app's viewers by this node since it started.
     pub fn egress(&self) -> Vec<(AppName, u64)> {
         self.apps()
