@@ -157,11 +157,13 @@ fn http_router(
             webrtc.clone(),
             media,
         ))
-        .merge(streamhub_media::play::router(steering))
+        .merge(streamhub_media::play::router(steering.clone()))
         .layer(axum::middleware::from_fn_with_state(
             gate,
             streamhub_media::access::check,
         ))
+        // The SDK, the sample pages and `/` (pointing at an origin): public, no viewer check.
+        .merge(streamhub_media::web::router(steering, false))
 }
 
 fn banner(settings: &EdgeSettings, origins: &Origins, webrtc: &WebRtc) -> String {

@@ -95,7 +95,8 @@ pub fn banner(
         .unwrap_or_else(|| "<streamKey>".into());
     let mut s = format!(
         "\nstreamhub origin {name} (region {region}) is ready\n\
-         \n  dashboard/API  {base}/api/v1   (health: {base}/healthz, metrics: {base}/metrics)\n",
+         \n  dashboard      {base}/   (samples: {base}/samples/<app>, SDK: {base}/sdk/streamhub.mjs)\
+         \n  API            {base}/api/v1   (health: {base}/healthz, metrics: {base}/metrics)\n",
         name = urls.node(),
         region = urls.region(),
     );

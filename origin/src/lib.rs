@@ -18,6 +18,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod config;
 pub mod credentials;
+pub mod dashboard;
 pub mod heartbeat;
 pub mod keyring;
 pub mod login;

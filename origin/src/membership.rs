@@ -394,6 +394,10 @@ impl Membership {
     /// view, marked `partial`, when the leader cannot be reached.
     pub async fn status(&self) -> Value {
         let st = self.raft.status();
+        if st.leader == Some(st.node_id) {
+            // The leader's own view is the whole one.
+            return self.local_status();
+        }
         let leader_addr = st
             .leader
             .filter(|l| *l != st.node_id)

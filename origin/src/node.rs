@@ -347,6 +347,11 @@ fn http_router(
         .with_state(services.clone())
         .merge(crate::api::router(services.clone()))
         .merge(crate::whip::router(services.clone()))
+        .merge(crate::dashboard::router())
+        .merge(streamhub_media::web::router(
+            services.steering.clone(),
+            true,
+        ))
         .merge(playback)
 }
 

@@ -6,10 +6,14 @@
 //! one origin, one phase after the other and then again in the other order. A control phase
 //! sends the public app's requests with a header of the same size as the Bearer one (`X-Pad`):
 //! the same bytes on the wire and through the HTTP parser, no token checked, so what the check
-//! itself costs is header against padded, and what bigger requests cost is padded against public. Each viewer is its own
-//! client with its own keep-alive connection, polling the playlist every second and fetching
-//! each new segment with the URI the playlist gives, as a player does. Reports the origin's CPU
-//! per phase (from `/proc`) and the ratio.
+//! itself costs is header against padded, and what bigger requests cost is padded against
+//! public. Each viewer is its own client with its own keep-alive connection from its own
+//! loopback address (127.0.x.y), polling the playlist every second and fetching each new
+//! segment with the URI the playlist gives, as a player does: so the public app's viewers are
+//! counted one by one as real viewers from their own addresses are (from one address they
+//! would all be one anonymous viewer, and the token phases would also pay for counting 1 000
+//! viewers where the public ones paid for one). Reports the origin's CPU per phase (from
+//! `/proc`) and the ratio.
 //!
 //! ```sh
 //! cargo build --release -p streamhub-origin -p streamhub-chaos-tests --bin authz_bench
@@ -44,7 +48,7 @@ fn newest_segment(playlist: &str) -> Option<String> {
 
 /// One player until `stop`: the playlist every second, each new segment once; `playlist` may
 /// carry a header line to send with every request (`\nAuthorization: Bearer <token>`).
-async fn viewer(playlist: String, counts: Arc<Counts>, stop: CancellationToken) {
+async fn viewer(i: usize, playlist: String, counts: Arc<Counts>, stop: CancellationToken) {
     let (playlist, extra) = match playlist.split_once('\n') {
         Some((p, h)) => (p.to_string(), h.split_once(": ")),
         None => (playlist.clone(), None),
@@ -56,7 +60,10 @@ async fn viewer(playlist: String, counts: Arc<Counts>, stop: CancellationToken) 
             value.parse().unwrap(),
         );
     }
+    // The whole 127/8 is loopback: viewer i connects from its own address.
+    let from = std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
     let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::V4(from))
         .pool_max_idle_per_host(1)
         .default_headers(headers)
         .build()
@@ -95,7 +102,8 @@ async fn phase(pid: u32, playlists: &[String], secs: u64) -> (f64, u64, u64) {
     let stop = CancellationToken::new();
     let tasks: Vec<_> = playlists
         .iter()
-        .map(|p| tokio::spawn(viewer(p.clone(), counts.clone(), stop.clone())))
+        .enumerate()
+        .map(|(i, p)| tokio::spawn(viewer(i, p.clone(), counts.clone(), stop.clone())))
         .collect();
     // Every viewer connected and its token verified before the window: the steady state.
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -276,6 +276,9 @@ enum Kind {
     /// `/play/…` and `/embed/…`: the player page (tokens and playback mode only; the page
     /// itself waits through backstage).
     Page,
+    /// `/live/{app}/{room}/info`: what the room carries, for players choosing a protocol
+    /// (token and backstage checked, not counted as a viewer).
+    Info,
 }
 
 /// The app and room of a playback path (`/hls/{app}/{room}/…`, `/live/{app}/{room}/…`), read
@@ -285,7 +288,11 @@ fn room_of(path: &str) -> Option<(AppName, RoomName, Kind)> {
         let playlist = r.ends_with(".m3u8");
         (Kind::Hls { playlist }, r)
     } else if let Some(r) = path.strip_prefix("/live/") {
-        (Kind::Live, r)
+        if r.ends_with("/info") {
+            (Kind::Info, r)
+        } else {
+            (Kind::Live, r)
+        }
     } else if let Some(r) = path.strip_prefix("/whep/") {
         (Kind::Whep, r)
     } else if let Some(r) = path
@@ -676,6 +683,9 @@ impl Gate {
                 ));
             }
         }
+        if kind == Kind::Info {
+            return Ok((claims, None));
+        }
         let key = match &claims {
             Some(c) if c.max_viewers.is_some() => ViewerKey::Anonymous(Some(c.sub.clone()), client),
             Some(c) => ViewerKey::Identity(c.sub.clone()),
@@ -828,7 +838,7 @@ fn view_protocol(kind: Kind, uri: &axum::http::Uri) -> ViewProtocol {
             }
         }
         Kind::Whep => ViewProtocol::Whep,
-        Kind::Live | Kind::Page => ViewProtocol::Mjpeg,
+        Kind::Live | Kind::Page | Kind::Info => ViewProtocol::Mjpeg,
     }
 }
 
@@ -997,6 +1007,8 @@ mod tests {
         assert!(room_of("/live/cams/door/mjpeg").is_some());
         assert_eq!(room_of("/play/live/cam").unwrap().2, Kind::Page);
         assert_eq!(room_of("/embed/live/cam").unwrap().2, Kind::Page);
+        assert_eq!(room_of("/live/live/cam/info").unwrap().2, Kind::Info);
+        assert_eq!(room_of("/live/live/cam/mjpeg").unwrap().2, Kind::Live);
         assert!(room_of("/hls/Bad/cam/index.m3u8").is_none());
         assert!(room_of("/api/v1/apps").is_none());
     }

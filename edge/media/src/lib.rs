@@ -17,4 +17,5 @@ pub mod node;
 pub mod play;
 pub mod relay;
 pub mod wait;
+pub mod web;
 pub mod webrtc;

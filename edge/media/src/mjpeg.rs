@@ -99,6 +99,7 @@ pub fn router(
 ) -> Router {
     Router::new()
         .route("/live/{app}/{room}/mjpeg", get(stream))
+        .route("/live/{app}/{room}/info", get(info))
         .route("/live/{app}/{room}/frame.jpg", get(frame_jpg))
         .with_state(MjpegState {
             lookup,
@@ -165,6 +166,47 @@ async fn open(
         .map(|t| t.id)
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "the room has no JPEG track"))?;
     Ok((viewing, track))
+}
+
+/// `GET /live/{app}/{room}/info`: whether the room is live here and what it carries, so a
+/// player picks MJPEG for a camera room and WHEP/HLS for the others. Always 200 for a valid
+/// name (`live: false` when nothing publishes it), so a player waiting for a room does not
+/// fill the browser's console with errors.
+async fn info(
+    State(st): State<MjpegState>,
+    ClientAddr(client): ClientAddr,
+    Path((app, room)): Path<(String, String)>,
+) -> Response {
+    let (app, room) = match room_names(&app, &room) {
+        Ok(n) => n,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
+    let body = match st.lookup.media(&app, &room, client).await {
+        None => {
+            serde_json::json!({ "live": false, "camera": false, "video": false, "audio": false })
+        }
+        Some(viewing) => {
+            let tracks = viewing.media.tracks();
+            let has = |f: fn(&CodecConfig) -> bool| tracks.iter().any(|t| f(&t.codec));
+            serde_json::json!({
+                "live": true,
+                "camera": has(|c| matches!(c, CodecConfig::Jpeg { .. })),
+                "video": has(|c| matches!(c, CodecConfig::H264 { .. })),
+                "audio": has(|c| matches!(c, CodecConfig::Aac { .. } | CodecConfig::Opus { .. })),
+            })
+        }
+    };
+    (
+        [
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+        ],
+        axum::Json(serde_json::json!({ "data": body })),
+    )
+        .into_response()
 }
 
 async fn frame_jpg(

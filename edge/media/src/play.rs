@@ -156,7 +156,14 @@ pub async fn playback(
     data["clientRegion"] = region.into();
     data["reason"] = t.reason.into();
     (
-        [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))],
+        [
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // Public (no credential): players on other sites ask it too (the SDK's `base`).
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+        ],
         axum::Json(json!({ "data": data })),
     )
         .into_response()
@@ -209,6 +216,9 @@ async fn play(
                 return error(StatusCode::SERVICE_UNAVAILABLE, message);
             }
         }
+    }
+    if uri.path().starts_with("/embed/") {
+        return Html(crate::web::EMBED_PAGE).into_response();
     }
     Html(player_page(&app, &room)).into_response()
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
@@ -60,14 +60,24 @@ fn track_json(summary: &RoomSummary, i: usize, elapsed: f64) -> Value {
     v
 }
 
-/// `GET /apps/:app/rooms` (any principal of the app): the rooms live here with their tracks, and
-/// those live on other origins.
+/// Query of `GET /apps/:app/rooms`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    /// `objects`: also the room objects that are not live (backstage, ended).
+    include: Option<String>,
+}
+
+/// `GET /apps/:app/rooms[?include=objects]` (any principal of the app): the rooms live here with
+/// their tracks, and those live on other origins, each with its `viewers` (what every node that
+/// is up reported in its last heartbeat); with `include=objects`, then the room objects that are
+/// not live, with their `state`.
 pub async fn list(
     State(tenants): State<Tenants>,
     State(live): State<Arc<Rooms>>,
     State(urls): State<PublicUrls>,
     who: Principal,
     Path(app): Path<String>,
+    Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let app = authorize_app(&who, &app, Action::Read)?;
     load_app(&tenants, &app)?;
@@ -115,6 +125,69 @@ pub async fn list(
             .collect()
     });
     rooms.extend(remote);
+    let prefix = format!("{app}/");
+    let viewers: std::collections::HashMap<String, u64> = tenants.read(|s| {
+        let mut by_room = std::collections::HashMap::new();
+        for n in s.registry.nodes.values() {
+            if !streamhub_cluster::registry::is_up(n, now_ms) {
+                continue;
+            }
+            for (k, v) in n.load.room_viewers.range(prefix.clone()..) {
+                let Some(room) = k.strip_prefix(&prefix) else {
+                    break;
+                };
+                *by_room.entry(room.to_string()).or_default() += u64::from(*v);
+            }
+        }
+        by_room
+    });
+    let states: Vec<&'static str> = tenants.read(|s| {
+        rooms
+            .iter()
+            .map(|r| {
+                r["room"]
+                    .as_str()
+                    .and_then(|room| RoomName::new(room.to_string()).ok())
+                    .map_or("live", |room| {
+                        s.tenants.room_state(&app, &room, true).as_str()
+                    })
+            })
+            .collect()
+    });
+    for (r, state) in rooms.iter_mut().zip(states) {
+        let n = r["room"]
+            .as_str()
+            .and_then(|room| viewers.get(room))
+            .copied();
+        r["viewers"] = n.unwrap_or(0).into();
+        // `backstage` for a publisher in a room that has not gone live yet.
+        r["state"] = state.into();
+    }
+    if q.include.as_deref() == Some("objects") {
+        let listed: std::collections::HashSet<String> = rooms
+            .iter()
+            .filter_map(|r| r["room"].as_str().map(str::to_string))
+            .collect();
+        let objects: Vec<Value> = tenants.read(|s| {
+            s.tenants
+                .room_objects
+                .values()
+                .filter(|o| o.app == app && !listed.contains(o.name.as_str()))
+                .map(|o| {
+                    let state = s.tenants.room_state(&app, &o.name, false);
+                    json!({
+                        "room": o.name,
+                        "roomName": format!("{}-{}", o.app, o.name),
+                        "title": o.title,
+                        "state": state.as_str(),
+                        "createdAtMs": o.created_at_ms,
+                        "object": true,
+                    })
+                })
+                .collect()
+        });
+        rooms.extend(objects);
+    }
     Ok(data(rooms))
 }
 
