@@ -158,6 +158,32 @@ function useAction() {
 
 const val = (form, name) => (form.elements[name] ? form.elements[name].value.trim() : '');
 
+// A list from `path` with the usual actions: `submit(fn)` makes a form handler that runs
+// `fn(form)` (its answer is kept as `made`: a secret shown once), resets the form and reloads;
+// `remove(question, path)` deletes after a confirmation and reloads.
+function useCollection(path, deps) {
+  const list = useApi(path, deps);
+  const [made, setMade] = useState(null);
+  const a = useAction();
+  const submit = (fn) => (e) => {
+    e.preventDefault();
+    const f = e.target;
+    a.run(async () => {
+      const r = await fn(f);
+      if (r !== undefined) setMade(r);
+      f.reset();
+      list.reload();
+    });
+  };
+  const remove = (question, target) =>
+    confirm(question) &&
+    a.run(async () => {
+      await api('DELETE', target);
+      list.reload();
+    });
+  return { list, made, setMade, a, submit, remove };
+}
+
 // ---------------------------------------------------------------- sign in
 
 function SignIn({ onIn, notice }) {
@@ -356,33 +382,23 @@ function Rooms({ app }) {
 }
 
 function Ingress({ app }) {
-  const list = useApi(`/apps/${enc(app)}/ingress`, [app]);
-  const [made, setMade] = useState(null);
-  const a = useAction();
+  const { list, made, setMade, a, submit, remove: del } = useCollection(`/apps/${enc(app)}/ingress`, [app]);
   const create = (e) => {
-    e.preventDefault();
-    const f = e.target;
-    const type = f.elements.type.value;
-    if (type === 'url' && !val(f, 'url')) {
+    const type = e.target.elements.type.value;
+    if (type === 'url' && !val(e.target, 'url')) {
+      e.preventDefault();
       a.setError(new Error('An RTSP pull needs the camera URL (rtsp://…).'));
       return;
     }
-    a.run(async () => {
+    submit((f) => {
       const body = { type, room: val(f, 'room') };
       if (val(f, 'name')) body.name = val(f, 'name');
       if (type === 'url') body.url = val(f, 'url');
-      const r = await api('POST', `/apps/${enc(app)}/ingress`, body);
-      setMade(r);
-      f.reset();
-      list.reload();
-    });
+      return api('POST', `/apps/${enc(app)}/ingress`, body);
+    })(e);
   };
   const remove = (id) =>
-    confirm(`Delete ingress ${id}? Its key stops working and a live publisher is dropped.`) &&
-    a.run(async () => {
-      await api('DELETE', `/apps/${enc(app)}/ingress/${enc(id)}`);
-      list.reload();
-    });
+    del(`Delete ingress ${id}? Its key stops working and a live publisher is dropped.`, `/apps/${enc(app)}/ingress/${enc(id)}`);
   return html`<div>
     <form class="inline" onSubmit=${create} aria-label="new ingress">
       <label>Type <select name="type"><option value="rtmp">RTMP (OBS)</option><option value="srt">SRT</option><option value="url">RTSP pull</option></select></label>
@@ -415,25 +431,11 @@ function Ingress({ app }) {
 }
 
 function Cameras({ app }) {
-  const list = useApi(`/apps/${enc(app)}/ws-ingest`, [app]);
-  const [made, setMade] = useState(null);
-  const a = useAction();
-  const create = (e) => {
-    e.preventDefault();
-    const f = e.target;
-    a.run(async () => {
-      const r = await api('POST', `/apps/${enc(app)}/ws-ingest`, { room: val(f, 'room'), name: val(f, 'name') || undefined });
-      setMade(r);
-      f.reset();
-      list.reload();
-    });
-  };
+  const { list, made, setMade, a, submit, remove: del } = useCollection(`/apps/${enc(app)}/ws-ingest`, [app]);
+  const create = submit((f) =>
+    api('POST', `/apps/${enc(app)}/ws-ingest`, { room: val(f, 'room'), name: val(f, 'name') || undefined }));
   const remove = (id) =>
-    confirm(`Delete device key ${id}? The camera is disconnected.`) &&
-    a.run(async () => {
-      await api('DELETE', `/apps/${enc(app)}/ws-ingest/${enc(id)}`);
-      list.reload();
-    });
+    del(`Delete device key ${id}? The camera is disconnected.`, `/apps/${enc(app)}/ws-ingest/${enc(id)}`);
   const snippet = (m) => {
     const u = new URL(m.wsUrl);
     return `// ESP32 (arduinoWebSockets): one JPEG per binary message
@@ -515,26 +517,10 @@ function Tokens({ app }) {
 }
 
 function Keys({ app }) {
-  const list = useApi('/api-keys', [app]);
-  const [made, setMade] = useState(null);
-  const a = useAction();
-  const create = (e) => {
-    e.preventDefault();
-    const f = e.target;
-    a.run(async () => {
-      const role = f.elements.role.value;
-      const r = await api('POST', '/api-keys', { name: val(f, 'name'), app, role: role || undefined });
-      setMade(r);
-      f.reset();
-      list.reload();
-    });
-  };
-  const remove = (id) =>
-    confirm(`Delete API key ${id}? It stops working at once.`) &&
-    a.run(async () => {
-      await api('DELETE', `/api-keys/${enc(id)}`);
-      list.reload();
-    });
+  const { list, made, a, submit, remove: del } = useCollection('/api-keys', [app]);
+  const create = submit((f) =>
+    api('POST', '/api-keys', { name: val(f, 'name'), app, role: f.elements.role.value || undefined }));
+  const remove = (id) => del(`Delete API key ${id}? It stops working at once.`, `/api-keys/${enc(id)}`);
   const mine = (list.data || []).filter((k) => k.app === app);
   return html`<div>
     <form class="inline" onSubmit=${create} aria-label="new API key">
@@ -552,27 +538,13 @@ function Keys({ app }) {
 }
 
 function Webhooks({ app }) {
-  const list = useApi(`/apps/${enc(app)}/webhooks`, [app]);
-  const [made, setMade] = useState(null);
+  const { list, made, a, submit, remove: del } = useCollection(`/apps/${enc(app)}/webhooks`, [app]);
   const [open, setOpen] = useState(null);
-  const a = useAction();
-  const create = (e) => {
-    e.preventDefault();
-    const f = e.target;
-    a.run(async () => {
-      const events = val(f, 'events') ? val(f, 'events').split(',').map((s) => s.trim()).filter(Boolean) : ['*'];
-      const r = await api('POST', `/apps/${enc(app)}/webhooks`, { url: val(f, 'url'), events });
-      setMade(r);
-      f.reset();
-      list.reload();
-    });
-  };
-  const remove = (id) =>
-    confirm(`Delete webhook ${id}?`) &&
-    a.run(async () => {
-      await api('DELETE', `/apps/${enc(app)}/webhooks/${enc(id)}`);
-      list.reload();
-    });
+  const create = submit((f) => {
+    const events = val(f, 'events') ? val(f, 'events').split(',').map((x) => x.trim()).filter(Boolean) : ['*'];
+    return api('POST', `/apps/${enc(app)}/webhooks`, { url: val(f, 'url'), events });
+  });
+  const remove = (id) => del(`Delete webhook ${id}?`, `/apps/${enc(app)}/webhooks/${enc(id)}`);
   return html`<div>
     <form class="inline" onSubmit=${create} aria-label="new webhook">
       <label>URL <input name="url" type="url" required placeholder="https://example.com/hooks" /></label>
@@ -639,6 +611,61 @@ function VodPlayer({ url }) {
   return html`<video class="vod" ref=${v} controls playsinline></video>`;
 }
 
+// The app's S3 storage for recordings: shown without its secrets, replaced, tested, removed.
+function Storage({ app }) {
+  const info = useApi(`/apps/${enc(app)}`, [app]);
+  const has = !!(info.data && info.data.storage);
+  const current = useApi(has ? `/apps/${enc(app)}/storage` : null, [app, has]);
+  const [test, setTest] = useState(null);
+  const a = useAction();
+  const save = (e) => {
+    e.preventDefault();
+    const f = e.target;
+    a.run(async () => {
+      await api('PUT', `/apps/${enc(app)}/storage`, {
+        endpoint: val(f, 'endpoint'), region: val(f, 'region'), bucket: val(f, 'bucket'),
+        prefix: val(f, 'prefix') || undefined, pathStyle: f.elements.pathStyle.checked,
+        accessKeyId: val(f, 'accessKeyId'), secretAccessKey: f.elements.secretAccessKey.value,
+      });
+      f.elements.secretAccessKey.value = '';
+      info.reload();
+    });
+  };
+  const check = () =>
+    a.run(async () => {
+      setTest({ running: true });
+      setTest(await api('POST', `/apps/${enc(app)}/storage/test`, {}));
+    });
+  const remove = () =>
+    confirm('Remove the storage? New recordings are refused until one is set.') &&
+    a.run(async () => {
+      await api('DELETE', `/apps/${enc(app)}/storage`);
+      info.reload();
+    });
+  const c = current.data || {};
+  return html`<details class="card" open=${!has}>
+    <summary><strong>Storage</strong> ${has ? html`<span class="muted">s3 bucket ${c.bucket || ''} at ${c.endpoint || ''}</span>` : html`<span class="muted">none: recordings are refused</span>`}</summary>
+    <form class="inline" onSubmit=${save} aria-label="storage">
+      <label>Endpoint <input name="endpoint" required placeholder="https://s3.eu-west-1.amazonaws.com" value=${c.endpoint || ''} /></label>
+      <label>Region <input name="region" required value=${c.region || 'us-east-1'} /></label>
+      <label>Bucket <input name="bucket" required value=${c.bucket || ''} /></label>
+      <label>Prefix <input name="prefix" value=${c.prefix || ''} /></label>
+      <label class="check"><input type="checkbox" name="pathStyle" checked=${!!c.pathStyle} /> path-style</label>
+      <label>Access key id <input name="accessKeyId" required autocomplete="off" value=${c.accessKeyId || ''} /></label>
+      <label>Secret access key <input name="secretAccessKey" type="password" required autocomplete="new-password" /></label>
+      <button type="submit" disabled=${a.busy}>${has ? 'Replace storage' : 'Save storage'}</button>
+    </form>
+    ${has
+      ? html`<p><button type="button" onClick=${check} disabled=${a.busy}>Test write, read, delete</button>
+          <button type="button" class="danger" onClick=${remove}>Remove storage</button>
+          ${test && test.running ? html` <span class="muted">testing…</span>` : null}
+          ${test && test.ok ? html` <span class="ok">works (${test.tookMs} ms)</span>` : null}
+          ${test && test.ok === false ? html` <span class="error">${test.step} failed (${test.kind}): ${test.error}</span>` : null}</p>`
+      : null}
+    <${ErrorText} error=${a.error || current.error} />
+  </details>`;
+}
+
 function Recordings({ app }) {
   const [pages, setPages] = useState([null]);
   const cursor = pages[pages.length - 1];
@@ -653,6 +680,7 @@ function Recordings({ app }) {
     });
   const rows = list.data || [];
   return html`<div>
+    <${Storage} app=${app} />
     <${ErrorText} error=${a.error || list.error} />
     ${play ? html`<${VodPlayer} url=${play} />` : null}
     <div class="table-wrap"><table><thead><tr><th>Room</th><th>State</th><th>Started</th><th>Duration</th><th></th></tr></thead><tbody>
@@ -704,23 +732,11 @@ function Quotas({ app }) {
 }
 
 function Users({ app }) {
-  const list = useApi('/users', [app]);
-  const a = useAction();
-  const create = (e) => {
-    e.preventDefault();
-    const f = e.target;
-    a.run(async () => {
-      await api('POST', '/users', { username: val(f, 'username'), password: f.elements.password.value, roles: [{ app, role: f.elements.role.value }] });
-      f.reset();
-      list.reload();
-    });
-  };
-  const remove = (u) =>
-    confirm(`Delete user ${u}?`) &&
-    a.run(async () => {
-      await api('DELETE', `/users/${enc(u)}`);
-      list.reload();
-    });
+  const { list, a, submit, remove: del } = useCollection('/users', [app]);
+  const create = submit(async (f) => {
+    await api('POST', '/users', { username: val(f, 'username'), password: f.elements.password.value, roles: [{ app, role: f.elements.role.value }] });
+  });
+  const remove = (u) => del(`Delete user ${u}?`, `/users/${enc(u)}`);
   const here = (list.data || []).filter((u) => (u.roles || []).some((r) => r.app === app || r.app === '*'));
   return html`<div>
     <form class="inline" onSubmit=${create} aria-label="new user">
