@@ -46,15 +46,27 @@ async fn raw_get(addr: String, path: String) -> Answer {
     )
     .await
     else {
+        eprintln!("flood request: no connection within 30 s");
         return Answer::Other(0);
     };
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
+    if let Err(e) = s.write_all(req.as_bytes()).await {
+        eprintln!("flood request: write failed: {e}");
         return Answer::Other(0);
     }
     let mut resp = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
     if !matches!(read, Ok(Ok(_))) || resp.len() < 12 {
+        // Which way it failed, for a failure's diagnosis.
+        eprintln!(
+            "flood request: no answer ({}; {} bytes read)",
+            match read {
+                Err(_) => "30 s passed".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) => "closed".to_string(),
+            },
+            resp.len()
+        );
         return Answer::Other(0);
     }
     let code: u16 = std::str::from_utf8(&resp[9..12])
@@ -65,7 +77,14 @@ async fn raw_get(addr: String, path: String) -> Answer {
     match code {
         200 => Answer::Ok,
         503 if text.contains("too many held requests") => Answer::OverBound,
-        other => Answer::Other(other),
+        other => {
+            let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+            eprintln!(
+                "flood request answered {other}: {}",
+                &body[..body.len().min(300)]
+            );
+            Answer::Other(other)
+        }
     }
 }
 
