@@ -16,9 +16,20 @@ use serde_json::json;
 use streamhub_chaos_tests::netns::{self, Network};
 use streamhub_chaos_tests::ports::free_udp;
 use streamhub_chaos_tests::require::{has_command, require};
-use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Publisher};
+use streamhub_chaos_tests::{chaos_seed, hls, Api, Cluster, Publisher};
 use streamhub_testkit::Origin;
 use tokio::net::UdpSocket;
+
+/// App `live` and an SRT ingress for its room `cam`: the publish URL the API gives (once).
+async fn srt_ingress(admin: &Api) -> String {
+    assert_eq!(admin.create_app("live").await.unwrap().status, 201);
+    let r = admin
+        .post("/apps/live/ingress", json!({"type": "srt", "room": "cam"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    r.data()["url"].as_str().unwrap().to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_ingest_with_loss_between_namespaces() {
@@ -35,14 +46,7 @@ async fn srt_ingest_with_loss_between_namespaces() {
         net.clone(),
     )
     .await;
-    let admin = c.admin(0).await;
-    assert_eq!(admin.create_app("live").await.unwrap().status, 201);
-    let r = admin
-        .post("/apps/live/ingress", json!({"type": "srt", "room": "cam"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{r:?}");
-    let url = r.data()["url"].as_str().unwrap().to_string();
+    let url = srt_ingress(&c.admin(0).await).await;
     let origin_ip = net.ip(c.host_of(0));
     assert!(
         url.starts_with(&format!("srt://{origin_ip}:9000?streamid=publish:")),
@@ -170,14 +174,7 @@ async fn srt_handshake_survives_a_lost_conclusion_answer() {
     }
     let srt = free_udp();
     let origin = Origin::start_with(|cfg| cfg.args.extend(["--srt".into(), srt.to_string()])).await;
-    let admin = origin.admin().await;
-    assert_eq!(admin.create_app("live").await.unwrap().status, 201);
-    let r = admin
-        .post("/apps/live/ingress", json!({"type": "srt", "room": "cam"}))
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{r:?}");
-    let url = r.data()["url"].as_str().unwrap().to_string();
+    let url = srt_ingress(&origin.admin().await).await;
     let query = url.split_once('?').expect("the ingress URL has a query").1;
 
     let (relay, dropped) = lossy_relay(srt, 1).await;

@@ -285,6 +285,30 @@ async fn auth_apps_keys_tokens_ingress() {
     assert_eq!(admin.delete("/apps/other").await.unwrap().status, 204);
     assert_eq!(admin.get("/apps/other").await.unwrap().status, 404);
     assert_eq!(admin.get("/apps/shop/rooms").await.unwrap().status, 200);
+
+    // Room objects without a publisher are listed on request only, with their state.
+    let r = admin
+        .post(
+            "/apps/shop/rooms",
+            json!({"name": "keynote", "title": "Keynote"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{r:?}");
+    let live = admin.get("/apps/shop/rooms").await.unwrap();
+    assert_eq!(live.data(), &json!([]), "only live rooms by default");
+    let all = admin.get("/apps/shop/rooms?include=objects").await.unwrap();
+    let keynote = &all.data()[0];
+    assert_eq!(
+        (&keynote["room"], &keynote["state"], &keynote["object"]),
+        (&json!("keynote"), &json!("backstage"), &json!(true)),
+        "{all:?}"
+    );
+    let r = admin
+        .get("/apps/shop/rooms?include=everything")
+        .await
+        .unwrap();
+    assert_eq!((r.status, err_code(&r.body)), (400, "bad_request"), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -259,14 +259,15 @@ pub async fn publish_page(Path((app, room)): Path<(String, String)>) -> Response
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
     use streamhub_cluster::state::{NodeLoad, NodeRole};
     use tower::ServiceExt;
 
-    struct Fixed(Arc<Vec<NodeRecord>>);
+    /// A registry that never changes.
+    pub(crate) struct Fixed(pub(crate) Arc<Vec<NodeRecord>>);
 
     impl NodeDirectory for Fixed {
         fn nodes(&self) -> Arc<Vec<NodeRecord>> {
@@ -274,7 +275,8 @@ mod tests {
         }
     }
 
-    fn node(name: &str, role: NodeRole, region: &str, age_ms: u64) -> NodeRecord {
+    /// A node of `role` in `region` whose last heartbeat was `age_ms` ago.
+    pub(crate) fn node(name: &str, role: NodeRole, region: &str, age_ms: u64) -> NodeRecord {
         NodeRecord {
             name: name.into(),
             id: 1,

@@ -191,35 +191,12 @@ async fn elsewhere(State(steering): State<Arc<Steering>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::play::tests::{node, Fixed};
     use axum::body::Body;
     use axum::http::Request;
     use streamhub_cluster::registry::SteeringPolicy;
-    use streamhub_cluster::state::{NodeLoad, NodeRecord};
+    use streamhub_cluster::state::NodeRecord;
     use tower::ServiceExt;
-
-    struct Fixed(Arc<Vec<NodeRecord>>);
-    impl crate::play::NodeDirectory for Fixed {
-        fn nodes(&self) -> Arc<Vec<NodeRecord>> {
-            self.0.clone()
-        }
-    }
-
-    fn node(name: &str, role: NodeRole, region: &str) -> NodeRecord {
-        NodeRecord {
-            name: name.into(),
-            id: name.len() as u64,
-            role,
-            region: region.into(),
-            http_url: format!("http://{name}:3020"),
-            rtmp_url: None,
-            cluster_addr: format!("{name}:4433"),
-            version: "0".into(),
-            load: NodeLoad::default(),
-            registered_at_ms: 0,
-            last_heartbeat_ms: unix_now_ms(),
-            cert_fingerprint: None,
-        }
-    }
 
     fn app(nodes: Vec<NodeRecord>, dashboard_here: bool) -> Router {
         router(
@@ -303,15 +280,15 @@ mod tests {
     #[tokio::test]
     async fn an_edge_sends_the_dashboard_to_an_origin_of_its_region() {
         let nodes = vec![
-            node("o-us", NodeRole::Origin, "us"),
-            node("o-eu", NodeRole::Origin, "eu"),
-            node("e1", NodeRole::Edge, "eu"),
+            node("o-us", NodeRole::Origin, "us", 0),
+            node("o-eu", NodeRole::Origin, "eu", 0),
+            node("e1", NodeRole::Edge, "eu", 0),
         ];
         let r = get(&app(nodes, false), "/", None).await;
         assert_eq!(r.status(), StatusCode::FOUND);
-        assert_eq!(r.headers()[header::LOCATION], "http://o-eu:3020/");
+        assert_eq!(r.headers()[header::LOCATION], "http://o-eu.example/");
         let r = get(
-            &app(vec![node("e1", NodeRole::Edge, "eu")], false),
+            &app(vec![node("e1", NodeRole::Edge, "eu", 0)], false),
             "/",
             None,
         )

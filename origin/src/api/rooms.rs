@@ -60,6 +60,9 @@ fn track_json(summary: &RoomSummary, i: usize, elapsed: f64) -> Value {
     v
 }
 
+/// Room objects `GET /apps/:app/rooms?include=objects` lists at most (by name).
+const MAX_LISTED_OBJECTS: usize = 1_000;
+
 /// Query of `GET /apps/:app/rooms`.
 #[derive(Debug, Default, Deserialize)]
 pub struct ListQuery {
@@ -81,6 +84,15 @@ pub async fn list(
 ) -> Result<axum::Json<Value>, ApiError> {
     let app = authorize_app(&who, &app, Action::Read)?;
     load_app(&tenants, &app)?;
+    let objects = match q.include.as_deref() {
+        None => false,
+        Some("objects") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "include={other}: the only value is `objects`"
+            )))
+        }
+    };
     let now = SystemTime::now();
     let mut rooms: Vec<Value> = live
         .list(Some(&app))
@@ -163,7 +175,7 @@ pub async fn list(
         // `backstage` for a publisher in a room that has not gone live yet.
         r["state"] = state.into();
     }
-    if q.include.as_deref() == Some("objects") {
+    if objects {
         let listed: std::collections::HashSet<String> = rooms
             .iter()
             .filter_map(|r| r["room"].as_str().map(str::to_string))
@@ -173,6 +185,7 @@ pub async fn list(
                 .room_objects
                 .values()
                 .filter(|o| o.app == app && !listed.contains(o.name.as_str()))
+                .take(MAX_LISTED_OBJECTS)
                 .map(|o| {
                     let state = s.tenants.room_state(&app, &o.name, false);
                     json!({

@@ -440,13 +440,12 @@ class Player extends Emitter {
         }
       });
       if (out.latencyMs !== null && rtt !== null) out.latencyMs += Math.round(rtt / 2);
-      this.counters.bytes = Math.max(this.counters.bytes, 0);
-      this.sample(bytes, now, out, true);
+      this.sample(bytes, now, out);
     } else if (this.protocol === 'hls' && this.hls) {
       if (typeof this.hls.latency === 'number' && this.hls.latency > 0) {
         out.latencyMs = Math.round(this.hls.latency * 1000);
       }
-      this.sample(this.counters.bytes, now, out, true);
+      this.sample(this.counters.bytes, now, out);
       const q = this.video.getVideoPlaybackQuality && this.video.getVideoPlaybackQuality();
       if (q) out.framesDecoded = q.totalVideoFrames;
     }
