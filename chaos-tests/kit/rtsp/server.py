@@ -26,7 +26,10 @@ factory.set_launch(
     "! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=25 bitrate=500 "
     "! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
 )
-factory.set_shared(True)
+# One pipeline per client, as gst-rtsp-server's own test-launch does. A shared media was seen
+# stuck answering 503 to every DESCRIBE for 90 s once three pulls described it at the same time
+# on a loaded machine (its prepare failed and the failed media stayed shared).
+factory.set_shared(False)
 server.get_mount_points().add_factory(mount, factory)
 if server.attach(None) == 0:
     sys.exit("cannot listen on port " + port)
