@@ -112,10 +112,18 @@ async fn rtmp_publish_is_playable_as_hls() {
     })
     .await
     .unwrap();
-    let (_, playlist) = get_text(&origin.url("/hls/live/cam1/index.m3u8"))
-        .await
-        .unwrap();
-    assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    // The playlist closes once the publisher grace (5 s) is over without a publisher back.
+    poll("playlist closed", Duration::from_secs(20), || async {
+        let (_, playlist) = get_text(&origin.url("/hls/live/cam1/index.m3u8"))
+            .await
+            .map_err(|e| e.to_string())?;
+        playlist
+            .contains("#EXT-X-ENDLIST")
+            .then_some(())
+            .ok_or(playlist)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

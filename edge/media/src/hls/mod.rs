@@ -65,6 +65,11 @@ pub struct HlsConfig {
     pub keep: usize,
     /// Advertise LL-HLS (parts, blocking reload, preload hint); plain players work either way.
     pub low_latency: bool,
+    /// How long a room whose publisher left stays open (no `#EXT-X-ENDLIST`) for a publisher
+    /// to come back. Players stop reloading at `ENDLIST`; an encoder restarted with the same key
+    /// (often with new settings) within this time continues the same playlist after a
+    /// discontinuity, and its viewers keep playing.
+    pub publisher_grace: Duration,
 }
 
 impl Default for HlsConfig {
@@ -75,6 +80,7 @@ impl Default for HlsConfig {
             window: 6,
             keep: 10,
             low_latency: true,
+            publisher_grace: Duration::from_secs(5),
         }
     }
 }
@@ -401,7 +407,8 @@ impl HlsRegistry {
 
 /// Packages one publisher session of a room until the publisher goes: reads frames, (re)builds
 /// the init segment when the catalog changes, cuts and publishes parts and segments, and marks
-/// the room ended on `Closed`. Lost frames (`Lagged`) drop the open segment and resume at the
+/// the room ended on `Closed` unless a new session started within the publisher grace
+/// ([`HlsConfig::publisher_grace`]). Lost frames (`Lagged`) drop the open segment and resume at the
 /// next group with a discontinuity.
 #[tracing::instrument(skip_all, fields(session))]
 pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, session: u64) {
@@ -434,6 +441,9 @@ pub async fn run_packager(mut consumer: MediaConsumer, room: Arc<HlsRoom>, sessi
             }
             Err(RecvError::Closed) => {
                 packager.flush();
+                // A publisher that comes back within the grace starts a new session, and this
+                // late `end` does nothing.
+                tokio::time::sleep(packager.room.config().publisher_grace).await;
                 packager.room.end(session, Instant::now());
                 tracing::debug!("publisher gone; playlist ended");
                 return;
@@ -542,8 +552,13 @@ mod tests {
         (AppName::new("live").unwrap(), RoomName::new("cam").unwrap())
     }
 
+    /// Rooms end as soon as their publisher goes (the grace has its own test).
     fn registry() -> HlsRegistry {
-        HlsRegistry::new(HlsConfig::default(), Arc::default())
+        let config = HlsConfig {
+            publisher_grace: Duration::ZERO,
+            ..HlsConfig::default()
+        };
+        HlsRegistry::new(config, Arc::default())
     }
 
     fn relay(media: &mut RoomMedia, frames: Vec<streamhub_shared::Frame>) {
@@ -623,6 +638,52 @@ mod tests {
             1,
             "same catalog, same init: {text}"
         );
+    }
+
+    // Real time: each "not ended yet" is checked before the grace can be over.
+    #[tokio::test]
+    async fn a_publisher_returning_within_the_grace_continues_the_playlist() {
+        let grace = Duration::from_secs(2);
+        let config = HlsConfig {
+            publisher_grace: grace,
+            ..HlsConfig::default()
+        };
+        let registry = HlsRegistry::new(config, Arc::default());
+        let (app, name) = names();
+        let session = |frames| {
+            let room = registry.start(&app, &name);
+            let mut media = RoomMedia::new();
+            media.set_tracks(vec![video(), audio()]);
+            let task = tokio::spawn(run_packager(
+                media.subscribe(),
+                room.clone(),
+                room.session(),
+            ));
+            relay(&mut media, stream(frames, 25));
+            (room, media, task)
+        };
+        let (room, media, first) = session(5);
+        drop(media);
+        tokio::time::sleep(grace / 2).await;
+        assert!(!room.is_ended(), "no ENDLIST within the grace");
+        let text = String::from_utf8(room.playlist().to_vec()).unwrap();
+        assert!(text.contains("seg-2.m4s\n"), "flushed at once: {text}");
+
+        // The encoder comes back: the first packager's late end does nothing.
+        let (_, media, second) = session(5);
+        first.await.unwrap();
+        assert!(
+            !room.is_ended(),
+            "the returned publisher's playlist stays open"
+        );
+        drop(media);
+        tokio::time::sleep(grace / 2).await;
+        assert!(!room.is_ended());
+        second.await.unwrap();
+        assert!(room.is_ended(), "ENDLIST once the grace is over");
+        let text = String::from_utf8(room.playlist().to_vec()).unwrap();
+        assert_eq!(text.matches("#EXT-X-DISCONTINUITY\n").count(), 1, "{text}");
+        assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
     }
 
     #[tokio::test]
