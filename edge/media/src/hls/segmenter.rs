@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use streamhub_shared::h264::AvcConfig;
 use streamhub_shared::media::{CodecConfig, Frame, TrackInfo};
 
 use super::cmaf::{self, CmafError, Sample};
@@ -368,7 +369,11 @@ impl Segmenter {
 
 /// Turns buffered frames into samples: each lasts until the next one; the last one until `end`
 /// if known, else one AAC frame for AAC, else as long as the one before it.
+///
+/// An H.264 keyframe without its parameter sets gets the track's SPS and PPS in front (see
+/// [`in_band_parameter_sets`]).
 fn samples(info: &TrackInfo, frames: &[Frame], end: Option<i64>) -> Vec<Sample> {
+    let params = in_band_parameter_sets(info);
     let fallback_last = match info.codec {
         CodecConfig::Aac { .. } => i64::from(AAC_FRAME_SAMPLES),
         // WebRTC publishers send 20 ms Opus packets.
@@ -392,10 +397,59 @@ fn samples(info: &TrackInfo, frames: &[Frame], end: Option<i64>) -> Vec<Sample> 
                 duration: u32::try_from(next - f.dts).unwrap_or(0),
                 composition_offset: i32::try_from(f.pts - f.dts).unwrap_or(0),
                 keyframe: f.keyframe || !info.codec.is_video(),
-                data: f.data.clone(),
+                data: match &params {
+                    Some((sets, len_size)) if f.keyframe && !has_sps(&f.data, *len_size) => {
+                        let mut d = BytesMut::with_capacity(sets.len() + f.data.len());
+                        d.extend_from_slice(sets);
+                        d.extend_from_slice(&f.data);
+                        d.freeze()
+                    }
+                    _ => f.data.clone(),
+                },
             }
         })
         .collect()
+}
+
+/// The SPS and PPS of an H.264 track as length-prefixed NAL units (the track's NALU length
+/// size), and that size. The sample entry carries them out of band, but players that keep the
+/// first init segment's decoder configuration across a map change (ffmpeg-based ones: ffplay,
+/// mpv, many set-top boxes) decode a new publisher's segments with the old parameters unless
+/// each keyframe carries its own. Deterministic, so every node writes the same bytes.
+fn in_band_parameter_sets(info: &TrackInfo) -> Option<(Bytes, usize)> {
+    let CodecConfig::H264 { avcc, .. } = &info.codec else {
+        return None;
+    };
+    let cfg = AvcConfig::parse(avcc).ok()?;
+    let len_size = usize::from(cfg.nal_length_size);
+    let mut out = BytesMut::new();
+    for nal in cfg.sps.iter().chain(cfg.pps.iter()) {
+        if len_size < 4 && nal.len() >= 1usize << (8 * len_size) {
+            return None;
+        }
+        let len = u32::try_from(nal.len()).ok()?.to_be_bytes();
+        out.extend_from_slice(&len[4 - len_size..]);
+        out.extend_from_slice(nal);
+    }
+    (!out.is_empty()).then(|| (out.freeze(), len_size))
+}
+
+/// Whether a length-prefixed access unit already carries an SPS (NAL type 7).
+fn has_sps(data: &[u8], len_size: usize) -> bool {
+    let mut at = 0;
+    while at + len_size < data.len() {
+        let len = data[at..at + len_size]
+            .iter()
+            .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+        let Some(&header) = data.get(at + len_size) else {
+            return false;
+        };
+        if header & 0x1f == 7 {
+            return true;
+        }
+        at += len_size + len;
+    }
+    false
 }
 
 fn span_ticks(samples: &[Sample]) -> u64 {
@@ -434,6 +488,43 @@ pub(crate) mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn keyframes_carry_their_parameter_sets_in_band() {
+        let au = |nals: &[&[u8]]| -> Bytes {
+            let mut b = BytesMut::new();
+            for n in nals {
+                b.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                b.extend_from_slice(n);
+            }
+            b.freeze()
+        };
+        let cfg = AvcConfig::parse(crate::hls::cmaf::tests::AVCC).unwrap();
+        let (sps, pps) = (&cfg.sps[0][..], &cfg.pps[0][..]);
+        let idr: &[u8] = &[0x65, 0x88, 0x84];
+        let p: &[u8] = &[0x41, 0x9a, 0x02];
+        let frame = |dts, key, data: Bytes| Frame {
+            data,
+            ..vframe(0, dts, key)
+        };
+        let frames = [
+            frame(0, true, au(&[idr])),
+            frame(FRAME, false, au(&[p])),
+            // A WebRTC publisher's keyframe brings its own: kept as it is.
+            frame(2 * FRAME, true, au(&[sps, pps, idr])),
+        ];
+        let out = samples(&video(), &frames, Some(3 * FRAME));
+        assert_eq!(
+            out[0].data,
+            au(&[sps, pps, idr]),
+            "SPS and PPS before the IDR"
+        );
+        assert_eq!(out[1].data, au(&[p]), "other frames unchanged");
+        assert_eq!(out[2].data, au(&[sps, pps, idr]), "not twice");
+        // Audio is untouched.
+        let a = samples(&audio(), &[aframe(0, 0)], None);
+        assert_eq!(a[0].data, aframe(0, 0).data);
     }
 
     pub(crate) fn vframe(group: u64, dts: i64, key: bool) -> Frame {

@@ -1,0 +1,250 @@
+//! An encoder restarted with other settings and the same key, as OBS users do: ffmpeg publishes
+//! 1280x720 H.264 Main with B-frames and 44.1 kHz mono AAC; it is killed and, half a second
+//! later, ffmpeg publishes 1920x1080 Baseline without B-frames and 48 kHz stereo; then again
+//! 854x480 High with B-frames and 44.1 kHz mono. ffmpeg reads the live playlist on the origin
+//! and on an edge through both changes: it must decode each encoder's pictures at their own size,
+//! without a decoder error, at the full frame rate outside the restart gaps.
+//!
+//! Two things make this work: the playlist stays open for a few seconds after the publisher
+//! leaves (an `#EXT-X-ENDLIST` at once made the reader stop before the encoder was back), and
+//! each keyframe carries its SPS and PPS in band (ffmpeg-based players keep the first init
+//! segment's decoder configuration across `EXT-X-MAP` changes and decoded the new encoder's
+//! slices with the old parameter sets: `decode_slice_header error`, checked without them).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use streamhub_chaos_tests::require::{has_command, require};
+use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
+use tokio::process::{Child, Command};
+
+/// One encoder run: `size`, x264 `profile`, B-frames, AAC sample rate and channels.
+struct Settings {
+    size: &'static str,
+    profile: &'static str,
+    bframes: u32,
+    rate: u32,
+    channels: u32,
+}
+
+const RUNS: [Settings; 3] = [
+    Settings {
+        size: "1280x720",
+        profile: "main",
+        bframes: 2,
+        rate: 44_100,
+        channels: 1,
+    },
+    Settings {
+        size: "1920x1080",
+        profile: "baseline",
+        bframes: 0,
+        rate: 48_000,
+        channels: 2,
+    },
+    Settings {
+        size: "854x480",
+        profile: "high",
+        bframes: 3,
+        rate: 44_100,
+        channels: 1,
+    },
+];
+
+/// Bytes of one decoded yuv420p picture of `size` (`WxH`), as `framecrc` reports it.
+fn picture_bytes(size: &str) -> usize {
+    let (w, h) = size.split_once('x').unwrap();
+    let (w, h): (usize, usize) = (w.parse().unwrap(), h.parse().unwrap());
+    w * h + 2 * w.div_ceil(2) * h.div_ceil(2)
+}
+
+fn publish(url: &str, s: &Settings) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc=size={}:rate=25", s.size),
+        ])
+        .args(["-f", "lavfi", "-i", &format!("sine=sample_rate={}", s.rate)])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args([
+            "-profile:v",
+            s.profile,
+            "-bf",
+            &s.bframes.to_string(),
+            "-g",
+            "50",
+        ])
+        .args(["-c:a", "aac", "-ar", &s.rate.to_string()])
+        .args(["-ac", &s.channels.to_string(), "-f", "flv", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// ffmpeg reading `playlist` live, writing one line per decoded video frame (`framecrc`, at the
+/// decoded size: no scaling to the first picture's size). Video only: ffmpeg skips every init
+/// segment after the first ("duplicated MOOV"), so its AAC decoder keeps the first audio
+/// configuration, and reading both tracks it stalls at an audio change (a limitation of its
+/// fMP4 HLS reading that no packaging of AAC in fMP4 avoids; browsers follow the new init).
+fn reader(playlist: &str) -> Child {
+    Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            playlist,
+        ])
+        .args(["-map", "0:v:0", "-fps_mode", "passthrough"])
+        .args(["-autoscale", "0", "-f", "framecrc", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// What a reader decoded.
+struct Decoded {
+    video_frames: usize,
+    /// The decoded picture sizes in bytes, in order, each once per run of equal sizes.
+    sizes: Vec<usize>,
+    errors: String,
+}
+
+/// Stops a reader (SIGINT: ffmpeg flushes) and returns what it decoded.
+async fn finish(mut r: Child) -> Decoded {
+    if let Some(pid) = r.id() {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let (mut so, mut se) = (r.stdout.take().unwrap(), r.stderr.take().unwrap());
+        let _ = tokio::join!(so.read_to_end(&mut out), se.read_to_end(&mut err));
+        let _ = r.wait().await;
+        (out, err)
+    })
+    .await
+    .expect("the reader stops");
+    let text = String::from_utf8_lossy(&out.0);
+    // `stream, dts, pts, duration, size, crc`
+    let fields = |l: &str| -> Vec<String> { l.split(',').map(|f| f.trim().to_string()).collect() };
+    let frames: Vec<Vec<String>> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(fields)
+        .collect();
+    let video: Vec<&Vec<String>> = frames.iter().filter(|f| f[0] == "0").collect();
+    let mut sizes: Vec<usize> = Vec::new();
+    for f in &video {
+        let size = f[4].parse().unwrap_or(0);
+        if sizes.last() != Some(&size) {
+            sizes.push(size);
+        }
+    }
+    Decoded {
+        video_frames: video.len(),
+        sizes,
+        errors: String::from_utf8_lossy(&out.1).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoder_restart_keeps_hls_decodable() {
+    if !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let mut c = Cluster::start(1, chaos_seed()).await;
+    let admin = c.admin(0).await;
+    let key = admin.rtmp_ingress("live", "obs").await.unwrap();
+    let edge = c.start_edge("edge-1", "local", 0, &[]).await;
+    let url = c.nodes[0].rtmp_url(&key);
+    let playlists = [
+        c.nodes[0].url("/hls/live/obs/index.m3u8"),
+        edge.url("/hls/live/obs/index.m3u8"),
+    ];
+
+    let mut encoder = publish(&url, &RUNS[0]);
+    let http = reqwest::Client::new();
+    for p in &playlists {
+        hls::wait_segments(&http, p, 3, Duration::from_secs(45))
+            .await
+            .unwrap();
+    }
+    let readers: Vec<Child> = playlists.iter().map(|p| reader(p)).collect();
+    let started = Instant::now();
+    let mut gaps = Duration::ZERO;
+    for next in &RUNS[1..] {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let cut = Instant::now();
+        c.note(format!(
+            "encoder restarts as {} {}",
+            next.size, next.profile
+        ));
+        encoder.kill().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        encoder = publish(&url, next);
+        // The new encoder's first frames: ffmpeg starts, connects, sends its first GOP.
+        gaps += cut.elapsed() + Duration::from_secs(2);
+    }
+    // The readers play ~3 segments behind live: give them the last encoder's first segments.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let window = started.elapsed();
+    let want_sizes: Vec<usize> = RUNS.iter().map(|r| picture_bytes(r.size)).collect();
+    for (p, r) in playlists.iter().zip(readers) {
+        let d = finish(r).await;
+        println!(
+            "{p}: {} frames in {window:?} (gaps ~{gaps:?}), picture sizes {:?}; errors: {}",
+            d.video_frames, d.sizes, d.errors
+        );
+        for bad in [
+            "decode_slice_header",
+            "illegal",
+            "non-existing PPS",
+            "no frame",
+            "Error while decoding",
+            "error while decoding",
+            "Error submitting",
+        ] {
+            assert!(
+                !d.errors.contains(bad),
+                "{p}: decoder error `{bad}`:\n{}",
+                d.errors
+            );
+        }
+        assert_eq!(
+            d.sizes, want_sizes,
+            "{p}: each encoder's pictures decoded at its own size, in order"
+        );
+        // The reader starts ~3 segments behind live, so its window is the wall window; at
+        // 25 fps outside the gaps, with room for a slow start.
+        let want = (window.saturating_sub(gaps).as_secs_f64() * 25.0 * 0.75) as usize;
+        assert!(
+            d.video_frames >= want,
+            "{p}: {} frames decoded, want >= {want} ({window:?}, gaps ~{gaps:?}):\n{}",
+            d.video_frames,
+            d.errors
+        );
+    }
+    drop(encoder);
+}
