@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
+use streamhub_chaos_tests::camera::mjpeg_parts;
 use streamhub_chaos_tests::require::{browser_available, require, BROWSER};
 use streamhub_chaos_tests::{chaos_seed, poll, Cluster};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -38,32 +39,6 @@ fn jpegs(n: usize) -> Vec<Vec<u8>> {
     (1..=n)
         .map(|i| std::fs::read(dir.path().join(format!("{i:03}.jpg"))).unwrap())
         .collect()
-}
-
-/// Splits a multipart body into its complete parts' payloads.
-fn parts(body: &[u8]) -> Vec<Vec<u8>> {
-    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(start) = find(rest, b"--streamhub-mjpeg-frame\r\n") {
-        let after = &rest[start + 25..];
-        let Some(head_end) = find(after, b"\r\n\r\n") else {
-            break;
-        };
-        let head = String::from_utf8_lossy(&after[..head_end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("content length");
-        let data = &after[head_end + 4..];
-        if data.len() < len + 2 {
-            break;
-        }
-        out.push(data[..len].to_vec());
-        rest = &data[len + 2..];
-    }
-    out
 }
 
 type Ws =
@@ -201,10 +176,10 @@ async fn camera_publishes_mjpeg_over_websocket() {
         .unwrap();
     let mut body = Vec::new();
     let got = tokio::time::timeout(Duration::from_secs(10), async {
-        while parts(&body).len() < 5 {
+        while mjpeg_parts(&body).len() < 5 {
             body.extend_from_slice(&stream.chunk().await.unwrap().expect("the stream goes on"));
         }
-        parts(&body)
+        mjpeg_parts(&body)
     })
     .await
     .expect("five pictures in time");

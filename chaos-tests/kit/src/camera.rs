@@ -128,6 +128,51 @@ impl Drop for Camera {
     }
 }
 
+/// Splits an MJPEG (`multipart/x-mixed-replace`) body into its complete parts' payloads.
+pub fn mjpeg_parts(body: &[u8]) -> Vec<Vec<u8>> {
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(start) = find(rest, b"--streamhub-mjpeg-frame\r\n") {
+        let after = &rest[start + 25..];
+        let Some(head_end) = find(after, b"\r\n\r\n") else {
+            break;
+        };
+        let head = String::from_utf8_lossy(&after[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content length");
+        let data = &after[head_end + 4..];
+        if data.len() < len + 2 {
+            break;
+        }
+        out.push(data[..len].to_vec());
+        rest = &data[len + 2..];
+    }
+    out
+}
+
+/// The width and height of a baseline or progressive JPEG (its SOF segment).
+pub fn jpeg_size(jpeg: &[u8]) -> Option<(u16, u16)> {
+    let mut at = 2;
+    while at + 9 < jpeg.len() {
+        if jpeg[at] != 0xff {
+            return None;
+        }
+        let marker = jpeg[at + 1];
+        let len = usize::from(u16::from_be_bytes([jpeg[at + 2], jpeg[at + 3]]));
+        if matches!(marker, 0xc0..=0xc2) {
+            let h = u16::from_be_bytes([jpeg[at + 5], jpeg[at + 6]]);
+            let w = u16::from_be_bytes([jpeg[at + 7], jpeg[at + 8]]);
+            return Some((w, h));
+        }
+        at += 2 + len;
+    }
+    None
+}
+
 /// Reads an MJPEG stream (`multipart/x-mixed-replace`) for `window`; the pictures it got.
 pub async fn count_mjpeg(url: &str, window: Duration) -> u64 {
     let Ok(mut resp) = reqwest::get(url).await else {

@@ -31,6 +31,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const BOUNDARY: &str = "streamhub-mjpeg-frame";
 /// How long `frame.jpg` waits for a first picture in a room that just came up.
 const FIRST_FRAME_WAIT: Duration = Duration::from_secs(3);
+/// How long a stream whose camera left waits for it to come back (a camera that reboots or
+/// reconnects, maybe with another resolution) before it ends.
+pub const CAMERA_RETURN: Duration = Duration::from_secs(10);
+/// How often a stream waiting for its camera looks for it.
+const CAMERA_LOOK: Duration = Duration::from_millis(500);
 /// Bounds of the MJPEG streams a node serves at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamLimits {
@@ -158,14 +163,18 @@ async fn open(
         .media(&app, &room, client)
         .await
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such live room"))?;
-    let track = viewing
-        .media
+    let track = jpeg_track(&viewing.media)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "the room has no JPEG track"))?;
+    Ok((viewing, track))
+}
+
+/// The room's JPEG track, if it has one.
+fn jpeg_track(media: &MediaHandle) -> Option<TrackId> {
+    media
         .tracks()
         .iter()
         .find(|t| matches!(t.codec, CodecConfig::Jpeg { .. }))
         .map(|t| t.id)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "the room has no JPEG track"))?;
-    Ok((viewing, track))
 }
 
 /// `GET /live/{app}/{room}/info`: whether the room is live here and what it carries, so a
@@ -262,9 +271,10 @@ async fn stream(
     ClientAddr(client): ClientAddr,
     Path((app, room)): Path<(String, String)>,
 ) -> Response {
-    if let Err(m) = room_names(&app, &room) {
-        return error(StatusCode::BAD_REQUEST, &m);
-    }
+    let names = match room_names(&app, &room) {
+        Ok(names) => names,
+        Err(m) => return error(StatusCode::BAD_REQUEST, &m),
+    };
     let Ok(permit) = st.streams.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -294,6 +304,9 @@ async fn stream(
         first,
         pending: VecDeque::new(),
         stats: st.stats.clone(),
+        lookup: st.lookup.clone(),
+        room: names,
+        client,
         _hold: viewing.hold,
         _permit: permit,
         _slot: slot,
@@ -332,6 +345,10 @@ struct Viewer {
     /// Chunks of the picture being written: part header, picture, trailing CRLF.
     pending: VecDeque<Bytes>,
     stats: Arc<MjpegStats>,
+    /// Where to find the room again when its camera comes back.
+    lookup: Arc<dyn MediaLookup>,
+    room: (AppName, RoomName),
+    client: SocketAddr,
     _hold: Option<Box<dyn Send + Sync>>,
     _permit: OwnedSemaphorePermit,
     _slot: ClientSlot,
@@ -371,8 +388,8 @@ impl Viewer {
         Some(Bytes::from(head))
     }
 
-    /// The newest picture once there is one newer than the last sent; `None` once the room
-    /// ends.
+    /// The newest picture once there is one newer than the last sent, following the camera
+    /// across a reconnect; `None` once the room has ended for [`CAMERA_RETURN`].
     async fn next_frame(&mut self) -> Option<Frame> {
         loop {
             if let Some(f) = self.media.latest_frame_of(self.track) {
@@ -380,7 +397,38 @@ impl Viewer {
                     return Some(f);
                 }
             }
-            self.newest.changed().await.ok()?;
+            if self.newest.changed().await.is_err() {
+                self.rejoin().await?;
+            }
+        }
+    }
+
+    /// The camera left: waits (bounded) for the room to be live again with a JPEG track, and
+    /// goes on with its new media.
+    async fn rejoin(&mut self) -> Option<()> {
+        let deadline = tokio::time::Instant::now() + CAMERA_RETURN;
+        let (app, room) = &self.room;
+        loop {
+            tokio::time::sleep(CAMERA_LOOK).await;
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            let Some(v) = self.lookup.media(app, room, self.client).await else {
+                continue;
+            };
+            if !v.media.is_live() {
+                continue;
+            }
+            let Some(track) = jpeg_track(&v.media) else {
+                continue;
+            };
+            self.newest = v.media.newest_group();
+            self.media = v.media;
+            self.track = track;
+            // A new publisher numbers its groups from its own start.
+            self.last = None;
+            self._hold = v.hold;
+            return Some(());
         }
     }
 }
