@@ -17,7 +17,8 @@ pub mod seed;
 pub use cluster::Cluster;
 pub use seed::chaos_seed;
 pub use streamhub_testkit::{
-    api, binary, camera, hls, node, poll, ports, prom, publisher, require, timeline, webhook, whep,
+    api, binary, camera, encoder, hls, node, poll, ports, prom, publisher, require, timeline,
+    webhook, whep,
 };
 pub use streamhub_testkit::{
     Api, Join, Node, NodeConfig, Publisher, Reply, Role, Timeline, ADMIN_PASS, ADMIN_USER,

@@ -14,85 +14,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use streamhub_chaos_tests::encoder::{publish, RESTARTS as RUNS};
 use streamhub_chaos_tests::require::{has_command, require};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
 use tokio::process::{Child, Command};
-
-/// One encoder run: `size`, x264 `profile`, B-frames, AAC sample rate and channels.
-struct Settings {
-    size: &'static str,
-    profile: &'static str,
-    bframes: u32,
-    rate: u32,
-    channels: u32,
-}
-
-const RUNS: [Settings; 3] = [
-    Settings {
-        size: "1280x720",
-        profile: "main",
-        bframes: 2,
-        rate: 44_100,
-        channels: 1,
-    },
-    Settings {
-        size: "1920x1080",
-        profile: "baseline",
-        bframes: 0,
-        rate: 48_000,
-        channels: 2,
-    },
-    Settings {
-        size: "854x480",
-        profile: "high",
-        bframes: 3,
-        rate: 44_100,
-        channels: 1,
-    },
-];
-
-/// Bytes of one decoded yuv420p picture of `size` (`WxH`), as `framecrc` reports it.
-fn picture_bytes(size: &str) -> usize {
-    let (w, h) = size.split_once('x').unwrap();
-    let (w, h): (usize, usize) = (w.parse().unwrap(), h.parse().unwrap());
-    w * h + 2 * w.div_ceil(2) * h.div_ceil(2)
-}
-
-fn publish(url: &str, s: &Settings) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-nostdin", "-loglevel", "error", "-re"])
-        .args([
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("testsrc=size={}:rate=25", s.size),
-        ])
-        .args(["-f", "lavfi", "-i", &format!("sine=sample_rate={}", s.rate)])
-        .args([
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-pix_fmt",
-            "yuv420p",
-        ])
-        .args([
-            "-profile:v",
-            s.profile,
-            "-bf",
-            &s.bframes.to_string(),
-            "-g",
-            "50",
-        ])
-        .args(["-c:a", "aac", "-ar", &s.rate.to_string()])
-        .args(["-ac", &s.channels.to_string(), "-f", "flv", url])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("ffmpeg")
-}
 
 /// ffmpeg reading `playlist` live, writing one line per decoded video frame (`framecrc`, at the
 /// decoded size: no scaling to the first picture's size). Video only: ffmpeg skips every init
@@ -210,7 +135,7 @@ async fn encoder_restart_keeps_hls_decodable() {
     // The readers play ~3 segments behind live: give them the last encoder's first segments.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let window = started.elapsed();
-    let want_sizes: Vec<usize> = RUNS.iter().map(|r| picture_bytes(r.size)).collect();
+    let want_sizes: Vec<usize> = RUNS.iter().map(|r| r.picture_bytes()).collect();
     for (p, r) in playlists.iter().zip(readers) {
         let d = finish(r).await;
         println!(

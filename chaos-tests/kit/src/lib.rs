@@ -13,6 +13,7 @@ pub mod api;
 pub mod audio;
 pub mod binary;
 pub mod camera;
+pub mod encoder;
 pub mod hls;
 pub mod node;
 pub mod poll;

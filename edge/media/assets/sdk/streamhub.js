@@ -11,7 +11,7 @@
 //
 // No dependency: hls.js is loaded from the node (/assets/hls.light.min.js) only when HLS plays.
 
-const VERSION = '1.0.0';
+const VERSION = '1.0.1';
 
 const enc = encodeURIComponent;
 
@@ -320,6 +320,39 @@ class Player extends Emitter {
     });
     hls.loadSource(u.hls);
     hls.attachMedia(this.video);
+    this.skipBufferHoles();
+  }
+
+  // hls.js jumps a hole in the buffer when the playhead is inside it, but Chromium can stop a
+  // few frames before the hole (seen after an encoder restart with B-frames) and stand still
+  // with media buffered just ahead. When the clock has stood for a second and a buffered range
+  // starts less than a second ahead, go there.
+  skipBufferHoles() {
+    const v = this.video;
+    const hls = this.hls;
+    let last = -1;
+    let standing = 0;
+    const timer = setInterval(() => {
+      if (this.stopped || this.hls !== hls) {
+        clearInterval(timer);
+        return;
+      }
+      if (v.paused || v.currentTime !== last) {
+        last = v.currentTime;
+        standing = 0;
+        return;
+      }
+      standing += 1;
+      if (standing < 2) return;
+      for (let i = 0; i < v.buffered.length; i += 1) {
+        const ahead = v.buffered.start(i) - v.currentTime;
+        if (ahead > 0 && ahead < 1) {
+          v.currentTime = v.buffered.start(i) + 0.05;
+          standing = 0;
+          return;
+        }
+      }
+    }, 500);
   }
 
   async playMjpeg(u) {

@@ -1,0 +1,116 @@
+// Plays a room on the player pages given (one browser tab each, kept open) in headless Chromium
+// and samples every tab twice a second while the test restarts the encoder:
+//   node restart.mjs <player url>...
+// Prints {"ready": [...]} once every tab decodes, then reads commands on stdin: `mark <label>`
+// (the test is about to change something), `stop` (print every sample as one JSON line, exit).
+// A sample: {mark, mode, frames, audio, width, error, reconnects, reloaded}, where `frames` and
+// `audio` only grow: video frames decoded and audio decoded (WebRTC samples from received
+// packets, or bytes decoded by the media element for HLS), summed over every peer connection
+// the page made.
+import { chromium } from 'playwright-core';
+import readline from 'node:readline';
+
+const urls = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required'],
+});
+
+// Runs in the page: the page's counters, kept across its peer connections.
+const probe = async () => {
+  const p = window.player;
+  const v = document.getElementById('video');
+  const acc = window.__acc || (window.__acc = { pc: null, baseFrames: 0, baseAudio: 0, frames: 0, audio: 0 });
+  let frames = 0;
+  let audio = 0;
+  if (p.mode === 'whep') {
+    if (p.pc && p.pc !== acc.pc) {
+      acc.baseFrames += acc.frames;
+      acc.baseAudio += acc.audio;
+      acc.frames = 0;
+      acc.audio = 0;
+      acc.pc = p.pc;
+    }
+    if (p.pc) {
+      (await p.pc.getStats()).forEach((s) => {
+        if (s.type !== 'inbound-rtp') return;
+        if (s.kind === 'video') acc.frames = s.framesDecoded || 0;
+        // Samples played from packets received (not the ones concealing missing packets).
+        if (s.kind === 'audio') acc.audio = (s.totalSamplesReceived || 0) - (s.concealedSamples || 0);
+      });
+    }
+    frames = acc.baseFrames + acc.frames;
+    audio = acc.baseAudio + acc.audio;
+  } else {
+    frames = v.getVideoPlaybackQuality().totalVideoFrames;
+    audio = v.webkitAudioDecodedByteCount || 0;
+  }
+  const ranges = [];
+  for (let i = 0; i < v.buffered.length; i += 1) {
+    ranges.push(`${v.buffered.start(i).toFixed(2)}-${v.buffered.end(i).toFixed(2)}`);
+  }
+  return {
+    mode: p.mode, frames, audio, width: v.videoWidth, error: p.error || (v.error && v.error.message),
+    time: v.currentTime.toFixed(2), buffered: ranges.join(' '),
+    reconnects: p.reconnects, state: document.getElementById('state').textContent,
+  };
+};
+
+const pages = [];
+const samples = [];
+let mark = 'start';
+let timer = null;
+try {
+  for (const url of urls) {
+    const page = await browser.newPage();
+    page.on('console', (m) => process.stderr.write(`[restart ${pages.length}] ${m.text()}\n`));
+    await page.goto(url);
+    // A marker that a reload would lose.
+    await page.evaluate(() => { window.__sameDocument = true; });
+    pages.push(page);
+  }
+  // Every tab decodes: 25 frames and some audio.
+  const ready = [];
+  for (const page of pages) {
+    let r = null;
+    for (const until = Date.now() + 60000; Date.now() < until;) {
+      r = await page.evaluate(probe);
+      if (r.frames >= 25 && r.audio > 0 && r.width > 0) break;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    ready.push(r);
+    // What hls.js goes through, for a failure's message (the test prints the tab's console).
+    await page.evaluate(() => {
+      const h = window.player.hls;
+      if (!h) return;
+      h.on(Hls.Events.ERROR, (_, d) => console.log(`hls.js error ${d.details} fatal=${d.fatal}`));
+      h.on(Hls.Events.FRAG_CHANGED, (_, d) => console.log(`hls.js playing ${d.frag.sn} cc=${d.frag.cc} at ${d.frag.start.toFixed(2)}`));
+    });
+  }
+  console.log(JSON.stringify({ ready }));
+  const sample = async () => {
+    const row = { t: Date.now(), mark, pages: [] };
+    for (const page of pages) {
+      const r = await page.evaluate(probe).catch((e) => ({ error: `evaluate: ${e.message}` }));
+      r.reloaded = !(await page.evaluate(() => window.__sameDocument === true).catch(() => false));
+      row.pages.push(r);
+    }
+    samples.push(row);
+  };
+  timer = setInterval(sample, 500);
+  const input = readline.createInterface({ input: process.stdin });
+  for await (const line of input) {
+    if (line.startsWith('mark ')) mark = line.slice(5);
+    if (line === 'stop') break;
+  }
+  clearInterval(timer);
+  await sample();
+  console.log(JSON.stringify(samples));
+} finally {
+  if (timer) clearInterval(timer);
+  // A page still answering a probe can keep close() waiting: do not let it hold the test.
+  await Promise.race([browser.close(), new Promise((res) => setTimeout(res, 5000))]);
+}
+process.exit(0);
