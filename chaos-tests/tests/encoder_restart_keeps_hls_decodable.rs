@@ -1,9 +1,11 @@
 //! An encoder restarted with other settings and the same key, as OBS users do: ffmpeg publishes
 //! 1280x720 H.264 Main with B-frames and 44.1 kHz mono AAC; it is killed and, half a second
 //! later, ffmpeg publishes 1920x1080 Baseline without B-frames and 48 kHz stereo; then again
-//! 854x480 High with B-frames and 44.1 kHz mono. ffmpeg reads the live playlist on the origin
-//! and on an edge through both changes: it must decode each encoder's pictures at their own size,
-//! without a decoder error, at the full frame rate outside the restart gaps.
+//! 854x480 High with B-frames and 44.1 kHz mono, on the second origin this time (the encoder's
+//! backup URL). ffmpeg reads the live playlist on the first origin (through the first change) and
+//! on an edge (through both, following the room to the other origin): it must decode each
+//! encoder's pictures at their own size, without a decoder error, at the full frame rate outside
+//! the restart gaps.
 //!
 //! Two things make this work: the playlist stays open for a few seconds after the publisher
 //! leaves (an `#EXT-X-ENDLIST` at once made the reader stop before the encoder was back), and
@@ -99,44 +101,63 @@ async fn encoder_restart_keeps_hls_decodable() {
     if !require("ffmpeg", has_command("ffmpeg")) {
         return;
     }
-    let mut c = Cluster::start(1, chaos_seed()).await;
+    let mut c = Cluster::start(2, chaos_seed()).await;
     let admin = c.admin(0).await;
     let key = admin.rtmp_ingress("live", "obs").await.unwrap();
     let edge = c.start_edge("edge-1", "local", 0, &[]).await;
-    let url = c.nodes[0].rtmp_url(&key);
-    let playlists = [
-        c.nodes[0].url("/hls/live/obs/index.m3u8"),
-        edge.url("/hls/live/obs/index.m3u8"),
+    // The third run goes to the second origin, as an encoder's backup URL would.
+    let urls = [
+        c.nodes[0].rtmp_url(&key),
+        c.nodes[0].rtmp_url(&key),
+        c.nodes[1].rtmp_url(&key),
     ];
+    let origin_playlist = c.nodes[0].url("/hls/live/obs/index.m3u8");
+    let edge_playlist = edge.url("/hls/live/obs/index.m3u8");
 
-    let mut encoder = publish(&url, &RUNS[0]);
+    let mut encoder = publish(&urls[0], &RUNS[0]);
     let http = reqwest::Client::new();
-    for p in &playlists {
+    for p in [&origin_playlist, &edge_playlist] {
         hls::wait_segments(&http, p, 3, Duration::from_secs(45))
             .await
             .unwrap();
     }
-    let readers: Vec<Child> = playlists.iter().map(|p| reader(p)).collect();
+    let origin_reader = reader(&origin_playlist);
+    let edge_reader = reader(&edge_playlist);
     let started = Instant::now();
     let mut gaps = Duration::ZERO;
-    for next in &RUNS[1..] {
+    let (mut moved, mut gaps_before_move) = (Duration::ZERO, Duration::ZERO);
+    for (i, next) in RUNS.iter().enumerate().skip(1) {
         tokio::time::sleep(Duration::from_secs(8)).await;
         let cut = Instant::now();
+        if i == 2 {
+            (moved, gaps_before_move) = (cut - started, gaps);
+        }
         c.note(format!(
-            "encoder restarts as {} {}",
-            next.size, next.profile
+            "encoder restarts as {} {} on {}",
+            next.size, next.profile, urls[i]
         ));
         encoder.kill().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        encoder = publish(&url, next);
+        encoder = publish(&urls[i], next);
         // The new encoder's first frames: ffmpeg starts, connects, sends its first GOP.
         gaps += cut.elapsed() + Duration::from_secs(2);
     }
     // The readers play ~3 segments behind live: give them the last encoder's first segments.
     tokio::time::sleep(Duration::from_secs(20)).await;
     let window = started.elapsed();
-    let want_sizes: Vec<usize> = RUNS.iter().map(|r| r.picture_bytes()).collect();
-    for (p, r) in playlists.iter().zip(readers) {
+    let sizes: Vec<usize> = RUNS.iter().map(|r| r.picture_bytes()).collect();
+    // The first origin's playlist ends once the encoder has moved away; the edge follows the
+    // room to the second origin and plays on.
+    for (p, r, want_sizes, window, gaps) in [
+        (
+            &origin_playlist,
+            origin_reader,
+            &sizes[..2],
+            moved,
+            gaps_before_move,
+        ),
+        (&edge_playlist, edge_reader, &sizes[..], window, gaps),
+    ] {
         let d = finish(r).await;
         println!(
             "{p}: {} frames in {window:?} (gaps ~{gaps:?}), picture sizes {:?}; errors: {}",
