@@ -27,6 +27,15 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
         .await
         .with_timeout(Duration::from_secs(15));
     let apis = [c.admin(majority[0]).await, c.admin(majority[1]).await];
+    // A room live on the origin about to be cut off (its encoder stays connected to it).
+    let key = apis[0].rtmp_ingress("split", "cam").await.unwrap();
+    let (minor_name, major_name) = (
+        c.nodes[minority].name().to_string(),
+        c.nodes[majority[0]].name().to_string(),
+    );
+    let mut stale = Publisher::start(&c.nodes[minority].rtmp_url(&key));
+    wait_owners(&apis[0], "split", "cam", &[&minor_name]).await;
+    c.note(format!("split/cam live on {minor_name}"));
     let partition = cut(&c, minority);
     let cut = Instant::now();
     c.note(format!("{} cut off", c.nodes[minority].name()));
@@ -67,6 +76,45 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     }
     c.note("minority write refused");
 
+    // The encoder moves to a majority origin, retrying as soon as it is refused; the majority
+    // gives it the room once the cut-off holder is declared dead.
+    let url = c.nodes[majority[0]].rtmp_url(&key);
+    let mut moved = Publisher::start(&url);
+    let took = crate::poll(
+        "the majority takes the room",
+        Duration::from_secs(60),
+        || {
+            if moved.exit_status().is_some() {
+                moved = Publisher::start(&url);
+            }
+            let (api, major_name) = (&apis[1], major_name.clone());
+            async move {
+                match owners(api, "split", "cam").await.as_slice() {
+                    [o] if *o == major_name => Ok(Instant::now()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "room taken by the majority {} ms after the partition",
+        took.saturating_duration_since(cut).as_millis()
+    );
+    c.note(format!("{major_name} took split/cam"));
+    // Meanwhile the cut-off holder, whose encoder still pushes, holds its media back: it could
+    // not renew its lease, so it stopped serving before the majority could take the room.
+    let held_back = c.nodes[minority]
+        .metric("streamhub_publish_frames_fenced_total")
+        .await
+        .unwrap();
+    assert!(
+        held_back > 0.0,
+        "the cut-off holder kept serving its room (no frame held back)"
+    );
+    println!("frames held back by the cut-off holder: {held_back}");
+
     drop(partition);
     let healed = Instant::now();
     c.wait_apps(minority, &written, Duration::from_secs(60))
@@ -75,6 +123,39 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     println!(
         "healed origin caught up {} ms after the heal",
         healed.elapsed().as_millis()
+    );
+    // The stale publisher is dropped on return; one holder, everywhere, and it still publishes.
+    crate::poll(
+        "the stale publisher dropped",
+        Duration::from_secs(20),
+        || {
+            let exited = stale.exit_status().is_some();
+            async move {
+                exited
+                    .then_some(())
+                    .ok_or_else(|| "still publishing".to_string())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    println!(
+        "stale publisher dropped {} ms after the heal",
+        healed.elapsed().as_millis()
+    );
+    for i in 0..3 {
+        let api = c.admin(i).await;
+        wait_owners(&api, "split", "cam", &[&major_name]).await;
+    }
+    assert!(
+        moved.exit_status().is_none(),
+        "the majority's publisher died: {}",
+        moved.stderr()
+    );
+    let log = c.nodes[minority].log_of_current_run();
+    assert!(
+        !log.contains("media flows again"),
+        "the cut-off holder resumed its stale room's media"
     );
     // No split brain: the refused write is nowhere.
     for i in 0..3 {
@@ -103,6 +184,37 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     .await
     .unwrap();
     c.note("done");
+}
+
+/// Every origin `GET /apps/:app/rooms` on `api` lists for `room` (more than one would be split
+/// brain).
+pub async fn owners(api: &crate::Api, app: &str, room: &str) -> Vec<String> {
+    let Ok(r) = api.get(&format!("/apps/{app}/rooms")).await else {
+        return vec![];
+    };
+    r.data()
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["room"] == room)
+                .filter_map(|x| x["origin"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until [`owners`] is exactly `want`.
+pub async fn wait_owners(api: &crate::Api, app: &str, room: &str, want: &[&str]) {
+    crate::poll("room owners", Duration::from_secs(30), || async move {
+        let got = owners(api, app, room).await;
+        if got.iter().map(String::as_str).eq(want.iter().copied()) {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// The degraded edge link (`edge_link_with_loss_and_delay.rs`, and its network-namespace
@@ -251,4 +363,210 @@ async fn watch(
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
+}
+
+/// Which origin dies under a live room in [`origin_failover`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holder {
+    /// The room's holder is a follower: placement moves under a standing leader.
+    Follower,
+    /// The holder is the Raft leader: an election comes first, then the placement moves.
+    Leader,
+}
+
+/// When each step of an origin failover was seen, from the kill (SIGKILL) of the holder.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    /// The dead holder's room left the placement table (`GET /apps/:app/rooms`).
+    pub detected: Duration,
+    /// The backup origin holds the room (the encoder's retry was accepted).
+    pub accepted: Duration,
+    /// The backup origin's playlist has a part of the new session.
+    pub origin_media: Duration,
+    /// The edge's playlist has a part of the new session (after a discontinuity).
+    pub edge_media: Duration,
+    /// Encoder attempts on the backup origin (1: the first was accepted).
+    pub attempts: u32,
+}
+
+/// A room published to one origin (the Raft leader or a follower, as `holder` says) and watched
+/// through an edge; the origin is killed (-9) and the encoder retries its backup origin at once
+/// each time it is refused, as an encoder with a backup URL does. Returns the timeline, after
+/// checking that the edge's playlist keeps its numbering with a discontinuity.
+pub async fn origin_failover(c: &mut Cluster, holder: Holder) -> Failover {
+    let leader = c.leader().await;
+    let victim = match holder {
+        Holder::Leader => leader,
+        Holder::Follower => {
+            let followers: Vec<usize> = (0..c.nodes.len()).filter(|&i| i != leader).collect();
+            followers[c.rng.gen_range(0..followers.len())]
+        }
+    };
+    let backup = (0..c.nodes.len())
+        .find(|&i| i != victim && i != leader)
+        .unwrap_or((victim + 1) % c.nodes.len());
+    let key = c
+        .admin(backup)
+        .await
+        .rtmp_ingress("live", "cam")
+        .await
+        .unwrap();
+    let edge = c.start_edge("edge-1", "local", backup, &[]).await;
+    let publisher = Publisher::start(&c.nodes[victim].rtmp_url(&key));
+    let (victim_name, backup_name) = (
+        c.nodes[victim].name().to_string(),
+        c.nodes[backup].name().to_string(),
+    );
+    c.note(format!("publishing to {victim_name} ({holder:?})"));
+    let http = hls::client();
+    let url = edge.url("/hls/live/cam/index.m3u8");
+    let before = hls::wait_segments(&http, &url, 2, Duration::from_secs(40))
+        .await
+        .unwrap();
+    let last_before = *hls::segments(&before).last().unwrap();
+    let discontinuities = before.matches("#EXT-X-DISCONTINUITY").count();
+
+    // A viewer keeps playing through the outage (so the edge keeps the room).
+    let watching = tokio::spawn({
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            loop {
+                let _ = hls::get(&http, &url).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    // Where the placement table puts the room, watched through the backup origin.
+    let api = c.admin(backup).await;
+    let placements = tokio::spawn({
+        let (api, victim_name, backup_name) =
+            (api.clone(), victim_name.clone(), backup_name.clone());
+        async move {
+            let mut detected = None;
+            loop {
+                if let Ok(r) = api.get("/apps/live/rooms").await {
+                    let origins: Vec<String> = r
+                        .data()
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|room| room["origin"].as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if detected.is_none() && r.status == 200 && !origins.contains(&victim_name) {
+                        detected = Some(Instant::now());
+                    }
+                    if origins.contains(&backup_name) {
+                        let accepted = Instant::now();
+                        return (detected.unwrap_or(accepted), accepted);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    c.nodes[victim].kill9();
+    drop(publisher);
+    let killed = Instant::now();
+    c.note(format!("{victim_name} killed"));
+    // The encoder retries its backup URL as soon as it is refused.
+    let backup_url = c.nodes[backup].rtmp_url(&key);
+    let mut republisher = Publisher::start(&backup_url);
+    let mut attempts = 1;
+    let (detected, accepted) = loop {
+        if placements.is_finished() {
+            break placements.await.unwrap();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "{backup_name} never took the room: last attempt said {}",
+            republisher.stderr()
+        );
+        if republisher.exit_status().is_some() {
+            republisher = Publisher::start(&backup_url);
+            attempts += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    c.note(format!(
+        "{backup_name} accepted the publisher (attempt {attempts})"
+    ));
+    let backup_pl = c.nodes[backup].url("/hls/live/cam/index.m3u8");
+    let origin_media = crate::poll(
+        "new media on the backup origin",
+        Duration::from_secs(30),
+        || async {
+            let body = hls::get_ok(&http, &backup_pl)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let text = String::from_utf8_lossy(&body).to_string();
+            text.contains("#EXT-X-PART:").then(Instant::now).ok_or(text)
+        },
+    )
+    .await
+    .unwrap();
+    let (edge_media, text) = crate::poll(
+        "the edge serves the new session",
+        Duration::from_secs(30),
+        || async {
+            let body = hls::get_ok(&http, &url)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let text = String::from_utf8_lossy(&body).to_string();
+            // New media is the first LL-HLS part of the new session (segments follow).
+            let newest_part = text
+                .lines()
+                .filter_map(|l| {
+                    l.split("URI=\"part-")
+                        .nth(1)?
+                        .split('.')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
+            let newest = hls::segments(&text)
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .max(newest_part);
+            // The new session starts after a discontinuity the playlist did not have before;
+            // its first part (or segment) listed after it is new media.
+            let new_session = text.matches("#EXT-X-DISCONTINUITY").count() > discontinuities;
+            let after = text.rsplit("#EXT-X-DISCONTINUITY").next().unwrap_or("");
+            let resumed = new_session
+                && newest > last_before
+                && (after.contains("#EXT-X-PART:") || after.contains("#EXTINF"));
+            resumed.then(|| (Instant::now(), text.clone())).ok_or(text)
+        },
+    )
+    .await
+    .unwrap();
+    watching.abort();
+    drop(republisher);
+    let msns = hls::segments(&text);
+    assert!(
+        msns.windows(2).all(|w| w[1] > w[0]),
+        "numbering only goes forward: {text}"
+    );
+    assert!(text.contains(&format!("seg-{last_before}.m4s")) || msns[0] > last_before);
+    let since = |t: Instant| t.saturating_duration_since(killed);
+    let f = Failover {
+        detected: since(detected),
+        accepted: since(accepted),
+        origin_media: since(origin_media),
+        edge_media: since(edge_media),
+        attempts,
+    };
+    println!(
+        "{holder:?} holder killed -> room freed {} ms, republish accepted {} ms ({attempts} attempts), first part on the new origin {} ms, new media on the edge {} ms",
+        f.detected.as_millis(),
+        f.accepted.as_millis(),
+        f.origin_media.as_millis(),
+        f.edge_media.as_millis()
+    );
+    f
 }

@@ -57,7 +57,13 @@ pub struct Origins {
     /// Placement lookups in flight (uncached): viewers asking for random room names cannot
     /// turn into a flood of queries toward the origins.
     lookups: tokio::sync::Semaphore,
+    /// Origins that last failed to answer, and when: asked after the others for a while (a dead
+    /// origin costs a query timeout each time it is asked first).
+    failed: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
+
+/// How long an origin that failed to answer is asked after the others.
+const FAILED_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Uncached placement lookups in flight at once; beyond, a lookup answers "not live" at once.
 const MAX_LOOKUPS: usize = 64;
@@ -93,6 +99,7 @@ impl Origins {
             nodes: Mutex::new(Arc::new(Vec::new())),
             file,
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            failed: Mutex::default(),
         });
         // The join answer's origins must survive a restart even if the registry never changes.
         if known != saved {
@@ -118,9 +125,18 @@ impl Origins {
             return Err("no origin known".into());
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..addrs.len())
+            .map(|i| (start + i) % addrs.len())
+            .collect();
+        {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.retain(|_, at| at.elapsed() < FAILED_BACKOFF);
+            // Stable: the usual rotation among the healthy ones, the failed ones last.
+            order.sort_by_key(|&i| failed.contains_key(&addrs[i]));
+        }
         let mut last = String::new();
-        for i in 0..addrs.len() {
-            let addr = &addrs[(start + i) % addrs.len()];
+        for i in order {
+            let addr = &addrs[i];
             let Some(sock) = resolve(addr).await else {
                 last = format!("{addr}: cannot resolve");
                 continue;
@@ -132,11 +148,20 @@ impl Origins {
             {
                 Ok(answer) => {
                     // Stick to an origin that answers.
-                    self.next
-                        .store((start + i) % addrs.len(), Ordering::Relaxed);
+                    self.next.store(i, Ordering::Relaxed);
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(addr);
                     return Ok(answer);
                 }
-                Err(e) => last = format!("{addr}: {e}"),
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    self.failed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(addr.clone(), std::time::Instant::now());
+                }
             }
         }
         Err(last)

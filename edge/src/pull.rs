@@ -40,6 +40,12 @@ const MAX_VIEWERS_TRACKED: usize = 100_000;
 pub const VIEWER_TTL: Duration = Duration::from_secs(10);
 /// How often a live subscription checks that the placement has not moved.
 const PLACEMENT_CHECK: Duration = Duration::from_secs(1);
+/// How often a subscription whose media stalled (or one still being made) checks the placement:
+/// a dead holder's connection only times out after seconds, its room may have moved already.
+const STALLED_CHECK: Duration = Duration::from_millis(250);
+/// Media is stalled after this long without an update, or four of the room's usual gaps
+/// between updates if longer (a camera sending one picture a second is not stalled).
+const STALL_MIN: Duration = Duration::from_millis(500);
 /// How long the first viewer waits for the room to come up before getting an answer.
 const OPEN_WAIT: Duration = Duration::from_secs(3);
 /// Backoff between failed subscriptions.
@@ -319,7 +325,7 @@ impl Pulls {
     /// [`PLACEMENT_CHECK`], past the cache); pending otherwise.
     async fn moved_while_subscribing(&self, pulled: &Pulled, holder: &Holder) -> Holder {
         loop {
-            tokio::time::sleep(PLACEMENT_CHECK).await;
+            tokio::time::sleep(STALLED_CHECK).await;
             self.origins
                 .invalidate_placement(&pulled.app, &pulled.room)
                 .await;
@@ -347,9 +353,11 @@ impl Pulls {
         session: &mut Session,
         holder: &Holder,
     ) -> FollowEnd {
-        let mut check = tokio::time::interval(PLACEMENT_CHECK);
+        let mut check = tokio::time::interval(STALLED_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
+        let mut last_check = Instant::now();
+        let mut stall = StallWatch::new(Instant::now());
         // Local viewers' keyframe requests (WebRTC PLI/FIR) go to the origin, rate-limited.
         let mut keyframes = session.keyframe_requests();
         let mut gate = KeyframeGate::new(KEYFRAME_REQUEST_GAP);
@@ -364,7 +372,10 @@ impl Pulls {
                     send_keyframe_request = gate.poll(Instant::now());
                 }
                 update = sub.next() => match update {
-                    Update::Frame(frame) => session.push(frame),
+                    Update::Frame(frame) => {
+                        stall.update(Instant::now());
+                        session.push(frame);
+                    }
                     Update::Gap { partial } => session.gap(partial),
                     Update::Catalog(tracks) => session.set_tracks(tracks),
                     Update::Ended => return FollowEnd::Ended,
@@ -377,6 +388,17 @@ impl Pulls {
                     if pulled.idle_for() >= self.linger {
                         sub.close().await;
                         return FollowEnd::Idle;
+                    }
+                    let stalled = stall.stalled(Instant::now());
+                    if !stalled && last_check.elapsed() < PLACEMENT_CHECK {
+                        continue;
+                    }
+                    last_check = Instant::now();
+                    if stalled {
+                        // Past the cache: the room may have just moved off a dead holder.
+                        self.origins
+                            .invalidate_placement(&pulled.app, &pulled.room)
+                            .await;
                     }
                     let now = self.origins.placement(&pulled.app, &pulled.room).await;
                     if now.as_ref().is_some_and(|n| n.epoch != holder.epoch || n.node != holder.node) {
@@ -397,6 +419,33 @@ impl Pulls {
 
 /// Keyframe requests from an edge's viewers reach the origin at most this often per room.
 const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
+
+/// Whether a subscription's media stalled: no frame for [`STALL_MIN`], or for four of the room's
+/// usual gaps between frames (a moving average) when those are longer.
+struct StallWatch {
+    last: Instant,
+    /// Moving average of the gaps between frames.
+    gap: Duration,
+}
+
+impl StallWatch {
+    fn new(now: Instant) -> Self {
+        Self {
+            last: now,
+            gap: Duration::ZERO,
+        }
+    }
+
+    fn update(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last);
+        self.gap = (self.gap * 7 + gap) / 8;
+        self.last = now;
+    }
+
+    fn stalled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last) >= STALL_MIN.max(self.gap * 4)
+    }
+}
 
 /// Why [`Pulls::follow`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,5 +515,32 @@ impl Session {
     fn end(&mut self) {
         self.media = None;
         self.epoch = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_stalls_after_half_a_second_or_four_usual_gaps() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // 25 frames a second: stalled half a second after the last one.
+        let mut fast = StallWatch::new(t0);
+        for i in 1..=50 {
+            fast.update(t0 + ms(40 * i));
+        }
+        let last = t0 + ms(2000);
+        assert!(!fast.stalled(last + ms(400)));
+        assert!(fast.stalled(last + ms(500)));
+        // A camera sending a picture a second is not stalled between two of them.
+        let mut slow = StallWatch::new(t0);
+        for i in 1..=30 {
+            slow.update(t0 + ms(1000 * i));
+        }
+        let last = t0 + ms(30_000);
+        assert!(!slow.stalled(last + ms(1500)));
+        assert!(slow.stalled(last + ms(4500)));
     }
 }

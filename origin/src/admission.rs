@@ -8,7 +8,9 @@
 //! 2. consult the **policies** (quotas, backstage, ... as they come);
 //! 3. refuse a room **busy here** with another publisher, before any claim (a claim would bump
 //!    the epoch and fence the live one);
-//! 4. refuse a room **busy elsewhere** from the local replica (no Raft write);
+//! 4. refuse a room **busy elsewhere** from the local replica (no Raft write); when its holder
+//!    has stopped renewing its lease, first **wait** (bounded) for the cluster to declare it
+//!    dead, so an encoder retrying its backup origin is accepted as soon as that happens;
 //! 5. **claim** the room in the placement table (the epoch fences older holders);
 //! 6. **re-check** the grant: a key revoked while the claim was in flight is refused;
 //! 7. **start** the publisher. When 6 or 7 fails the claim is **released** at once, unless the
@@ -90,11 +92,14 @@ pub enum Refusal {
     Forbidden(String),
     #[error("room {app}/{room} is already live from another publisher")]
     BusyHere { app: AppName, room: RoomName },
-    #[error("room {app}/{room} is already live on origin {node}")]
+    #[error("room {app}/{room} is already live on origin {node}; retry in {retry_after_secs} s")]
     BusyElsewhere {
         app: AppName,
         room: RoomName,
         node: String,
+        /// When the room could be free at the earliest: its holder declared dead if it renews
+        /// nothing more (a live holder keeps it longer).
+        retry_after_secs: u64,
     },
     #[error("the cluster cannot place the room right now: {0}")]
     Unavailable(String),
@@ -111,9 +116,13 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::NotFound(m) => ApiError::Unauthorized(m),
             Refusal::Forbidden(m) => ApiError::Forbidden(m),
-            r @ (Refusal::BusyHere { .. } | Refusal::BusyElsewhere { .. }) => {
-                ApiError::Conflict(r.to_string())
-            }
+            r @ Refusal::BusyHere { .. } => ApiError::Conflict(r.to_string()),
+            r @ Refusal::BusyElsewhere {
+                retry_after_secs, ..
+            } => ApiError::ConflictRetry {
+                message: r.to_string(),
+                retry_after_secs,
+            },
             Refusal::Unavailable(m) => ApiError::Unavailable(m),
             Refusal::Quota(message) => ApiError::TooManyRequests {
                 message,
@@ -142,6 +151,13 @@ pub struct Admission {
 
 /// A live session: its room and placement epoch.
 type SessionKey = (AppName, RoomName, u64);
+
+/// How long past the moment its holder could be declared dead a publish waits for the room.
+const DECISION_SLACK: Duration = Duration::from_millis(700);
+/// The longest a publish waits for a room held elsewhere.
+const HOLDER_WAIT_MAX: Duration = Duration::from_secs(4);
+/// How often a waiting publish reads the placement again (from the local replica).
+const HOLDER_POLL: Duration = Duration::from_millis(50);
 
 /// The window an ingest bitrate is measured over.
 const INGEST_WINDOW: Duration = Duration::from_secs(5);
@@ -182,9 +198,8 @@ impl Admission {
         }
         let (app, room) = (grant.app.clone(), grant.room.clone());
         self.rooms.check_busy(&app, &room, &grant.publisher)?;
-        if let Some(node) = self.claims.holder_elsewhere(&app, &room) {
-            return Err(Refusal::BusyElsewhere { app, room, node });
-        }
+        self.wait_for_holder(&app, &room).await?;
+        let claimed_at_ms = crate::credentials::unix_now_ms();
         let epoch = self
             .claims
             .claim(&app, &room, &grant.publisher, req.protocol)
@@ -195,6 +210,7 @@ impl Admission {
                 protocol: req.protocol,
                 remote: req.remote,
                 epoch,
+                claimed_at_ms,
             })
         });
         if started.is_err() && self.rooms.media(&app, &room).is_none() {
@@ -202,6 +218,35 @@ impl Admission {
             self.claims.release(&app, &room, epoch).await;
         }
         started
+    }
+
+    /// Refuses a room live on another origin, from the local replica. A holder that stopped
+    /// renewing its lease may be declared dead any moment (see `placement::DEAD_AFTER_MS`):
+    /// the publisher waits for that decision, at most until it is due plus [`DECISION_SLACK`]
+    /// (and never past [`HOLDER_WAIT_MAX`]), instead of being refused and retrying blind.
+    async fn wait_for_holder(&self, app: &AppName, room: &RoomName) -> Result<(), Refusal> {
+        let Some(first) = self.claims.holder_elsewhere(app, room) else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let until = start + (first.dead_in + DECISION_SLACK).min(HOLDER_WAIT_MAX);
+        let mut held = first;
+        while Instant::now() < until {
+            tokio::time::sleep(HOLDER_POLL).await;
+            match self.claims.holder_elsewhere(app, room) {
+                None => {
+                    tracing::info!(%app, %room, waited_ms = start.elapsed().as_millis() as u64, "the room's holder was declared dead: claiming it");
+                    return Ok(());
+                }
+                Some(h) => held = h,
+            }
+        }
+        Err(Refusal::BusyElsewhere {
+            app: app.clone(),
+            room: room.clone(),
+            retry_after_secs: held.dead_in.as_secs().max(1),
+            node: held.node,
+        })
     }
 
     /// Checks `req`'s credential: the grant it carries.
@@ -462,7 +507,7 @@ mod tests {
     use crate::placement::{Placement, LEASE};
     use crate::rooms::RoomObserver;
     use streamhub_cluster::raft::{node_id_from_name, RaftNode, Start};
-    use streamhub_cluster::state::{App, Command};
+    use streamhub_cluster::state::{App, Command, CommandResponse};
     use streamhub_cluster::transport::{Endpoint, NodeIdentity};
     use streamhub_shared::media::GroupPolicy;
     use tokio_util::sync::CancellationToken;
@@ -489,7 +534,11 @@ mod tests {
     }
 
     impl RoomClaims for Interfere {
-        fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<String> {
+        fn holder_elsewhere(
+            &self,
+            app: &AppName,
+            room: &RoomName,
+        ) -> Option<crate::placement::HeldElsewhere> {
             self.inner.holder_elsewhere(app, room)
         }
 
@@ -760,6 +809,48 @@ mod tests {
             w.raft.status().last_applied,
             applied,
             "a Raft write was made"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_publish_waits_for_a_silent_holder_to_be_declared_dead() {
+        let w = world().await;
+        let key = w.ingress("d2", IngressKind::Ws).await;
+        // origin-2 claimed the room 2 s ago and has renewed nothing since: it may be declared
+        // dead half a second from now.
+        let claim = Command::ClaimRoom {
+            app: w.app.clone(),
+            room: w.room.clone(),
+            node: "origin-2".into(),
+            at_ms: unix_now_ms() - 2_000,
+            lease_ms: LEASE.as_millis() as u64,
+            protocol: None,
+            publisher: None,
+        };
+        let Ok(CommandResponse::Claimed { epoch: dead_epoch }) = w.raft.write(claim).await else {
+            panic!("claim elsewhere");
+        };
+        let raft = w.raft.clone();
+        let declared = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            let at_ms = unix_now_ms();
+            let cmd = Command::ExpireHolder {
+                node: "origin-2".into(),
+                at_ms,
+            };
+            assert_eq!(raft.write(cmd).await.expect("expire"), CommandResponse::Ok);
+            Instant::now()
+        });
+        let publisher = w
+            .admission(During::Nothing)
+            .admit(w.request(Protocol::Ws, Credential::DeviceKey(key)))
+            .await
+            .expect("the publish waited for the dead holder's rooms to go free");
+        let declared = declared.await.expect("declared");
+        assert!(Instant::now() >= declared);
+        assert!(
+            publisher.epoch() > dead_epoch,
+            "a new epoch fences the old holder"
         );
     }
 

@@ -2,6 +2,13 @@
 //! leader, every node's beats go into one Raft entry, which also renews every lease they hold),
 //! then local publishers are checked against the replicated state: credentials revoked through
 //! any origin ([`Admission::revalidate`]) and rooms placed elsewhere ([`Placement::fence`]).
+//!
+//! Failover runs on the same beats. The leader declares a holder dead once none of its leases
+//! has been renewed for `DEAD_AFTER_MS` ([`Heartbeats::run_expiry`]), which frees its rooms well
+//! before their full lease ends; every origin holds its own sessions' media back once their
+//! lease has not been seen renewed for `SELF_FENCE_MS`, a shorter time
+//! ([`Heartbeats::run_leases`]), so a holder that is only frozen or cut off is silent before
+//! anyone may take its rooms, and is fenced as soon as its replica shows the new placement.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +17,7 @@ use std::time::{Duration, Instant};
 use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::raft::RaftNode;
 use streamhub_cluster::registry::HEARTBEAT_EVERY;
-use streamhub_cluster::state::{Command, Heartbeat, NodeLoad};
+use streamhub_cluster::state::{Command, CommandResponse, Heartbeat, NodeLoad};
 use streamhub_cluster::transport::kinds::HEARTBEAT;
 use streamhub_cluster::transport::{service_fn, PeerInfo, PeerRole, RemoteError};
 use streamhub_media::metrics::PlaybackStats;
@@ -20,6 +27,14 @@ use crate::admission::Admission;
 use crate::credentials::unix_now_ms;
 use crate::placement::{Placement, LEASE};
 use crate::rooms::Rooms;
+
+/// How often the leader looks for holders that stopped renewing their leases.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+/// A new leader lets every live node's next heartbeat reach it before declaring any holder dead
+/// (beats sent to the old leader were lost with it).
+const LEADER_GRACE: Duration = Duration::from_secs(1);
+/// How often this node's sessions' media leases are refreshed from the replica.
+const LEASE_REFRESH: Duration = Duration::from_millis(100);
 
 /// Heartbeats collected by the leader between two flushes: one Raft entry carries every node's
 /// beat (and renews every lease), whatever the number of nodes.
@@ -116,6 +131,71 @@ impl Heartbeats {
             self.admission.revalidate();
             self.placement
                 .fence(&self.rooms, last_ok.elapsed() >= LEASE);
+        }
+    }
+
+    /// On the leader, every [`EXPIRY_CHECK`]: declares dead each other origin that holds a room
+    /// and has not renewed its lease for `DEAD_AFTER_MS` (the command is decided again when
+    /// applied, on every replica). Not in the first [`LEADER_GRACE`] of a leadership.
+    pub async fn run_expiry(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(EXPIRY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading_since: Option<(u64, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let st = self.raft.status();
+            if st.leader != Some(st.node_id) {
+                leading_since = None;
+                continue;
+            }
+            let (term, since) = *leading_since.get_or_insert_with(|| (st.term, Instant::now()));
+            if term != st.term {
+                leading_since = Some((st.term, Instant::now()));
+                continue;
+            }
+            if since.elapsed() < LEADER_GRACE {
+                continue;
+            }
+            let now = unix_now_ms();
+            let silent = self.raft.read(|s| s.placements.silent_holders(now));
+            for node in silent.into_iter().filter(|n| *n != self.me) {
+                let cmd = Command::ExpireHolder {
+                    node: node.clone(),
+                    at_ms: now,
+                };
+                match self.raft.write(cmd).await {
+                    Ok(CommandResponse::Ok) => {
+                        tracing::warn!(%node, "origin silent: declared dead, its rooms are free")
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(%node, error = %e, "cannot declare a silent origin dead")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every [`LEASE_REFRESH`]: fences local sessions whose room the replica shows placed
+    /// elsewhere, and lets the others' media flow until their lease as last renewed, less the
+    /// self-fencing margin (enforced while the cluster has another origin to take over).
+    pub async fn run_leases(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(LEASE_REFRESH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let shared = self.raft.status().nodes.len() > 1;
+            self.placement.fence(&self.rooms, false);
+            for (app, room, epoch, until_ms) in self.placement.leases(&self.rooms) {
+                self.rooms.set_lease(&app, &room, epoch, until_ms);
+            }
+            self.rooms.enforce_leases(shared);
         }
     }
 

@@ -54,6 +54,7 @@ pub struct Metrics {
     srt_screened: IntCounter,
     srt_panics: IntCounter,
     ws_connections: IntCounter,
+    frames_fenced: IntCounter,
     ws_refused: IntCounter,
     ws_frames_in: IntCounter,
     ws_frames_invalid: IntCounter,
@@ -177,6 +178,11 @@ impl Metrics {
                 &r,
                 "streamhub_ws_refused_total",
                 "WebSocket-MJPEG devices refused (key, room busy)",
+            ),
+            frames_fenced: counter(
+                &r,
+                "streamhub_publish_frames_fenced_total",
+                "Frames held back because their session's placement lease was not seen renewed in time (a frozen or cut-off origin)",
             ),
             ws_frames_in: counter(
                 &r,
@@ -396,6 +402,7 @@ impl Metrics {
         // Process-wide in the SRT library (one SRT listener per node).
         sync_counter(&self.srt_screened, srt_tokio::screened_datagrams());
         sync_counter(&self.srt_panics, srt_tokio::caught_panics());
+        sync_counter(&self.frames_fenced, src.rooms.frames_fenced());
         let ws = &src.ws;
         sync_counter(&self.ws_connections, ws.connections.load(Relaxed));
         sync_counter(&self.ws_refused, ws.refused.load(Relaxed));

@@ -229,7 +229,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     ));
     tasks.spawn(sweep_hls(hls.clone(), shutdown.clone()));
     tasks.spawn(rtsp.clone().run_supervisor(shutdown.clone()));
-    tasks.spawn(heartbeats.run(shutdown.clone()));
+    tasks.spawn(heartbeats.clone().run(shutdown.clone()));
+    tasks.spawn(heartbeats.clone().run_expiry(shutdown.clone()));
+    tasks.spawn(heartbeats.run_leases(shutdown.clone()));
     tasks.spawn(placement.run_releases(released_rx, shutdown.clone()));
     tasks.spawn(recorder.clone().run(shutdown.clone()));
     let webhooks = crate::webhooks::Webhooks::new(

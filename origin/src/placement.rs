@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use streamhub_cluster::raft::RaftNode;
+use streamhub_cluster::state::placement::DEAD_AFTER_MS;
 use streamhub_cluster::state::{Command, CommandResponse};
 use streamhub_shared::{AppName, RoomName};
 use tokio::sync::mpsc;
@@ -30,12 +31,22 @@ pub struct Released {
     pub why: &'static str,
 }
 
+/// A room held by another origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldElsewhere {
+    /// The holder's node name.
+    pub node: String,
+    /// How long until the holder may be declared dead if it renews nothing more (zero: it may
+    /// be now; see [`DEAD_AFTER_MS`]).
+    pub dead_in: Duration,
+}
+
 /// What admission needs of the placement table. The real one is [`Placement`]; a test can wrap
 /// it to act between the steps of an admission.
 pub trait RoomClaims: Send + Sync + 'static {
     /// The node holding `app/room` under a live lease, when it is not this node (read from the
     /// local replica: no write, so a device reconnecting in a tight loop costs no log entries).
-    fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<String>;
+    fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<HeldElsewhere>;
 
     /// Claims `app/room` for this node and `publisher` (its ingress id or identity) over
     /// `protocol`; the granted epoch.
@@ -103,6 +114,22 @@ impl Placement {
         }
     }
 
+    /// `(app, room, epoch, until_ms)` of each local session whose room this node still holds at
+    /// its epoch: its media may flow until `until_ms` (`SELF_FENCE_MS` past the lease's last
+    /// renewal, as this replica shows it).
+    pub fn leases(&self, rooms: &Rooms) -> Vec<(AppName, RoomName, u64, u64)> {
+        let held = rooms.held();
+        self.raft.read(|s| {
+            held.into_iter()
+                .filter_map(|(app, room, epoch)| {
+                    let p = s.placements.get(&app, &room)?;
+                    let until = p.self_fence_at_ms();
+                    (p.node == self.me && p.epoch == epoch).then_some((app, room, epoch, until))
+                })
+                .collect()
+        })
+    }
+
     /// Releases the rooms this node's publishers gave up. Best effort: an unreleased room's
     /// lease simply expires.
     pub async fn run_releases(self, mut rx: mpsc::Receiver<Released>, shutdown: CancellationToken) {
@@ -142,8 +169,17 @@ impl Placement {
 }
 
 impl RoomClaims for Placement {
-    fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<String> {
-        self.holder(app, room).filter(|node| node != &self.me)
+    fn holder_elsewhere(&self, app: &AppName, room: &RoomName) -> Option<HeldElsewhere> {
+        let now = unix_now_ms();
+        self.raft.read(|s| {
+            let p = s.placements.live(app, room, now)?;
+            (p.node != self.me).then(|| HeldElsewhere {
+                node: p.node.clone(),
+                dead_in: Duration::from_millis(
+                    (p.renewed_ms() + DEAD_AFTER_MS).saturating_sub(now),
+                ),
+            })
+        })
     }
 
     fn claim<'a>(
@@ -169,6 +205,7 @@ impl RoomClaims for Placement {
                     app: app.clone(),
                     room: room.clone(),
                     node,
+                    retry_after_secs: DEAD_AFTER_MS.div_ceil(1000),
                 }),
                 // A quota the state machine enforces (publishers, live rooms).
                 Ok(CommandResponse::Refused { why }) => Err(Refusal::Quota(why)),

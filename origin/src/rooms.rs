@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Grant, Refusal};
 use crate::transcode::AudioTranscode;
+use streamhub_cluster::state::placement::SELF_FENCE_MS;
 
 /// The protocol a publisher speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -61,6 +63,9 @@ pub struct PublishClaim {
     pub remote: SocketAddr,
     /// Placement epoch the cluster granted for this room (fencing token).
     pub epoch: u64,
+    /// When the claim was asked for (this node's clock, not later than the claim's own time):
+    /// the session's media lease starts from there (see [`Rooms::set_lease`]).
+    pub claimed_at_ms: u64,
 }
 
 /// Called when a room starts so playback (the HLS packager) can attach to it.
@@ -87,6 +92,9 @@ struct LiveRoom {
     tracks: Arc<Mutex<Vec<TrackInfo>>>,
     stats: Arc<PublishStats>,
     media: MediaHandle,
+    /// Until when (unix ms) this session's media may flow: its placement lease as this node
+    /// last saw it renewed, less the margin (see `placement::SELF_FENCE_MS`).
+    lease: Arc<AtomicU64>,
 }
 
 impl LiveRoom {
@@ -101,6 +109,8 @@ impl LiveRoom {
 pub struct PublishStats {
     pub bytes_in: std::sync::atomic::AtomicU64,
     pub frames_in: std::sync::atomic::AtomicU64,
+    /// Frames dropped because the session's placement lease was not seen renewed in time.
+    pub frames_fenced: std::sync::atomic::AtomicU64,
     /// Payload bytes per track id (ids beyond the array are counted in `bytes_in` only).
     pub by_track: [std::sync::atomic::AtomicU64; 8],
 }
@@ -131,6 +141,11 @@ pub struct Rooms {
     next_session: std::sync::atomic::AtomicU64,
     observer: Arc<dyn RoomObserver>,
     policy: GroupPolicy,
+    /// Whether media stops at the end of a session's lease: set while another origin could
+    /// take the room over (a cluster of one has no one to be fenced from).
+    enforce_leases: AtomicBool,
+    /// Frames dropped past their lease, by every session so far (for `/metrics`).
+    frames_fenced: Arc<AtomicU64>,
 }
 
 impl Rooms {
@@ -142,6 +157,8 @@ impl Rooms {
             next_session: 1.into(),
             observer,
             policy,
+            enforce_leases: AtomicBool::new(false),
+            frames_fenced: Arc::default(),
         })
     }
 
@@ -183,16 +200,22 @@ impl Rooms {
         let stats = Arc::new(PublishStats::default());
         let media = RoomMedia::with_policy(self.policy);
         let mut live = self.live.lock().expect("rooms lock");
+        let mut lease = claim.claimed_at_ms.saturating_add(SELF_FENCE_MS);
         let takeover = match live.get(&key) {
             Some(old) if old.grant.publisher != claim.grant.publisher => {
                 return Err(Refusal::BusyHere { app, room })
             }
             Some(old) => {
                 old.cancel.cancel();
+                // The same placement goes on: so does the lease it was last seen renewed to.
+                if old.epoch == claim.epoch {
+                    lease = lease.max(old.lease.load(Ordering::Relaxed));
+                }
                 true
             }
             None => false,
         };
+        let lease = Arc::new(AtomicU64::new(lease));
         live.insert(
             key,
             LiveRoom {
@@ -206,6 +229,7 @@ impl Rooms {
                 tracks: tracks.clone(),
                 stats: stats.clone(),
                 media: media.handle(),
+                lease: lease.clone(),
             },
         );
         let publisher = Publisher {
@@ -218,6 +242,8 @@ impl Rooms {
             stats,
             transcode: Mutex::default(),
             transcoded: Vec::new(),
+            lease,
+            lapsed: false,
         };
         // Under the rooms lock, so observers see sessions of a room in the order they won it.
         // The observer must not block or take this lock (it only starts tasks).
@@ -328,6 +354,29 @@ impl Rooms {
         live.values().map(|l| l.grant.clone()).collect()
     }
 
+    /// Lets the media of `app/room`'s session at `epoch` flow until `until_ms` (unix ms): its
+    /// placement lease as this node's replica shows it renewed, less the self-fencing margin.
+    /// Past it the session's frames are dropped (see [`Publisher::push`]) until the lease is
+    /// seen renewed again, or the session is fenced.
+    pub fn set_lease(&self, app: &AppName, room: &RoomName, epoch: u64, until_ms: u64) {
+        let live = self.live.lock().expect("rooms lock");
+        if let Some(l) = live.get(&(app.clone(), room.clone())) {
+            if l.epoch == epoch {
+                l.lease.store(until_ms, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Turns lease enforcement on (another origin could take a room over) or off.
+    pub fn enforce_leases(&self, on: bool) {
+        self.enforce_leases.store(on, Ordering::Relaxed);
+    }
+
+    /// Frames dropped past their session's lease, on this node so far.
+    pub fn frames_fenced(&self) -> u64 {
+        self.frames_fenced.load(Ordering::Relaxed)
+    }
+
     /// `(app, room, epoch)` of every live room of this node.
     pub fn held(&self) -> Vec<(AppName, RoomName, u64)> {
         let live = self.live.lock().expect("rooms lock");
@@ -371,6 +420,10 @@ pub struct Publisher {
     /// encoder is not; every use has `&mut self` or is uncontended.)
     transcode: Mutex<AudioTranscode>,
     transcoded: Vec<Frame>,
+    /// See `LiveRoom::lease`.
+    lease: Arc<AtomicU64>,
+    /// Frames were dropped past the lease: consumers were told of the gap.
+    lapsed: bool,
 }
 
 impl Publisher {
@@ -413,9 +466,27 @@ impl Publisher {
         self.media.set_tracks(tracks);
     }
 
-    /// Sends one frame to every consumer of the room.
+    /// Sends one frame to every consumer of the room, unless the session's placement lease was
+    /// not seen renewed in time (in a cluster): then the frame is dropped, so a frozen or cut-off
+    /// origin is silent before the cluster may give its room to another origin.
     pub fn push(&mut self, frame: Frame) {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.rooms.enforce_leases.load(Relaxed)
+            && self.lease.load(Relaxed) <= crate::credentials::unix_now_ms()
+        {
+            self.stats.frames_fenced.fetch_add(1, Relaxed);
+            self.rooms.frames_fenced.fetch_add(1, Relaxed);
+            if !self.lapsed {
+                self.lapsed = true;
+                tracing::warn!(app = %self.app(), room = %self.room(), epoch = self.epoch(), "placement lease not renewed in time: media held back");
+                // Consumers resync on the next group when media flows again.
+                self.media.push_gap(true);
+            }
+            return;
+        }
+        if std::mem::take(&mut self.lapsed) {
+            tracing::info!(app = %self.app(), room = %self.room(), "placement lease renewed: media flows again");
+        }
         self.stats
             .bytes_in
             .fetch_add(frame.data.len() as u64, Relaxed);
@@ -462,5 +533,88 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         self.rooms
             .finish(&self.claim.grant.app, &self.claim.grant.room, self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::Basis;
+    use crate::credentials::unix_now_ms;
+    use streamhub_shared::media::CodecConfig;
+    use streamhub_shared::media::RecvError;
+
+    struct NoObserver;
+    impl RoomObserver for NoObserver {
+        fn room_started(&self, _: &AppName, _: &RoomName, _: &Publisher, _: bool) {}
+    }
+
+    fn claim(epoch: u64, claimed_at_ms: u64) -> PublishClaim {
+        PublishClaim {
+            grant: Grant {
+                app: AppName::new("demo").expect("app"),
+                room: RoomName::new("cam").expect("room"),
+                publisher: "ingress-1".into(),
+                basis: Basis::Ingress("ingress-1".into()),
+            },
+            protocol: Protocol::Ws,
+            remote: "127.0.0.1:5000".parse().expect("addr"),
+            epoch,
+            claimed_at_ms,
+        }
+    }
+
+    fn picture(n: i64) -> Frame {
+        Frame {
+            track: 0,
+            group: 0,
+            dts: n,
+            pts: n,
+            keyframe: true,
+            data: bytes::Bytes::from_static(b"\xff\xd8jpeg\xff\xd9"),
+        }
+    }
+
+    #[tokio::test]
+    async fn media_is_held_back_past_its_lease_while_leases_are_enforced() {
+        let rooms = Rooms::new(Arc::new(NoObserver), GroupPolicy::default());
+        let (app, room) = (AppName::new("demo").unwrap(), RoomName::new("cam").unwrap());
+        // Claimed long ago, never seen renewed: the lease is over.
+        let mut p = rooms
+            .start_publish(claim(7, unix_now_ms() - SELF_FENCE_MS - 1_000))
+            .expect("start");
+        p.set_tracks(vec![TrackInfo {
+            id: 0,
+            timescale: 90_000,
+            codec: CodecConfig::Jpeg {
+                width: 320,
+                height: 240,
+            },
+        }]);
+        let mut consumer = p.media().subscribe();
+        // A cluster of one enforces nothing.
+        p.push(picture(1));
+        assert_eq!(consumer.recv().await.expect("frame").dts, 1);
+        // Another origin could take the room: the frame is held back, consumers hear of a gap.
+        rooms.enforce_leases(true);
+        p.push(picture(2));
+        p.push(picture(3));
+        assert!(matches!(consumer.recv().await, Err(RecvError::Gap { .. })));
+        assert_eq!(rooms.frames_fenced(), 2);
+        // A renewal of another epoch is not this session's.
+        rooms.set_lease(&app, &room, 8, unix_now_ms() + 60_000);
+        p.push(picture(4));
+        assert_eq!(rooms.frames_fenced(), 3);
+        // Seen renewed: media flows again.
+        rooms.set_lease(&app, &room, 7, unix_now_ms() + 60_000);
+        p.push(picture(5));
+        assert_eq!(consumer.recv().await.expect("frame").dts, 5);
+        assert_eq!(rooms.frames_fenced(), 3);
+        // A takeover by the same publisher at the same epoch keeps the renewed lease.
+        let mut again = p.renew().expect("renew");
+        let mut consumer = again.media().subscribe();
+        again.set_tracks(p.media().tracks().to_vec());
+        again.push(picture(6));
+        assert_eq!(consumer.recv().await.expect("frame").dts, 6);
     }
 }

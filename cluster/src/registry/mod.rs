@@ -14,8 +14,9 @@ pub use steering::{client_region, Choice, Reason, SteeringPolicy};
 use crate::state::NodeRecord;
 
 /// How often every node heartbeats: its load reaches the registry, and an origin's room leases
-/// are renewed.
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// are renewed (the leader commits every beat it got in one entry per period). Short enough
+/// that a dead origin's rooms move within a few seconds (see `state::placement::DEAD_AFTER_MS`).
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 /// A node whose last heartbeat is this old (or older) is down: shown `down`, not steered to.
 pub const NODE_TTL_MS: u64 = 10_000;

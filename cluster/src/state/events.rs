@@ -497,6 +497,9 @@ impl ClusterState {
                 let renewed: Vec<&str> = beats.iter().map(|b| b.node.as_str()).collect();
                 b.held = self.placements.expiring(*at_ms, &renewed);
             }
+            Command::ExpireHolder { node, at_ms } => {
+                b.held = self.placements.silent(node, *at_ms);
+            }
             Command::RemoveNode { name, .. } => {
                 b.held = self
                     .placements
@@ -625,6 +628,12 @@ impl ClusterState {
             } => {
                 let reason = reason.as_deref().unwrap_or("ended");
                 self.room_ended(app, room, node, *epoch, reason, None);
+            }
+            Command::ExpireHolder { at_ms, .. } => {
+                // Declared dead: its rooms end (a publisher that comes back with it is fenced).
+                for p in &before.held {
+                    self.room_ended(&p.app, &p.room, &p.node, p.epoch, "fenced", Some(*at_ms));
+                }
             }
             Command::RemoveNode { .. } => {
                 // Its rooms end with it (their publishers are gone with the node).

@@ -132,6 +132,13 @@ pub enum Command {
         at_ms: u64,
         beats: Vec<Heartbeat>,
     },
+    /// The leader declares `node` dead at `at_ms`: the rooms whose lease it has not renewed for
+    /// [`placement::DEAD_AFTER_MS`] end and go free before their full lease runs out (rooms it
+    /// did renew since are kept: the command is decided again on every replica).
+    ExpireHolder {
+        node: String,
+        at_ms: u64,
+    },
     /// `node` claims `app/room` at `at_ms`: granted if free, already its own, or the holder's
     /// lease has expired (then with a higher epoch).
     ClaimRoom {
@@ -244,6 +251,7 @@ impl Command {
         match self {
             Command::Heartbeats { beats, .. } => beats.iter().map(|b| b.node.as_str()).collect(),
             Command::ClaimRoom { node, .. }
+            | Command::ExpireHolder { node, .. }
             | Command::ReleaseRoom { node, .. }
             | Command::EndRoom { node, .. } => vec![node.as_str()],
             Command::SetIngressStatus { status, .. } => vec![status.node.as_str()],
@@ -400,6 +408,24 @@ impl ClusterState {
                     );
                 }
                 CommandResponse::Ok
+            }
+            Command::ExpireHolder { node, at_ms } => {
+                let gone = self.placements.expire_silent(node, *at_ms);
+                for p in &gone {
+                    let _ = self.tenants.end_room(
+                        &self.placements,
+                        &p.app,
+                        &p.room,
+                        &p.node,
+                        p.epoch,
+                        *at_ms,
+                    );
+                }
+                if gone.is_empty() {
+                    not_found(format!("silent rooms of {node}"))
+                } else {
+                    CommandResponse::Ok
+                }
             }
             Command::ClaimRoom {
                 app,

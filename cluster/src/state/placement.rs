@@ -23,11 +23,39 @@ pub struct Placement {
     pub since_ms: u64,
 }
 
+/// A holder whose lease has not been renewed for this long is declared dead by the Raft leader
+/// ([`Command::ExpireHolder`](super::Command::ExpireHolder)): its rooms go free at once instead of
+/// at the end of the full lease. Renewals come with every committed heartbeat batch (about every
+/// [`HEARTBEAT_EVERY`](crate::registry::HEARTBEAT_EVERY)).
+pub const DEAD_AFTER_MS: u64 = 2_500;
+
+/// A holder stops sending its room's media once its lease has not been renewed (as its own
+/// replica shows) for this long: before the leader may declare it dead ([`DEAD_AFTER_MS`]), so
+/// a frozen or cut-off holder is silent before anyone else can take its rooms. The difference
+/// bounds the clock skew the cluster tolerates between origins.
+pub const SELF_FENCE_MS: u64 = 2_000;
+
 impl Placement {
     /// Whether the holder's lease still runs at `now_ms` (a lease is over from exactly
     /// `lease_until_ms` on).
     pub fn is_live(&self, now_ms: u64) -> bool {
         self.lease_until_ms > now_ms
+    }
+
+    /// When the lease was last claimed or renewed (leader's clock).
+    pub fn renewed_ms(&self) -> u64 {
+        self.lease_until_ms.saturating_sub(self.lease_ms)
+    }
+
+    /// Whether the holder may be declared dead at `now_ms`: no renewal for [`DEAD_AFTER_MS`].
+    pub fn holder_silent(&self, now_ms: u64) -> bool {
+        self.renewed_ms() + DEAD_AFTER_MS <= now_ms
+    }
+
+    /// Until when (ms) the holder may send the room's media: [`SELF_FENCE_MS`] past its last
+    /// renewal.
+    pub fn self_fence_at_ms(&self) -> u64 {
+        self.renewed_ms() + SELF_FENCE_MS
     }
 }
 
@@ -148,6 +176,38 @@ impl Placements {
             .collect()
     }
 
+    /// The placements of `node` whose holder has been silent for [`DEAD_AFTER_MS`] at `at_ms`.
+    pub fn silent(&self, node: &str, at_ms: u64) -> Vec<Placement> {
+        self.rooms
+            .values()
+            .filter(|p| p.node == node && p.holder_silent(at_ms))
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes holding a room whose lease they have not renewed for [`DEAD_AFTER_MS`] at `at_ms`.
+    pub fn silent_holders(&self, at_ms: u64) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .rooms
+            .values()
+            .filter(|p| p.holder_silent(at_ms))
+            .map(|p| p.node.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Removes and returns [`silent`](Self::silent) placements of `node`: it was declared dead,
+    /// its rooms are free for another origin (at a new epoch).
+    pub(super) fn expire_silent(&mut self, node: &str, at_ms: u64) -> Vec<Placement> {
+        let gone = self.silent(node, at_ms);
+        for p in &gone {
+            self.rooms.remove(&room_key(&p.app, &p.room));
+        }
+        gone
+    }
+
     /// Releases every room `node` holds (it left the cluster).
     pub(super) fn release_all(&mut self, node: &str) {
         self.rooms.retain(|_, p| p.node != node);
@@ -259,5 +319,63 @@ mod tests {
         assert!(s.placements.live(&a, &r, 10_999).is_some());
         assert!(s.placements.live(&a, &r, 11_000).is_none());
         assert!(s.placements.get(&a, &r).is_some());
+    }
+
+    #[test]
+    fn a_silent_holder_is_declared_dead_before_its_lease_ends() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(node("x", 1)));
+        s.apply(&Command::RegisterNode(node("y", 2)));
+        assert_eq!(
+            s.apply(&claim("x", 1_000)),
+            CommandResponse::Claimed { epoch: 1 }
+        );
+        let beat = |at_ms| Command::Heartbeats {
+            at_ms,
+            beats: vec![Heartbeat {
+                node: "x".into(),
+                load: NodeLoad::default(),
+                cert_fingerprint: None,
+            }],
+        };
+        s.apply(&beat(2_000));
+        let p = s.placements.rooms["a/r"].clone();
+        assert_eq!(p.renewed_ms(), 2_000);
+        assert_eq!(p.self_fence_at_ms(), 2_000 + SELF_FENCE_MS);
+        assert!(SELF_FENCE_MS < DEAD_AFTER_MS);
+        let expire = |at_ms| Command::ExpireHolder {
+            node: "x".into(),
+            at_ms,
+        };
+        // Renewed recently: the command is decided again here and changes nothing.
+        assert!(s
+            .placements
+            .silent_holders(2_000 + DEAD_AFTER_MS - 1)
+            .is_empty());
+        assert!(matches!(
+            s.apply(&expire(2_000 + DEAD_AFTER_MS - 1)),
+            CommandResponse::NotFound { .. }
+        ));
+        assert_eq!(s.placements.rooms["a/r"].node, "x");
+        // Silent for DEAD_AFTER_MS: declared dead, long before its 10 s lease ends.
+        let dead_at = 2_000 + DEAD_AFTER_MS;
+        assert_eq!(s.placements.silent_holders(dead_at), ["x"]);
+        assert_eq!(s.apply(&expire(dead_at)), CommandResponse::Ok);
+        assert!(s.placements.rooms.is_empty());
+        assert_eq!(
+            s.apply(&claim("y", dead_at + 100)),
+            CommandResponse::Claimed { epoch: 2 }
+        );
+        // The dead holder's stale claim on return is refused, and its release does nothing.
+        assert!(matches!(
+            s.apply(&claim("x", dead_at + 200)),
+            CommandResponse::Busy { .. }
+        ));
+        assert!(matches!(
+            s.apply(&release("x", 1)),
+            CommandResponse::NotFound { .. }
+        ));
+        // Only the node itself may forward it (the leader writes it locally).
+        assert_eq!(expire(0).nodes_named(), ["x"]);
     }
 }

@@ -34,6 +34,13 @@ pub enum ApiError {
     NotAcceptable(String),
     #[error("{0} already exists")]
     Conflict(String),
+    /// A conflict that may clear by itself (a room live on an origin that may be declared dead).
+    #[error("{message}")]
+    ConflictRetry {
+        message: String,
+        /// What `Retry-After` says.
+        retry_after_secs: u64,
+    },
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -60,7 +67,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::ConflictRetry { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -126,6 +133,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut resp = envelope(self.status(), &self.to_string());
         if let ApiError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | ApiError::ConflictRetry {
             retry_after_secs, ..
         } = self
         {

@@ -495,6 +495,7 @@ mod tests {
                     protocol: Protocol::Rtmp,
                     remote,
                     epoch: 1,
+                    claimed_at_ms: crate::credentials::unix_now_ms(),
                 })
             };
             Box::pin(std::future::ready(result))
