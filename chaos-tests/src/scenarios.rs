@@ -394,6 +394,29 @@ pub struct Failover {
 /// each time it is refused, as an encoder with a backup URL does. Returns the timeline, after
 /// checking that the edge's playlist keeps its numbering with a discontinuity.
 pub async fn origin_failover(c: &mut Cluster, holder: Holder) -> Failover {
+    origin_failover_with(c, holder, async |_: &crate::Node| ())
+        .await
+        .timeline
+}
+
+/// What [`origin_failover_with`] leaves running.
+pub struct FailoverRun<T> {
+    pub timeline: Failover,
+    /// What `before_kill` gave.
+    pub extra: T,
+    /// The edge, still serving the room.
+    pub edge: crate::Node,
+    /// The encoder, still publishing to the backup origin.
+    pub publisher: Publisher,
+}
+
+/// [`origin_failover`], calling `before_kill` with the edge once it serves the room (to start
+/// players on it); leaves the edge and the encoder running.
+pub async fn origin_failover_with<T>(
+    c: &mut Cluster,
+    holder: Holder,
+    before_kill: impl AsyncFnOnce(&crate::Node) -> T,
+) -> FailoverRun<T> {
     let leader = c.leader().await;
     let victim = match holder {
         Holder::Leader => leader,
@@ -426,6 +449,7 @@ pub async fn origin_failover(c: &mut Cluster, holder: Holder) -> Failover {
     let last_before = *hls::segments(&before).last().unwrap();
     let discontinuities = before.matches("#EXT-X-DISCONTINUITY").count();
 
+    let extra = before_kill(&edge).await;
     // A viewer keeps playing through the outage (so the edge keeps the room).
     let watching = tokio::spawn({
         let (http, url) = (http.clone(), url.clone());
@@ -546,7 +570,6 @@ pub async fn origin_failover(c: &mut Cluster, holder: Holder) -> Failover {
     .await
     .unwrap();
     watching.abort();
-    drop(republisher);
     let msns = hls::segments(&text);
     assert!(
         msns.windows(2).all(|w| w[1] > w[0]),
@@ -568,5 +591,10 @@ pub async fn origin_failover(c: &mut Cluster, holder: Holder) -> Failover {
         f.origin_media.as_millis(),
         f.edge_media.as_millis()
     );
-    f
+    FailoverRun {
+        timeline: f,
+        extra,
+        edge,
+        publisher: republisher,
+    }
 }

@@ -35,6 +35,9 @@ pub const DEAD_AFTER_MS: u64 = 2_500;
 /// bounds the clock skew the cluster tolerates between origins.
 pub const SELF_FENCE_MS: u64 = 2_000;
 
+// A holder must fall silent before it may be declared dead.
+const _: () = assert!(SELF_FENCE_MS < DEAD_AFTER_MS);
+
 impl Placement {
     /// Whether the holder's lease still runs at `now_ms` (a lease is over from exactly
     /// `lease_until_ms` on).
@@ -342,7 +345,6 @@ mod tests {
         let p = s.placements.rooms["a/r"].clone();
         assert_eq!(p.renewed_ms(), 2_000);
         assert_eq!(p.self_fence_at_ms(), 2_000 + SELF_FENCE_MS);
-        assert!(SELF_FENCE_MS < DEAD_AFTER_MS);
         let expire = |at_ms| Command::ExpireHolder {
             node: "x".into(),
             at_ms,
