@@ -152,6 +152,28 @@ async fn metrics_are_read_by_a_scraper_and_count_each_apps_viewers() {
     )
     .await
     .unwrap();
+    // Viewers are counted from their first request, maybe before their room's first segment
+    // (heartbeats report them within half a second): wait until each app's viewers took bytes.
+    poll(
+        "each app's egress on the edge",
+        Duration::from_secs(30),
+        || async {
+            let s = scrape(&edge).await?;
+            let egress: Vec<Option<f64>> = apps
+                .iter()
+                .map(|(app, _)| {
+                    prom::find(&s, "streamhub_app_egress_bytes_total", &[("app", *app)])
+                })
+                .collect();
+            egress
+                .iter()
+                .all(|e| e.is_some_and(|e| e > 0.0))
+                .then_some(())
+                .ok_or(format!("egress by app {egress:?}"))
+        },
+    )
+    .await
+    .unwrap();
     let s = scrape(&edge).await.unwrap();
     let served = prom::find(&s, "streamhub_hls_requests_total", &[]).unwrap_or(0.0);
     assert!(served >= 6.0, "the edge served {served} HLS requests");
