@@ -34,7 +34,14 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
         c.nodes[majority[0]].name().to_string(),
     );
     let mut stale = Publisher::start(&c.nodes[minority].rtmp_url(&key));
-    wait_owners(&apis[0], "split", "cam", &[&minor_name]).await;
+    wait_owners(
+        &apis[0],
+        "split",
+        "cam",
+        &[&minor_name],
+        Duration::from_secs(30),
+    )
+    .await;
     c.note(format!("split/cam live on {minor_name}"));
     let partition = cut(&c, minority);
     let cut = Instant::now();
@@ -145,7 +152,14 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     );
     for i in 0..3 {
         let api = c.admin(i).await;
-        wait_owners(&api, "split", "cam", &[&major_name]).await;
+        wait_owners(
+            &api,
+            "split",
+            "cam",
+            &[&major_name],
+            Duration::from_secs(30),
+        )
+        .await;
     }
     assert!(
         moved.exit_status().is_none(),
@@ -203,9 +217,15 @@ pub async fn owners(api: &crate::Api, app: &str, room: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until [`owners`] is exactly `want`.
-pub async fn wait_owners(api: &crate::Api, app: &str, room: &str, want: &[&str]) {
-    crate::poll("room owners", Duration::from_secs(30), || async move {
+/// Waits up to `timeout` until [`owners`] is exactly `want`.
+pub async fn wait_owners(
+    api: &crate::Api,
+    app: &str,
+    room: &str,
+    want: &[&str],
+    timeout: Duration,
+) {
+    crate::poll("room owners", timeout, || async move {
         let got = owners(api, app, room).await;
         if got.iter().map(String::as_str).eq(want.iter().copied()) {
             Ok(())

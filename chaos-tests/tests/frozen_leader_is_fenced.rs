@@ -9,7 +9,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use streamhub_chaos_tests::{chaos_seed, hls, poll, Api, Cluster, Publisher};
+use streamhub_chaos_tests::scenarios::{owners, wait_owners};
+use streamhub_chaos_tests::{chaos_seed, hls, poll, Cluster, Publisher};
 
 const APP: &str = "frozen";
 const ROOM: &str = "cam1";
@@ -30,7 +31,7 @@ async fn frozen_leader_is_fenced() {
     let key = c.admin(a).await.rtmp_ingress(APP, ROOM).await.unwrap();
 
     let mut pub_a = Publisher::start(&c.nodes[a].rtmp_url(&key));
-    wait_owners(&observer, &[&name_a], Duration::from_secs(30)).await;
+    wait_owners(&observer, APP, ROOM, &[&name_a], Duration::from_secs(30)).await;
     c.note(format!("{ROOM} live on {name_a}"));
     // An edge plays the room throughout (joined through the observer): each session it serves
     // adds one discontinuity to its playlist, so a stale holder that served again after resuming
@@ -74,7 +75,7 @@ async fn frozen_leader_is_fenced() {
                 if exited {
                     return Ok(false);
                 }
-                match owners(observer).await.as_slice() {
+                match owners(observer, APP, ROOM).await.as_slice() {
                     [o] if *o == name_b => Ok(true),
                     other => Err(format!("{other:?}")),
                 }
@@ -158,7 +159,7 @@ async fn frozen_leader_is_fenced() {
     // One owner, B, everywhere, and B's publisher is still live.
     for i in 0..3 {
         let api = c.admin(i).await;
-        wait_owners(&api, &[&name_b], Duration::from_secs(15)).await;
+        wait_owners(&api, APP, ROOM, &[&name_b], Duration::from_secs(15)).await;
     }
     assert!(
         pub_b.exit_status().is_none(),
@@ -179,33 +180,4 @@ fn discontinuities(playlist: &str) -> usize {
         .lines()
         .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
         .count()
-}
-
-/// Every origin `GET /apps/:app/rooms` lists for the room (more than one would be split brain).
-async fn owners(api: &Api) -> Vec<String> {
-    let Ok(r) = api.get(&format!("/apps/{APP}/rooms")).await else {
-        return vec![];
-    };
-    r.data()
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|x| x["room"] == ROOM)
-                .filter_map(|x| x["origin"].as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn wait_owners(api: &Api, want: &[&str], timeout: Duration) {
-    poll("room owners", timeout, || async move {
-        let got = owners(api).await;
-        if got.iter().map(String::as_str).eq(want.iter().copied()) {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    })
-    .await
-    .unwrap();
 }

@@ -854,6 +854,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_room_live_elsewhere_answers_409_with_when_to_retry() {
+        use axum::response::IntoResponse;
+        let refused = Refusal::BusyElsewhere {
+            app: AppName::new("a").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            node: "origin-2".into(),
+            retry_after_secs: 2,
+        };
+        assert!(refused.to_string().ends_with("retry in 2 s"), "{refused}");
+        let resp = ApiError::from(refused).into_response();
+        assert_eq!(resp.status(), axum::http::StatusCode::CONFLICT);
+        assert_eq!(resp.headers()[axum::http::header::RETRY_AFTER], "2");
+    }
+
     #[tokio::test]
     async fn credentials_are_checked_against_the_room_and_the_grant() {
         let w = world().await;

@@ -397,30 +397,13 @@ impl ClusterState {
                     self.placements.renew(&beat.node, *at_ms);
                 }
                 // Rooms whose holder stopped renewing end now (their events: see `emit`).
-                for p in self.placements.expire(*at_ms) {
-                    let _ = self.tenants.end_room(
-                        &self.placements,
-                        &p.app,
-                        &p.room,
-                        &p.node,
-                        p.epoch,
-                        *at_ms,
-                    );
-                }
+                let gone = self.placements.expire(*at_ms);
+                self.end_placed_rooms(&gone, *at_ms);
                 CommandResponse::Ok
             }
             Command::ExpireHolder { node, at_ms } => {
                 let gone = self.placements.expire_silent(node, *at_ms);
-                for p in &gone {
-                    let _ = self.tenants.end_room(
-                        &self.placements,
-                        &p.app,
-                        &p.room,
-                        &p.node,
-                        p.epoch,
-                        *at_ms,
-                    );
-                }
+                self.end_placed_rooms(&gone, *at_ms);
                 if gone.is_empty() {
                     not_found(format!("silent rooms of {node}"))
                 } else {
@@ -512,6 +495,18 @@ impl ClusterState {
 
 fn exists(what: impl Into<String>) -> CommandResponse {
     CommandResponse::Exists { what: what.into() }
+}
+
+impl ClusterState {
+    /// Marks the room objects of placements that just ended (lease over, holder declared dead)
+    /// ended at `at_ms`.
+    fn end_placed_rooms(&mut self, gone: &[placement::Placement], at_ms: u64) {
+        for p in gone {
+            let _ =
+                self.tenants
+                    .end_room(&self.placements, &p.app, &p.room, &p.node, p.epoch, at_ms);
+        }
+    }
 }
 
 fn not_found(what: impl Into<String>) -> CommandResponse {
