@@ -43,6 +43,10 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     )
     .await;
     c.note(format!("split/cam live on {minor_name}"));
+    // An edge (joined through the majority) plays the room throughout: it must show exactly one
+    // new session, the majority's, however the cut-off holder behaves.
+    let edge = c.start_edge("edge-1", "local", majority[1], &[]).await;
+    let watch = PlaylistWatch::start(edge.url("/hls/split/cam/index.m3u8")).await;
     let partition = cut(&c, minority);
     let cut = Instant::now();
     c.note(format!("{} cut off", c.nodes[minority].name()));
@@ -166,6 +170,10 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
         "the majority's publisher died: {}",
         moved.stderr()
     );
+    // The edge's playlist, from before the cut to a few seconds past the stale publisher's drop.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.check(1);
+    drop(edge);
     let log = c.nodes[minority].log_of_current_run();
     assert!(
         !log.contains("media flows again"),
@@ -617,4 +625,87 @@ pub async fn origin_failover_with<T>(
         edge,
         publisher: republisher,
     }
+}
+
+/// Watches a room's HLS playlist on an edge while origins fail: each publisher session the edge
+/// serves adds one discontinuity, so a stale holder that served again would show as one more
+/// session than expected.
+pub struct PlaylistWatch {
+    before: usize,
+    /// Per read: the discontinuities so far and the segment numbers listed.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<PlaylistRead>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PlaylistWatch {
+    /// Starts watching `url` (read every 200 ms) once it lists two segments.
+    pub async fn start(url: String) -> PlaylistWatch {
+        let http = hls::client();
+        let first = hls::wait_segments(&http, &url, 2, Duration::from_secs(40))
+            .await
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                loop {
+                    if let Ok(body) = hls::get_ok(&http, &url).await {
+                        let text = String::from_utf8_lossy(&body).to_string();
+                        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                        if seen.len() < 10_000 {
+                            seen.push((discontinuities(&text), hls::segments(&text)));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        PlaylistWatch {
+            before: discontinuities(&first),
+            seen,
+            task,
+        }
+    }
+
+    /// Stops watching and asserts what the edge showed since the start: exactly `new` new
+    /// publisher sessions, sessions only coming, numbering only forward.
+    pub fn check(self, new: usize) {
+        self.task.abort();
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let sessions: Vec<usize> = seen.iter().map(|(d, _)| *d).collect();
+        assert_eq!(
+            sessions.iter().max().copied(),
+            Some(self.before + new),
+            "the edge served {new} new session(s), no more: {sessions:?} (before: {})",
+            self.before
+        );
+        assert!(
+            sessions.windows(2).all(|w| w[1] >= w[0]),
+            "sessions only come: {sessions:?}"
+        );
+        let newest: Vec<u64> = seen
+            .iter()
+            .filter_map(|(_, segs)| segs.last().copied())
+            .collect();
+        assert!(
+            newest.windows(2).all(|w| w[1] >= w[0]),
+            "the edge's numbering only goes forward: {newest:?}"
+        );
+    }
+}
+
+type PlaylistRead = (usize, Vec<u64>);
+
+/// Discontinuities a playlist has had: those slid out of its window
+/// (`EXT-X-DISCONTINUITY-SEQUENCE`) and those in it.
+pub fn discontinuities(playlist: &str) -> usize {
+    let slid: usize = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-DISCONTINUITY-SEQUENCE:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    slid + playlist
+        .lines()
+        .filter(|l| l.trim() == "#EXT-X-DISCONTINUITY")
+        .count()
 }

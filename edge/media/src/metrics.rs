@@ -242,6 +242,11 @@ const COUNTERS: &[CounterDef] = &[
         "Keyframe requests (PLI/FIR) received from WebRTC viewers",
         |s| s.webrtc.viewer_keyframe_requests.load(Relaxed),
     ),
+    (
+        "streamhub_webrtc_viewer_rejoins_total",
+        "WebRTC viewer sessions that went on with their room's next publisher session",
+        |s| s.webrtc.viewer_rejoins.load(Relaxed),
+    ),
 ];
 
 const GAUGES: &[GaugeDef] = &[

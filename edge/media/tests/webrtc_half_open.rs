@@ -37,6 +37,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
         media: handle.clone(),
         hold: None,
         viewer: None,
+        rejoin: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     let opened = node.open(slot, &viewer.offer(), play, None).unwrap();
@@ -66,6 +67,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
                 media: media.clone(),
                 hold: None,
                 viewer: None,
+                rejoin: None,
             };
             let result = node2
                 .reserve([127, 0, 0, 1].into(), false)
@@ -158,6 +160,7 @@ async fn half_open_sessions_are_bounded_and_time_out() {
         media: handle.clone(),
         hold: None,
         viewer: None,
+        rejoin: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     assert!(node

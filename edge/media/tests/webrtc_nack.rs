@@ -21,6 +21,7 @@ async fn lost_video_packets_are_resent_on_nack() {
         media: room.handle(),
         hold: None,
         viewer: None,
+        rejoin: None,
     };
     let slot = node.reserve([127, 0, 0, 1].into(), false).unwrap();
     let opened = node.open(slot, &viewer.offer(), play, None).unwrap();

@@ -175,6 +175,12 @@ async fn whep_offer(
         media: viewing.media,
         hold: Some(Box::new(viewing.hold)),
         viewer: admitted.map(|a| a.0),
+        rejoin: Some(super::Rejoin {
+            lookup: st.lookup.clone(),
+            app: app.clone(),
+            room: room.clone(),
+            client,
+        }),
     };
     let result = st
         .rtc

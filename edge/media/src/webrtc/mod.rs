@@ -145,6 +145,9 @@ pub struct WebRtcStats {
     pub plis_sent: AtomicU64,
     /// Keyframe requests (PLI/FIR) received from viewers.
     pub viewer_keyframe_requests: AtomicU64,
+    /// Viewer sessions that went on with the room's next publisher session (an encoder
+    /// restart, a failover to another origin) instead of ending.
+    pub viewer_rejoins: AtomicU64,
 }
 
 /// What a session does.
@@ -163,7 +166,20 @@ pub enum Role {
         /// The viewer the access check admitted: counted while the session lives, and the
         /// bytes sent to it in its app's egress.
         viewer: Option<Arc<crate::access::ViewerHold>>,
+        /// Where to find the room again when its publisher session ends: the viewer's session
+        /// goes on with the next one (same SSRCs, sequence numbers and a forward timeline), so
+        /// the player sees a pause, not a lost connection. `None`: the session ends with it.
+        rejoin: Option<Rejoin>,
     },
+}
+
+/// How a viewer's session finds its room again (see [`Role::Play`]).
+pub struct Rejoin {
+    pub lookup: Arc<dyn crate::mjpeg::MediaLookup>,
+    pub app: streamhub_shared::AppName,
+    pub room: streamhub_shared::RoomName,
+    /// The viewer's address (what the lookup counts it as).
+    pub client: SocketAddr,
 }
 
 /// Why an offer was not answered.
@@ -515,6 +531,7 @@ impl WebRtc {
             packets: self.packets.clone(),
             pending: Some(pending),
             viewer: None,
+            rejoin: None,
             unreported: 0,
         };
         let me = self.clone();

@@ -30,7 +30,9 @@ use super::gso::GsoBatch;
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::packets::PacketCache;
 use super::{Datagram, Role, WebRtcStats, CONNECT_TIMEOUT};
+use crate::mjpeg::Viewing;
 use crate::wait::{changed, sleep_until};
+use futures::future::BoxFuture;
 
 /// RTP payload budget: 1200 bytes keeps a packet under any path MTU with SRTP and extensions.
 const RTP_MTU: usize = 1200;
@@ -39,6 +41,12 @@ const RTP_MTU: usize = 1200;
 const KEYFRAME_INTERVAL: Duration = Duration::from_secs(2);
 /// Keyframe requests after a loss are at most this frequent.
 const PLI_MIN_GAP: Duration = Duration::from_millis(500);
+/// How long a viewer's session waits for its room's next publisher session (an encoder that
+/// reconnects, a failover to another origin) before it ends. Players give up on a session
+/// that brings nothing for 6 s; this only bounds what a session holds.
+const PUBLISHER_RETURN: Duration = Duration::from_secs(10);
+/// How often a waiting viewer's session looks for its room.
+const REJOIN_LOOK: Duration = Duration::from_millis(100);
 
 /// The senders a viewer session was given.
 #[derive(Debug, Default)]
@@ -71,6 +79,8 @@ pub(super) struct Session {
     pub pending: Option<crate::node::surface::ConnGuard>,
     /// A viewer's admission (see [`Role::Play`]).
     pub viewer: Option<Arc<crate::access::ViewerHold>>,
+    /// A viewer: where to find its room again when the publisher session ends.
+    pub rejoin: Option<super::Rejoin>,
     /// Bytes sent and not yet added to the viewer's app egress (added by the 64 KiB: a shared
     /// counter is not touched per datagram).
     pub unreported: u64,
@@ -87,8 +97,27 @@ struct Out {
     ssrc: u32,
     seq: u16,
     ts_base: u32,
+    /// The track's clock (ticks per second of its frame times and of its RTP timestamps).
+    clock: u32,
+    /// The timestamp of the last packet sent and when it went.
+    last: Option<(u32, Instant)>,
+    /// The next frame continues the timeline from here (a new publisher session numbers its
+    /// frames from its own start; the viewer's RTP timestamps go on forward).
+    resume: Option<(u32, Instant)>,
     /// Video: waiting for a keyframe (start, or after frames were lost).
     waiting: bool,
+}
+
+impl Out {
+    /// The RTP timestamp of a frame at `t` (in the track's clock).
+    fn timestamp(&mut self, t: i64, now: Instant) -> u32 {
+        if let Some((ts, at)) = self.resume.take() {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            let ticks = (elapsed * f64::from(self.clock)) as u32;
+            self.ts_base = ts.wrapping_add(ticks.max(1)).wrapping_sub(t as u32);
+        }
+        self.ts_base.wrapping_add(t as u32)
+    }
 }
 
 /// Feeds a room's frames to a viewer.
@@ -120,15 +149,23 @@ impl Session {
                 media,
                 hold,
                 viewer,
+                rejoin,
             } => {
                 self.viewer = viewer;
+                self.rejoin = rejoin;
                 (None, None, Some(media), hold)
             }
         };
+        let mut _hold = _hold;
         let stop = stop.unwrap_or_default();
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let mut connected = false;
         let mut feeder: Option<Feeder> = None;
+        // A viewer whose room's publisher session ended: its feeder's state while it waits for
+        // the next session, until when it waits, and the lookup under way.
+        let mut paused: Option<(Feeder, tokio::time::Instant)> = None;
+        let mut looking: Option<BoxFuture<'static, Option<Viewing>>> = None;
+        let mut look_at = tokio::time::Instant::now();
         // Publisher side: the kind of each incoming track, and where to send keyframe requests.
         let mut kinds: HashMap<String, (RtpCodecKind, u8)> = HashMap::new();
         let mut video_rx: Option<(RTCRtpReceiverId, u32)> = None;
@@ -147,7 +184,7 @@ impl Session {
                             self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
                             tracing::debug!(session = self.id, "WebRTC session connected");
                             if let Some(m) = media.as_ref() {
-                                match self.start_feeder(m) {
+                                match self.start_feeder(m, &mut None) {
                                     Some(f) => feeder = Some(f),
                                     None => break 'run "the room went offline",
                                 }
@@ -270,7 +307,15 @@ impl Session {
                             send_frame(&mut self.pc, f, &frame, &self.stats, &self.packets);
                         }
                     }
-                    Err(RecvError::Closed) => break 'run "the publisher has gone",
+                    Err(RecvError::Closed) => {
+                        let Some(f) = feeder.take().filter(|_| self.rejoin.is_some()) else {
+                            break 'run "the publisher has gone";
+                        };
+                        let now = tokio::time::Instant::now();
+                        paused = Some((f, now + PUBLISHER_RETURN));
+                        look_at = now;
+                        tracing::debug!(session = self.id, "publisher session ended; waiting for the next");
+                    }
                     Err(RecvError::Lagged(_) | RecvError::Gap { .. }) => {
                         // Frames were lost: resume at the next keyframe.
                         if let Some(v) = feeder.as_mut().and_then(|f| f.video.as_mut()) {
@@ -288,6 +333,29 @@ impl Session {
                     viewers_asked = true;
                 }
                 () = sleep_until(pli_due), if pli_due.is_some() => {}
+                () = tokio::time::sleep_until(look_at), if paused.is_some() && looking.is_none() => {
+                    let now = tokio::time::Instant::now();
+                    match (&self.rejoin, &paused) {
+                        (Some(r), Some((_, until))) if now < *until => {
+                            looking = Some(r.lookup.media(&r.app, &r.room, r.client));
+                            look_at = now + REJOIN_LOOK;
+                        }
+                        _ => break 'run "the publisher has gone",
+                    }
+                }
+                v = next_lookup(&mut looking) => {
+                    looking = None;
+                    let Some(v) = v.filter(|v| v.media.is_live()) else { continue };
+                    if paused.is_none() {
+                        continue;
+                    }
+                    if let Some(f) = self.start_feeder(&v.media, &mut paused) {
+                        feeder = Some(f);
+                        _hold = Some(Box::new(v.hold));
+                        self.stats.viewer_rejoins.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(session = self.id, "went on with the room's next publisher session");
+                    }
+                }
             }
         };
         tracing::debug!(session = self.id, reason = end, "WebRTC session ended");
@@ -370,8 +438,14 @@ impl Session {
     }
 
     /// Subscribes the viewer to the room on the newest group and sends that group at once (it
-    /// starts on a keyframe, so the first picture decodes immediately).
-    fn start_feeder(&mut self, media: &streamhub_shared::media::MediaHandle) -> Option<Feeder> {
+    /// starts on a keyframe, so the first picture decodes immediately). With the feeder of the
+    /// room's previous publisher session (`before`), the viewer's RTP streams go on: same SSRCs,
+    /// the next sequence numbers, timestamps forward from the last sent.
+    fn start_feeder(
+        &mut self,
+        media: &streamhub_shared::media::MediaHandle,
+        before: &mut Option<(Feeder, tokio::time::Instant)>,
+    ) -> Option<Feeder> {
         let (snapshot, mut consumer) = media.subscribe_latest()?;
         let tracks = consumer.tracks();
         let video_track = tracks
@@ -384,12 +458,16 @@ impl Session {
             CodecConfig::H264 { avcc, .. } => Some((AvcConfig::parse(avcc).ok()?, avcc.clone())),
             _ => None,
         });
+        let (video_before, audio_before) = match before.take() {
+            Some((f, _)) => (f.video, f.audio),
+            None => (None, None),
+        };
         let video = match (self.plan.video, video_track) {
-            (Some(s), Some(t)) => self.out(s, t.id, "video/h264"),
+            (Some(s), Some(t)) => self.out(s, t, "video/h264", video_before),
             _ => None,
         };
         let audio = match (self.plan.audio, audio_track) {
-            (Some(s), Some(t)) => self.out(s, t.id, "audio/opus"),
+            (Some(s), Some(t)) => self.out(s, t, "audio/opus", audio_before),
             _ => None,
         };
         let mut f = Feeder {
@@ -405,7 +483,15 @@ impl Session {
         Some(f)
     }
 
-    fn out(&mut self, sender: RTCRtpSenderId, track: TrackId, mime: &str) -> Option<Out> {
+    /// A sender's RTP state for `track`: new, or going on from `before` (same SSRC, next
+    /// sequence number, timestamps forward from its last packet).
+    fn out(
+        &mut self,
+        sender: RTCRtpSenderId,
+        track: &streamhub_shared::TrackInfo,
+        mime: &str,
+        before: Option<Out>,
+    ) -> Option<Out> {
         let mut s = self.pc.rtp_sender(sender)?;
         let ssrc = s.track().ssrcs().last()?;
         let params = s.get_parameters();
@@ -419,15 +505,31 @@ impl Session {
                         || c.rtp_codec.sdp_fmtp_line.contains("packetization-mode=1"))
             })?
             .payload_type;
-        Some(Out {
+        let clock = Some(track.timescale).filter(|c| *c > 0)?;
+        let mut out = Out {
             sender,
-            track,
+            track: track.id,
             pt,
             ssrc,
             seq: rand::random(),
             ts_base: rand::random(),
+            clock,
+            last: None,
+            resume: None,
             waiting: true,
-        })
+        };
+        if let Some(b) = before.filter(|b| b.ssrc == ssrc) {
+            out.seq = b.seq;
+            out.ts_base = b.ts_base;
+            out.last = b.last;
+            // A clock that changed cannot continue the old timeline's numbers: it starts anew.
+            out.resume = if b.clock == clock {
+                b.last.or(b.resume)
+            } else {
+                None
+            };
+        }
+        Some(out)
     }
 }
 
@@ -435,6 +537,13 @@ impl Session {
 pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
     let any = p.as_any();
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+}
+
+async fn next_lookup(looking: &mut Option<BoxFuture<'static, Option<Viewing>>>) -> Option<Viewing> {
+    match looking.as_mut() {
+        Some(l) => l.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_frame(feeder: &mut Option<Feeder>) -> Result<Frame, RecvError> {
@@ -469,10 +578,10 @@ fn send_frame(
         };
         // Parameter sets in band before every keyframe: a viewer joining or recovering needs them.
         let payloads = packets.h264(frame, avc, avcc, frame.keyframe, RTP_MTU);
-        let ts = v.ts_base.wrapping_add(frame.pts as u32);
+        let ts = v.timestamp(frame.pts, now);
         write(pc, v, ts, &payloads, stats, now);
     } else if let Some(a) = f.audio.as_mut().filter(|a| a.track == frame.track) {
-        let ts = a.ts_base.wrapping_add(frame.dts as u32);
+        let ts = a.timestamp(frame.dts, now);
         write(pc, a, ts, std::slice::from_ref(&frame.data), stats, now);
     }
 }
@@ -503,6 +612,7 @@ fn write(
             payload: payload.clone(),
         };
         o.seq = o.seq.wrapping_add(1);
+        o.last = Some((timestamp, now));
         if sender.write_rtp(now, packet).is_ok() {
             stats.rtp_out.fetch_add(1, Ordering::Relaxed);
         }
