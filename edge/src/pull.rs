@@ -180,6 +180,15 @@ impl Pulls {
         })
     }
 
+    /// Complete groups asked of the holder before the live ones: the playlist window, so the
+    /// edge lists the same segments as every other node from its first pull.
+    fn backfill_groups(&self) -> u8 {
+        let window = self.hls.config().window;
+        u8::try_from(window)
+            .unwrap_or(u8::MAX)
+            .min(streamhub_shared::relay::MAX_BACKFILL_GROUPS)
+    }
+
     fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<RoomKey, Arc<Pulled>>> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -259,7 +268,7 @@ impl Pulls {
                 continue;
             };
             let attempt = tokio::select! {
-                r = self.relay.subscribe(h.addr, &pulled.app, &pulled.room) => r,
+                r = self.relay.subscribe_with_backfill(h.addr, &pulled.app, &pulled.room, self.backfill_groups()) => r,
                 moved = self.moved_while_subscribing(&pulled, &h) => {
                     // A dead holder can take the whole handshake timeout to fail; the
                     // republished room should not wait for that.
@@ -461,6 +470,8 @@ enum FollowEnd {
 struct Session {
     media: Option<RoomMedia>,
     epoch: Option<(String, u64)>,
+    /// The current subscription's first live group: those before it are back-fill.
+    live_group: Option<u64>,
 }
 
 impl Session {
@@ -468,7 +479,11 @@ impl Session {
     /// continue the local media; anything else is a new publisher session.
     fn start(&mut self, hls: &HlsRegistry, pulled: &Pulled, sub: &Subscription, h: &Holder) {
         let epoch = Some((h.node.clone(), h.epoch));
+        self.live_group = sub.live_group;
         if self.media.is_some() && self.epoch == epoch {
+            if let Some(room) = pulled.hls() {
+                room.expect_backfill(sub.live_group);
+            }
             if let Some(media) = self.media.as_mut() {
                 media.set_tracks(sub.tracks.clone());
                 // Whatever was in flight when the old subscription broke is gone.
@@ -480,7 +495,9 @@ impl Session {
         let media = RoomMedia::new();
         media.set_tracks(sub.tracks.clone());
         let room = hls.start(&pulled.app, &pulled.room);
-        let consumer = media.subscribe();
+        room.expect_backfill(sub.live_group);
+        // The packager takes the back-filled window too; live viewers start at the live groups.
+        let consumer = media.subscribe().with_backfill();
         tokio::spawn(run_packager(consumer, room.clone(), room.session()));
         *pulled.hls.lock().unwrap_or_else(|e| e.into_inner()) = Some(room);
         pulled.media.send_replace(Some(media.handle()));
@@ -490,7 +507,11 @@ impl Session {
 
     fn push(&mut self, frame: streamhub_shared::Frame) {
         if let Some(media) = self.media.as_mut() {
-            media.push_relayed(frame);
+            if self.live_group.is_some_and(|g| frame.group < g) {
+                media.push_backfill(frame);
+            } else {
+                media.push_relayed(frame);
+            }
         }
     }
 

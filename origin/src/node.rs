@@ -125,6 +125,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             target: s.hls.target_duration,
         },
     );
+    rooms.keep_history(s.hls.window);
     let placement = Placement::new(raft.clone(), s.node_name.clone());
     let admission = Arc::new(Admission::new(
         tenants.clone(),

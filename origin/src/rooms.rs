@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -146,6 +146,8 @@ pub struct Rooms {
     enforce_leases: AtomicBool,
     /// Frames dropped past their lease, by every session so far (for `/metrics`).
     frames_fenced: Arc<AtomicU64>,
+    /// Complete groups each room keeps before its newest, for edges that back-fill.
+    history: AtomicUsize,
 }
 
 impl Rooms {
@@ -159,7 +161,14 @@ impl Rooms {
             policy,
             enforce_leases: AtomicBool::new(false),
             frames_fenced: Arc::default(),
+            history: AtomicUsize::new(0),
         })
+    }
+
+    /// Rooms started from now on keep their last `groups` complete groups (the HLS playlist
+    /// window), so an edge that starts pulling one back-fills the window in one round trip.
+    pub fn keep_history(&self, groups: usize) {
+        self.history.store(groups, Ordering::Relaxed);
     }
 
     /// The media of the live session of `app/room` on this node, if any.
@@ -199,6 +208,7 @@ impl Rooms {
         let tracks = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(PublishStats::default());
         let media = RoomMedia::with_policy(self.policy);
+        media.keep_history(self.history.load(Ordering::Relaxed));
         let mut live = self.live.lock().expect("rooms lock");
         let mut lease = claim.claimed_at_ms.saturating_add(SELF_FENCE_MS);
         let takeover = match live.get(&key) {

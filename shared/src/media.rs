@@ -3,6 +3,7 @@
 //! A room carries tracks; a track carries frames (access units); frames are grouped into groups
 //! that start at a video keyframe. Payloads are `Bytes`: fan-out clones the handle, never the data.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +110,9 @@ pub struct Frame {
 #[derive(Debug, Clone)]
 enum MediaEvent {
     Frame(Frame),
+    /// A frame of a complete group from before the live ones (see
+    /// [`RoomMedia::push_backfill`]); only consumers that asked for it see it.
+    Backfill(Frame),
     /// Frames were lost upstream; `partial`: the latest group delivered is incomplete.
     Gap {
         partial: bool,
@@ -149,23 +153,32 @@ impl GroupPolicy {
 /// it bounds the memory one room can pin, whatever the publisher sends.
 pub const MAX_CACHED_GROUP_BYTES: usize = 32 << 20;
 
-/// The newest group of a room, kept so a new consumer starts on its keyframe at once.
+/// Complete groups a room keeps before its newest one, at most (see
+/// [`RoomMedia::keep_history`]).
+pub const MAX_HISTORY_GROUPS: usize = 16;
+/// Bytes of complete groups a room keeps before its newest one, at most: older groups go first.
+pub const MAX_HISTORY_BYTES: usize = 48 << 20;
+
+/// The newest group of a room, kept so a new consumer starts on its keyframe at once, and (where
+/// asked for) the complete groups before it, so a new subscriber can back-fill.
 #[derive(Debug, Default)]
 struct LatestGroup {
     group: Option<u64>,
     frames: Vec<Frame>,
     bytes: usize,
-    /// The group outgrew [`MAX_CACHED_GROUP_BYTES`]: not served to late joiners.
+    /// The group outgrew [`MAX_CACHED_GROUP_BYTES`] or lost frames: not served to late joiners.
     overflowed: bool,
+    /// Complete groups before `group`, oldest first, consecutive and ending at `group - 1`.
+    history: VecDeque<(u64, Vec<Frame>, usize)>,
+    history_bytes: usize,
+    /// How many complete groups to keep in `history`.
+    keep: usize,
 }
 
 impl LatestGroup {
     fn add(&mut self, frame: &Frame) {
         if self.group != Some(frame.group) {
-            *self = LatestGroup {
-                group: Some(frame.group),
-                ..LatestGroup::default()
-            };
+            self.start(frame.group);
         }
         if self.overflowed {
             return;
@@ -179,12 +192,48 @@ impl LatestGroup {
         self.frames.push(frame.clone());
     }
 
-    fn snapshot(&self) -> Vec<Frame> {
-        if self.overflowed {
-            Vec::new()
+    /// Starts `group`: the finished group goes into the history when it is complete and
+    /// follows the history; otherwise the history no longer leads up to the newest group and
+    /// is dropped.
+    fn start(&mut self, group: u64) {
+        let frames = std::mem::take(&mut self.frames);
+        let complete = self.keep > 0
+            && !self.overflowed
+            && !frames.is_empty()
+            && self.group.is_some_and(|g| g + 1 == group);
+        if complete {
+            if let Some(g) = self.group {
+                self.history_bytes += self.bytes;
+                self.history.push_back((g, frames, self.bytes));
+            }
+            while self.history.len() > self.keep || self.history_bytes > MAX_HISTORY_BYTES {
+                let Some((_, _, bytes)) = self.history.pop_front() else {
+                    break;
+                };
+                self.history_bytes -= bytes;
+            }
         } else {
-            self.frames.clone()
+            self.history.clear();
+            self.history_bytes = 0;
         }
+        self.group = Some(group);
+        self.bytes = 0;
+        self.overflowed = false;
+    }
+
+    /// The last `groups` complete groups before the newest and the newest so far, in order; only
+    /// the newest when it cannot be served.
+    fn snapshot_recent(&self, groups: usize) -> Vec<Frame> {
+        if self.overflowed {
+            return Vec::new();
+        }
+        let from = self.history.len().saturating_sub(groups);
+        let mut out = Vec::new();
+        for (_, frames, _) in self.history.iter().skip(from) {
+            out.extend(frames.iter().cloned());
+        }
+        out.extend(self.frames.iter().cloned());
+        out
     }
 }
 
@@ -273,6 +322,23 @@ impl RoomMedia {
         self.send(frame);
     }
 
+    /// Keeps up to `groups` (at most [`MAX_HISTORY_GROUPS`]) complete groups before the newest
+    /// one, bounded by [`MAX_HISTORY_BYTES`], for subscribers that back-fill
+    /// ([`MediaHandle::subscribe_recent`]): an origin keeps its rooms' HLS playlist window, so
+    /// an edge that starts pulling a room lists the same segments as every other node at once.
+    pub fn keep_history(&self, groups: usize) {
+        let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.keep = groups.min(MAX_HISTORY_GROUPS);
+    }
+
+    /// Sends a back-filled frame (a complete group from before the live ones, relayed in order
+    /// ahead of them) to the consumers that asked for such frames
+    /// ([`MediaConsumer::with_backfill`]); it is neither cached for late joiners nor counted
+    /// as the newest group.
+    pub fn push_backfill(&mut self, frame: Frame) {
+        let _ = self.frames.send(MediaEvent::Backfill(frame));
+    }
+
     /// Tells every consumer that frames were lost upstream: they resync on the next group, as
     /// after [`RecvError::Lagged`]. With `partial` (the latest group is incomplete), it is no
     /// longer served to late joiners; otherwise the latest complete group still is.
@@ -343,6 +409,7 @@ impl RoomMedia {
             tracks: self.tracks.subscribe(),
             frames: self.frames.subscribe(),
             keyframes: self.keyframes.clone(),
+            backfill: false,
         }
     }
 
@@ -440,15 +507,22 @@ impl MediaHandle {
             tracks: self.tracks.clone(),
             frames: self.frames.upgrade()?.subscribe(),
             keyframes: self.keyframes.clone(),
+            backfill: false,
         })
     }
 
     /// The frames of the newest group so far and a consumer of every frame after them, taken
     /// atomically (no frame lost or repeated in between); `None` once the producer has gone.
     pub fn subscribe_latest(&self) -> Option<(Vec<Frame>, MediaConsumer)> {
+        self.subscribe_recent(0)
+    }
+
+    /// As [`MediaHandle::subscribe_latest`], with up to `groups` complete groups before the
+    /// newest one (as many as the room keeps, see [`RoomMedia::keep_history`]) at the start.
+    pub fn subscribe_recent(&self, groups: usize) -> Option<(Vec<Frame>, MediaConsumer)> {
         let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
         let frames = self.frames.upgrade()?.subscribe();
-        let snapshot = latest.snapshot();
+        let snapshot = latest.snapshot_recent(groups);
         drop(latest);
         Some((
             snapshot,
@@ -456,6 +530,7 @@ impl MediaHandle {
                 tracks: self.tracks.clone(),
                 frames,
                 keyframes: self.keyframes.clone(),
+                backfill: false,
             },
         ))
     }
@@ -520,6 +595,8 @@ pub struct MediaConsumer {
     tracks: watch::Receiver<Arc<Vec<TrackInfo>>>,
     frames: broadcast::Receiver<MediaEvent>,
     keyframes: Arc<watch::Sender<u64>>,
+    /// Receives back-filled frames too.
+    backfill: bool,
 }
 
 /// Why `MediaConsumer::recv` returned no frame.
@@ -552,14 +629,27 @@ impl MediaConsumer {
         self.tracks.changed().await.is_ok()
     }
 
+    /// This consumer also receives back-filled frames ([`RoomMedia::push_backfill`]): the
+    /// groups a new relay subscription gets from before the live ones, in order, ahead of them.
+    /// A packager wants them (its playlist lists the same window as every other node); a live
+    /// viewer does not (they would put it seconds behind).
+    pub fn with_backfill(mut self) -> Self {
+        self.backfill = true;
+        self
+    }
+
     /// The next frame; `Lagged` and `Gap` tell the consumer frames were lost (here or upstream)
     /// and it must resync on the next group.
     pub async fn recv(&mut self) -> Result<Frame, RecvError> {
-        match self.frames.recv().await {
-            Ok(MediaEvent::Frame(f)) => Ok(f),
-            Ok(MediaEvent::Gap { partial }) => Err(RecvError::Gap { partial }),
-            Err(broadcast::error::RecvError::Closed) => Err(RecvError::Closed),
-            Err(broadcast::error::RecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+        loop {
+            return match self.frames.recv().await {
+                Ok(MediaEvent::Frame(f)) => Ok(f),
+                Ok(MediaEvent::Backfill(f)) if self.backfill => Ok(f),
+                Ok(MediaEvent::Backfill(_)) => continue,
+                Ok(MediaEvent::Gap { partial }) => Err(RecvError::Gap { partial }),
+                Err(broadcast::error::RecvError::Closed) => Err(RecvError::Closed),
+                Err(broadcast::error::RecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+            };
         }
     }
 }
@@ -622,6 +712,46 @@ mod tests {
     }
 
     const SEC: i64 = 90_000;
+
+    #[test]
+    fn a_room_keeps_its_last_complete_groups_for_back_fill() {
+        let mut room = RoomMedia::new();
+        room.set_tracks(vec![video()]);
+        room.keep_history(3);
+        let handle = room.handle();
+        // Groups 0..=5, two frames each (a keyframe every 2 s).
+        for g in 0..6 {
+            room.push(frame(0, 2 * g * SEC, true));
+            room.push(frame(0, 2 * g * SEC + SEC, false));
+        }
+        let groups = |f: &[Frame]| f.iter().map(|f| f.group).collect::<Vec<_>>();
+        let (recent, _) = handle.subscribe_recent(3).unwrap();
+        assert_eq!(groups(&recent), vec![2, 2, 3, 3, 4, 4, 5, 5]);
+        let (fewer, _) = handle.subscribe_recent(1).unwrap();
+        assert_eq!(groups(&fewer), vec![4, 4, 5, 5]);
+        let (latest, _) = handle.subscribe_latest().unwrap();
+        assert_eq!(groups(&latest), vec![5, 5]);
+        // Frames lost: the history no longer leads up to the newest group and is dropped.
+        room.push_gap(true);
+        room.push(frame(0, 12 * SEC, true));
+        let (after, _) = handle.subscribe_recent(3).unwrap();
+        assert_eq!(groups(&after), vec![6]);
+        room.push(frame(0, 14 * SEC, true));
+        let (again, _) = handle.subscribe_recent(3).unwrap();
+        assert_eq!(
+            groups(&again),
+            vec![6, 7],
+            "kept again from the next complete group"
+        );
+        // Rooms that keep nothing (the default) serve the newest group only.
+        let mut plain = RoomMedia::new();
+        plain.set_tracks(vec![video()]);
+        for g in 0..3 {
+            plain.push(frame(0, 2 * g * SEC, true));
+        }
+        let (only, _) = plain.handle().subscribe_recent(3).unwrap();
+        assert_eq!(groups(&only), vec![2]);
+    }
 
     #[tokio::test]
     async fn groups_follow_keyframes_across_the_target() {

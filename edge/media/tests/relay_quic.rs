@@ -178,6 +178,50 @@ async fn a_late_subscriber_starts_on_the_latest_group_and_gets_every_frame_in_or
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfilling_subscriber_gets_the_kept_groups_first_then_the_live_ones() {
+    let ca = create_ca("test").unwrap();
+    let origin = origin(&ca);
+    let mut media = live_room(&origin, "cam");
+    media.keep_history(3);
+    // Groups 0..=4 complete and half of group 5 before anyone subscribes.
+    for i in 0..550 {
+        media.push(frame(i, 200));
+    }
+    let client = RelayClient::new(endpoint(&ca, "edge-1"), Arc::default());
+    let (app, room) = names("cam");
+    let addr = origin.endpoint.local_addr();
+    let mut sub = client
+        .subscribe_with_backfill(addr, &app, &room, 6)
+        .await
+        .unwrap();
+    assert_eq!(sub.latest_group, Some(2), "the oldest of the 3 groups kept");
+    assert_eq!(sub.live_group, Some(5), "the newest group when it answered");
+    let mut plain = client.subscribe(addr, &app, &room).await.unwrap();
+    assert_eq!((plain.latest_group, plain.live_group), (Some(5), None));
+    for i in 550..700 {
+        media.push(frame(i, 200));
+    }
+    // Every frame from group 2's keyframe on, in the origin's order and numbering: the
+    // back-filled groups, then the live ones, none twice.
+    for i in 200..700 {
+        let f = next_frame(&mut sub).await;
+        let want = frame(i, 200);
+        assert_eq!(
+            (f.track, f.dts, &f.data),
+            (want.track, want.dts, &want.data),
+            "frame {i}"
+        );
+        assert_eq!(f.group, (i / 100) as u64, "the origin's group numbers");
+    }
+    let first = next_frame(&mut plain).await;
+    assert_eq!(
+        (first.group, first.dts),
+        (5, 250 * 3600),
+        "no back-fill asked, none sent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_say_why_and_storms_are_bounded() {
     let ca = create_ca("test").unwrap();
     let origin = origin(&ca);
@@ -194,7 +238,7 @@ async fn refusals_say_why_and_storms_are_bounded() {
     }
     let (app, room) = names("cam");
     match client
-        .subscribe_tracks(addr, &app, &room, Some(vec![0, 7]))
+        .subscribe_tracks(addr, &app, &room, Some(vec![0, 7]), 0)
         .await
     {
         Err(SubscribeError::Refused { code, message }) => {
@@ -204,7 +248,7 @@ async fn refusals_say_why_and_storms_are_bounded() {
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     let audio_only = client
-        .subscribe_tracks(addr, &app, &room, Some(vec![1]))
+        .subscribe_tracks(addr, &app, &room, Some(vec![1]), 0)
         .await
         .unwrap();
     assert_eq!(
@@ -320,6 +364,7 @@ async fn malformed_and_unknown_group_streams_are_refused_and_the_subscription_go
                 request_id,
                 tracks: tracks(),
                 latest_group: Some(0),
+                live_group: None,
             }
             .encode(&mut out)
             .unwrap();

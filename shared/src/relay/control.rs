@@ -51,6 +51,10 @@ pub enum ControlMessage {
         /// The tracks wanted: `None` for all (present and future), `Some(empty)` for the catalog
         /// only.
         tracks: Option<Vec<TrackId>>,
+        /// Complete groups wanted before the newest one (back-fill, at most
+        /// [`MAX_BACKFILL_GROUPS`]): as many of them as the origin keeps come first, in order.
+        /// Encoded only when non-zero (a trailing byte).
+        backfill: u8,
     },
     /// Stop a subscription; the origin stops opening group streams for it.
     Unsubscribe {
@@ -70,8 +74,13 @@ pub enum ControlMessage {
         request_id: u64,
         /// The subscribed tracks with their codec configuration.
         tracks: Vec<TrackInfo>,
-        /// The newest group the origin has, if any: the first group stream will carry it.
+        /// The first group the origin sends, if any: the newest, or with back-fill the
+        /// oldest back-filled one.
         latest_group: Option<u64>,
+        /// With back-fill: the newest group when the subscription began (groups before it are
+        /// the back-fill). Encoded only when present (trailing), so only to a subscriber that
+        /// asked for back-fill.
+        live_group: Option<u64>,
     },
     /// The subscription was refused; nothing more follows for this `request_id`.
     SubscribeError {
@@ -108,7 +117,9 @@ enum MessageType {
 }
 
 const SUBSCRIBE_MAX_BODY: usize =
-    8 + 2 + AppName::MAX_LEN + 2 + RoomName::MAX_LEN + 1 + 2 + 4 * MAX_TRACKS;
+    8 + 2 + AppName::MAX_LEN + 2 + RoomName::MAX_LEN + 1 + 2 + 4 * MAX_TRACKS + 1;
+/// The most complete groups a subscriber may ask to have back-filled.
+pub const MAX_BACKFILL_GROUPS: u8 = 16;
 const SUBSCRIBE_ERROR_MAX_BODY: usize = 8 + 1 + 1 + 2 + MAX_HOLDER_LEN + 2 + MAX_ERROR_MESSAGE_LEN;
 
 impl MessageType {
@@ -231,7 +242,11 @@ impl ControlMessage {
         buf.put_u64(self.request_id());
         match self {
             Self::Subscribe {
-                app, room, tracks, ..
+                app,
+                room,
+                tracks,
+                backfill,
+                ..
             } => {
                 put_string(buf, "app", app.as_str(), AppName::MAX_LEN)?;
                 put_string(buf, "room", room.as_str(), RoomName::MAX_LEN)?;
@@ -240,10 +255,14 @@ impl ControlMessage {
                     put_track_count(buf, tracks.len())?;
                     tracks.iter().for_each(|&t| buf.put_u32(t));
                 }
+                if *backfill > 0 {
+                    buf.put_u8((*backfill).min(MAX_BACKFILL_GROUPS));
+                }
             }
             Self::Catalog {
                 tracks,
                 latest_group,
+                live_group,
                 ..
             } => {
                 put_flag(buf, latest_group.is_some());
@@ -251,6 +270,9 @@ impl ControlMessage {
                     buf.put_u64(*g);
                 }
                 put_track_infos(buf, tracks)?;
+                if let Some(g) = live_group {
+                    buf.put_u64(*g);
+                }
             }
             Self::SubscribeError { code, message, .. } => {
                 buf.put_u8(code.to_byte());
@@ -379,11 +401,18 @@ fn decode_body(ty: MessageType, mut r: Reader<'_>) -> Result<ControlMessage, Rel
             } else {
                 None
             };
+            // Older subscribers send no back-fill byte.
+            let backfill = if r.remaining() > 0 {
+                r.u8("backfill")?.min(MAX_BACKFILL_GROUPS)
+            } else {
+                0
+            };
             ControlMessage::Subscribe {
                 request_id,
                 app,
                 room,
                 tracks,
+                backfill,
             }
         }
         MessageType::Unsubscribe => ControlMessage::Unsubscribe { request_id },
@@ -395,10 +424,16 @@ fn decode_body(ty: MessageType, mut r: Reader<'_>) -> Result<ControlMessage, Rel
                 None
             };
             let tracks = read_track_infos(&mut r)?;
+            let live_group = if r.remaining() > 0 {
+                Some(r.u64("live_group")?)
+            } else {
+                None
+            };
             ControlMessage::Catalog {
                 request_id,
                 tracks,
                 latest_group,
+                live_group,
             }
         }
         MessageType::SubscribeError => {
@@ -532,12 +567,14 @@ pub(crate) mod tests {
                 app: app.clone(),
                 room: room.clone(),
                 tracks: None,
+                backfill: 0,
             },
             ControlMessage::Subscribe {
                 request_id: u64::MAX,
                 app,
                 room,
                 tracks: Some(vec![0, 1, u32::MAX]),
+                backfill: MAX_BACKFILL_GROUPS,
             },
             ControlMessage::Unsubscribe { request_id: 7 },
             ControlMessage::KeyframeRequest { request_id: 8 },
@@ -545,11 +582,19 @@ pub(crate) mod tests {
                 request_id: 1,
                 tracks: vec![video_track(), audio_track()],
                 latest_group: Some(42),
+                live_group: None,
             },
             ControlMessage::Catalog {
                 request_id: 2,
                 tracks: vec![],
                 latest_group: None,
+                live_group: None,
+            },
+            ControlMessage::Catalog {
+                request_id: 5,
+                tracks: vec![video_track()],
+                latest_group: Some(36),
+                live_group: Some(42),
             },
             ControlMessage::SubscribeError {
                 request_id: 3,
@@ -671,7 +716,7 @@ pub(crate) mod tests {
             err,
             RelayError::MessageTooLarge {
                 message: "Subscribe",
-                max: 367,
+                max: 368,
                 ..
             }
         ));
@@ -844,6 +889,7 @@ pub(crate) mod tests {
             app: AppName::new("a").unwrap(),
             room: RoomName::new("r").unwrap(),
             tracks: Some((0..65).collect()),
+            backfill: 0,
         };
         assert_eq!(
             too_many.encode(&mut buf),
@@ -877,6 +923,7 @@ pub(crate) mod tests {
                 2
             ],
             latest_group: None,
+            live_group: None,
         };
         assert!(matches!(
             huge_catalog.encode(&mut buf),
@@ -907,13 +954,14 @@ pub(crate) mod tests {
 
     #[test]
     fn documented_body_bounds_hold() {
-        assert_eq!(SUBSCRIBE_MAX_BODY, 367);
+        assert_eq!(SUBSCRIBE_MAX_BODY, 368);
         assert_eq!(SUBSCRIBE_ERROR_MAX_BODY, 1293);
         let largest = ControlMessage::Subscribe {
             request_id: 1,
             app: AppName::new("a".repeat(AppName::MAX_LEN)).unwrap(),
             room: RoomName::new("r".repeat(RoomName::MAX_LEN)).unwrap(),
             tracks: Some((0..MAX_TRACKS as u32).collect()),
+            backfill: MAX_BACKFILL_GROUPS,
         };
         let mut buf = BytesMut::new();
         largest.encode(&mut buf).unwrap();

@@ -16,9 +16,9 @@
 //!
 //! | type | message          | from   | body                                                                         | max body |
 //! |------|------------------|--------|------------------------------------------------------------------------------|----------|
-//! | 0x01 | `Subscribe`      | edge   | `request_id:u64 app:string room:string opt<n:u16 track:u32*n>`               | 367 B    |
+//! | 0x01 | `Subscribe`      | edge   | `request_id:u64 app:string room:string opt<n:u16 track:u32*n> [backfill:u8]` | 368 B    |
 //! | 0x02 | `Unsubscribe`    | edge   | `request_id:u64`                                                             | 8 B      |
-//! | 0x10 | `Catalog`        | origin | `request_id:u64 latest_group:opt<u64> tracks`                                | 1 MiB    |
+//! | 0x10 | `Catalog`        | origin | `request_id:u64 latest_group:opt<u64> tracks [live_group:u64]`               | 1 MiB    |
 //! | 0x11 | `SubscribeError` | origin | `request_id:u64 code:u8 [holder:opt<string> if code=2] message:string`       | 1293 B   |
 //! | 0x12 | `CatalogUpdate`  | origin | `request_id:u64 tracks`                                                      | 1 MiB    |
 //! | 0x13 | `Ended`          | origin | `request_id:u64`                                                             | 8 B      |
@@ -27,6 +27,10 @@
 //! 5 `UnknownTrack`.
 //! String bounds: app 32, room 64, holder [`MAX_HOLDER_LEN`], message [`MAX_ERROR_MESSAGE_LEN`].
 //! Any other type byte, code, presence byte, or bytes left after the last field are errors.
+//! The bracketed trailing fields are present only when used: `backfill` (1..=16 complete groups
+//! wanted before the newest) when an edge asks for back-fill, and `live_group` (the newest group
+//! when the origin answered: those before it are the back-fill) only in answer to it. Peers
+//! built before them refuse them as trailing bytes: upgrade origins before edges.
 //!
 //! # Group stream (unidirectional origin -> edge, one per group)
 //!
@@ -54,7 +58,7 @@ mod fuzz;
 mod group;
 mod wire;
 
-pub use control::{ControlDecoder, ControlMessage, Direction, ErrorCode};
+pub use control::{ControlDecoder, ControlMessage, Direction, ErrorCode, MAX_BACKFILL_GROUPS};
 pub use error::{EncodeError, RelayError};
 pub use group::{encode_frame, FrameHeader, GroupDecoder, GroupHeader, GroupItem};
 

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::http::ClientAddr;
 use axum::extract::State;
@@ -295,11 +295,127 @@ async fn serve(
             blocking_playlist(&state, &hls, directives, client).await
         }
         HlsFile::Part(msn, index) => part(&state, &hls, msn, index, client).await,
-        _ => match lookup(&hls, file) {
+        HlsFile::Playlist => {
+            // A pull that has just started lists its back-filled window a moment later: a short
+            // or empty playlist would send the player to the wrong place, or look like an error.
+            if let Some(until) = settling(&state, &hls) {
+                let settled = || hls.settled();
+                if let Err(refused) = hold_until(&state, &hls, client, until, settled).await {
+                    return refused;
+                }
+            }
+            let (body, content_type, cache) = (hls.playlist(), PLAYLIST_TYPE, PLAYLIST_CACHE);
+            ok(&state.stats, file, body, content_type, cache)
+        }
+        HlsFile::Segment(msn) => match lookup(&hls, file) {
+            Some((body, content_type, cache)) => ok(&state.stats, file, body, content_type, cache),
+            None => missing(&state, &hls, client, file, msn, None).await,
+        },
+        HlsFile::Init(_) => match lookup(&hls, file) {
             Some((body, content_type, cache)) => ok(&state.stats, file, body, content_type, cache),
             None => error(&state.stats, StatusCode::NOT_FOUND, "no such segment"),
         },
     }
+}
+
+/// How long after a pull starts here a request for a segment or part of its window that is not
+/// here yet is held: the back-filled window arrives within a round trip or two.
+pub const BACKFILL_HOLD: Duration = Duration::from_secs(2);
+
+/// Until when a room that a node pulling rooms (an edge) has just started is settling: its
+/// back-fill on the way (see [`HlsRoom::settled`]), for at most [`BACKFILL_HOLD`]. A node that
+/// packages its own rooms has nothing coming.
+fn settling(state: &HttpState, hls: &HlsRoom) -> Option<tokio::time::Instant> {
+    state.opener.as_ref()?;
+    let until = hls.started_at() + BACKFILL_HOLD;
+    (Instant::now() < until && !hls.settled()).then(|| tokio::time::Instant::from_std(until))
+}
+
+/// A segment (or part) this node does not have. Held, not refused, when it will exist soon: the
+/// segment being cut or the next two (a viewer moved here from another node asks for what it
+/// would ask for there), within the hold bounds; or any of the window while a new pull's
+/// back-fill is on its way. 404 for the rest: what no node has.
+async fn missing(
+    state: &HttpState,
+    hls: &HlsRoom,
+    client: SocketAddr,
+    file: HlsFile,
+    msn: u64,
+    part: Option<u32>,
+) -> Response {
+    let what = if part.is_some() {
+        "no such part"
+    } else {
+        "no such segment"
+    };
+    let here = || match part {
+        None => hls.segment(msn).is_some(),
+        Some(i) => hls.part(msn, i).is_some(),
+    };
+    loop {
+        if here() || hls.is_ended() {
+            break;
+        }
+        let now = *hls.subscribe().borrow();
+        let ahead = now.last_segment.is_none_or(|s| msn > s);
+        let soon = ahead && now.last_msn().is_none_or(|l| msn <= l.saturating_add(2));
+        if soon && hls.settled() {
+            // Held until it exists (or the progress passes it without it: a lost group).
+            let until = tokio::time::Instant::now() + hold_limit(hls);
+            let done = || here() || hls.subscribe().borrow().has(msn, part);
+            if let Err(refused) = hold_until(state, hls, client, until, done).await {
+                return refused;
+            }
+            break;
+        }
+        let Some(until) = settling(state, hls) else {
+            break;
+        };
+        // The back-fill may bring it; once the pull has settled, look again.
+        let done = || here() || hls.settled();
+        if let Err(refused) = hold_until(state, hls, client, until, done).await {
+            return refused;
+        }
+        if !hls.settled() {
+            break;
+        }
+    }
+    match lookup(hls, file) {
+        Some((body, content_type, cache)) => ok(&state.stats, file, body, content_type, cache),
+        None => error(&state.stats, StatusCode::NOT_FOUND, what),
+    }
+}
+
+/// Holds a request until `ready` or `until`, looking again at each change of the room's
+/// progress, within the per-node and per-client bounds of held requests (the 503 when they are
+/// reached). `ready` runs outside the progress lock (it may look at the room).
+async fn hold_until(
+    state: &HttpState,
+    hls: &HlsRoom,
+    client: SocketAddr,
+    until: tokio::time::Instant,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), Response> {
+    if ready() {
+        return Ok(());
+    }
+    let Some(_permit) = state.holds.acquire(client.ip()) else {
+        return Err(error(
+            &state.stats,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many held requests",
+        ));
+    };
+    state.stats.blocked.fetch_add(1, Ordering::Relaxed);
+    let mut progress = hls.subscribe();
+    while !ready() {
+        match tokio::time::timeout_at(until, progress.changed()).await {
+            Ok(Ok(())) => {}
+            // Past `until`, or the room is gone.
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// How long a blocking request may be held: three target durations (RFC 8216bis).
@@ -405,7 +521,15 @@ async fn part(
         (m == msn && (i == index || i + 1 == index)) || (m + 1 == msn && index == 0)
     });
     if !hinted || hls.is_ended() {
-        return error(&state.stats, StatusCode::NOT_FOUND, "no such part");
+        return missing(
+            state,
+            hls,
+            client,
+            HlsFile::Part(msn, index),
+            msn,
+            Some(index),
+        )
+        .await;
     }
     if let Err(refused) = hold(state, hls, client, msn, Some(index)).await {
         return refused;
@@ -642,6 +766,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_segment_being_cut_is_held_until_it_exists() {
+        let s = setup();
+        let app = s.app.clone();
+        // Segment 1 is open: a viewer moved here from another node may ask for it already.
+        let held = tokio::spawn(async move { get(&app, "/hls/live/cam/seg-1.m4s").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished());
+        s.publish_part(1, 1);
+        let segment = Segment {
+            msn: 1,
+            duration_secs: 0.5,
+            discontinuity: false,
+            parts: 2,
+            data: Bytes::from_static(b"part 1.0;part 1.1;"),
+        };
+        s.room.publish(s.room.session(), s.init, segment);
+        let (status, _, _, body) = held.await.unwrap();
+        assert_eq!(
+            (status, body),
+            (StatusCode::OK, Bytes::from("part 1.0;part 1.1;"))
+        );
+        // More than two segments ahead: nothing to wait for.
+        let (status, _, _, _) = get(&s.app, "/hls/live/cam/seg-5.m4s").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn preload_hinted_part_is_held_until_it_exists() {
         let s = setup();
         let app = s.app.clone();
@@ -737,7 +888,7 @@ mod tests {
         let s = setup();
         for uri in [
             "/hls/live/other/index.m3u8",
-            "/hls/live/cam/seg-1.m4s",
+            "/hls/live/cam/seg-4.m4s",
             "/hls/live/cam/seg-99.m4s",
             "/hls/live/cam/init-00000003.mp4",
             "/hls/live/cam/a/b/index.m3u8",

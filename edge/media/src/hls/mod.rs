@@ -121,6 +121,11 @@ struct RoomState {
     inits: Vec<(u32, Bytes)>,
     playlist: Playlist,
     ended_at: Option<Instant>,
+    /// When the current publisher session started here.
+    started_at: Instant,
+    /// A pull under way with back-fill: the first live group (the back-filled ones come
+    /// before it).
+    live_from: Option<u64>,
 }
 
 impl HlsRoom {
@@ -136,6 +141,8 @@ impl HlsRoom {
                 inits: Vec::new(),
                 playlist,
                 ended_at: None,
+                started_at: Instant::now(),
+                live_from: None,
             }),
             progress: watch::channel(Progress::default()).0,
             recorded: broadcast::channel(RECORD_BACKLOG).0,
@@ -314,8 +321,30 @@ impl HlsRoom {
         let mut state = self.state();
         state.session += 1;
         state.ended_at = None;
+        state.started_at = Instant::now();
+        state.live_from = None;
         state.playlist.restart();
         state.session
+    }
+
+    /// When the current publisher session started on this node (an edge: when it began
+    /// pulling it; its back-filled window follows within a round trip or two).
+    pub fn started_at(&self) -> Instant {
+        self.state().started_at
+    }
+
+    /// A pull has asked for back-fill: groups before `live_group` are on their way.
+    pub fn expect_backfill(&self, live_group: Option<u64>) {
+        self.state().live_from = live_group;
+    }
+
+    /// True once the packager has reached the live groups of a back-filled pull (its playlist
+    /// lists the window), or when nothing is being back-filled.
+    pub fn settled(&self) -> bool {
+        let reached = self.progress.borrow().last_msn();
+        self.state()
+            .live_from
+            .is_none_or(|g| reached.is_some_and(|m| m >= g))
     }
 
     fn ended_before(&self, deadline: Instant) -> bool {

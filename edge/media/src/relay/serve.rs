@@ -88,13 +88,14 @@ impl RelayServer {
             read_message(&mut stream.recv, &mut buf, &mut decoder),
         )
         .await;
-        let (request_id, app, room, wanted) = match first {
+        let (request_id, app, room, wanted, backfill) = match first {
             Ok(Ok(Some(ControlMessage::Subscribe {
                 request_id,
                 app,
                 room,
                 tracks,
-            }))) => (request_id, app, room, tracks),
+                backfill,
+            }))) => (request_id, app, room, tracks, backfill),
             Ok(Ok(other)) => {
                 tracing::debug!(?other, "relay stream did not start with a subscribe");
                 let _ = stream.recv.stop(STOP_PROTOCOL.into());
@@ -144,7 +145,7 @@ impl RelayServer {
                 return;
             }
         }
-        let Some((snapshot, consumer)) = handle.subscribe_latest() else {
+        let Some((snapshot, consumer)) = handle.subscribe_recent(usize::from(backfill)) else {
             let message = format!("{app}/{room} just ended");
             refuse(&mut stream, request_id, ErrorCode::UnknownRoom, message).await;
             return;
@@ -154,6 +155,7 @@ impl RelayServer {
         tracing::debug!(%app, %room, request_id, "relay subscription");
         let sub = Served {
             request_id,
+            backfill: backfill > 0,
             wanted,
             stats: self.stats.clone(),
             peer_bytes: self.stats.peer_counter(&stream.peer.name),
@@ -216,6 +218,8 @@ async fn refuse(stream: &mut IncomingStream, request_id: u64, code: ErrorCode, m
 /// One served subscription.
 struct Served {
     request_id: u64,
+    /// The subscriber asked for back-fill (and is told where it ends).
+    backfill: bool,
     wanted: Option<Vec<TrackId>>,
     stats: Arc<RelayStats>,
     peer_bytes: Arc<AtomicU64>,
@@ -246,16 +250,37 @@ impl Served {
         mut consumer: streamhub_shared::media::MediaConsumer,
     ) {
         let mut catalog = consumer.tracks();
+        let live_group = snapshot.last().map(|f| f.group);
         let answer = ControlMessage::Catalog {
             request_id: self.request_id,
             tracks: self.filter(&catalog),
             latest_group: snapshot.first().map(|f| f.group),
+            live_group: live_group.filter(|_| self.backfill),
         };
         if write_message(&mut stream.send, &answer).await.is_err() {
             return;
         }
+        // Back-filled groups (complete, older than the newest) go one after the other on their
+        // own streams, beside the live ones (which quinn sends first: newer groups have the
+        // higher priority); the subscriber's reorderer puts them in order.
+        let (old, live): (Vec<Frame>, Vec<Frame>) = snapshot
+            .into_iter()
+            .filter(|f| self.wants(f.track))
+            .partition(|f| live_group.is_some_and(|g| f.group < g));
+        let backfill = CancellationToken::new();
+        if !old.is_empty() {
+            tokio::spawn(write_backfill(
+                stream.conn.clone(),
+                self.request_id,
+                old,
+                backfill.clone(),
+                self.stats.clone(),
+                self.peer_bytes.clone(),
+            ));
+        }
+        let _backfill = backfill.drop_guard();
         let mut groups = GroupSender::new(stream.conn.clone(), &self);
-        for frame in snapshot.into_iter().filter(|f| self.wants(f.track)) {
+        for frame in live {
             groups.push(frame);
         }
         let ended = loop {
@@ -411,6 +436,8 @@ impl GroupSender {
             Queue {
                 rx,
                 queued: queued.clone(),
+                // Newer groups first.
+                priority: (group & 0x7fff_ffff) as i32,
             },
             drop.clone(),
             self.stats.clone(),
@@ -447,12 +474,66 @@ impl GroupSender {
     }
 }
 
+/// Writes back-filled groups (complete, in order) one stream after the other; stops (resetting
+/// the stream under way) when `drop` fires: the subscription ended.
+async fn write_backfill(
+    conn: quinn::Connection,
+    request_id: u64,
+    frames: Vec<Frame>,
+    drop: CancellationToken,
+    stats: Arc<RelayStats>,
+    peer_bytes: Arc<AtomicU64>,
+) {
+    let live = frames.last().map_or(0, |f| f.group + 1);
+    let mut frames = frames.into_iter().peekable();
+    while let Some(first) = frames.next() {
+        let group = first.group;
+        let mut chunk = vec![first];
+        while let Some(f) = frames.next_if(|f| f.group == group) {
+            chunk.push(f);
+        }
+        let (tx, rx) = mpsc::channel(chunk.len());
+        let queued = Arc::new(AtomicU64::new(0));
+        for f in chunk {
+            queued.fetch_add(f.data.len() as u64, Ordering::Relaxed);
+            // The channel holds the whole group.
+            let _ = tx.try_send(f);
+        }
+        // Closing the queue lets the writer finish the stream once drained.
+        std::mem::drop(tx);
+        let header = GroupHeader { request_id, group };
+        // Below every live group (those are >= 0), and the older the sooner: the subscriber
+        // delivers groups in order, and the streams of several may be queued at once.
+        let behind = i32::try_from(live.saturating_sub(group)).unwrap_or(i32::MAX);
+        let priority = i32::MIN / 2 + behind;
+        let queue = Queue {
+            rx,
+            queued,
+            priority,
+        };
+        write_group(
+            conn.clone(),
+            header,
+            queue,
+            drop.clone(),
+            stats.clone(),
+            peer_bytes.clone(),
+        )
+        .await;
+        if drop.is_cancelled() || conn.close_reason().is_some() {
+            return;
+        }
+    }
+}
+
 /// Writes one group stream: header, then frames as they are queued, then FIN; resets it if
 /// `drop` fires first.
 /// The receiving end of a group writer's queue, with its byte count.
 struct Queue {
     rx: mpsc::Receiver<Frame>,
     queued: Arc<AtomicU64>,
+    /// The stream's QUIC priority (quinn sends higher ones first).
+    priority: i32,
 }
 
 async fn write_group(
@@ -481,8 +562,7 @@ async fn write_group_inner(
         s = conn.open_uni() => s.map_err(|e| e.to_string())?,
         () = drop.cancelled() => return Ok(()),
     };
-    // Newer groups first: quinn sends higher priorities first.
-    let _ = send.set_priority((header.group & 0x7fff_ffff) as i32);
+    let _ = send.set_priority(queue.priority);
     let mut head = BytesMut::with_capacity(64);
     header.encode(&mut head);
     let mut pending = Some(head.freeze());

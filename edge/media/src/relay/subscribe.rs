@@ -131,16 +131,31 @@ impl RelayClient {
         app: &AppName,
         room: &RoomName,
     ) -> Result<Subscription, SubscribeError> {
-        self.subscribe_tracks(addr, app, room, None).await
+        self.subscribe_tracks(addr, app, room, None, 0).await
     }
 
-    /// Subscribes to `tracks` of `app/room` (`None`: all, present and future).
+    /// Subscribes to every track of `app/room` with up to `groups` complete groups before the
+    /// newest one back-filled (those the origin keeps): they come first, and
+    /// [`Subscription::live_group`] says where they end.
+    pub async fn subscribe_with_backfill(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        app: &AppName,
+        room: &RoomName,
+        groups: u8,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_tracks(addr, app, room, None, groups).await
+    }
+
+    /// Subscribes to `tracks` of `app/room` (`None`: all, present and future), with `backfill`
+    /// complete groups before the newest.
     pub async fn subscribe_tracks(
         self: &Arc<Self>,
         addr: SocketAddr,
         app: &AppName,
         room: &RoomName,
         tracks: Option<Vec<streamhub_shared::TrackId>>,
+        backfill: u8,
     ) -> Result<Subscription, SubscribeError> {
         self.stats.subscribed.fetch_add(1, Ordering::Relaxed);
         let (conn, mut send, mut recv) = self
@@ -158,6 +173,7 @@ impl RelayClient {
             app: app.clone(),
             room: room.clone(),
             tracks,
+            backfill,
         };
         write_message(&mut send, &msg).await?;
         let mut buf = BytesMut::new();
@@ -173,12 +189,14 @@ impl RelayClient {
                 request_id: id,
                 tracks,
                 latest_group,
+                live_group,
             }) if id == request_id => {
                 self.stats.active.fetch_add(1, Ordering::Relaxed);
                 Ok(Subscription {
                     request_id,
                     tracks,
                     latest_group,
+                    live_group,
                     send,
                     recv,
                     buf,
@@ -351,8 +369,12 @@ pub struct Subscription {
     request_id: u64,
     /// The room's tracks, from the catalog.
     pub tracks: Vec<TrackInfo>,
-    /// The origin's newest group when it answered (the first group that will come).
+    /// The first group that will come: the origin's newest when it answered, or with back-fill
+    /// the oldest back-filled one.
     pub latest_group: Option<u64>,
+    /// With back-fill: the origin's newest group when it answered; the groups before it are the
+    /// back-fill (a packager wants them, live viewers do not).
+    pub live_group: Option<u64>,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
     buf: BytesMut,

@@ -130,6 +130,23 @@ struct Feeder {
     avc: Option<(AvcConfig, bytes::Bytes)>,
     /// A frame with pts != dts (B-frames) was seen and logged.
     warned_bframes: bool,
+    /// Senders' state carried over from the previous publisher session, until a track of
+    /// their kind shows (a new session's catalog can still lack one when the viewer goes on).
+    carried: (Option<Out>, Option<Out>),
+    /// Tracks this viewer sends nothing of (looked up once each).
+    ignored: Vec<TrackId>,
+}
+
+/// Tracks a feeder remembers ignoring; past that it looks again (a catalog lookup per frame).
+const MAX_IGNORED_TRACKS: usize = 16;
+
+impl Feeder {
+    /// True for a frame of a track this viewer neither sends nor knows to ignore.
+    fn unmapped(&self, track: TrackId) -> bool {
+        self.video.as_ref().is_none_or(|v| v.track != track)
+            && self.audio.as_ref().is_none_or(|a| a.track != track)
+            && !self.ignored.contains(&track)
+    }
 }
 
 impl Session {
@@ -304,6 +321,9 @@ impl Session {
                 r = next_frame(&mut feeder) => match r {
                     Ok(frame) => {
                         if let Some(f) = feeder.as_mut() {
+                            if f.unmapped(frame.track) {
+                                self.take_up(f, frame.track);
+                            }
                             send_frame(&mut self.pc, f, &frame, &self.stats, &self.packets);
                         }
                     }
@@ -446,41 +466,64 @@ impl Session {
         media: &streamhub_shared::media::MediaHandle,
         before: &mut Option<(Feeder, tokio::time::Instant)>,
     ) -> Option<Feeder> {
-        let (snapshot, mut consumer) = media.subscribe_latest()?;
-        let tracks = consumer.tracks();
-        let video_track = tracks
-            .iter()
-            .find(|t| matches!(t.codec, CodecConfig::H264 { .. }));
-        let audio_track = tracks
-            .iter()
-            .find(|t| matches!(t.codec, CodecConfig::Opus { .. }));
-        let avc = video_track.and_then(|t| match &t.codec {
-            CodecConfig::H264 { avcc, .. } => Some((AvcConfig::parse(avcc).ok()?, avcc.clone())),
-            _ => None,
-        });
-        let (video_before, audio_before) = match before.take() {
-            Some((f, _)) => (f.video, f.audio),
+        let (snapshot, consumer) = media.subscribe_latest()?;
+        let carried = match before.take() {
+            // Senders that never got their track in that session carry the older state on.
+            Some((f, _)) => (f.video.or(f.carried.0), f.audio.or(f.carried.1)),
             None => (None, None),
-        };
-        let video = match (self.plan.video, video_track) {
-            (Some(s), Some(t)) => self.out(s, t, "video/h264", video_before),
-            _ => None,
-        };
-        let audio = match (self.plan.audio, audio_track) {
-            (Some(s), Some(t)) => self.out(s, t, "audio/opus", audio_before),
-            _ => None,
         };
         let mut f = Feeder {
             consumer,
-            video,
-            audio,
-            avc,
+            video: None,
+            audio: None,
+            avc: None,
             warned_bframes: false,
+            carried,
+            ignored: Vec::new(),
         };
+        let tracks = f.consumer.tracks();
+        for t in tracks.iter() {
+            self.adopt(&mut f, t);
+        }
         for frame in &snapshot {
             send_frame(&mut self.pc, &mut f, frame, &self.stats, &self.packets);
         }
         Some(f)
+    }
+
+    /// A frame of a track the viewer does not map yet: its sender takes it if the viewer has
+    /// one of its kind without a track (a track that showed after the viewer started).
+    fn take_up(&mut self, f: &mut Feeder, track: TrackId) {
+        let tracks = f.consumer.tracks();
+        let Some(t) = tracks.iter().find(|t| t.id == track) else {
+            return;
+        };
+        if !self.adopt(f, t) && f.ignored.len() < MAX_IGNORED_TRACKS {
+            f.ignored.push(track);
+        }
+    }
+
+    /// Maps `track` to the viewer's sender of its kind, if that sender has no track yet; true
+    /// if it did.
+    fn adopt(&mut self, f: &mut Feeder, t: &streamhub_shared::TrackInfo) -> bool {
+        match &t.codec {
+            CodecConfig::H264 { avcc, .. } if f.video.is_none() => {
+                let Some(sender) = self.plan.video else {
+                    return false;
+                };
+                f.avc = AvcConfig::parse(avcc).ok().map(|c| (c, avcc.clone()));
+                f.video = self.out(sender, t, "video/h264", f.carried.0.take());
+                f.video.is_some()
+            }
+            CodecConfig::Opus { .. } if f.audio.is_none() => {
+                let Some(sender) = self.plan.audio else {
+                    return false;
+                };
+                f.audio = self.out(sender, t, "audio/opus", f.carried.1.take());
+                f.audio.is_some()
+            }
+            _ => false,
+        }
     }
 
     /// A sender's RTP state for `track`: new, or going on from `before` (same SSRC, next
