@@ -2,8 +2,13 @@
 // and samples every tab twice a second while the test restarts the encoder:
 //   node restart.mjs <player url>...
 // Prints {"ready": [...]} once every tab decodes, then reads commands on stdin: `mark <label>`
-// (the test is about to change something), `stop` (print every sample as one JSON line, exit).
-// A sample: {mark, mode, frames, audio, width, error, reconnects, reloaded}, where `frames` and
+// (the test is about to change something; each tab's longest gap between presented video
+// frames is counted from here), `reroute <from> <to>` (every request of every tab whose URL
+// starts with <from> goes to <to> instead, as a load balancer or DNS would send them once a
+// node died), `stop` (print every sample as one JSON line, exit).
+// A sample: {mark, mode, frames, audio, width, error, reconnects, reloaded, gapMs}, where `gapMs`
+// is the longest gap between two presented video frames since the last mark (the gap still open
+// included), and `frames` and
 // `audio` only grow: video frames decoded and audio decoded (WebRTC samples from received
 // packets, or bytes decoded by the media element for HLS), summed over every peer connection
 // the page made.
@@ -51,7 +56,10 @@ const probe = async () => {
   for (let i = 0; i < v.buffered.length; i += 1) {
     ranges.push(`${v.buffered.start(i).toFixed(2)}-${v.buffered.end(i).toFixed(2)}`);
   }
+  const f = window.__presented;
+  const gapMs = f && f.last !== null ? Math.round(Math.max(f.maxGap, performance.now() - f.last)) : null;
   return {
+    gapMs,
     mode: p.mode, frames, audio, width: v.videoWidth, error: p.error || (v.error && v.error.message),
     time: v.currentTime.toFixed(2), buffered: ranges.join(' '),
     reconnects: p.reconnects, state: document.getElementById('state').textContent,
@@ -81,6 +89,17 @@ try {
       await new Promise((res) => setTimeout(res, 250));
     }
     ready.push(r);
+    // Every presented video frame's time, for the longest gap between two.
+    await page.evaluate(() => {
+      const v = document.getElementById('video');
+      const f = window.__presented = { last: null, maxGap: 0 };
+      const tick = (now) => {
+        if (f.last !== null) f.maxGap = Math.max(f.maxGap, now - f.last);
+        f.last = now;
+        v.requestVideoFrameCallback(tick);
+      };
+      v.requestVideoFrameCallback(tick);
+    });
     // What hls.js goes through, for a failure's message (the test prints the tab's console).
     await page.evaluate(() => {
       const h = window.player.hls;
@@ -102,7 +121,22 @@ try {
   timer = setInterval(sample, 500);
   const input = readline.createInterface({ input: process.stdin });
   for await (const line of input) {
-    if (line.startsWith('mark ')) mark = line.slice(5);
+    if (line.startsWith('mark ')) {
+      mark = line.slice(5);
+      for (const page of pages) {
+        await page.evaluate(() => { if (window.__presented) window.__presented.maxGap = 0; }).catch(() => {});
+      }
+    }
+    if (line.startsWith('reroute ')) {
+      const [, from, to] = line.split(' ');
+      for (const page of pages) {
+        // Replaces any earlier reroute (requests keep their original URL in the page).
+        await page.unrouteAll({ behavior: 'ignoreErrors' });
+        await page.route((u) => u.href.startsWith(`${from}/`),
+          (route) => route.continue({ url: to + route.request().url().slice(from.length) }));
+      }
+      console.error(`rerouted ${from} -> ${to}`);
+    }
     if (line === 'stop') break;
   }
   clearInterval(timer);

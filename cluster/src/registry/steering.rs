@@ -8,7 +8,10 @@
 //! 1. Only healthy nodes count: a node is healthy while `now_ms - last_heartbeat_ms` is below
 //!    [`SteeringPolicy::node_ttl_ms`]. A heartbeat exactly `node_ttl_ms` old has expired, as a
 //!    placement lease does in [`crate::state`]. A heartbeat stamped after `now_ms` (another
-//!    origin's clock runs ahead) counts as fresh.
+//!    origin's clock runs ahead) counts as fresh. Nor does a node whose last heartbeat is
+//!    [`SteeringPolicy::behind_ms`] or more older than the newest heartbeat of any node: a dead
+//!    edge stops being chosen within a few seconds (five missed beats), while a slow Raft commit,
+//!    which delays every node's beat alike, leaves out no one.
 //! 2. With [`SteeringPolicy::prefer_edges`], healthy edges are the only candidates while there is
 //!    one; healthy origins serve viewers only as the last resort.
 //! 3. Within the candidates, the client's region first; then the least loaded.
@@ -44,6 +47,10 @@ const EGRESS_BAND_PERCENT: u64 = 5;
 /// CPU use within this many percentage points (of one core) of the lowest is treated as equal.
 const CPU_BAND_POINTS: f32 = 5.0;
 
+/// How far behind the newest heartbeat a node's may be and still be steered to: five missed
+/// beats of [`super::HEARTBEAT_EVERY`].
+pub const STEER_BEHIND_MS: u64 = 2_500;
+
 /// Longest accepted region name.
 const REGION_MAX_LEN: usize = 32;
 
@@ -52,6 +59,9 @@ const REGION_MAX_LEN: usize = 32;
 pub struct SteeringPolicy {
     /// A node whose last heartbeat is this old (or older) is not steered to.
     pub node_ttl_ms: u64,
+    /// A node whose last heartbeat is this much (or more) older than the newest of any node
+    /// is not steered to.
+    pub behind_ms: u64,
     /// Send viewers to edges while any edge is healthy, keeping origins as the last resort; when
     /// off, origins and edges compete on region and load alike.
     pub prefer_edges: bool,
@@ -61,6 +71,7 @@ impl Default for SteeringPolicy {
     fn default() -> Self {
         Self {
             node_ttl_ms: super::NODE_TTL_MS,
+            behind_ms: STEER_BEHIND_MS,
             prefer_edges: true,
         }
     }
@@ -110,9 +121,12 @@ impl SteeringPolicy {
         client_region: Option<&str>,
         now_ms: u64,
     ) -> Option<Choice<'a>> {
+        let nodes: Vec<&NodeRecord> = nodes.into_iter().collect();
+        let newest = nodes.iter().map(|n| n.last_heartbeat_ms).max().unwrap_or(0);
         let healthy: Vec<&NodeRecord> = nodes
             .into_iter()
             .filter(|n| self.is_healthy(n, now_ms))
+            .filter(|n| newest.saturating_sub(n.last_heartbeat_ms) < self.behind_ms)
             .collect();
         let any_edge = healthy.iter().any(|n| n.role == NodeRole::Edge);
         let pool: Vec<&NodeRecord> = if self.prefer_edges && any_edge {
@@ -259,8 +273,35 @@ mod tests {
     }
 
     #[test]
+    fn a_node_behind_the_others_beats_is_left_out_within_seconds() {
+        // An edge that stopped beating 2.5 s before the others: left out.
+        let nodes = [aged(edge("dead", "eu", 0), 2_500), edge("live", "us", 500)];
+        assert_eq!(
+            pick(&nodes, Some("eu")),
+            picked("live", Reason::OtherRegionEdge)
+        );
+        let nodes = [aged(edge("late", "eu", 0), 2_499), edge("live", "us", 500)];
+        assert_eq!(
+            pick(&nodes, Some("eu")),
+            picked("late", Reason::SameRegionEdge)
+        );
+        // Everyone's beats late alike (a slow commit): nobody is left out.
+        let nodes = [
+            aged(edge("a", "eu", 0), 6_000),
+            aged(edge("b", "us", 0), 5_800),
+        ];
+        assert_eq!(
+            pick(&nodes, Some("eu")),
+            picked("a", Reason::SameRegionEdge)
+        );
+    }
+
+    #[test]
     fn stale_nodes_are_excluded_at_and_past_the_ttl() {
-        let p = SteeringPolicy::default();
+        let p = SteeringPolicy {
+            behind_ms: u64::MAX,
+            ..SteeringPolicy::default()
+        };
         let fresh = edge("e", "eu", 0);
         assert!(p.is_healthy(&aged(fresh.clone(), 0), NOW));
         assert!(p.is_healthy(&aged(fresh.clone(), 9_999), NOW));
@@ -270,12 +311,12 @@ mod tests {
         // The idle local edge is at the boundary, so the busy remote one is chosen.
         let nodes = [aged(edge("idle", "eu", 0), 10_000), edge("busy", "us", 500)];
         assert_eq!(
-            pick(&nodes, Some("eu")),
+            pick_with(p, &nodes, Some("eu")),
             picked("busy", Reason::OtherRegionEdge)
         );
         let nodes = [aged(edge("idle", "eu", 0), 9_999), edge("busy", "us", 500)];
         assert_eq!(
-            pick(&nodes, Some("eu")),
+            pick_with(p, &nodes, Some("eu")),
             picked("idle", Reason::SameRegionEdge)
         );
     }
@@ -291,6 +332,7 @@ mod tests {
     fn ttl_follows_the_policy() {
         let p = SteeringPolicy {
             node_ttl_ms: 3_000,
+            behind_ms: u64::MAX,
             prefer_edges: true,
         };
         let nodes = [

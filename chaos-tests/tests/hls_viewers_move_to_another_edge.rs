@@ -1,0 +1,149 @@
+//! An edge dies under its HLS viewers and their requests go to another edge (what a load
+//! balancer or DNS does): hls.js (low-latency mode, the player page's `?mode=hls`) in headless
+//! Chromium keeps playing. 1 origin and three edges; the tab plays from edge A. A is killed with
+//! SIGKILL and from that moment every request of the tab goes to edge B, which is cold (it does
+//! not serve the room yet): B back-fills the playlist window on its first pull and holds what is
+//! not there yet, so the longest gap between two presented frames stays within 2 s. Then B is
+//! killed and the requests go to edge W, which is warm (another viewer keeps it pulling the
+//! room): the gap stays within 0.5 s. No fatal hls.js error, no reload. The page keeps asking
+//! for edge A's URLs throughout; only where they go changes.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
+use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Publisher};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The bounds for the longest gap between frames, edge B cold and warm.
+const COLD: u64 = 2_000;
+const WARM: u64 = 500;
+/// How long each move is watched.
+const WATCH: Duration = Duration::from_secs(12);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_viewers_move_to_another_edge() {
+    if !require(BROWSER, browser_available()) || !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let mut c = Cluster::start(1, chaos_seed()).await;
+    let key = c.admin(0).await.rtmp_ingress("live", "cam").await.unwrap();
+    let mut a = c.start_edge("edge-a", "local", 0, &[]).await;
+    let mut b = c.start_edge("edge-b", "local", 0, &[]).await;
+    let w = c.start_edge("edge-w", "local", 0, &[]).await;
+    let _publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
+    c.note("publishing to origin-1");
+    let http = hls::client();
+    let path = "/hls/live/cam/index.m3u8";
+    hls::wait_segments(&http, &a.url(path), 2, Duration::from_secs(45))
+        .await
+        .unwrap();
+    // Another viewer keeps edge W pulling the room.
+    let warm = tokio::spawn({
+        let (http, url) = (http.clone(), w.url(path));
+        async move {
+            loop {
+                let _ = hls::get(&http, &url).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+
+    let mut node = tokio::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
+        .arg(a.url("/play/live/cam?mode=hls"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node (and chromium + playwright-core, installed by .ci/run)");
+    let mut stdin = node.stdin.take().unwrap();
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("the tab plays in time")
+        .unwrap()
+        .expect("a line from the browser");
+    println!("playing: {ready}");
+    // Some steady playing first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let base = |n: &streamhub_chaos_tests::Node| n.url("").trim_end_matches('/').to_string();
+    let (from, to_b, to_w) = (base(&a), base(&b), base(&w));
+
+    // Edge A dies; its requests go to cold edge B.
+    let send = async |stdin: &mut tokio::process::ChildStdin, line: String| {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    };
+    send(&mut stdin, "mark cold".into()).await;
+    a.kill9();
+    send(&mut stdin, format!("reroute {from} {to_b}")).await;
+    c.note("edge-a killed; its requests go to edge-b (cold)");
+    tokio::time::sleep(WATCH).await;
+
+    // Edge B dies; the requests go to warm edge W.
+    send(&mut stdin, "mark warm".into()).await;
+    b.kill9();
+    send(&mut stdin, format!("reroute {from} {to_w}")).await;
+    c.note("edge-b killed; the requests go to edge-w (warm)");
+    tokio::time::sleep(WATCH).await;
+    send(&mut stdin, "stop".into()).await;
+    let samples = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the samples in time")
+        .unwrap()
+        .expect("the samples");
+    warm.abort();
+    let samples: Value = serde_json::from_str(samples.trim()).unwrap();
+    let samples = samples.as_array().unwrap();
+    let report = samples
+        .iter()
+        .map(|s| {
+            let p = &s["pages"][0];
+            format!(
+                "{} frames={} gap={}ms time={} buffered={} error={} {}",
+                s["mark"],
+                p["frames"],
+                p["gapMs"],
+                p["time"],
+                p["buffered"],
+                p["error"],
+                p["state"]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    println!("{report}");
+    let rows = |mark: &str| -> Vec<&Value> {
+        samples
+            .iter()
+            .filter(|s| s["mark"] == mark)
+            .map(|s| &s["pages"][0])
+            .collect()
+    };
+    for r in samples.iter().map(|s| &s["pages"][0]) {
+        assert!(r["error"].is_null(), "no fatal player error:\n{report}");
+        assert_eq!(r["reloaded"], false, "the page was never reloaded");
+    }
+    for (mark, bound) in [("cold", COLD), ("warm", WARM)] {
+        let rows = rows(mark);
+        let gap = rows.last().and_then(|r| r["gapMs"].as_u64()).unwrap();
+        let frames = |r: &Value| r["frames"].as_u64().unwrap_or(0);
+        println!("{mark} edge: longest gap between frames {gap} ms");
+        assert!(
+            frames(rows.last().unwrap()) >= frames(rows[0]) + 100,
+            "{mark}: the tab kept decoding:\n{report}"
+        );
+        assert!(
+            gap <= bound,
+            "{mark}: the longest gap between frames was {gap} ms (bound {bound} ms):\n{report}"
+        );
+    }
+    let _ = node.wait().await;
+    c.note("done");
+}
