@@ -37,6 +37,7 @@ pub struct Metrics {
     sources: Sources,
     registry: Registry,
     live_rooms: IntGauge,
+    backfill_bytes: IntGauge,
     publishers: IntGaugeVec,
     app_usage: IntGaugeVec,
     app_quota: IntGaugeVec,
@@ -114,6 +115,11 @@ impl Metrics {
                 &r,
                 "streamhub_live_rooms",
                 "Rooms with a live publisher on this node",
+            ),
+            backfill_bytes: gauge(
+                &r,
+                "streamhub_backfill_history_bytes",
+                "Bytes of complete groups the rooms of this node keep for edges that back-fill",
             ),
             publishers,
             playback: PlaybackMetrics::new(&r),
@@ -354,6 +360,8 @@ impl Metrics {
         let src = &self.sources;
         let by_proto = src.rooms.publishers_by_protocol();
         self.live_rooms.set(by_proto.values().sum::<usize>() as i64);
+        self.backfill_bytes
+            .set(i64::try_from(src.rooms.history_bytes()).unwrap_or(i64::MAX));
         for &p in Protocol::ALL {
             self.publishers
                 .with_label_values(&[p.as_str()])

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use streamhub_shared::media::{Frame, GroupPolicy, MediaHandle, RoomMedia, TrackInfo};
+use streamhub_shared::media::{
+    Frame, GroupPolicy, HistoryBudget, MediaHandle, RoomMedia, TrackInfo,
+};
 use streamhub_shared::{AppName, RoomName};
 use tokio_util::sync::CancellationToken;
 
@@ -148,7 +150,12 @@ pub struct Rooms {
     frames_fenced: Arc<AtomicU64>,
     /// Complete groups each room keeps before its newest, for edges that back-fill.
     history: AtomicUsize,
+    /// What every room's kept groups count against together.
+    history_budget: HistoryBudget,
 }
+
+/// The bytes of complete groups this node's rooms keep together for edges that back-fill.
+pub const HISTORY_BUDGET_BYTES: usize = 256 << 20;
 
 impl Rooms {
     /// An empty registry that tells `observer` about every room that starts.
@@ -162,6 +169,7 @@ impl Rooms {
             enforce_leases: AtomicBool::new(false),
             frames_fenced: Arc::default(),
             history: AtomicUsize::new(0),
+            history_budget: HistoryBudget::new(HISTORY_BUDGET_BYTES),
         })
     }
 
@@ -208,7 +216,10 @@ impl Rooms {
         let tracks = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(PublishStats::default());
         let media = RoomMedia::with_policy(self.policy);
-        media.keep_history(self.history.load(Ordering::Relaxed));
+        media.keep_history(
+            self.history.load(Ordering::Relaxed),
+            self.history_budget.clone(),
+        );
         let mut live = self.live.lock().expect("rooms lock");
         let mut lease = claim.claimed_at_ms.saturating_add(SELF_FENCE_MS);
         let takeover = match live.get(&key) {
@@ -380,6 +391,12 @@ impl Rooms {
     /// Turns lease enforcement on (another origin could take a room over) or off.
     pub fn enforce_leases(&self, on: bool) {
         self.enforce_leases.store(on, Ordering::Relaxed);
+    }
+
+    /// Bytes of complete groups the rooms keep for back-fill (bounded by
+    /// [`HISTORY_BUDGET_BYTES`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history_budget.used()
     }
 
     /// Frames dropped past their session's lease, on this node so far.

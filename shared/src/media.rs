@@ -4,6 +4,7 @@
 //! that start at a video keyframe. Payloads are `Bytes`: fan-out clones the handle, never the data.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -159,6 +160,33 @@ pub const MAX_HISTORY_GROUPS: usize = 16;
 /// Bytes of complete groups a room keeps before its newest one, at most: older groups go first.
 pub const MAX_HISTORY_BYTES: usize = 48 << 20;
 
+/// The bytes of back-fill history the rooms of a node may keep together: a room that would go
+/// past it drops its own oldest groups first (so many rooms cannot pin unbounded memory).
+#[derive(Debug, Clone)]
+pub struct HistoryBudget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl HistoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: Arc::default(),
+            limit,
+        }
+    }
+
+    /// Bytes kept now, over every room sharing this budget.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
 /// The newest group of a room, kept so a new consumer starts on its keyframe at once, and (where
 /// asked for) the complete groups before it, so a new subscriber can back-fill.
 #[derive(Debug, Default)]
@@ -173,6 +201,14 @@ struct LatestGroup {
     history_bytes: usize,
     /// How many complete groups to keep in `history`.
     keep: usize,
+    /// The node-wide bound `history` counts against.
+    budget: Option<HistoryBudget>,
+}
+
+impl Drop for LatestGroup {
+    fn drop(&mut self) {
+        self.drop_history();
+    }
 }
 
 impl LatestGroup {
@@ -204,17 +240,25 @@ impl LatestGroup {
         if complete {
             if let Some(g) = self.group {
                 self.history_bytes += self.bytes;
+                if let Some(b) = &self.budget {
+                    b.used.fetch_add(self.bytes, Ordering::Relaxed);
+                }
                 self.history.push_back((g, frames, self.bytes));
             }
-            while self.history.len() > self.keep || self.history_bytes > MAX_HISTORY_BYTES {
+            while self.history.len() > self.keep
+                || self.history_bytes > MAX_HISTORY_BYTES
+                || self.budget.as_ref().is_some_and(HistoryBudget::over)
+            {
                 let Some((_, _, bytes)) = self.history.pop_front() else {
                     break;
                 };
                 self.history_bytes -= bytes;
+                if let Some(b) = &self.budget {
+                    b.used.fetch_sub(bytes, Ordering::Relaxed);
+                }
             }
         } else {
-            self.history.clear();
-            self.history_bytes = 0;
+            self.drop_history();
         }
         self.group = Some(group);
         self.bytes = 0;
@@ -223,6 +267,14 @@ impl LatestGroup {
 
     /// The last `groups` complete groups before the newest and the newest so far, in order; only
     /// the newest when it cannot be served.
+    fn drop_history(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(self.history_bytes, Ordering::Relaxed);
+        }
+        self.history.clear();
+        self.history_bytes = 0;
+    }
+
     fn snapshot_recent(&self, groups: usize) -> Vec<Frame> {
         if self.overflowed {
             return Vec::new();
@@ -323,12 +375,15 @@ impl RoomMedia {
     }
 
     /// Keeps up to `groups` (at most [`MAX_HISTORY_GROUPS`]) complete groups before the newest
-    /// one, bounded by [`MAX_HISTORY_BYTES`], for subscribers that back-fill
-    /// ([`MediaHandle::subscribe_recent`]): an origin keeps its rooms' HLS playlist window, so
-    /// an edge that starts pulling a room lists the same segments as every other node at once.
-    pub fn keep_history(&self, groups: usize) {
+    /// one, bounded by [`MAX_HISTORY_BYTES`] and by the node's `budget`, for subscribers that
+    /// back-fill ([`MediaHandle::subscribe_recent`]): an origin keeps its rooms' HLS playlist
+    /// window, so an edge that starts pulling a room lists the same segments as every other
+    /// node at once.
+    pub fn keep_history(&self, groups: usize, budget: HistoryBudget) {
         let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+        latest.drop_history();
         latest.keep = groups.min(MAX_HISTORY_GROUPS);
+        latest.budget = Some(budget);
     }
 
     /// Sends a back-filled frame (a complete group from before the live ones, relayed in order
@@ -717,7 +772,8 @@ mod tests {
     fn a_room_keeps_its_last_complete_groups_for_back_fill() {
         let mut room = RoomMedia::new();
         room.set_tracks(vec![video()]);
-        room.keep_history(3);
+        let budget = HistoryBudget::new(usize::MAX);
+        room.keep_history(3, budget.clone());
         let handle = room.handle();
         // Groups 0..=5, two frames each (a keyframe every 2 s).
         for g in 0..6 {
@@ -751,6 +807,33 @@ mod tests {
         }
         let (only, _) = plain.handle().subscribe_recent(3).unwrap();
         assert_eq!(groups(&only), vec![2]);
+        // The node's budget counts what is kept, and gives it back.
+        assert_eq!(budget.used(), 1, "group 6 (one byte) is kept");
+        drop(room);
+        drop(handle);
+        drop((recent, fewer, latest, after, again));
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_node_budget_bounds_what_rooms_keep_together() {
+        let budget = HistoryBudget::new(4);
+        let rooms: Vec<RoomMedia> = (0..2)
+            .map(|_| {
+                let mut room = RoomMedia::new();
+                room.set_tracks(vec![video()]);
+                room.keep_history(6, budget.clone());
+                for g in 0..4 {
+                    room.push(frame(0, 2 * g * SEC, true));
+                    room.push(frame(0, 2 * g * SEC + SEC, false));
+                }
+                room
+            })
+            .collect();
+        // Each room finished 3 groups of 2 bytes; together they may keep 4 bytes.
+        assert!(budget.used() <= 4, "{}", budget.used());
+        let kept = |r: &RoomMedia| r.handle().subscribe_recent(6).unwrap().0.len();
+        assert_eq!(kept(&rooms[0]) + kept(&rooms[1]), 4 + 2 * 2);
     }
 
     #[tokio::test]

@@ -182,7 +182,7 @@ async fn a_backfilling_subscriber_gets_the_kept_groups_first_then_the_live_ones(
     let ca = create_ca("test").unwrap();
     let origin = origin(&ca);
     let mut media = live_room(&origin, "cam");
-    media.keep_history(3);
+    media.keep_history(3, streamhub_shared::media::HistoryBudget::new(usize::MAX));
     // Groups 0..=4 complete and half of group 5 before anyone subscribes.
     for i in 0..550 {
         media.push(frame(i, 200));
