@@ -47,6 +47,17 @@ struct Got {
     ts: u32,
 }
 
+impl Got {
+    fn of(p: &rtc::rtp::Packet) -> Got {
+        Got {
+            at: Instant::now(),
+            ssrc: p.header.ssrc,
+            seq: p.header.sequence_number,
+            ts: p.header.timestamp,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_goes_on_with_the_rooms_next_publisher_session() {
     let node = common::node(10).await;
@@ -103,37 +114,11 @@ async fn a_viewer_goes_on_with_the_rooms_next_publisher_session() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !publisher.is_finished() {
         assert!(Instant::now() < deadline, "{} packets in 60 s", got.len());
-        viewer
-            .run(
-                0.2,
-                |_| false,
-                |p| {
-                    got.push(Got {
-                        at: Instant::now(),
-                        ssrc: p.header.ssrc,
-                        seq: p.header.sequence_number,
-                        ts: p.header.timestamp,
-                    })
-                },
-            )
-            .await;
+        viewer.run(0.2, |_| false, |p| got.push(Got::of(p))).await;
         viewer_saw.send_replace(got.len());
     }
     // What was still on the way.
-    viewer
-        .run(
-            0.5,
-            |_| false,
-            |p| {
-                got.push(Got {
-                    at: Instant::now(),
-                    ssrc: p.header.ssrc,
-                    seq: p.header.sequence_number,
-                    ts: p.header.timestamp,
-                })
-            },
-        )
-        .await;
+    viewer.run(0.5, |_| false, |p| got.push(Got::of(p))).await;
     let _second = publisher.await.unwrap();
     let ended = ended_rx.await.unwrap();
 

@@ -433,21 +433,10 @@ async fn hold(
     msn: u64,
     part: Option<u32>,
 ) -> Result<bool, Response> {
-    let Some(_permit) = state.holds.acquire(client.ip()) else {
-        return Err(error(
-            &state.stats,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many held requests",
-        ));
-    };
-    state.stats.blocked.fetch_add(1, Ordering::Relaxed);
-    // `wait_for` looks at the current progress first: nothing is missed since the caller's look.
-    let mut progress = hls.subscribe();
-    let appeared = matches!(
-        tokio::time::timeout(hold_limit(hls), progress.wait_for(|p| p.has(msn, part))).await,
-        Ok(Ok(_))
-    );
-    Ok(appeared)
+    let until = tokio::time::Instant::now() + hold_limit(hls);
+    let appeared = || hls.subscribe().borrow().has(msn, part);
+    hold_until(state, hls, client, until, appeared).await?;
+    Ok(appeared())
 }
 
 async fn blocking_playlist(
