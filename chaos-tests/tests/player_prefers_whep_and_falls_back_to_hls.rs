@@ -2,7 +2,10 @@
 //! an RTMP (ffmpeg H.264 + AAC) room it plays over WebRTC (WHEP) from the edge, H.264 passed
 //! through and decoded by the browser. The edge takes one WebRTC session only, so a second
 //! player is refused WHEP (503) and falls back to HLS through the bundled hls.js, and plays.
-//! Then the publisher stops and comes back: the WHEP player reconnects by itself and plays again.
+//! Then the publisher stops for longer than a WHEP session waits for its room's next publisher
+//! (10 s; a shorter restart keeps the session, see `encoder_restart_keeps_browsers_playing`): the
+//! page notices the stopped stream, reconnects by itself once the publisher is back, and plays
+//! again.
 
 use std::time::Duration;
 
@@ -79,9 +82,10 @@ async fn player_prefers_whep_and_falls_back_to_hls() {
     );
     assert!(edge.metric("streamhub_webrtc_refused_total").await.unwrap() >= 1.0);
 
-    // The publisher goes (OBS losing its network, say) and comes back with the same key.
+    // The publisher goes (OBS losing its network, say) and comes back with the same key, after
+    // the node has given up on it for its WebRTC viewers.
     publisher.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let _publisher = Publisher::start(&origin.rtmp_url(&key));
     let again: Value = serde_json::from_str(next_line().await.trim()).unwrap();
     println!("after the publisher came back: {again}");

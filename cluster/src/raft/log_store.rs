@@ -310,7 +310,7 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> SledLogStore {
-        let db = sled::open(dir.path()).expect("open sled");
+        let db = crate::raft::reopen_sled(dir.path());
         SledLogStore::open(&db).expect("open log store")
     }
 

@@ -73,6 +73,26 @@ pub fn node_id_from_name(name: &str) -> NodeId {
     }
 }
 
+/// Opens the sled database at `path` in a test that reopens one it just closed: sled releases
+/// its file lock from a background thread after the last handle drops, so a reopen right after
+/// can find the lock still held for a moment (a node process never reopens its own).
+#[cfg(test)]
+pub(crate) fn reopen_sled(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && e.to_string().contains("could not acquire lock") =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open sled: {e:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,7 +303,7 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> SledStateMachine {
-        let db = sled::open(dir.path()).expect("open sled");
+        let db = crate::raft::reopen_sled(dir.path());
         SledStateMachine::open(&db).expect("open state machine")
     }
 
@@ -417,7 +417,7 @@ mod tests {
                 .insert(KEY_DATA, b"{".as_slice())
                 .expect("corrupt");
         }
-        let db = sled::open(dir.path()).expect("open sled");
+        let db = crate::raft::reopen_sled(dir.path());
         SledStateMachine::open(&db).expect_err("corrupt snapshot");
     }
 }
