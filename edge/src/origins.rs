@@ -42,6 +42,15 @@ pub struct Holder {
     pub epoch: u64,
 }
 
+impl Holder {
+    /// Whether this answer says the room moved on from `followed`: a newer claim. Epochs are
+    /// granted once each and only grow, so an older one is a stale answer (an origin whose
+    /// replica is behind, e.g. one back from a partition that still lists itself), never a move.
+    pub fn moved_from(&self, followed: &Holder) -> bool {
+        self.epoch > followed.epoch
+    }
+}
+
 type RoomKey = (AppName, RoomName);
 
 /// The origins of the cluster as seen from an edge.
@@ -375,5 +384,37 @@ impl Origins {
         self.ask(kinds::HEARTBEAT, body, HEARTBEAT_TIMEOUT)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(node: &str, epoch: u64) -> Holder {
+        Holder {
+            node: node.into(),
+            addr: ([127, 0, 0, 1], 4433).into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_claim_is_a_move() {
+        let followed = holder("origin-1", 7);
+        assert!(holder("origin-2", 8).moved_from(&followed), "taken over");
+        assert!(
+            holder("origin-1", 9).moved_from(&followed),
+            "re-claimed: a new session"
+        );
+        assert!(
+            !holder("origin-1", 7).moved_from(&followed),
+            "the same claim"
+        );
+        // A cut-off origin back from a partition still lists its old claim for a moment.
+        assert!(
+            !holder("origin-3", 5).moved_from(&followed),
+            "a stale answer"
+        );
     }
 }

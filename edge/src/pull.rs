@@ -256,12 +256,22 @@ impl Pulls {
     async fn run(self: Arc<Self>, pulled: Arc<Pulled>, mut holder: Option<Holder>) {
         let mut session = Session::default();
         let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        // The newest placement epoch followed: epochs never repeat and only grow, so an answer
+        // below it comes from an origin whose replica is behind (one back from a partition).
+        let mut newest_epoch = 0;
         loop {
             if pulled.cancel.is_cancelled() || pulled.idle_for() >= self.linger {
                 break;
             }
             if holder.is_none() {
                 holder = self.origins.placement(&pulled.app, &pulled.room).await;
+            }
+            if holder.as_ref().is_some_and(|h| h.epoch < newest_epoch) {
+                tracing::debug!("stale placement answer ignored");
+                holder = None;
+                self.origins
+                    .invalidate_placement(&pulled.app, &pulled.room)
+                    .await;
             }
             let Some(h) = holder.take() else {
                 self.wait(&pulled, backoff.next_random_delay()).await;
@@ -281,6 +291,7 @@ impl Pulls {
             match attempt {
                 Ok(sub) => {
                     backoff.succeeded();
+                    newest_epoch = newest_epoch.max(h.epoch);
                     pulled.subscriptions.fetch_add(1, Ordering::Relaxed);
                     session.start(&self.hls, &pulled, &sub, &h);
                     pulled.state.send_replace(PullState::Live);
@@ -339,7 +350,7 @@ impl Pulls {
                 .invalidate_placement(&pulled.app, &pulled.room)
                 .await;
             if let Some(now) = self.origins.placement(&pulled.app, &pulled.room).await {
-                if now.epoch != holder.epoch || now.node != holder.node {
+                if now.moved_from(holder) {
                     return now;
                 }
             }
@@ -410,7 +421,7 @@ impl Pulls {
                             .await;
                     }
                     let now = self.origins.placement(&pulled.app, &pulled.room).await;
-                    if now.as_ref().is_some_and(|n| n.epoch != holder.epoch || n.node != holder.node) {
+                    if now.as_ref().is_some_and(|n| n.moved_from(holder)) {
                         tracing::info!(from = %holder.node, to = ?now.map(|n| n.node), "placement moved");
                         sub.close().await;
                         return FollowEnd::Moved;
