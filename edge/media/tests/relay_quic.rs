@@ -129,6 +129,24 @@ async fn next_frame(sub: &mut streamhub_media::relay::Subscription) -> Frame {
     }
 }
 
+/// The next frames of `sub` are frames `range` of the room (100 per group), in the origin's
+/// order and numbering.
+async fn expect_frames(
+    sub: &mut streamhub_media::relay::Subscription,
+    range: std::ops::Range<i64>,
+) {
+    for i in range {
+        let f = next_frame(sub).await;
+        let want = frame(i, 200);
+        assert_eq!(
+            (f.track, f.dts, &f.data),
+            (want.track, want.dts, &want.data),
+            "frame {i}"
+        );
+        assert_eq!(f.group, (i / 100) as u64, "the origin's group numbers");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_subscriber_starts_on_the_latest_group_and_gets_every_frame_in_order() {
     let ca = create_ca("test").unwrap();
@@ -156,16 +174,7 @@ async fn a_late_subscriber_starts_on_the_latest_group_and_gets_every_frame_in_or
     for i in 150..400 {
         media.push(frame(i, 200));
     }
-    for i in 100..400 {
-        let f = next_frame(&mut sub).await;
-        let want = frame(i, 200);
-        assert_eq!(
-            (f.track, f.dts, &f.data),
-            (want.track, want.dts, &want.data),
-            "frame {i}"
-        );
-        assert_eq!(f.group, (i / 100) as u64, "the origin's group numbers");
-    }
+    expect_frames(&mut sub, 100..400).await;
     drop(media);
     let end = tokio::time::timeout(T, sub.next()).await.unwrap();
     assert!(matches!(end, Update::Ended), "{end:?}");
@@ -203,16 +212,7 @@ async fn a_backfilling_subscriber_gets_the_kept_groups_first_then_the_live_ones(
     }
     // Every frame from group 2's keyframe on, in the origin's order and numbering: the
     // back-filled groups, then the live ones, none twice.
-    for i in 200..700 {
-        let f = next_frame(&mut sub).await;
-        let want = frame(i, 200);
-        assert_eq!(
-            (f.track, f.dts, &f.data),
-            (want.track, want.dts, &want.data),
-            "frame {i}"
-        );
-        assert_eq!(f.group, (i / 100) as u64, "the origin's group numbers");
-    }
+    expect_frames(&mut sub, 200..700).await;
     let first = next_frame(&mut plain).await;
     assert_eq!(
         (first.group, first.dts),
