@@ -417,6 +417,29 @@ pub struct Failover {
     pub attempts: u32,
 }
 
+/// The dead holder's full lease (10 s), less the half-second heartbeat period: without declaring
+/// the holder dead early, no other origin could take its room before this after the kill.
+pub const FULL_LEASE: Duration = Duration::from_secs(9);
+
+impl Failover {
+    /// Asserts the failover's promises: the backup origin took the room before the dead
+    /// holder's full lease could have let it (the holder was declared dead early), and the edge
+    /// followed once its relay stalled rather than waiting out the dead holder's QUIC timeouts
+    /// (bounded well under those, with room for a loaded machine).
+    pub fn assert_moved_early(&self) {
+        assert!(
+            self.accepted < FULL_LEASE,
+            "the backup origin took the room {:?} after the kill: the dead holder was not declared dead early",
+            self.accepted
+        );
+        let lag = self.edge_media.saturating_sub(self.origin_media);
+        assert!(
+            lag <= Duration::from_secs(8),
+            "new media on the edge {lag:?} after the new origin had it"
+        );
+    }
+}
+
 /// A room published to one origin (the Raft leader or a follower, as `holder` says) and watched
 /// through an edge; the origin is killed (-9) and the encoder retries its backup origin at once
 /// each time it is refused, as an encoder with a backup URL does. Returns the timeline, after
