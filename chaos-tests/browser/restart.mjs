@@ -5,7 +5,7 @@
 // (the test is about to change something; each tab's longest gap between presented video
 // frames is counted from here), `reroute <from> <to>` (every request of every tab whose URL
 // starts with <from> goes to <to> instead, as a load balancer or DNS would send them once a
-// node died), `stop` (print every sample as one JSON line, exit).
+// node died; answered with {"rerouted": <to>} once in place), `stop` (print every sample as one JSON line, exit).
 // A sample: {mark, mode, frames, audio, width, error, reconnects, reloaded, gapMs}, where `gapMs`
 // is the longest gap between two presented video frames since the last mark (the gap still open
 // included), and `frames` and
@@ -135,7 +135,7 @@ try {
         await page.route((u) => u.href.startsWith(`${from}/`),
           (route) => route.continue({ url: to + route.request().url().slice(from.length) }));
       }
-      console.error(`rerouted ${from} -> ${to}`);
+      console.log(JSON.stringify({ rerouted: to }));
     }
     if (line === 'stop') break;
   }

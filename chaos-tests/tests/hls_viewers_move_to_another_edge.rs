@@ -80,16 +80,21 @@ async fn hls_viewers_move_to_another_edge() {
             .unwrap();
         stdin.flush().await.unwrap();
     };
+    // The requests go to B from the moment A dies: the reroute is in place before the kill (a
+    // request refused by the dead A in between is fatal to hls.js, which does not retry a
+    // connection error; what a player does about that is the player's recovery, not this test).
     send(&mut stdin, "mark cold".into()).await;
-    a.kill9();
     send(&mut stdin, format!("reroute {from} {to_b}")).await;
+    rerouted(&mut lines, &to_b).await;
+    a.kill9();
     c.note("edge-a killed; its requests go to edge-b (cold)");
     tokio::time::sleep(WATCH).await;
 
     // Edge B dies; the requests go to warm edge W.
     send(&mut stdin, "mark warm".into()).await;
-    b.kill9();
     send(&mut stdin, format!("reroute {from} {to_w}")).await;
+    rerouted(&mut lines, &to_w).await;
+    b.kill9();
     c.note("edge-b killed; the requests go to edge-w (warm)");
     tokio::time::sleep(WATCH).await;
     send(&mut stdin, "stop".into()).await;
@@ -146,4 +151,18 @@ async fn hls_viewers_move_to_another_edge() {
     }
     let _ = node.wait().await;
     c.note("done");
+}
+
+/// Waits for the browser's answer that every request now goes to `to`.
+async fn rerouted(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    to: &str,
+) {
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the reroute in place in time")
+        .unwrap()
+        .expect("a line from the browser");
+    let answer: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(answer["rerouted"], to, "the browser's answer: {line}");
 }
