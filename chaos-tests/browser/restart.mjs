@@ -1,17 +1,18 @@
 // Plays a room on the player pages given (one browser tab each, kept open) in headless Chromium
-// and samples every tab twice a second while the test restarts the encoder:
+// and samples every tab twice a second while the test restarts the encoder or kills a node:
 //   node restart.mjs <player url>...
-// Prints {"ready": [...]} once every tab decodes, then reads commands on stdin: `mark <label>`
-// (the test is about to change something; each tab's longest gap between presented video
-// frames is counted from here), `reroute <from> <to>` (every request of every tab whose URL
-// starts with <from> goes to <to> instead, as a load balancer or DNS would send them once a
-// node died; answered with {"rerouted": <to>} once in place), `stop` (print every sample as one JSON line, exit).
-// A sample: {mark, mode, frames, audio, width, error, reconnects, reloaded, gapMs}, where `gapMs`
-// is the longest gap between two presented video frames since the last mark (the gap still open
-// included), and `frames` and
-// `audio` only grow: video frames decoded and audio decoded (WebRTC samples from received
-// packets, or bytes decoded by the media element for HLS), summed over every peer connection
-// the page made.
+// Prints {"ready": [...]} once every tab decodes, then reads commands on stdin:
+// - `mark <label>`: the test is about to change something; each tab's longest gap between
+//   presented video frames is counted from here;
+// - `reroute <from> <to>`: every request of every tab whose URL starts with <from> goes to <to>
+//   instead, as a load balancer or DNS would send them once a node died; answered with
+//   {"rerouted": <to>} once in place;
+// - `stop`: print every sample as one JSON line, exit.
+// A sample: {t, mark, pages: [{mode, frames, audio, width, error, reconnects, lostNode, node,
+// reloaded, gapMs}]}, where `t` is Date.now(), `gapMs` is the longest gap between two presented
+// video frames since the last mark (the gap still open included), and `frames` and `audio` only
+// grow: video frames decoded and audio decoded (WebRTC samples from received packets, or bytes
+// decoded by the media element for HLS), summed over every peer connection the page made.
 import { chromium } from 'playwright-core';
 import readline from 'node:readline';
 
@@ -23,14 +24,16 @@ const browser = await chromium.launch({
     '--autoplay-policy=no-user-gesture-required'],
 });
 
-// Runs in the page: the page's counters, kept across its peer connections.
+// Runs in the page: the page's counters, kept across its peer connections. The player page
+// (`/play`) and the SDK's (`/embed`) both expose `window.player`.
 const probe = async () => {
   const p = window.player;
-  const v = document.getElementById('video');
+  const v = document.getElementById('video') || document.querySelector('video');
+  const mode = p.mode || p.protocol;
   const acc = window.__acc || (window.__acc = { pc: null, baseFrames: 0, baseAudio: 0, frames: 0, audio: 0 });
   let frames = 0;
   let audio = 0;
-  if (p.mode === 'whep') {
+  if (mode === 'whep') {
     if (p.pc && p.pc !== acc.pc) {
       acc.baseFrames += acc.frames;
       acc.baseAudio += acc.audio;
@@ -60,9 +63,11 @@ const probe = async () => {
   const gapMs = f && f.last !== null ? Math.round(Math.max(f.maxGap, performance.now() - f.last)) : null;
   return {
     gapMs,
-    mode: p.mode, frames, audio, width: v.videoWidth, error: p.error || (v.error && v.error.message),
+    mode, frames, audio, width: v.videoWidth,
+    error: p.error || (p.state === 'error' ? p.reason : null) || (v.error && v.error.message) || null,
     time: v.currentTime.toFixed(2), buffered: ranges.join(' '),
-    reconnects: p.reconnects, state: document.getElementById('state').textContent,
+    reconnects: p.reconnects, lostNode: p.lostNode, node: p.nodeName || p.node,
+    state: (document.getElementById('state') || document.getElementById('badge')).textContent,
   };
 };
 
@@ -91,7 +96,7 @@ try {
     ready.push(r);
     // Every presented video frame's time, for the longest gap between two.
     await page.evaluate(() => {
-      const v = document.getElementById('video');
+      const v = document.getElementById('video') || document.querySelector('video');
       const f = window.__presented = { last: null, maxGap: 0 };
       const tick = (now) => {
         if (f.last !== null) f.maxGap = Math.max(f.maxGap, now - f.last);

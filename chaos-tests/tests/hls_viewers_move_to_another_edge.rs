@@ -7,6 +7,12 @@
 //! killed and the requests go to edge W, which is warm (another viewer keeps it pulling the
 //! room): the gap stays within 0.5 s. No fatal hls.js error, no reload. The page keeps asking
 //! for edge A's URLs throughout; only where they go changes.
+//!
+//! A second tab plays the player page WebRTC first (WHEP) from edge A: its media comes over
+//! UDP from A, which no reroute saves. The page sees its media stop, asks A's URL whether its
+//! session lives (the answer now comes from B, which does not know it), steers away from A and
+//! plays from the node chosen: frames decode again within 3 s of the kill. A third tab does the
+//! same through the browser SDK (the `/embed` page).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -19,6 +25,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 /// The bounds for the longest gap between frames, edge B cold and warm.
 const COLD: u64 = 2_000;
 const WARM: u64 = 500;
+/// The bound from the kill to frames decoded again in the WHEP tab.
+const WHEP_BACK: u64 = 3_000;
 /// How long each move is watched.
 const WATCH: Duration = Duration::from_secs(12);
 
@@ -52,7 +60,9 @@ async fn hls_viewers_move_to_another_edge() {
 
     let mut node = tokio::process::Command::new("node")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
-        .arg(a.url("/play/live/cam?mode=hls"))
+        .arg(a.url("/play/live/cam?mode=hls&steered=edge-a"))
+        .arg(a.url("/play/live/cam?steered=edge-a"))
+        .arg(a.url("/embed/live/cam?steered=edge-a"))
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -106,47 +116,91 @@ async fn hls_viewers_move_to_another_edge() {
     warm.abort();
     let samples: Value = serde_json::from_str(samples.trim()).unwrap();
     let samples = samples.as_array().unwrap();
-    let report = samples
-        .iter()
-        .map(|s| {
-            let p = &s["pages"][0];
-            format!(
-                "{} frames={} gap={}ms time={} buffered={} error={} {}",
-                s["mark"],
-                p["frames"],
-                p["gapMs"],
-                p["time"],
-                p["buffered"],
-                p["error"],
-                p["state"]
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    println!("{report}");
-    let rows = |mark: &str| -> Vec<&Value> {
+    let report = |tab: usize| {
+        samples
+            .iter()
+            .map(|s| {
+                let p = &s["pages"][tab];
+                format!(
+                    "{} frames={} gap={}ms time={} buffered={} error={} node={} lost={} {}",
+                    s["mark"],
+                    p["frames"],
+                    p["gapMs"],
+                    p["time"],
+                    p["buffered"],
+                    p["error"],
+                    p["node"],
+                    p["lostNode"],
+                    p["state"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (hls_report, whep_report, sdk_report) = (report(0), report(1), report(2));
+    println!("HLS tab:\n{hls_report}\nWHEP tab:\n{whep_report}\nSDK tab:\n{sdk_report}");
+    let rows = |mark: &str, tab: usize| -> Vec<&Value> {
         samples
             .iter()
             .filter(|s| s["mark"] == mark)
-            .map(|s| &s["pages"][0])
+            .map(|s| &s["pages"][tab])
             .collect()
     };
-    for r in samples.iter().map(|s| &s["pages"][0]) {
-        assert!(r["error"].is_null(), "no fatal player error:\n{report}");
-        assert_eq!(r["reloaded"], false, "the page was never reloaded");
+    let frames = |r: &Value| r["frames"].as_u64().unwrap_or(0);
+    for s in samples {
+        for (tab, report) in [(0, &hls_report), (1, &whep_report), (2, &sdk_report)] {
+            let r = &s["pages"][tab];
+            assert_eq!(r["reloaded"], false, "the page was never reloaded");
+            if tab == 0 {
+                assert!(r["error"].is_null(), "no fatal player error:\n{report}");
+            } else {
+                assert_eq!(r["mode"], "whep", "the WHEP tab stays on WebRTC:\n{report}");
+            }
+        }
     }
     for (mark, bound) in [("cold", COLD), ("warm", WARM)] {
-        let rows = rows(mark);
+        let rows = rows(mark, 0);
         let gap = rows.last().and_then(|r| r["gapMs"].as_u64()).unwrap();
-        let frames = |r: &Value| r["frames"].as_u64().unwrap_or(0);
         println!("{mark} edge: longest gap between frames {gap} ms");
         assert!(
             frames(rows.last().unwrap()) >= frames(rows[0]) + 100,
-            "{mark}: the tab kept decoding:\n{report}"
+            "{mark}: the tab kept decoding:\n{hls_report}"
         );
         assert!(
             gap <= bound,
-            "{mark}: the longest gap between frames was {gap} ms (bound {bound} ms):\n{report}"
+            "{mark}: the longest gap between frames was {gap} ms (bound {bound} ms):\n{hls_report}"
+        );
+    }
+
+    // The WHEP tabs: the longest gap between presented frames (through their new peer
+    // connections) bounds the time from each kill to frames decoded again.
+    for (tab, report) in [(1, &whep_report), (2, &sdk_report)] {
+        let name = ["", "WHEP tab", "SDK tab"][tab];
+        for (mark, edge) in [("cold", "A"), ("warm", "B")] {
+            let rows = rows(mark, tab);
+            let last = rows.last().unwrap();
+            let gap = last["gapMs"].as_u64().unwrap();
+            println!("{name}: edge {edge} died; longest gap between frames {gap} ms");
+            assert!(
+                gap <= WHEP_BACK,
+                "{mark}: the {name} decoded no frame for {gap} ms (bound {WHEP_BACK} ms):\n{report}"
+            );
+            assert!(
+                frames(last) >= frames(rows[0]) + 100,
+                "{mark}: the {name} kept decoding:\n{report}"
+            );
+        }
+        // It played from edge A and moved: the page counts the session it found gone, the
+        // SDK its reconnects.
+        let last = rows("cold", tab).last().copied().unwrap();
+        let moved = if tab == 1 {
+            &last["lostNode"]
+        } else {
+            &last["reconnects"]
+        };
+        assert!(
+            moved.as_u64() >= Some(1),
+            "the {name} played from edge A and moved:\n{report}"
         );
     }
     let _ = node.wait().await;
@@ -154,10 +208,7 @@ async fn hls_viewers_move_to_another_edge() {
 }
 
 /// Waits for the browser's answer that every request now goes to `to`.
-async fn rerouted(
-    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    to: &str,
-) {
+async fn rerouted(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, to: &str) {
     let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await
         .expect("the reroute in place in time")

@@ -4,7 +4,9 @@
 //! [`SteeringPolicy`](streamhub_cluster::registry::SteeringPolicy) over the registry.
 //!
 //! The client's region is `?region=`, else the configured header (a CDN or load balancer can
-//! set one), else this node's region. A redirect carries `?steered=<node>`: the node it names
+//! set one), else this node's region. `?avoid=<node>` leaves out a node the client could not
+//! play from (a player whose edge died asks another node before the registry knows), unless no
+//! other node is left; the answer's `alternates` name other nodes to ask next time. A redirect carries `?steered=<node>`: the node it names
 //! serves the page instead of steering again, so a stale registry can never loop a viewer.
 
 use std::sync::Arc;
@@ -51,7 +53,12 @@ pub struct SteerQuery {
     pub region: Option<String>,
     /// Set by a redirect: the node that was chosen.
     pub steered: Option<String>,
+    /// A node the client failed to play from: chosen only when no other node is left.
+    pub avoid: Option<String>,
 }
+
+/// How many other nodes a playback answer names for the player to ask when its node fails.
+pub const MAX_ALTERNATES: usize = 4;
 
 /// Where a viewer should play from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +86,11 @@ impl Steering {
 
     /// The best node for a client in `region` now, or this node when the registry is empty.
     pub fn choose(&self, region: &str) -> Option<Target> {
+        self.choose_avoiding(region, None)
+    }
+
+    /// [`Steering::choose`] leaving out the node named `avoid` while another one is left.
+    pub fn choose_avoiding(&self, region: &str, avoid: Option<&str>) -> Option<Target> {
         let nodes = self.directory.nodes();
         if nodes.is_empty() {
             return Some(Target {
@@ -88,15 +100,35 @@ impl Steering {
                 reason: "self",
             });
         }
-        let choice = self
-            .policy
-            .choose(nodes.iter(), Some(region), unix_now_ms())?;
+        let now = unix_now_ms();
+        let pick = |skip: Option<&str>| {
+            let left = nodes.iter().filter(|n| Some(n.name.as_str()) != skip);
+            self.policy.choose(left, Some(region), now)
+        };
+        let choice = avoid.and_then(|a| pick(Some(a))).or_else(|| pick(None))?;
         Some(Target {
             node: choice.node.name.clone(),
             region: choice.node.region.clone(),
             base: choice.node.http_url.trim_end_matches('/').to_string(),
             reason: choice.reason.as_str(),
         })
+    }
+
+    /// Base URLs of up to [`MAX_ALTERNATES`] healthy nodes other than `chosen` (the client's
+    /// region first, then by name): where a player asks steering again when its node fails.
+    pub fn alternates(&self, chosen: &str, region: &str) -> Vec<String> {
+        let nodes = self.directory.nodes();
+        let now = unix_now_ms();
+        let mut others: Vec<&NodeRecord> = nodes
+            .iter()
+            .filter(|n| n.name != chosen && self.policy.is_healthy(n, now))
+            .collect();
+        others.sort_by(|a, b| (a.region != region, &a.name).cmp(&(b.region != region, &b.name)));
+        others
+            .into_iter()
+            .take(MAX_ALTERNATES)
+            .map(|n| n.http_url.trim_end_matches('/').to_string())
+            .collect()
     }
 }
 
@@ -144,13 +176,14 @@ pub async fn playback(
         Err(resp) => return *resp,
     };
     let region = steering.region_of(q.region.as_deref(), &headers);
-    let Some(t) = steering.choose(&region) else {
+    let Some(t) = steering.choose_avoiding(&region, q.avoid.as_deref()) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no healthy node to play from",
         );
     };
     let mut data = playback_urls(&t.base, &app, &room);
+    data["alternates"] = steering.alternates(&t.node, &region).into();
     data["node"] = t.node.into();
     data["region"] = t.region.into();
     data["clientRegion"] = region.into();
@@ -406,5 +439,36 @@ pub(crate) mod tests {
         );
         let resp = get(&origin, "/api/v1/apps/Bad/rooms/cam/playback", None).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn a_player_avoids_the_node_it_could_not_play_from() {
+        let origin = app("origin-1");
+        let data = |resp: Response| async move {
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()["data"].clone()
+        };
+        let path = "/api/v1/apps/live/rooms/cam/playback?region=us";
+        let v = data(get(&origin, path, None).await).await;
+        assert_eq!(v["node"], "edge-us");
+        // The other nodes to ask, the client's region first; never the chosen one.
+        assert_eq!(
+            v["alternates"],
+            serde_json::json!(["http://edge-eu.example", "http://origin-1.example"])
+        );
+        // The edge failed the player: the next best node, and the edge is offered back.
+        let v = data(get(&origin, &format!("{path}&avoid=edge-us"), None).await).await;
+        assert_eq!(v["node"], "edge-eu");
+        assert_eq!(v["reason"], "other_region_edge");
+        assert_eq!(
+            v["alternates"],
+            serde_json::json!(["http://edge-us.example", "http://origin-1.example"])
+        );
+        // An unknown name changes nothing.
+        let v = data(get(&origin, &format!("{path}&avoid=nobody"), None).await).await;
+        assert_eq!(v["node"], "edge-us");
     }
 }

@@ -18,7 +18,7 @@ use crate::http::error;
 use crate::play::{unix_now_ms, Steering};
 
 /// The SDK's version (also `StreamHub.version`); `/sdk/streamhub-<version>.js` never changes.
-pub const SDK_VERSION: &str = "1.0.1";
+pub const SDK_VERSION: &str = "1.1.0";
 
 const SDK_SOURCE: &str = include_str!("../assets/sdk/streamhub.js");
 const SAMPLES_PAGE: &str = include_str!("../assets/web/samples.html");

@@ -11,12 +11,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use common::{frame, h264_room, Viewer};
 use futures::future::BoxFuture;
 use streamhub_media::mjpeg::{MediaLookup, Viewing};
 use streamhub_media::webrtc::{Rejoin, Role};
 use streamhub_shared::media::MediaHandle;
 use streamhub_shared::{AppName, RoomName};
+use tower::ServiceExt;
 
 /// The room's current media, as a node's lookup would find it.
 #[derive(Default)]
@@ -166,4 +169,29 @@ async fn a_viewer_goes_on_with_the_rooms_next_publisher_session() {
         1,
         "the viewer's session is the one it opened"
     );
+
+    // A player whose media paused asks whether its session still lives: it does, across the
+    // change; once ended (or on a node that never had it), 404.
+    let whep = streamhub_media::webrtc::http::whep_router(node.clone(), current.clone());
+    let ask = |id: String| {
+        let whep = whep.clone();
+        async move {
+            let req = Request::get(format!("/whep/live/cam/{id}"))
+                .body(Body::empty())
+                .unwrap();
+            whep.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(ask(opened.id.to_string()).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        ask((opened.id ^ 1).to_string()).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(ask("x".into()).await, StatusCode::NOT_FOUND);
+    assert!(node.close(opened.id));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask(opened.id.to_string()).await != StatusCode::NOT_FOUND {
+        assert!(Instant::now() < deadline, "the ended session is gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -11,7 +11,7 @@
 //
 // No dependency: hls.js is loaded from the node (/assets/hls.light.min.js) only when HLS plays.
 
-const VERSION = '1.0.1';
+const VERSION = '1.1.0';
 
 const enc = encodeURIComponent;
 
@@ -147,6 +147,12 @@ class Player extends Emitter {
     this.container = container;
     this.opts = opts;
     this.base = (opts.base || location.origin).replace(/\/$/, '');
+    // The node playing (its base URL and name, once steering named it), and the other nodes the
+    // playback API named: asked when the node playing fails.
+    this.node = null;
+    this.nodeName = opts.node || null;
+    this.alternates = [];
+    this.region = null;
     this.state = 'starting';
     this.protocol = null;
     this.reason = null;
@@ -175,21 +181,37 @@ class Player extends Emitter {
     this.emit(state, Object.assign({ protocol: this.protocol, reason: this.reason }, detail));
   }
 
-  // Where to play from: the node steering chooses (the viewer's region), or `base`.
-  async urls() {
+  // Where to play from: the node steering chooses (the viewer's region), or `base`. `avoid`
+  // names a node that just failed this player: steering leaves it out (the registry needs a
+  // few seconds to see a node dead), asked of the node playing, then `base`, then the other
+  // nodes steering named.
+  async urls(avoid) {
     const { app, room, token } = this.opts;
-    let node = this.base;
-    if (this.opts.steer !== false) {
-      try {
-        const r = await fetch(
-          `${this.base}/api/v1/apps/${enc(app)}/rooms/${enc(room)}/playback`,
-          { cache: 'no-store' },
-        );
-        if (r.ok) node = new URL((await r.json()).data.playUrl).origin;
-      } catch (_) {
-        /* this node then */
+    let node = this.node || this.base;
+    if (this.opts.steer !== false || avoid !== undefined) {
+      const q = new URLSearchParams();
+      if (avoid) q.set('avoid', avoid);
+      if (this.region) q.set('region', this.region);
+      const asks = [...new Set([node, this.base, ...this.alternates])];
+      for (const at of asks) {
+        try {
+          const r = await fetch(`${at}/api/v1/apps/${enc(app)}/rooms/${enc(room)}/playback?${q}`, {
+            cache: 'no-store',
+            signal: AbortSignal.timeout(avoid !== undefined ? 1000 : 5000),
+          });
+          if (!r.ok) continue;
+          const d = (await r.json()).data;
+          node = new URL(d.playUrl).origin;
+          this.nodeName = d.node;
+          this.alternates = (d.alternates || []).filter((u) => u !== node);
+          this.region = d.clientRegion || this.region;
+          break;
+        } catch (_) {
+          /* that node is gone: ask the next */
+        }
       }
     }
+    this.node = node;
     const path = `${enc(app)}/${enc(room)}`;
     return {
       node,
@@ -219,11 +241,14 @@ class Player extends Emitter {
   async run(session) {
     let wasLive = false;
     let attempt = 0;
+    // The node that failed the last playback (`null`: the name is not known), or undefined.
+    let avoid;
     while (!this.stopped && session === this.session) {
       let u;
       let room;
       try {
-        u = await this.urls();
+        u = await this.urls(avoid);
+        avoid = undefined;
         room = await this.probe(u);
       } catch (e) {
         if (e.status === 401 || e.status === 403 || e.status === 429) {
@@ -231,6 +256,8 @@ class Player extends Emitter {
           this.setState('error', { reason: e.message, fatal: true });
           return;
         }
+        // The node did not answer at all: ask steering for another one next time.
+        if (!e.status) avoid = this.nodeName;
         room = { kind: 'waiting', reason: e.message };
       }
       if (this.stopped || session !== this.session) return;
@@ -249,6 +276,7 @@ class Player extends Emitter {
         wasLive = true;
         attempt = 0;
         // Returns when playback stalled or failed: probe again.
+        this.lost = false;
         await this.watch();
       } catch (e) {
         this.reason = e.message;
@@ -257,7 +285,11 @@ class Player extends Emitter {
       this.teardown();
       if (this.stopped || session !== this.session) return;
       this.reconnects += 1;
-      const delay = Math.min(8000, 500 * 2 ** Math.min(attempt, 4));
+      // A node that lost the session or failed outright: steer away from it at once.
+      const lost = this.lost;
+      this.lost = false;
+      if (lost) avoid = this.nodeName;
+      const delay = lost && attempt === 0 ? 0 : Math.min(8000, 500 * 2 ** Math.min(attempt, 4));
       attempt += 1;
       await sleep(delay);
     }
@@ -380,24 +412,30 @@ class Player extends Emitter {
     });
   }
 
-  // Resolves when the current playback is lost: WHEP that failed or decodes nothing for 6 s,
-  // HLS with a fatal error or a clock that stands for 8 s, MJPEG whose stream ended.
+  // Resolves when the current playback is lost: WHEP that failed, whose session its node no
+  // longer has (asked after 1 s without media: a publisher pause keeps the session, a lost node
+  // does not answer) or that decodes nothing for 6 s; HLS with a fatal error or a clock that
+  // stands for 8 s; MJPEG whose stream ended. `this.lost` tells a failed node (steer away).
   async watch() {
     let last = -1;
-    let still = 0;
+    let stillSince = performance.now();
+    let asked = 0;
     for (;;) {
-      await sleep(2000);
+      await sleep(500);
       if (this.stopped) return;
       const s = await this.stats();
+      const now = performance.now();
       let progress;
       if (this.protocol === 'whep') {
         if (!this.pc || ['failed', 'closed'].includes(this.pc.connectionState)) {
+          this.lost = !!this.pc && this.pc.connectionState === 'failed';
           this.setState('stalled', { reason: 'WebRTC connection lost' });
           return;
         }
         progress = (s.framesDecoded || 0) + (s.audioPackets || 0);
       } else if (this.protocol === 'hls') {
         if (this.hlsFailed) {
+          this.lost = true;
           this.setState('stalled', { reason: this.hlsFailed });
           return;
         }
@@ -410,11 +448,30 @@ class Player extends Emitter {
         progress = null;
       }
       if (progress === null) continue;
-      still = progress === last ? still + 1 : 0;
-      last = progress;
-      if (still === 1 && this.state === 'live') this.setState('stalled', { reason: 'no new media' });
-      if (still === 0 && this.state === 'stalled') this.setState('live');
-      if (still >= (this.protocol === 'hls' ? 4 : 3)) return;
+      if (progress !== last) {
+        last = progress;
+        stillSince = now;
+        if (this.state === 'stalled') this.setState('live');
+        continue;
+      }
+      const still = now - stillSince;
+      if (still >= 2000 && this.state === 'live') this.setState('stalled', { reason: 'no new media' });
+      if (still >= (this.protocol === 'hls' ? 8000 : 6000)) return;
+      if (this.protocol === 'whep' && this.resource && still >= 1000 && now - asked >= 1000) {
+        asked = now;
+        let status = 0;
+        try {
+          const r = await fetch(this.resource, { cache: 'no-store', signal: AbortSignal.timeout(1000) });
+          status = r.status;
+        } catch (_) {
+          /* no answer: the node is gone */
+        }
+        if (status !== 204 && !this.stopped) {
+          this.lost = true;
+          this.setState('stalled', { reason: 'the node lost the session' });
+          return;
+        }
+      }
     }
   }
 

@@ -1,6 +1,7 @@
 //! The HTTP side of WHEP (every node) and the pieces WHIP (origins) shares with it: an offer in
 //! (`application/sdp`), `201 Created` with the answer and the session's `Location`, `DELETE` on
-//! that resource to end it, `405` on `PATCH` (no trickle needed: the node is ICE-lite and learns
+//! that resource to end it, `GET` on a WHEP resource to ask whether it still lives (`204`, or
+//! `404`: a player whose media stopped tells a publisher pause from a lost node), `405` on `PATCH` (no trickle needed: the node is ICE-lite and learns
 //! the client's address from its checks), and CORS so a page on another origin can use them.
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +25,13 @@ use crate::mjpeg::MediaLookup;
 pub fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::POST, Method::DELETE, Method::PATCH, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
@@ -113,6 +120,19 @@ pub fn delete(rtc: &WebRtc, id: &str) -> Response {
     }
 }
 
+/// `GET` on a session resource: `204` while the session lives, else `404`. Whoever holds the
+/// resource URL (its id is random) may ask, as they may end it.
+pub fn alive(rtc: &WebRtc, id: &str) -> Response {
+    match id.parse::<u64>() {
+        Ok(id) if rtc.is_open(id) => (
+            StatusCode::NO_CONTENT,
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        )
+            .into_response(),
+        _ => error(StatusCode::NOT_FOUND, "no such session"),
+    }
+}
+
 /// `PATCH` on a session resource: trickle and ICE restarts are not supported (RFC 9725 4.3.1).
 pub async fn patch() -> Response {
     let mut resp = error(
@@ -130,13 +150,15 @@ struct WhepState {
     lookup: Arc<dyn MediaLookup>,
 }
 
-/// The WHEP routes: `POST /whep/{app}/{room}`, `DELETE`/`PATCH /whep/{app}/{room}/{id}`.
+/// The WHEP routes: `POST /whep/{app}/{room}`, `GET`/`DELETE`/`PATCH /whep/{app}/{room}/{id}`.
 pub fn whep_router(rtc: Arc<WebRtc>, lookup: Arc<dyn MediaLookup>) -> Router {
     Router::new()
         .route("/whep/{app}/{room}", post(whep_offer))
         .route(
             "/whep/{app}/{room}/{id}",
-            axum::routing::delete(whep_delete).patch(patch),
+            axum::routing::delete(whep_delete)
+                .patch(patch)
+                .get(whep_alive),
         )
         .with_state(WhepState { rtc, lookup })
         .layer(cors())
@@ -187,6 +209,13 @@ async fn whep_offer(
         .open_blocking(slot, offer, role, reached_ip(&headers))
         .await;
     answered(result, |id| format!("/whep/{app}/{room}/{id}"))
+}
+
+async fn whep_alive(
+    State(st): State<WhepState>,
+    Path((_app, _room, id)): Path<(String, String, String)>,
+) -> Response {
+    alive(&st.rtc, &id)
 }
 
 async fn whep_delete(

@@ -555,6 +555,14 @@ impl WebRtc {
         drop(permit);
     }
 
+    /// Whether the session `id` lives.
+    pub fn is_open(&self, id: u64) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    }
+
     /// Ends a session (`DELETE` on its resource); false if there is none.
     pub fn close(&self, id: u64) -> bool {
         let token = self
