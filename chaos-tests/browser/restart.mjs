@@ -52,8 +52,16 @@ const probe = async () => {
     frames = acc.baseFrames + acc.frames;
     audio = acc.baseAudio + acc.audio;
   } else {
-    frames = v.getVideoPlaybackQuality().totalVideoFrames;
-    audio = v.webkitAudioDecodedByteCount || 0;
+    // The element's counters start again when a player attaches a new source (it moved to
+    // another node): keep what was counted before.
+    const f = v.getVideoPlaybackQuality().totalVideoFrames;
+    const a = v.webkitAudioDecodedByteCount || 0;
+    if (f < (acc.hlsFrames || 0)) acc.hlsBaseFrames = (acc.hlsBaseFrames || 0) + acc.hlsFrames;
+    if (a < (acc.hlsAudio || 0)) acc.hlsBaseAudio = (acc.hlsBaseAudio || 0) + acc.hlsAudio;
+    acc.hlsFrames = f;
+    acc.hlsAudio = a;
+    frames = (acc.hlsBaseFrames || 0) + f;
+    audio = (acc.hlsBaseAudio || 0) + a;
   }
   const ranges = [];
   for (let i = 0; i < v.buffered.length; i += 1) {

@@ -179,6 +179,7 @@ mod tests {
             registered_at_ms: 0,
             last_heartbeat_ms: 0,
             cert_fingerprint: None,
+            draining_since_ms: None,
         }
     }
 

@@ -20,6 +20,10 @@ pub struct EdgeArgs {
     /// Seconds a room stays subscribed after its last viewer (0.5-3600) [default: 10].
     #[arg(long, env = "STREAMHUB_LINGER_SECS")]
     pub linger_secs: Option<f64>,
+    /// Seconds a SIGTERM'd edge keeps serving its viewers while they move away (0-3600; it
+    /// stops sooner once none is left) [default: 10].
+    #[arg(long, env = "STREAMHUB_DRAIN_SECS")]
+    pub drain_secs: Option<f64>,
 }
 
 impl BinaryArgs for EdgeArgs {
@@ -31,6 +35,7 @@ impl BinaryArgs for EdgeArgs {
         EdgeArgs {
             node: self.node.merge(file.node),
             linger_secs: self.linger_secs.or(file.linger_secs),
+            drain_secs: self.drain_secs.or(file.drain_secs),
         }
     }
 }
@@ -41,6 +46,8 @@ pub struct EdgeSettings {
     pub node: NodeSettings,
     /// How long a room stays subscribed after its last viewer.
     pub linger: Duration,
+    /// How long a SIGTERM'd edge drains at most.
+    pub drain: Duration,
 }
 
 impl EdgeArgs {
@@ -58,9 +65,17 @@ impl EdgeArgs {
                 format!("{linger} is outside 0.5..=3600"),
             ));
         }
+        let drain = self.drain_secs.unwrap_or(10.0);
+        if !(0.0..=3600.0).contains(&drain) {
+            return Err(invalid(
+                "drain-secs",
+                format!("{drain} is outside 0..=3600"),
+            ));
+        }
         Ok(EdgeSettings {
             node: self.node.into_settings(NodeKind::Edge)?,
             linger: Duration::from_secs_f64(linger),
+            drain: Duration::from_secs_f64(drain),
         })
     }
 }
@@ -83,9 +98,14 @@ mod tests {
     }
 
     #[test]
-    fn linger_is_bounded() {
+    fn linger_and_drain_are_bounded() {
         let bad = EdgeArgs {
             linger_secs: Some(0.0),
+            ..Default::default()
+        };
+        assert!(bad.into_settings().is_err());
+        let bad = EdgeArgs {
+            drain_secs: Some(-1.0),
             ..Default::default()
         };
         assert!(bad.into_settings().is_err());

@@ -11,6 +11,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = EdgeArgs::load()?;
-    let shutdown = streamhub_media::node::init(&settings.node.log);
-    streamhub_edge::node::run(settings, shutdown).await
+    let (shutdown, terminate) = streamhub_media::node::init_draining(&settings.node.log);
+    streamhub_edge::node::run(settings, shutdown, terminate).await
 }

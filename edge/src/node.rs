@@ -5,18 +5,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::HeaderValue;
 use axum::Router;
 use futures::future::BoxFuture;
 use streamhub_cluster::join::{self, Joiner};
 use streamhub_cluster::load::LoadSampler;
-use streamhub_cluster::registry::{SteeringPolicy, HEARTBEAT_EVERY};
+use streamhub_cluster::registry::{process_started_ms, SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
 use streamhub_media::access::{
     Gate, Remembering, RememberingAccess, RoomPolicies, TokenVerifier, ViewerTracker,
 };
+use streamhub_media::drain::{Draining, DRAINING_HEADER};
 use streamhub_media::hls::http::RoomOpener;
 use streamhub_media::hls::{HlsRegistry, HlsRoom, MediaCache};
 use streamhub_media::metrics::{PlaybackMetrics, PlaybackSample, PlaybackStats};
@@ -34,8 +38,13 @@ use crate::config::EdgeSettings;
 use crate::origins::Origins;
 use crate::pull::Pulls;
 
-/// Runs an edge until `shutdown` is cancelled, then drains it.
-pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs an edge until `shutdown` is cancelled. Once `terminate` is cancelled (SIGTERM) it
+/// drains first: see [`drain_then_stop`].
+pub async fn run(
+    settings: EdgeSettings,
+    shutdown: CancellationToken,
+    terminate: CancellationToken,
+) -> anyhow::Result<()> {
     let s = &settings.node;
     let tasks = TaskTracker::new();
     let (surface, _tls) = streamhub_media::node::open_surface(s, &tasks, &shutdown).await?;
@@ -79,16 +88,42 @@ pub async fn run(settings: EdgeSettings, shutdown: CancellationToken) -> anyhow:
         viewers: viewers.clone(),
         me: s.node_name.clone(),
     };
-    let router = http_router(&settings, &origins, &pulls, &hls, &stats, &webrtc, gate).merge(
-        streamhub_media::node::routes(health.clone(), metrics, s.metrics_token.as_deref()),
-    );
+    let draining = Draining::default();
+    let router = http_router(
+        &settings, &origins, &pulls, &hls, &stats, &webrtc, gate, &draining,
+    )
+    .merge(streamhub_media::node::routes(
+        health.clone(),
+        metrics,
+        s.metrics_token.as_deref(),
+    ))
+    .layer(axum::middleware::map_response_with_state(
+        (
+            draining.clone(),
+            HeaderValue::try_from(s.node_name.as_str())?,
+        ),
+        mark_draining,
+    ));
     tasks.spawn(origins.clone().run_refresh(shutdown.clone()));
+    let drain = Drain {
+        draining,
+        webrtc: webrtc.clone(),
+        beat_now: Arc::new(tokio::sync::Notify::new()),
+    };
     tasks.spawn(run_heartbeats(
         s.node_name.clone(),
         origins.clone(),
-        pulls,
+        pulls.clone(),
         stats,
         viewers,
+        drain.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(drain_then_stop(
+        terminate,
+        settings.drain,
+        pulls,
+        drain,
         shutdown.clone(),
     ));
     let serving = Serving::start(surface, router, shutdown.clone());
@@ -121,7 +156,84 @@ async fn identity(settings: &EdgeSettings) -> anyhow::Result<(NodeIdentity, Vec<
     Ok((identity, answer.voters))
 }
 
+/// What a drain acts on.
+#[derive(Clone)]
+struct Drain {
+    draining: Draining,
+    webrtc: Arc<WebRtc>,
+    /// Sends a heartbeat now (the cluster learns of a SIGTERM drain at once).
+    beat_now: Arc<tokio::sync::Notify>,
+}
+
+impl Drain {
+    /// The node began draining (`why`): its WHEP sessions end, which tells their players to
+    /// ask steering again (it leaves this node out now).
+    fn began(&self, why: &str) {
+        let ended = self.webrtc.close_all();
+        tracing::info!(
+            why,
+            whep_sessions_ended = ended,
+            "draining: no new viewers; players are told to move"
+        );
+    }
+}
+
+/// Marks every answer of a draining node with [`DRAINING_HEADER`] (readable across origins):
+/// the player page and the SDK move their HLS players on seeing it.
+async fn mark_draining(
+    State((draining, me)): State<(Draining, HeaderValue)>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    if draining.is_on() {
+        let h = resp.headers_mut();
+        h.insert(DRAINING_HEADER, me);
+        h.append(
+            axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(DRAINING_HEADER),
+        );
+    }
+    resp
+}
+
+/// On SIGTERM: drains (leaves steering, ends WHEP sessions, says so in its heartbeats) and keeps
+/// serving until its viewers are gone or `grace` has passed, then stops the node.
+async fn drain_then_stop(
+    terminate: CancellationToken,
+    grace: Duration,
+    pulls: Arc<Pulls>,
+    drain: Drain,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        () = terminate.cancelled() => {}
+    }
+    if drain.draining.set_by_signal() {
+        drain.began("SIGTERM");
+    }
+    drain.beat_now.notify_one();
+    let until = tokio::time::Instant::now() + grace;
+    loop {
+        let whep = drain
+            .webrtc
+            .stats
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let left = pulls.viewers() + whep;
+        if left == 0 || tokio::time::Instant::now() >= until {
+            tracing::info!(viewers_left = left, "drained: stopping");
+            shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
 /// The playback routes, each resolving rooms through the pulls from origins.
+#[allow(clippy::too_many_arguments)]
 fn http_router(
     settings: &EdgeSettings,
     origins: &Arc<Origins>,
@@ -130,6 +242,7 @@ fn http_router(
     stats: &PlaybackStats,
     webrtc: &Arc<WebRtc>,
     gate: Gate,
+    draining: &Draining,
 ) -> Router {
     let s = &settings.node;
     let steering = Arc::new(Steering {
@@ -139,6 +252,7 @@ fn http_router(
         public_url: s.public_base(),
         region_header: s.region_header.clone(),
         policy: SteeringPolicy::default(),
+        draining: draining.clone(),
     });
     let media = Arc::new(PullMedia(pulls.clone()));
     Router::new()
@@ -156,6 +270,7 @@ fn http_router(
         .merge(streamhub_media::webrtc::http::whep_router(
             webrtc.clone(),
             media,
+            draining.clone(),
         ))
         .merge(streamhub_media::play::router(steering.clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -185,6 +300,7 @@ async fn run_heartbeats(
     pulls: Arc<Pulls>,
     stats: PlaybackStats,
     viewers: Arc<ViewerTracker>,
+    drain: Drain,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -194,6 +310,7 @@ async fn run_heartbeats(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            () = drain.beat_now.notified() => {}
         }
         let (egress_bps, cpu) = sampler.sample(stats.bytes_out());
         let beat = Heartbeat {
@@ -209,9 +326,17 @@ async fn run_heartbeats(
             },
             // Set by the origin from this node's certificate.
             cert_fingerprint: None,
+            draining: drain.draining.by_signal(),
+            started_ms: process_started_ms(),
         };
-        if let Err(e) = origins.heartbeat(&beat).await {
-            tracing::warn!(error = %e, "heartbeat not delivered");
+        match origins.heartbeat(&beat).await {
+            Ok(Some(answer)) => {
+                if drain.draining.set_by_cluster(answer.draining) {
+                    drain.began("the cluster drains this node");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
         }
     }
 }

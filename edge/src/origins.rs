@@ -378,13 +378,48 @@ impl Origins {
         }
     }
 
-    /// Sends this node's heartbeat to an origin (which hands it to the leader).
-    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<(), String> {
+    /// Sends this node's heartbeat to an origin (which hands it to the leader); the answer
+    /// says which nodes drain (`None` from an origin too old to say).
+    pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<Option<BeatAnswer>, String> {
         let body = Bytes::from(serde_json::to_vec(beat).map_err(|e| e.to_string())?);
-        self.ask(kinds::HEARTBEAT, body, HEARTBEAT_TIMEOUT)
-            .await
-            .map(|_| ())
+        let answer = self.ask(kinds::HEARTBEAT, body, HEARTBEAT_TIMEOUT).await?;
+        let answer: Option<BeatAnswer> = serde_json::from_slice(&answer).ok();
+        if let Some(a) = &answer {
+            self.note_draining(&a.draining_nodes);
+        }
+        Ok(answer)
     }
+
+    /// Marks the nodes `draining` (and only them) as draining in the registry copy, between two
+    /// refreshes: steering from this edge leaves a drained node out within a beat.
+    fn note_draining(&self, draining: &[String]) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let differs = |n: &NodeRecord| n.draining_since_ms.is_some() != draining.contains(&n.name);
+        if !nodes.iter().any(differs) {
+            return;
+        }
+        let mut updated: Vec<NodeRecord> = nodes.as_ref().clone();
+        for n in updated.iter_mut().filter(|n| differs(n)) {
+            // The start is the registry's; the next refresh brings it.
+            n.draining_since_ms = if n.draining_since_ms.is_some() {
+                None
+            } else {
+                Some(0)
+            };
+        }
+        *nodes = Arc::new(updated);
+    }
+}
+
+/// An origin's answer to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BeatAnswer {
+    /// Whether the registry has this node draining.
+    pub draining: bool,
+    /// Every draining node.
+    #[serde(default)]
+    pub draining_nodes: Vec<String>,
 }
 
 #[cfg(test)]

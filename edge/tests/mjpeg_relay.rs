@@ -90,6 +90,7 @@ fn start_origin(ca: &CaBundle) -> Arc<Origin> {
         registered_at_ms: 0,
         last_heartbeat_ms: 0,
         cert_fingerprint: None,
+        draining_since_ms: None,
     };
     state.registry.nodes.insert(me.name.clone(), me);
     let (app, room) = (

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::raft::RaftNode;
-use streamhub_cluster::registry::HEARTBEAT_EVERY;
+use streamhub_cluster::registry::{process_started_ms, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Command, CommandResponse, Heartbeat, NodeLoad};
 use streamhub_cluster::transport::kinds::HEARTBEAT;
 use streamhub_cluster::transport::{service_fn, PeerInfo, PeerRole, RemoteError};
@@ -40,7 +40,7 @@ const LEASE_REFRESH: Duration = Duration::from_millis(100);
 /// beat (and renews every lease), whatever the number of nodes.
 #[derive(Debug, Default)]
 pub struct HeartbeatBatch {
-    pending: Mutex<BTreeMap<String, (NodeLoad, Option<String>)>>,
+    pending: Mutex<BTreeMap<String, Heartbeat>>,
 }
 
 impl HeartbeatBatch {
@@ -49,20 +49,13 @@ impl HeartbeatBatch {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded by the registry: only registered nodes are kept when flushed.
         if p.len() < 10_000 || p.contains_key(&beat.node) {
-            p.insert(beat.node, (beat.load, beat.cert_fingerprint));
+            p.insert(beat.node.clone(), beat);
         }
     }
 
     fn take(&self) -> Vec<Heartbeat> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *p)
-            .into_iter()
-            .map(|(node, (load, cert_fingerprint))| Heartbeat {
-                node,
-                load,
-                cert_fingerprint,
-            })
-            .collect()
+        std::mem::take(&mut *p).into_values().collect()
     }
 }
 
@@ -112,6 +105,8 @@ impl Heartbeats {
                     room_viewers: self.viewers.room_report(std::time::Instant::now()),
                 },
                 cert_fingerprint: Some(self.fingerprint.clone()),
+                draining: false,
+                started_ms: process_started_ms(),
             };
             // An unhealthy node does not beat for itself; as the leader it still commits the
             // beats of the others.
@@ -247,6 +242,24 @@ impl Heartbeats {
             .map_err(|e| RemoteError::new("unavailable", e.to_string()))
     }
 
+    /// The answer to `node`'s heartbeat: `{"draining": bool, "drainingNodes": [name]}`, whether
+    /// the replicated registry has the node draining and which nodes drain (how an edge learns
+    /// of an operator's drain, its own or another node's for its steering, within a beat).
+    fn answer(&self, node: &str) -> bytes::Bytes {
+        let (draining, nodes) = self.raft.read(|s| {
+            let nodes: Vec<String> = s
+                .registry
+                .nodes
+                .values()
+                .filter(|n| n.draining_since_ms.is_some())
+                .map(|n| n.name.clone())
+                .collect();
+            (nodes.iter().any(|n| n == node), nodes)
+        });
+        let answer = serde_json::json!({ "draining": draining, "drainingNodes": nodes });
+        bytes::Bytes::from(answer.to_string())
+    }
+
     /// Serves [`HEARTBEAT`]: the leader batches what peers send; another origin hands an
     /// edge's beat on to the leader, so nodes that are not voters may send theirs to any origin.
     pub fn register_service(self: &Arc<Self>) {
@@ -282,8 +295,26 @@ impl Heartbeats {
         }
         let st = self.raft.status();
         if st.leader == Some(st.node_id) {
+            let starts_drain = beat.draining
+                && self.raft.read(|s| {
+                    s.registry
+                        .nodes
+                        .get(&beat.node)
+                        .is_some_and(|n| n.draining_since_ms.is_none())
+                });
+            if starts_drain {
+                // A node that begins its own drain leaves steering now, not at the next flush.
+                let cmd = Command::Heartbeats {
+                    at_ms: unix_now_ms(),
+                    beats: vec![beat.clone()],
+                };
+                if let Err(e) = self.raft.write(cmd).await {
+                    tracing::warn!(node = %beat.node, error = %e, "drain not committed");
+                }
+            }
+            let answer = self.answer(&beat.node);
             self.batch.add(beat);
-            return Ok(bytes::Bytes::new());
+            return Ok(answer);
         }
         if from_origin {
             // Handed on by an origin that thinks we lead: do not bounce it around during an

@@ -252,6 +252,7 @@ impl Membership {
             registered_at_ms: now,
             last_heartbeat_ms: now,
             cert_fingerprint: Some(fingerprint),
+            draining_since_ms: None,
         };
         self.tenants
             .write(Command::RegisterNode(record))
@@ -322,6 +323,23 @@ impl Membership {
             .await?;
         tracing::info!(node = %name, fingerprint = ?record.cert_fingerprint, "node removed from the cluster; its certificate is revoked");
         Ok(())
+    }
+
+    /// Starts (`on`) or ends the drain of node `name`; answers the node's record.
+    pub async fn drain(&self, name: &str, on: bool) -> Result<Value, ApiError> {
+        if !self.raft.read(|s| s.registry.nodes.contains_key(name)) {
+            return Err(ApiError::NotFound(format!("node {name}")));
+        }
+        self.tenants
+            .write(Command::DrainNode {
+                name: name.to_string(),
+                on,
+                at_ms: unix_now_ms(),
+            })
+            .await?;
+        tracing::info!(node = %name, on, "node drain changed");
+        let record = self.raft.read(|s| s.registry.nodes.get(name).cloned());
+        Ok(serde_json::to_value(record).unwrap_or_default())
     }
 
     /// Every node of the registry, with its health.

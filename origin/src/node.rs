@@ -275,6 +275,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             public_url: s.public_base(),
             region_header: s.region_header.clone(),
             policy: SteeringPolicy::default(),
+            draining: Default::default(),
         }),
         webrtc: webrtc.clone(),
         rtsp,
@@ -335,6 +336,7 @@ fn http_router(
         .merge(streamhub_media::webrtc::http::whep_router(
             services.webrtc.clone(),
             media,
+            Default::default(),
         ))
         .merge(streamhub_media::play::router(services.steering.clone()))
         .layer(axum::middleware::from_fn_with_state(
@@ -407,6 +409,7 @@ fn own_record(
         registered_at_ms: now,
         last_heartbeat_ms: now,
         cert_fingerprint: Some(fingerprint.to_string()),
+        draining_since_ms: None,
     }
 }
 

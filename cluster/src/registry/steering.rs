@@ -11,7 +11,8 @@
 //!    origin's clock runs ahead) counts as fresh. Nor does a node whose last heartbeat is
 //!    [`SteeringPolicy::behind_ms`] or more older than the newest heartbeat of any node: a dead
 //!    edge stops being chosen within a few seconds (five missed beats), while a slow Raft commit,
-//!    which delays every node's beat alike, leaves out no one.
+//!    which delays every node's beat alike, leaves out no one. Nor does a draining node
+//!    ([`NodeRecord::draining_since_ms`]): it keeps its viewers and gets no new one.
 //! 2. With [`SteeringPolicy::prefer_edges`], healthy edges are the only candidates while there is
 //!    one; healthy origins serve viewers only as the last resort.
 //! 3. Within the candidates, the client's region first; then the least loaded.
@@ -127,6 +128,8 @@ impl SteeringPolicy {
             .into_iter()
             .filter(|n| self.is_healthy(n, now_ms))
             .filter(|n| newest.saturating_sub(n.last_heartbeat_ms) < self.behind_ms)
+            // A draining node serves the viewers it has and gets no new one.
+            .filter(|n| n.draining_since_ms.is_none())
             .collect();
         let any_edge = healthy.iter().any(|n| n.role == NodeRole::Edge);
         let pool: Vec<&NodeRecord> = if self.prefer_edges && any_edge {
@@ -230,6 +233,7 @@ mod tests {
             registered_at_ms: 0,
             last_heartbeat_ms: NOW,
             cert_fingerprint: None,
+            draining_since_ms: None,
         }
     }
 
@@ -401,6 +405,23 @@ mod tests {
         assert_eq!(
             pick(&[b, a], Some("eu")),
             picked("a", Reason::SameRegionEdge)
+        );
+    }
+
+    #[test]
+    fn a_draining_node_gets_no_new_viewer() {
+        let mut a = edge("a", "eu", 0);
+        a.draining_since_ms = Some(NOW - 1);
+        let b = edge("b", "eu", 50);
+        let origin = node("o", NodeRole::Origin, "eu", 0);
+        assert_eq!(
+            pick(&[a.clone(), b, origin.clone()], Some("eu")),
+            picked("b", Reason::SameRegionEdge)
+        );
+        // The last edge drains: the origins serve.
+        assert_eq!(
+            pick(&[a, origin], Some("eu")),
+            picked("o", Reason::OriginFallback)
         );
     }
 

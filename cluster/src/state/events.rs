@@ -1074,6 +1074,8 @@ mod tests {
                 ..Default::default()
             },
             cert_fingerprint: None,
+            draining: false,
+            started_ms: 0,
         }
     }
 

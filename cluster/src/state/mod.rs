@@ -127,6 +127,13 @@ pub enum Command {
         #[serde(default)]
         at_ms: u64,
     },
+    /// Starts (`on`) or ends the drain of node `name`: steering sends a draining node no new
+    /// viewer (see [`NodeRecord::draining_since_ms`]).
+    DrainNode {
+        name: String,
+        on: bool,
+        at_ms: u64,
+    },
     /// Heartbeats of one or more nodes at `at_ms`: updates their load and renews their leases.
     Heartbeats {
         at_ms: u64,
@@ -391,6 +398,7 @@ impl ClusterState {
                 }
                 Err(not_found) => not_found,
             },
+            Command::DrainNode { name, on, at_ms } => self.registry.drain(name, *on, *at_ms),
             Command::Heartbeats { at_ms, beats } => {
                 for beat in beats {
                     self.registry.heartbeat(*at_ms, beat);

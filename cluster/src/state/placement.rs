@@ -274,6 +274,8 @@ mod tests {
                 node: "x".into(),
                 load: NodeLoad::default(),
                 cert_fingerprint: None,
+                draining: false,
+                started_ms: 0,
             }],
         });
         assert!(matches!(
@@ -339,6 +341,8 @@ mod tests {
                 node: "x".into(),
                 load: NodeLoad::default(),
                 cert_fingerprint: None,
+                draining: false,
+                started_ms: 0,
             }],
         };
         s.apply(&beat(2_000));

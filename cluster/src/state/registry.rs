@@ -74,6 +74,11 @@ pub struct NodeRecord {
     /// the node is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_fingerprint: Option<String>,
+    /// Since when the node drains (`POST /api/v1/cluster/nodes/:name/drain`, or its own
+    /// SIGTERM): steering sends it no new viewer. Cleared by a heartbeat of a process that
+    /// started after the drain (the node was restarted) or by `DELETE …/drain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since_ms: Option<u64>,
 }
 
 /// One node's heartbeat inside a batch.
@@ -86,6 +91,17 @@ pub struct Heartbeat {
     /// it (never taken from the sender's body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_fingerprint: Option<String>,
+    /// The node drains itself (it got SIGTERM).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+    /// When the node's process started (Unix ms; 0: not said): a beat of a process started
+    /// after the node's drain began ends that drain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The registry part of the replicated state.
@@ -119,8 +135,9 @@ impl Registry {
             .ok_or_else(|| not_found(format!("node {name}")))
     }
 
-    /// Records the load and time of `beat` (a heartbeat never moves a node's time back), and
-    /// the certificate fingerprint of a node that has none recorded yet.
+    /// Records the load and time of `beat` (a heartbeat never moves a node's time back), the
+    /// certificate fingerprint of a node that has none recorded yet, and the node's drain: begun
+    /// by the node itself, or over once a process started after it beats.
     pub(super) fn heartbeat(&mut self, at_ms: u64, beat: &Heartbeat) {
         if let Some(n) = self.nodes.get_mut(&beat.node) {
             n.load = beat.load.clone();
@@ -128,7 +145,28 @@ impl Registry {
             if n.cert_fingerprint.is_none() {
                 n.cert_fingerprint.clone_from(&beat.cert_fingerprint);
             }
+            match n.draining_since_ms {
+                None if beat.draining => n.draining_since_ms = Some(at_ms),
+                Some(since) if !beat.draining && beat.started_ms > since => {
+                    n.draining_since_ms = None;
+                }
+                _ => {}
+            }
         }
+    }
+
+    /// Starts (`on`) or ends the drain of node `name` at `at_ms`; an ongoing drain keeps its
+    /// start.
+    pub(super) fn drain(&mut self, name: &str, on: bool, at_ms: u64) -> CommandResponse {
+        let Some(n) = self.nodes.get_mut(name) else {
+            return not_found(format!("node {name}"));
+        };
+        if !on {
+            n.draining_since_ms = None;
+        } else if n.draining_since_ms.is_none() {
+            n.draining_since_ms = Some(at_ms);
+        }
+        CommandResponse::Ok
     }
 }
 
@@ -151,6 +189,7 @@ pub(crate) mod tests {
             registered_at_ms: 0,
             last_heartbeat_ms: 0,
             cert_fingerprint: None,
+            draining_since_ms: None,
         }
     }
 
@@ -170,5 +209,55 @@ pub(crate) mod tests {
             CommandResponse::Exists { .. }
         ));
         assert_eq!(s.registry.nodes.len(), 1);
+    }
+
+    #[test]
+    fn a_drain_lasts_until_undone_or_the_node_restarts() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::RegisterNode(node("e1", 1)));
+        let beat = |draining, started_ms| Heartbeat {
+            node: "e1".into(),
+            load: NodeLoad::default(),
+            cert_fingerprint: None,
+            draining,
+            started_ms,
+        };
+        let since = |s: &ClusterState| s.registry.nodes["e1"].draining_since_ms;
+        let drain = |on, at_ms| Command::DrainNode {
+            name: "e1".into(),
+            on,
+            at_ms,
+        };
+        assert_eq!(s.apply(&drain(true, 1_000)), CommandResponse::Ok);
+        assert_eq!(since(&s), Some(1_000));
+        // Draining again keeps the start; beats of the process that was drained keep it on.
+        s.apply(&drain(true, 2_000));
+        s.apply(&Command::Heartbeats {
+            at_ms: 2_500,
+            beats: vec![beat(false, 500)],
+        });
+        assert_eq!(since(&s), Some(1_000));
+        // A process started after the drain: the node was restarted.
+        s.apply(&Command::Heartbeats {
+            at_ms: 3_000,
+            beats: vec![beat(false, 2_800)],
+        });
+        assert_eq!(since(&s), None);
+        // The node's own drain (SIGTERM), then an operator's undrain.
+        s.apply(&Command::Heartbeats {
+            at_ms: 4_000,
+            beats: vec![beat(true, 2_800)],
+        });
+        assert_eq!(since(&s), Some(4_000));
+        s.apply(&drain(false, 5_000));
+        assert_eq!(since(&s), None);
+        assert!(matches!(
+            s.apply(&Command::DrainNode {
+                name: "nobody".into(),
+                on: true,
+                at_ms: 1
+            }),
+            CommandResponse::NotFound { .. }
+        ));
     }
 }

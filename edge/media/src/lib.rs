@@ -9,6 +9,7 @@
 //! - [`node`]: the skeleton both binaries share (settings, process setup, health, metrics).
 
 pub mod access;
+pub mod drain;
 pub mod hls;
 pub mod http;
 pub mod metrics;

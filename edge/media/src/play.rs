@@ -44,6 +44,8 @@ pub struct Steering {
     pub region_header: Option<HeaderName>,
     /// The decision rules.
     pub policy: SteeringPolicy,
+    /// This node's drain: while on, it steers no one to itself.
+    pub draining: crate::drain::Draining,
 }
 
 /// Query of the steering routes.
@@ -101,11 +103,15 @@ impl Steering {
             });
         }
         let now = unix_now_ms();
-        let pick = |skip: Option<&str>| {
-            let left = nodes.iter().filter(|n| Some(n.name.as_str()) != skip);
+        // A draining node leaves itself out before the registry says so.
+        let me_out = self.draining.is_on().then_some(self.me.as_str());
+        let pick = |skip: &[Option<&str>]| {
+            let left = nodes
+                .iter()
+                .filter(|n| !skip.contains(&Some(n.name.as_str())));
             self.policy.choose(left, Some(region), now)
         };
-        let choice = avoid.and_then(|a| pick(Some(a))).or_else(|| pick(None))?;
+        let choice = pick(&[avoid, me_out]).or_else(|| pick(&[me_out]))?;
         Some(Target {
             node: choice.node.name.clone(),
             region: choice.node.region.clone(),
@@ -122,6 +128,8 @@ impl Steering {
         let mut others: Vec<&NodeRecord> = nodes
             .iter()
             .filter(|n| n.name != chosen && self.policy.is_healthy(n, now))
+            .filter(|n| n.draining_since_ms.is_none())
+            .filter(|n| !(self.draining.is_on() && n.name == self.me))
             .collect();
         others.sort_by(|a, b| (a.region != region, &a.name).cmp(&(b.region != region, &b.name)));
         others
@@ -323,6 +331,7 @@ pub(crate) mod tests {
             registered_at_ms: 0,
             last_heartbeat_ms: unix_now_ms() - age_ms,
             cert_fingerprint: None,
+            draining_since_ms: None,
         }
     }
 
@@ -340,6 +349,7 @@ pub(crate) mod tests {
             public_url: format!("http://{me}.example"),
             region_header: Some(HeaderName::from_static("x-client-region")),
             policy: SteeringPolicy::default(),
+            draining: Default::default(),
         }))
     }
 

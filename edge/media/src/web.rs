@@ -207,6 +207,7 @@ mod tests {
                 public_url: "http://e1:3020".into(),
                 region_header: None,
                 policy: SteeringPolicy::default(),
+                draining: Default::default(),
             }),
             dashboard_here,
         )

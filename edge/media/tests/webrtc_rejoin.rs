@@ -172,7 +172,11 @@ async fn a_viewer_goes_on_with_the_rooms_next_publisher_session() {
 
     // A player whose media paused asks whether its session still lives: it does, across the
     // change; once ended (or on a node that never had it), 404.
-    let whep = streamhub_media::webrtc::http::whep_router(node.clone(), current.clone());
+    let whep = streamhub_media::webrtc::http::whep_router(
+        node.clone(),
+        current.clone(),
+        Default::default(),
+    );
     let ask = |id: String| {
         let whep = whep.clone();
         async move {

@@ -128,6 +128,22 @@ pub async fn status(
     Ok(data(membership.status().await))
 }
 
+/// `POST /cluster/nodes/:name/drain` (admin or global key): the node leaves steering at once
+/// (no new viewer), an edge ends its WHEP sessions (their players move) and serves the rest
+/// until it stops; `DELETE` ends the drain. A node restarted after the drain began is no
+/// longer draining. Answers the node's record (`drainingSinceMs`).
+pub async fn drain(
+    State(membership): State<Membership>,
+    who: Principal,
+    Path(name): Path<String>,
+    method: axum::http::Method,
+) -> Result<axum::Json<Value>, ApiError> {
+    who.check_global()?;
+    who.may(Action::ManageCluster, None)?;
+    let on = method == axum::http::Method::POST;
+    Ok(data(membership.drain(&name, on).await?))
+}
+
 /// `POST /cluster/nodes/:name/remove` (admin or global key).
 pub async fn remove(
     State(membership): State<Membership>,

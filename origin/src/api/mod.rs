@@ -122,6 +122,10 @@ pub fn router(services: Services) -> Router {
             axum::routing::delete(cluster::delete_join_token),
         )
         .route("/cluster/nodes/{name}/remove", post(cluster::remove))
+        .route(
+            "/cluster/nodes/{name}/drain",
+            post(cluster::drain).delete(cluster::drain),
+        )
         .route("/nodes", get(cluster::nodes))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::audit::layer))

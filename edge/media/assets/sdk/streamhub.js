@@ -347,6 +347,22 @@ class Player extends Emitter {
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (data.fatal) this.hlsFailed = `HLS: ${data.details}`;
     });
+    // A draining node says so on its playlists: move before it stops.
+    hls.on(Hls.Events.LEVEL_LOADED, (_, data) => {
+      const n = data.networkDetails;
+      let draining = null;
+      try {
+        if (n && n.getResponseHeader) draining = n.getResponseHeader('x-streamhub-draining');
+        else if (n && n.headers) draining = n.headers.get('x-streamhub-draining');
+      } catch (_) {
+        /* not readable */
+      }
+      // Once per draining node: back on it (steering had nowhere else), stay.
+      if (draining && !this.hlsFailed && this.drainSeen !== draining) {
+        this.drainSeen = draining;
+        this.hlsFailed = `${draining} is draining`;
+      }
+    });
     hls.on(Hls.Events.FRAG_LOADED, (_, data) => {
       this.counters.bytes += (data.frag && data.frag.stats && data.frag.stats.loaded) || 0;
     });
@@ -428,7 +444,7 @@ class Player extends Emitter {
       let progress;
       if (this.protocol === 'whep') {
         if (!this.pc || ['failed', 'closed'].includes(this.pc.connectionState)) {
-          this.lost = !!this.pc && this.pc.connectionState === 'failed';
+          this.lost = true;
           this.setState('stalled', { reason: 'WebRTC connection lost' });
           return;
         }

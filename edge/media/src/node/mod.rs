@@ -20,6 +20,13 @@ use tokio_util::sync::CancellationToken;
 /// provider (two backends are linked; both binaries pick ring), logging with `log` as the
 /// filter, and a token cancelled on SIGINT or SIGTERM. Call it inside the tokio runtime.
 pub fn init(log: &str) -> CancellationToken {
+    let shutdown = init_logging(log);
+    tokio::spawn(cancel_on_signal(shutdown.clone(), None));
+    shutdown
+}
+
+/// The process-wide setup of [`init`], without the signal handling.
+fn init_logging(log: &str) -> CancellationToken {
     // Everything the node creates (sled files, keys, caches) is for its owner only.
     // SAFETY: umask only sets the process's file mode mask; it cannot fail.
     unsafe {
@@ -32,12 +39,20 @@ pub fn init(log: &str) -> CancellationToken {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    shutdown
+    CancellationToken::new()
 }
 
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// [`init`] for a node that drains on SIGTERM (edges): the first SIGTERM cancels the second
+/// token (the node drains, then cancels the first itself); SIGINT or a second SIGTERM cancels
+/// the first token at once.
+pub fn init_draining(log: &str) -> (CancellationToken, CancellationToken) {
+    let shutdown = init_logging(log);
+    let drain = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone(), Some(drain.clone())));
+    (shutdown, drain)
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken, drain: Option<CancellationToken>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -46,9 +61,18 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
             return;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => match &drain {
+                Some(d) if !d.is_cancelled() => {
+                    tracing::info!("SIGTERM: draining (another SIGTERM or SIGINT stops now)");
+                    d.cancel();
+                }
+                _ => break,
+            },
+            () = shutdown.cancelled() => return,
+        }
     }
     shutdown.cancel();
 }

@@ -148,10 +148,16 @@ pub async fn patch() -> Response {
 struct WhepState {
     rtc: Arc<WebRtc>,
     lookup: Arc<dyn MediaLookup>,
+    draining: crate::drain::Draining,
 }
 
 /// The WHEP routes: `POST /whep/{app}/{room}`, `GET`/`DELETE`/`PATCH /whep/{app}/{room}/{id}`.
-pub fn whep_router(rtc: Arc<WebRtc>, lookup: Arc<dyn MediaLookup>) -> Router {
+/// A draining node refuses new sessions (503, `Retry-After: 1`): the player asks steering again.
+pub fn whep_router(
+    rtc: Arc<WebRtc>,
+    lookup: Arc<dyn MediaLookup>,
+    draining: crate::drain::Draining,
+) -> Router {
     Router::new()
         .route("/whep/{app}/{room}", post(whep_offer))
         .route(
@@ -160,7 +166,11 @@ pub fn whep_router(rtc: Arc<WebRtc>, lookup: Arc<dyn MediaLookup>) -> Router {
                 .patch(patch)
                 .get(whep_alive),
         )
-        .with_state(WhepState { rtc, lookup })
+        .with_state(WhepState {
+            rtc,
+            lookup,
+            draining,
+        })
         .layer(cors())
 }
 
@@ -180,6 +190,17 @@ async fn whep_offer(
         Ok(o) => o,
         Err(r) => return *r,
     };
+    if st.draining.is_on() {
+        let mut resp = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "this node is draining: play {app}/{room} from another node (GET /play/{app}/{room} or the playback API chooses one)"
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return resp;
+    }
     let client = connect.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
     let Some(viewing) = st.lookup.media(&app, &room, client).await else {
         return error(

@@ -555,6 +555,14 @@ impl WebRtc {
         drop(permit);
     }
 
+    /// Ends every session (a draining edge tells its viewers' players to move); returns how
+    /// many there were.
+    pub fn close_all(&self) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.values().for_each(CancellationToken::cancel);
+        sessions.len()
+    }
+
     /// Whether the session `id` lives.
     pub fn is_open(&self, id: u64) -> bool {
         self.sessions

@@ -1,0 +1,226 @@
+//! Draining an edge moves its viewers to another one, by an operator's
+//! `POST /api/v1/cluster/nodes/:name/drain` and by the edge's own SIGTERM.
+//!
+//! 1 origin, edges A and B. Four headless Chromium tabs play the room from edge A: the player
+//! page WebRTC first and with `?mode=hls`, and the SDK's `/embed` page both ways. A is drained
+//! through the origin's API: 1 s later no steering answer (origin, B, A itself) names A, and A
+//! refuses a new WHEP session (503); every tab moves to B without a fatal error or a reload and
+//! keeps decoding. A's drain is ended (`DELETE`), then B gets SIGTERM: it leaves steering as
+//! fast, the tabs move back to A the same way, and B stops by itself once they are gone (well
+//! within its `--drain-secs`), exiting cleanly.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
+use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Node, Publisher};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// How long each move is watched.
+const WATCH: Duration = Duration::from_secs(10);
+/// The bound: a drained edge gets no new viewer after this.
+const OUT_OF_STEERING: Duration = Duration::from_secs(1);
+/// The tabs: (what, path on the edge).
+const TABS: [(&str, &str); 4] = [
+    ("page WHEP", "/play/live/cam?steered={edge}"),
+    ("page HLS", "/play/live/cam?mode=hls&steered={edge}"),
+    ("SDK WHEP", "/embed/live/cam?steered={edge}"),
+    ("SDK HLS", "/embed/live/cam?mode=hls&steered={edge}"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_edge_moves_its_viewers() {
+    if !require(BROWSER, browser_available()) || !require("ffmpeg", has_command("ffmpeg")) {
+        return;
+    }
+    let mut c = Cluster::start(1, chaos_seed()).await;
+    let admin = c.admin(0).await;
+    let key = admin.rtmp_ingress("live", "cam").await.unwrap();
+    let a = c.start_edge("edge-a", "local", 0, &[]).await;
+    let mut b = c
+        .start_edge("edge-b", "local", 0, &["--drain-secs", "30"])
+        .await;
+    let _publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
+    c.note("publishing to origin-1");
+    let http = hls::client();
+    hls::wait_segments(
+        &http,
+        &a.url("/hls/live/cam/index.m3u8"),
+        2,
+        Duration::from_secs(45),
+    )
+    .await
+    .unwrap();
+
+    let mut browser = tokio::process::Command::new("node");
+    browser
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    for (_, path) in TABS {
+        browser.arg(a.url(&path.replace("{edge}", "edge-a")));
+    }
+    let mut browser = browser
+        .spawn()
+        .expect("node (and chromium + playwright-core, installed by .ci/run)");
+    let mut stdin = browser.stdin.take().unwrap();
+    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        .await
+        .expect("the tabs play in time")
+        .unwrap()
+        .expect("a line from the browser");
+    println!("playing: {ready}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let send = async |stdin: &mut tokio::process::ChildStdin, line: &str| {
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    };
+
+    // An operator drains edge A.
+    send(&mut stdin, "mark drain").await;
+    let drained = admin
+        .post("/cluster/nodes/edge-a/drain", Value::Null)
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    assert_eq!(drained.status, 200, "{:?}", drained.body);
+    assert!(
+        drained.data()["drainingSinceMs"].is_u64(),
+        "{:?}",
+        drained.body
+    );
+    c.note("edge-a drained");
+    tokio::time::sleep(OUT_OF_STEERING.saturating_sub(asked.elapsed())).await;
+    no_new_viewers_for(&http, "edge-a", &a, &[&c.nodes[0], &b, &a]).await;
+    tokio::time::sleep(WATCH).await;
+
+    // A is back; B drains itself on SIGTERM.
+    let undrained = admin.delete("/cluster/nodes/edge-a/drain").await.unwrap();
+    assert_eq!(undrained.status, 200, "{:?}", undrained.body);
+    assert!(undrained.data()["drainingSinceMs"].is_null());
+    // B's view of the registry has A back (within a beat) before B drains.
+    let b_steers = b.url("/api/v1/apps/live/rooms/cam/playback?avoid=edge-b");
+    streamhub_chaos_tests::poll(
+        "edge-b steers to edge-a again",
+        Duration::from_secs(5),
+        || async {
+            let (_, body) = hls::get(&http, &b_steers)
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+            (v["data"]["node"] == "edge-a")
+                .then_some(())
+                .ok_or(v.to_string())
+        },
+    )
+    .await
+    .unwrap();
+    send(&mut stdin, "mark sigterm").await;
+    b.send_sigterm();
+    let termed = Instant::now();
+    c.note("edge-b got SIGTERM");
+    tokio::time::sleep(OUT_OF_STEERING).await;
+    no_new_viewers_for(&http, "edge-b", &b, &[&c.nodes[0], &a]).await;
+    let exit = b.wait_exit(Duration::from_secs(25)).await;
+    let stopped_after = termed.elapsed();
+    println!("edge-b stopped {stopped_after:?} after SIGTERM");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "edge-b exits cleanly by itself once drained"
+    );
+    tokio::time::sleep(WATCH.saturating_sub(stopped_after)).await;
+    send(&mut stdin, "stop").await;
+    let samples = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the samples in time")
+        .unwrap()
+        .expect("the samples");
+    let _ = browser.wait().await;
+    let samples: Value = serde_json::from_str(samples.trim()).unwrap();
+    let samples = samples.as_array().unwrap();
+
+    for (tab, (what, _)) in TABS.iter().enumerate() {
+        let report = samples
+            .iter()
+            .map(|s| {
+                let p = &s["pages"][tab];
+                format!(
+                    "{} frames={} gap={}ms node={} error={} reconnects={} {}",
+                    s["mark"],
+                    p["frames"],
+                    p["gapMs"],
+                    p["node"],
+                    p["error"],
+                    p["reconnects"],
+                    p["state"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (mark, to) in [("drain", "edge-b"), ("sigterm", "edge-a")] {
+            let rows: Vec<&Value> = samples
+                .iter()
+                .filter(|s| s["mark"] == mark)
+                .map(|s| &s["pages"][tab])
+                .collect();
+            let last = rows.last().unwrap();
+            let frames = |r: &Value| r["frames"].as_u64().unwrap_or(0);
+            println!(
+                "{what}: {mark}: moved to {}, longest gap between frames {} ms",
+                last["node"], last["gapMs"]
+            );
+            for r in &rows {
+                assert!(r["error"].is_null(), "{what}: no fatal error:\n{report}");
+                assert_eq!(r["reloaded"], false, "{what}: never reloaded");
+            }
+            assert!(
+                last["node"].as_str().is_some_and(|n| n.contains(to)),
+                "{what}: {mark}: plays from {to} now:\n{report}"
+            );
+            assert!(
+                frames(last) >= frames(rows[0]) + 75,
+                "{what}: {mark}: kept decoding:\n{report}"
+            );
+        }
+    }
+    c.note("done");
+}
+
+/// `node` gets no new viewer: no steering answer names it, and it refuses a new WHEP session.
+async fn no_new_viewers_for(http: &reqwest::Client, name: &str, node: &Node, asked: &[&Node]) {
+    for n in asked {
+        let url = n.url("/api/v1/apps/live/rooms/cam/playback");
+        let (status, body) = hls::get(http, &url).await.unwrap();
+        assert_eq!(status, 200, "{url}");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_ne!(
+            v["data"]["node"], name,
+            "{url} steers to the drained {name}"
+        );
+        let alternates = v["data"]["alternates"].to_string();
+        assert!(
+            !alternates.contains(&node.url("").trim_end_matches('/').to_string()),
+            "{url} offers the drained {name} as an alternate: {alternates}"
+        );
+    }
+    let whep = http
+        .post(node.url("/whep/live/cam"))
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        whep.status().as_u16(),
+        503,
+        "{name} refuses new WHEP viewers"
+    );
+    assert_eq!(whep.headers()["retry-after"], "1");
+}
