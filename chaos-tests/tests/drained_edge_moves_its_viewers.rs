@@ -99,12 +99,23 @@ async fn drained_edge_moves_its_viewers() {
     c.note("edge-a drained");
     tokio::time::sleep(OUT_OF_STEERING.saturating_sub(asked.elapsed())).await;
     no_new_viewers_for(&http, "edge-a", &a, &[&c.nodes[0], &b, &a]).await;
+    // A load balancer's health check takes it out too.
+    let (status, body) = hls::get(&http, &a.url("/healthz")).await.unwrap();
+    assert_eq!((status, body.as_slice()), (503, &b"draining"[..]));
     tokio::time::sleep(WATCH).await;
 
     // A is back; B drains itself on SIGTERM.
     let undrained = admin.delete("/cluster/nodes/edge-a/drain").await.unwrap();
     assert_eq!(undrained.status, 200, "{:?}", undrained.body);
     assert!(undrained.data()["drainingSinceMs"].is_null());
+    streamhub_chaos_tests::poll("edge-a healthy again", Duration::from_secs(5), || async {
+        let (status, _) = hls::get(&http, &a.url("/healthz"))
+            .await
+            .map_err(|e| e.to_string())?;
+        (status == 200).then_some(()).ok_or(status.to_string())
+    })
+    .await
+    .unwrap();
     // B's view of the registry has A back (within a beat) before B drains.
     let b_steers = b.url("/api/v1/apps/live/rooms/cam/playback?avoid=edge-b");
     streamhub_chaos_tests::poll(

@@ -81,14 +81,14 @@ pub async fn run(
         webrtc: webrtc.clone(),
         viewers: viewers.clone(),
     });
-    let health = Health::default();
+    let draining = Draining::default();
+    let health = Health::with_draining(draining.clone());
     let gate = Gate {
         verifier: Arc::new(Remembering::new(OriginsKeys(origins.clone()))),
         rooms: Arc::new(RememberingAccess::new(OriginsAccess(origins.clone()))),
         viewers: viewers.clone(),
         me: s.node_name.clone(),
     };
-    let draining = Draining::default();
     let router = http_router(
         &settings, &origins, &pulls, &hls, &stats, &webrtc, gate, &draining,
     )

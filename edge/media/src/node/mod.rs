@@ -164,14 +164,24 @@ pub fn owner_only(dir: &std::path::Path) -> std::io::Result<Vec<String>> {
 }
 
 /// Whether the node serves: `GET /healthz` answers `200 ok` once the node is ready and while no
-/// problem is set, `503` with the reason otherwise.
+/// problem is set and it does not drain, `503` with the reason otherwise (a load balancer stops
+/// sending requests to a draining node; it still serves the ones it gets).
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
     problem: Arc<std::sync::RwLock<Option<String>>>,
+    draining: crate::drain::Draining,
 }
 
 impl Health {
+    /// A node whose health check reports `draining` as well.
+    pub fn with_draining(draining: crate::drain::Draining) -> Health {
+        Health {
+            draining,
+            ..Health::default()
+        }
+    }
+
     /// From now on the node is ready.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
@@ -217,6 +227,9 @@ async fn healthz(State(health): State<Health>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
     }
     match health.problem() {
+        None if health.draining.is_on() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "draining".to_string())
+        }
         None => (StatusCode::OK, "ok".to_string()),
         Some(p) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {p}")),
     }
