@@ -95,6 +95,7 @@ mod tests {
         assert_eq!(s.node.join.len(), 2);
         assert_eq!(s.node.region, "eu");
         assert_eq!(s.linger, Duration::from_secs(10));
+        assert_eq!(s.drain, Duration::from_secs(10));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{ADMIN_PASS, ADMIN_USER};
 pub const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a SIGTERM'd node may take to exit before it is killed.
-pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a joining node joins: the HTTP base URL of a member and a join token.
 #[derive(Debug, Clone)]
