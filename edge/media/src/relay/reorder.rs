@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use streamhub_shared::Frame;
 
-/// Later groups buffered behind the delivered one before it is abandoned.
+/// Later groups buffered behind the delivered one before it is abandoned (more while a
+/// back-fill arrives: see [`Reorder::with_backfill`]).
 pub const MAX_PENDING_GROUPS: usize = 3;
 /// Bytes buffered behind the delivered group before it is abandoned.
 pub const MAX_PENDING_BYTES: usize = 32 << 20;
@@ -61,6 +62,11 @@ pub struct Reorder {
     missing_since: Option<Instant>,
     /// Groups given up on, for metrics.
     abandoned: u64,
+    /// Later groups that may wait behind the current one (at least [`MAX_PENDING_GROUPS`]).
+    max_pending: usize,
+    /// The first live group of a back-filling subscription: the groups before it are sent in
+    /// order, one stream after the other, so one not seen yet is not skipped after a while.
+    live_group: Option<u64>,
 }
 
 impl Reorder {
@@ -69,6 +75,19 @@ impl Reorder {
         Self {
             current: first,
             ..Self::default()
+        }
+    }
+
+    /// A reorderer for a subscription that asked for `backfill` groups before the newest and
+    /// whose live groups start at `live_group`: the origin queues the kept groups one after the
+    /// other (older first) while live ones flow, and the streams are read side by side, so that
+    /// many more later groups may arrive while the oldest still does (still bounded by
+    /// [`MAX_PENDING_BYTES`]), and a kept group is awaited until it comes.
+    pub fn with_backfill(first: Option<u64>, backfill: u8, live_group: Option<u64>) -> Self {
+        Self {
+            max_pending: MAX_PENDING_GROUPS + usize::from(backfill),
+            live_group: live_group.filter(|_| backfill > 0),
+            ..Self::new(first)
         }
     }
 
@@ -175,7 +194,8 @@ impl Reorder {
                 }
             }
             let later = self.pending.range(current + 1..).count();
-            if later > MAX_PENDING_GROUPS || self.pending_bytes > MAX_PENDING_BYTES {
+            let max_pending = self.max_pending.max(MAX_PENDING_GROUPS);
+            if later > max_pending || self.pending_bytes > MAX_PENDING_BYTES {
                 self.abandoned += 1;
                 if let Some(p) = self.pending.remove(&current) {
                     self.pending_bytes -= p.bytes;
@@ -186,7 +206,9 @@ impl Reorder {
                 self.advance(current, false);
                 continue;
             }
-            let missing = !self.started && !self.pending.contains_key(&current) && later > 0;
+            let kept = self.live_group.is_some_and(|live| current < live);
+            let missing =
+                !self.started && !self.pending.contains_key(&current) && later > 0 && !kept;
             self.missing_since = match (missing, self.missing_since) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(now),
@@ -327,6 +349,37 @@ mod tests {
         assert_eq!(out[..2], ["1.0".to_string(), "gap".to_string()]);
         assert_eq!(out.len(), 2 + MAX_PENDING_GROUPS + 1, "{out:?}");
         assert_eq!(r.abandoned(), 1);
+    }
+
+    #[test]
+    fn a_backfilled_window_read_side_by_side_is_delivered_whole() {
+        // Six kept groups and the live one, every stream under way at once; the oldest ends
+        // last.
+        let mut r = Reorder::with_backfill(Some(0), 6, Some(6));
+        for g in 0..=6 {
+            r.frame_at(g, f(g, 0));
+        }
+        for g in (0..=6).rev() {
+            r.end_at(g, true);
+        }
+        let out = drain(&mut r);
+        assert_eq!(out, ["0.0", "1.0", "2.0", "3.0", "4.0", "5.0", "6.0"]);
+        assert_eq!(r.abandoned(), 0);
+        // A kept group not under way yet is awaited while the live ones come.
+        let t0 = Instant::now();
+        let mut r = Reorder::with_backfill(Some(0), 6, Some(6));
+        r.frame(0, f(0, 0), t0);
+        r.end(0, true, t0);
+        r.frame(6, f(6, 0), t0);
+        r.on_timeout(t0 + MISSING_GROUP_WAIT * 4);
+        r.frame(1, f(1, 0), t0 + MISSING_GROUP_WAIT * 4);
+        assert_eq!(drain(&mut r), ["0.0", "1.0"]);
+        // Without the allowance the same arrival loses groups.
+        let mut r = Reorder::new(Some(0));
+        for g in 0..=6 {
+            r.frame_at(g, f(g, 0));
+        }
+        assert!(r.abandoned() > 0);
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl RelayClient {
                     buf,
                     decoder,
                     events,
-                    reorder: Reorder::new(latest_group),
+                    reorder: Reorder::with_backfill(latest_group, backfill, live_group),
                     _guard: guard,
                     stats: self.stats.clone(),
                     lost_seen: 0,
