@@ -8,7 +8,7 @@
 //   instead, as a load balancer or DNS would send them once a node died; answered with
 //   {"rerouted": <to>} once in place;
 // - `stop`: print every sample as one JSON line, exit.
-// A sample: {t, mark, pages: [{mode, frames, audio, width, error, reconnects, lostNode, node,
+// A sample: {t, mark, pages: [{mode, frames, audio, width, error, reconnects, lostNode, drained, node,
 // reloaded, gapMs}]}, where `t` is Date.now(), `gapMs` is the longest gap between two presented
 // video frames since the last mark (the gap still open included), and `frames` and `audio` only
 // grow: video frames decoded and audio decoded (WebRTC samples from received packets, or bytes
@@ -74,7 +74,7 @@ const probe = async () => {
     mode, frames, audio, width: v.videoWidth,
     error: p.error || (p.state === 'error' ? p.reason : null) || (v.error && v.error.message) || null,
     time: v.currentTime.toFixed(2), buffered: ranges.join(' '),
-    reconnects: p.reconnects, lostNode: p.lostNode, node: p.nodeName || p.node,
+    reconnects: p.reconnects, lostNode: p.lostNode, drained: p.drained, node: p.nodeName || p.node,
     state: (document.getElementById('state') || document.getElementById('badge')).textContent,
   };
 };

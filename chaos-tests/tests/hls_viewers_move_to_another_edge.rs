@@ -173,34 +173,45 @@ async fn hls_viewers_move_to_another_edge() {
     }
 
     // The WHEP tabs: the longest gap between presented frames (through their new peer
-    // connections) bounds the time from each kill to frames decoded again.
+    // connections) bounds the time from each kill to frames decoded again. Each tab played from
+    // the edge that died and moved: the page counts the sessions it found gone, the SDK its
+    // reconnects. After the first move a tab may be on B or on W (steering's choice): the
+    // second kill is checked for the tabs it hit.
     for (tab, report) in [(1, &whep_report), (2, &sdk_report)] {
         let name = ["", "WHEP tab", "SDK tab"][tab];
-        for (mark, edge) in [("cold", "A"), ("warm", "B")] {
+        let moves = |r: &Value| {
+            let counter = if tab == 1 { "lostNode" } else { "reconnects" };
+            r[counter].as_u64().unwrap_or(0)
+        };
+        for (mark, edge, on) in [("cold", "A", "edge-a"), ("warm", "B", "edge-b")] {
             let rows = rows(mark, tab);
-            let last = rows.last().unwrap();
+            let (first, last) = (rows[0], *rows.last().unwrap());
+            if first["node"] != on {
+                println!(
+                    "{name}: not on edge {edge} when it died (on {})",
+                    first["node"]
+                );
+                continue;
+            }
             let gap = last["gapMs"].as_u64().unwrap();
             println!("{name}: edge {edge} died; longest gap between frames {gap} ms");
+            assert!(
+                moves(last) > moves(first) && last["node"] != on,
+                "{mark}: the {name} moved off edge {edge}:\n{report}"
+            );
             assert!(
                 gap <= WHEP_BACK,
                 "{mark}: the {name} decoded no frame for {gap} ms (bound {WHEP_BACK} ms):\n{report}"
             );
             assert!(
-                frames(last) >= frames(rows[0]) + 100,
+                frames(last) >= frames(first) + 100,
                 "{mark}: the {name} kept decoding:\n{report}"
             );
         }
-        // It played from edge A and moved: the page counts the session it found gone, the
-        // SDK its reconnects.
-        let last = rows("cold", tab).last().copied().unwrap();
-        let moved = if tab == 1 {
-            &last["lostNode"]
-        } else {
-            &last["reconnects"]
-        };
-        assert!(
-            moved.as_u64() >= Some(1),
-            "the {name} played from edge A and moved:\n{report}"
+        assert_eq!(
+            rows("cold", tab)[0]["node"],
+            "edge-a",
+            "the {name} played from edge A:\n{report}"
         );
     }
     let _ = node.wait().await;

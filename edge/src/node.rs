@@ -178,22 +178,29 @@ impl Drain {
     }
 }
 
-/// Marks every answer of a draining node with [`DRAINING_HEADER`] (readable across origins):
-/// the player page and the SDK move their HLS players on seeing it.
+/// Marks every answer of a draining node with [`DRAINING_HEADER`] (exposed to other origins on
+/// every CORS answer): the player page and the SDK move their HLS players on seeing it.
 async fn mark_draining(
     State((draining, me)): State<(Draining, HeaderValue)>,
     mut resp: axum::response::Response,
 ) -> axum::response::Response {
-    if draining.is_on() {
-        let h = resp.headers_mut();
-        h.insert(DRAINING_HEADER, me);
+    let h = resp.headers_mut();
+    // Readable by pages on other origins whether or not it is there (a page asking for a header
+    // it may not read gets a console error).
+    if h.contains_key(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         h.append(
             axum::http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(DRAINING_HEADER),
         );
     }
+    if draining.is_on() {
+        h.insert(DRAINING_HEADER, me);
+    }
     resp
 }
+
+/// The shortest drain after SIGTERM (unless `--drain-secs` is shorter).
+const MIN_DRAIN: Duration = Duration::from_secs(2);
 
 /// On SIGTERM: drains (leaves steering, ends WHEP sessions, says so in its heartbeats) and keeps
 /// serving until its viewers are gone or `grace` has passed, then stops the node.
@@ -212,7 +219,10 @@ async fn drain_then_stop(
         drain.began("SIGTERM");
     }
     drain.beat_now.notify_one();
-    let until = tokio::time::Instant::now() + grace;
+    let started = tokio::time::Instant::now();
+    let until = started + grace;
+    // Long enough for a load balancer to see `/healthz` answer 503 even with no viewer left.
+    let at_least = started + grace.min(MIN_DRAIN);
     loop {
         let whep = drain
             .webrtc
@@ -220,7 +230,8 @@ async fn drain_then_stop(
             .sessions
             .load(std::sync::atomic::Ordering::Relaxed) as usize;
         let left = pulls.viewers() + whep;
-        if left == 0 || tokio::time::Instant::now() >= until {
+        let now = tokio::time::Instant::now();
+        if (left == 0 && now >= at_least) || now >= until {
             tracing::info!(viewers_left = left, "drained: stopping");
             shutdown.cancel();
             return;

@@ -192,6 +192,7 @@ pub async fn playback(
     };
     let mut data = playback_urls(&t.base, &app, &room);
     data["alternates"] = steering.alternates(&t.node, &region).into();
+    data["answeredBy"] = steering.me.clone().into();
     data["node"] = t.node.into();
     data["region"] = t.region.into();
     data["clientRegion"] = region.into();
@@ -464,6 +465,7 @@ pub(crate) mod tests {
         let path = "/api/v1/apps/live/rooms/cam/playback?region=us";
         let v = data(get(&origin, path, None).await).await;
         assert_eq!(v["node"], "edge-us");
+        assert_eq!(v["answeredBy"], "origin-1");
         // The other nodes to ask, the client's region first; never the chosen one.
         assert_eq!(
             v["alternates"],

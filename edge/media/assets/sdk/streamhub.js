@@ -76,13 +76,32 @@ function loadHls(base) {
   return hlsLoading;
 }
 
+// Whether a WHEP session still lives on its node: 'alive' (204), 'gone' (404, or the
+// connection refused while this browser is online), 'silent' (no answer within 1 s) or
+// 'unknown' (any other answer).
+async function sessionCheck(resource) {
+  try {
+    const r = await fetch(resource, { cache: 'no-store', signal: AbortSignal.timeout(1000) });
+    if (r.status === 204) return 'alive';
+    return r.status === 404 ? 'gone' : 'unknown';
+  } catch (e) {
+    if (e.name === 'TimeoutError') return 'silent';
+    return navigator.onLine === false ? 'unknown' : 'gone';
+  }
+}
+
 // Opens a WHEP or WHIP session: POSTs the offer of `pc`, applies the answer, waits until it
 // connects (at most `timeoutMs`). Returns the session's resource URL.
 async function negotiate(pc, url, token, timeoutMs) {
   await pc.setLocalDescription(await pc.createOffer());
   const headers = { 'Content-Type': 'application/sdp' };
   if (token) headers.Authorization = `Bearer ${token}`;
-  const resp = await fetch(url, { method: 'POST', headers, body: pc.localDescription.sdp });
+  const resp = await fetch(url, {
+    method: 'POST',
+    headers,
+    body: pc.localDescription.sdp,
+    signal: AbortSignal.timeout(timeoutMs),
+  });
   if (resp.status !== 201) {
     const err = new Error(`${resp.status}: ${await reasonOf(resp)}`);
     err.status = resp.status;
@@ -211,6 +230,25 @@ class Player extends Emitter {
         }
       }
     }
+    if (this.opts.steer === false && avoid === undefined && !this.learned) {
+      // Not steering: still learn the other nodes to ask, and this node's name, should it fail.
+      this.learned = true;
+      try {
+        const r = await fetch(`${node}/api/v1/apps/${enc(app)}/rooms/${enc(room)}/playback`, {
+          cache: 'no-store',
+          signal: AbortSignal.timeout(5000),
+        });
+        if (r.ok) {
+          const d = (await r.json()).data;
+          const chosen = new URL(d.playUrl).origin;
+          this.alternates = [chosen, ...(d.alternates || [])].filter((u) => u !== node);
+          this.region = d.clientRegion || this.region;
+          this.nodeName = this.nodeName || d.answeredBy || null;
+        }
+      } catch (_) {
+        /* no alternates: this node only */
+      }
+    }
     this.node = node;
     const path = `${enc(app)}/${enc(room)}`;
     return {
@@ -225,7 +263,7 @@ class Player extends Emitter {
   // What the room is now: 'camera' (JPEG pictures), 'av' (audio/video), 'waiting' (not live
   // or backstage), or throws a refusal (401/403/429: the token or the quota).
   async probe(u) {
-    const r = await fetch(u.info, { cache: 'no-store' });
+    const r = await fetch(u.info, { cache: 'no-store', signal: AbortSignal.timeout(5000) });
     if (r.ok) {
       const info = (await r.json()).data;
       if (!info.live) return { kind: 'waiting', reason: 'the room is not live yet' };
@@ -289,7 +327,9 @@ class Player extends Emitter {
       const lost = this.lost;
       this.lost = false;
       if (lost) avoid = this.nodeName;
-      const delay = lost && attempt === 0 ? 0 : Math.min(8000, 500 * 2 ** Math.min(attempt, 4));
+      // A lost node's viewers all move at once: spread them over 300 ms.
+      const delay =
+        lost && attempt === 0 ? Math.random() * 300 : Math.min(8000, 500 * 2 ** Math.min(attempt, 4));
       attempt += 1;
       await sleep(delay);
     }
@@ -344,8 +384,14 @@ class Player extends Emitter {
     const hls = new Hls({ lowLatencyMode: true });
     this.hls = hls;
     this.hlsFailed = null;
+    this.hlsNodeFailed = false;
     hls.on(Hls.Events.ERROR, (_, data) => {
-      if (data.fatal) this.hlsFailed = `HLS: ${data.details}`;
+      if (!data.fatal || this.hlsFailed) return;
+      this.hlsFailed = `HLS: ${data.details}`;
+      // The node failed (no answer, or a server error): steer away from it. A room that ended
+      // or a media error starts again where it was.
+      const code = data.response ? data.response.code : 0;
+      this.hlsNodeFailed = data.type === Hls.ErrorTypes.NETWORK_ERROR && (!code || code >= 500);
     });
     // A draining node says so on its playlists: move before it stops.
     hls.on(Hls.Events.LEVEL_LOADED, (_, data) => {
@@ -361,6 +407,7 @@ class Player extends Emitter {
       if (draining && !this.hlsFailed && this.drainSeen !== draining) {
         this.drainSeen = draining;
         this.hlsFailed = `${draining} is draining`;
+        this.hlsNodeFailed = true;
       }
     });
     hls.on(Hls.Events.FRAG_LOADED, (_, data) => {
@@ -436,6 +483,7 @@ class Player extends Emitter {
     let last = -1;
     let stillSince = performance.now();
     let asked = 0;
+    let unanswered = 0;
     for (;;) {
       await sleep(500);
       if (this.stopped) return;
@@ -451,7 +499,7 @@ class Player extends Emitter {
         progress = (s.framesDecoded || 0) + (s.audioPackets || 0);
       } else if (this.protocol === 'hls') {
         if (this.hlsFailed) {
-          this.lost = true;
+          this.lost = !!this.hlsNodeFailed;
           this.setState('stalled', { reason: this.hlsFailed });
           return;
         }
@@ -475,14 +523,12 @@ class Player extends Emitter {
       if (still >= (this.protocol === 'hls' ? 8000 : 6000)) return;
       if (this.protocol === 'whep' && this.resource && still >= 1000 && now - asked >= 1000) {
         asked = now;
-        let status = 0;
-        try {
-          const r = await fetch(this.resource, { cache: 'no-store', signal: AbortSignal.timeout(1000) });
-          status = r.status;
-        } catch (_) {
-          /* no answer: the node is gone */
-        }
-        if (status !== 204 && !this.stopped) {
+        const verdict = await sessionCheck(this.resource);
+        unanswered = verdict === 'silent' ? unanswered + 1 : 0;
+        // Gone: the node does not know the session (404) or refuses the connection; a check
+        // that timed out counts only the second time in a row; anything else (an older node
+        // without the check, a proxy's error) leaves it to the 6 s rule.
+        if ((verdict === 'gone' || unanswered >= 2) && !this.stopped) {
           this.lost = true;
           this.setState('stalled', { reason: 'the node lost the session' });
           return;

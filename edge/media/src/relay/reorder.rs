@@ -25,6 +25,9 @@ pub const MAX_PENDING_BYTES: usize = 32 << 20;
 /// enough for a stream overtaken by a newer one, short enough that a group the origin reset
 /// before its header left (so the edge never learns its number) does not hold the room.
 pub const MISSING_GROUP_WAIT: Duration = Duration::from_millis(500);
+/// The same for a kept (back-filled) group: they come one after the other while live groups
+/// flow, so one may show up later, but a hole in the origin's history must not hold the room.
+pub const KEPT_GROUP_WAIT: Duration = Duration::from_secs(2);
 
 /// What the reorderer hands on, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,8 @@ pub struct Reorder {
     /// Later groups that may wait behind the current one (at least [`MAX_PENDING_GROUPS`]).
     max_pending: usize,
     /// The first live group of a back-filling subscription: the groups before it are sent in
-    /// order, one stream after the other, so one not seen yet is not skipped after a while.
+    /// order, one stream after the other, so one not seen yet is awaited longer
+    /// ([`KEPT_GROUP_WAIT`]).
     live_group: Option<u64>,
 }
 
@@ -82,7 +86,7 @@ impl Reorder {
     /// whose live groups start at `live_group`: the origin queues the kept groups one after the
     /// other (older first) while live ones flow, and the streams are read side by side, so that
     /// many more later groups may arrive while the oldest still does (still bounded by
-    /// [`MAX_PENDING_BYTES`]), and a kept group is awaited until it comes.
+    /// [`MAX_PENDING_BYTES`]), and a kept group not under way yet is awaited longer.
     pub fn with_backfill(first: Option<u64>, backfill: u8, live_group: Option<u64>) -> Self {
         Self {
             max_pending: MAX_PENDING_GROUPS + usize::from(backfill),
@@ -103,7 +107,16 @@ impl Reorder {
 
     /// When [`on_timeout`](Self::on_timeout) should be called, if anything waits on the clock.
     pub fn deadline(&self) -> Option<Instant> {
-        self.missing_since.map(|t| t + MISSING_GROUP_WAIT)
+        let kept = self
+            .live_group
+            .zip(self.current)
+            .is_some_and(|(live, current)| current < live);
+        let wait = if kept {
+            KEPT_GROUP_WAIT
+        } else {
+            MISSING_GROUP_WAIT
+        };
+        self.missing_since.map(|t| t + wait)
     }
 
     /// The clock reached `now`: a group that never showed up is skipped once it has been
@@ -206,9 +219,7 @@ impl Reorder {
                 self.advance(current, false);
                 continue;
             }
-            let kept = self.live_group.is_some_and(|live| current < live);
-            let missing =
-                !self.started && !self.pending.contains_key(&current) && later > 0 && !kept;
+            let missing = !self.started && !self.pending.contains_key(&current) && later > 0;
             self.missing_since = match (missing, self.missing_since) {
                 (true, Some(t)) => Some(t),
                 (true, None) => Some(now),
@@ -371,9 +382,14 @@ mod tests {
         r.frame(0, f(0, 0), t0);
         r.end(0, true, t0);
         r.frame(6, f(6, 0), t0);
-        r.on_timeout(t0 + MISSING_GROUP_WAIT * 4);
-        r.frame(1, f(1, 0), t0 + MISSING_GROUP_WAIT * 4);
+        r.on_timeout(t0 + MISSING_GROUP_WAIT * 2);
+        r.frame(1, f(1, 0), t0 + MISSING_GROUP_WAIT * 2);
+        r.end(1, true, t0 + MISSING_GROUP_WAIT * 2);
         assert_eq!(drain(&mut r), ["0.0", "1.0"]);
+        // One that never comes (a hole in the origin's history) is skipped after a while.
+        r.on_timeout(t0 + MISSING_GROUP_WAIT * 2 + KEPT_GROUP_WAIT);
+        assert_eq!(drain(&mut r), ["skip"]);
+        assert_eq!(r.abandoned(), 1);
         // Without the allowance the same arrival loses groups.
         let mut r = Reorder::new(Some(0));
         for g in 0..=6 {
