@@ -22,6 +22,20 @@ async fn edge_restart_loses_only_its_cache() {
 
     let exit = edge.terminate().await;
     assert!(exit.is_some_and(|s| s.success()), "clean exit on SIGTERM");
+    // It drained itself first (the registry says so), and the restart ends that drain.
+    let draining = |r: &streamhub_chaos_tests::api::Reply| {
+        r.data()
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == "edge-1"))
+            .map(|n| n["drainingSinceMs"].is_u64())
+    };
+    let nodes = c.admin(0).await.get("/nodes").await.unwrap();
+    assert_eq!(
+        draining(&nodes),
+        Some(true),
+        "SIGTERM drains: {:?}",
+        nodes.body
+    );
     edge.restart().await.unwrap();
     c.note("edge-1 restarted on its data dir");
     let after = poll(
@@ -63,7 +77,7 @@ async fn edge_restart_loses_only_its_cache() {
     assert_eq!(edges.len(), 1, "{nodes:?}");
     assert_eq!(edges[0]["name"], "edge-1");
     poll(
-        "edge-1 up in the registry",
+        "edge-1 up in the registry, no longer draining",
         Duration::from_secs(10),
         || async {
             let r = c
@@ -76,7 +90,9 @@ async fn edge_restart_loses_only_its_cache() {
                 a.iter()
                     .any(|n| n["name"] == "edge-1" && n["status"] == "up")
             });
-            up.then_some(()).ok_or(r.body.to_string())
+            (up && draining(&r) == Some(false))
+                .then_some(())
+                .ok_or(r.body.to_string())
         },
     )
     .await

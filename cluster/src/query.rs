@@ -180,6 +180,8 @@ mod tests {
             last_heartbeat_ms: 0,
             cert_fingerprint: None,
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         }
     }
 

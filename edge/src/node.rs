@@ -14,7 +14,7 @@ use axum::Router;
 use futures::future::BoxFuture;
 use streamhub_cluster::join::{self, Joiner};
 use streamhub_cluster::load::LoadSampler;
-use streamhub_cluster::registry::{process_started_ms, SteeringPolicy, HEARTBEAT_EVERY};
+use streamhub_cluster::registry::{process_boot, SteeringPolicy, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Heartbeat, NodeLoad, NodeRecord, NodeRole};
 use streamhub_cluster::transport::{Endpoint, NodeIdentity};
 use streamhub_media::access::{
@@ -338,7 +338,7 @@ async fn run_heartbeats(
             // Set by the origin from this node's certificate.
             cert_fingerprint: None,
             draining: drain.draining.by_signal(),
-            started_ms: process_started_ms(),
+            boot: process_boot(),
         };
         match origins.heartbeat(&beat).await {
             Ok(Some(answer)) => {

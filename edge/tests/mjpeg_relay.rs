@@ -91,6 +91,8 @@ fn start_origin(ca: &CaBundle) -> Arc<Origin> {
         last_heartbeat_ms: 0,
         cert_fingerprint: None,
         draining_since_ms: None,
+        boot: 0,
+        draining_boot: 0,
     };
     state.registry.nodes.insert(me.name.clone(), me);
     let (app, room) = (

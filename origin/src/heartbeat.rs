@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use streamhub_cluster::load::LoadSampler;
 use streamhub_cluster::raft::RaftNode;
-use streamhub_cluster::registry::{process_started_ms, HEARTBEAT_EVERY};
+use streamhub_cluster::registry::{process_boot, HEARTBEAT_EVERY};
 use streamhub_cluster::state::{Command, CommandResponse, Heartbeat, NodeLoad};
 use streamhub_cluster::transport::kinds::HEARTBEAT;
 use streamhub_cluster::transport::{service_fn, PeerInfo, PeerRole, RemoteError};
@@ -106,7 +106,7 @@ impl Heartbeats {
                 },
                 cert_fingerprint: Some(self.fingerprint.clone()),
                 draining: false,
-                started_ms: process_started_ms(),
+                boot: process_boot(),
             };
             // An unhealthy node does not beat for itself; as the leader it still commits the
             // beats of the others.

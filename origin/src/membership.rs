@@ -253,6 +253,8 @@ impl Membership {
             last_heartbeat_ms: now,
             cert_fingerprint: Some(fingerprint),
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         };
         self.tenants
             .write(Command::RegisterNode(record))

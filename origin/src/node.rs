@@ -410,6 +410,8 @@ fn own_record(
         last_heartbeat_ms: now,
         cert_fingerprint: Some(fingerprint.to_string()),
         draining_since_ms: None,
+        boot: 0,
+        draining_boot: 0,
     }
 }
 

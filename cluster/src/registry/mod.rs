@@ -28,15 +28,12 @@ pub fn is_up_within(node: &NodeRecord, now_ms: u64, ttl_ms: u64) -> bool {
     now_ms.saturating_sub(node.last_heartbeat_ms) < ttl_ms
 }
 
-/// When this process started (Unix ms; the first call's time, made by its first heartbeat),
-/// sent with its heartbeats: a beat of a process started after its node's drain ends the drain.
-pub fn process_started_ms() -> u64 {
-    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    })
+/// A random nonzero number of this process, sent with its heartbeats
+/// ([`crate::state::Heartbeat::boot`]): a beat of another process than the one drained ends the
+/// node's drain.
+pub fn process_boot() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| rand::random::<u64>().max(1))
 }
 
 /// [`is_up_within`] the registry's [`NODE_TTL_MS`].
@@ -65,6 +62,8 @@ mod tests {
             last_heartbeat_ms: 50_000,
             cert_fingerprint: None,
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         };
         assert!(is_up(&node, 50_000 + NODE_TTL_MS - 1));
         assert!(!is_up(&node, 50_000 + NODE_TTL_MS), "the boundary is down");

@@ -234,6 +234,8 @@ mod tests {
             last_heartbeat_ms: NOW,
             cert_fingerprint: None,
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         }
     }
 

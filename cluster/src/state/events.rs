@@ -1075,7 +1075,7 @@ mod tests {
             },
             cert_fingerprint: None,
             draining: false,
-            started_ms: 0,
+            boot: 0,
         }
     }
 

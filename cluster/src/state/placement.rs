@@ -275,7 +275,7 @@ mod tests {
                 load: NodeLoad::default(),
                 cert_fingerprint: None,
                 draining: false,
-                started_ms: 0,
+                boot: 0,
             }],
         });
         assert!(matches!(
@@ -342,7 +342,7 @@ mod tests {
                 load: NodeLoad::default(),
                 cert_fingerprint: None,
                 draining: false,
-                started_ms: 0,
+                boot: 0,
             }],
         };
         s.apply(&beat(2_000));

@@ -75,10 +75,16 @@ pub struct NodeRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_fingerprint: Option<String>,
     /// Since when the node drains (`POST /api/v1/cluster/nodes/:name/drain`, or its own
-    /// SIGTERM): steering sends it no new viewer. Cleared by a heartbeat of a process that
-    /// started after the drain (the node was restarted) or by `DELETE …/drain`.
+    /// SIGTERM): steering sends it no new viewer. Cleared by a heartbeat of another process
+    /// than the one drained (the node was restarted) or by `DELETE …/drain`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_since_ms: Option<u64>,
+    /// The process the drain applies to ([`Heartbeat::boot`]; 0: the next one to beat).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub draining_boot: u64,
+    /// The process that sent the node's last heartbeat ([`Heartbeat::boot`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boot: u64,
 }
 
 /// One node's heartbeat inside a batch.
@@ -94,10 +100,10 @@ pub struct Heartbeat {
     /// The node drains itself (it got SIGTERM).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
-    /// When the node's process started (Unix ms; 0: not said): a beat of a process started
-    /// after the node's drain began ends that drain.
+    /// A random number of the sending process, the same in each of its beats (0: not said): a
+    /// beat of another process than the one drained (the node restarted) ends the drain.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub started_ms: u64,
+    pub boot: u64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -146,11 +152,20 @@ impl Registry {
                 n.cert_fingerprint.clone_from(&beat.cert_fingerprint);
             }
             match n.draining_since_ms {
-                None if beat.draining => n.draining_since_ms = Some(at_ms),
-                Some(since) if !beat.draining && beat.started_ms > since => {
+                None if beat.draining => {
+                    n.draining_since_ms = Some(at_ms);
+                    n.draining_boot = beat.boot;
+                }
+                // Drained before the process was known: the one beating now is drained.
+                Some(_) if n.draining_boot == 0 => n.draining_boot = beat.boot,
+                Some(_) if !beat.draining && beat.boot != 0 && beat.boot != n.draining_boot => {
                     n.draining_since_ms = None;
+                    n.draining_boot = 0;
                 }
                 _ => {}
+            }
+            if beat.boot != 0 {
+                n.boot = beat.boot;
             }
         }
     }
@@ -163,8 +178,10 @@ impl Registry {
         };
         if !on {
             n.draining_since_ms = None;
+            n.draining_boot = 0;
         } else if n.draining_since_ms.is_none() {
             n.draining_since_ms = Some(at_ms);
+            n.draining_boot = n.boot;
         }
         CommandResponse::Ok
     }
@@ -190,6 +207,8 @@ pub(crate) mod tests {
             last_heartbeat_ms: 0,
             cert_fingerprint: None,
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         }
     }
 
@@ -215,13 +234,18 @@ pub(crate) mod tests {
     fn a_drain_lasts_until_undone_or_the_node_restarts() {
         let mut s = ClusterState::default();
         s.apply(&Command::RegisterNode(node("e1", 1)));
-        let beat = |draining, started_ms| Heartbeat {
+        let beat = |draining, boot| Heartbeat {
             node: "e1".into(),
             load: NodeLoad::default(),
             cert_fingerprint: None,
             draining,
-            started_ms,
+            boot,
         };
+        // Process 7 runs.
+        s.apply(&Command::Heartbeats {
+            at_ms: 500,
+            beats: vec![beat(false, 7)],
+        });
         let since = |s: &ClusterState| s.registry.nodes["e1"].draining_since_ms;
         let drain = |on, at_ms| Command::DrainNode {
             name: "e1".into(),
@@ -230,23 +254,24 @@ pub(crate) mod tests {
         };
         assert_eq!(s.apply(&drain(true, 1_000)), CommandResponse::Ok);
         assert_eq!(since(&s), Some(1_000));
-        // Draining again keeps the start; beats of the process that was drained keep it on.
+        // Draining again keeps the start; beats of the process that was drained keep it on,
+        // whatever its clock says.
         s.apply(&drain(true, 2_000));
         s.apply(&Command::Heartbeats {
             at_ms: 2_500,
-            beats: vec![beat(false, 500)],
+            beats: vec![beat(false, 7)],
         });
         assert_eq!(since(&s), Some(1_000));
-        // A process started after the drain: the node was restarted.
+        // Another process: the node was restarted.
         s.apply(&Command::Heartbeats {
             at_ms: 3_000,
-            beats: vec![beat(false, 2_800)],
+            beats: vec![beat(false, 8)],
         });
         assert_eq!(since(&s), None);
         // The node's own drain (SIGTERM), then an operator's undrain.
         s.apply(&Command::Heartbeats {
             at_ms: 4_000,
-            beats: vec![beat(true, 2_800)],
+            beats: vec![beat(true, 8)],
         });
         assert_eq!(since(&s), Some(4_000));
         s.apply(&drain(false, 5_000));

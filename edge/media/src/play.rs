@@ -333,6 +333,8 @@ pub(crate) mod tests {
             last_heartbeat_ms: unix_now_ms() - age_ms,
             cert_fingerprint: None,
             draining_since_ms: None,
+            boot: 0,
+            draining_boot: 0,
         }
     }
 
