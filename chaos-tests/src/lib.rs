@@ -13,6 +13,7 @@ pub mod netns;
 pub mod procfs;
 pub mod scenarios;
 pub mod seed;
+pub mod tabs;
 
 pub use cluster::Cluster;
 pub use seed::chaos_seed;

@@ -10,13 +10,12 @@
 //! fast, the tabs move back to A the same way, and B stops by itself once they are gone (well
 //! within its `--drain-secs`), exiting cleanly.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
+use streamhub_chaos_tests::tabs::Tabs;
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Node, Publisher};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// How long each move is watched.
 const WATCH: Duration = Duration::from_secs(10);
@@ -68,38 +67,15 @@ async fn drained_edge_moves_its_viewers() {
     .await
     .unwrap();
 
-    let mut browser = tokio::process::Command::new("node");
-    browser
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true);
-    for (_, path, _) in TABS {
-        browser.arg(a.url(&path.replace("{edge}", "edge-a")));
-    }
-    let mut browser = browser
-        .spawn()
-        .expect("node (and chromium + playwright-core, installed by .ci/run)");
-    let mut stdin = browser.stdin.take().unwrap();
-    let mut lines = BufReader::new(browser.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("the tabs play in time")
-        .unwrap()
-        .expect("a line from the browser");
-    println!("playing: {ready}");
+    let urls: Vec<String> = TABS
+        .iter()
+        .map(|(_, path, _)| a.url(&path.replace("{edge}", "edge-a")))
+        .collect();
+    let (mut tabs, _) = Tabs::open(&urls).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let send = async |stdin: &mut tokio::process::ChildStdin, line: &str| {
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
-    };
 
     // An operator drains edge A.
-    send(&mut stdin, "mark drain").await;
+    tabs.mark("drain").await;
     let drained = admin
         .post("/cluster/nodes/edge-a/drain", Value::Null)
         .await
@@ -148,7 +124,7 @@ async fn drained_edge_moves_its_viewers() {
     )
     .await
     .unwrap();
-    send(&mut stdin, "mark sigterm").await;
+    tabs.mark("sigterm").await;
     b.send_sigterm();
     let termed = Instant::now();
     c.note("edge-b got SIGTERM");
@@ -162,15 +138,7 @@ async fn drained_edge_moves_its_viewers() {
         "edge-b exits cleanly by itself once drained"
     );
     tokio::time::sleep(WATCH.saturating_sub(stopped_after)).await;
-    send(&mut stdin, "stop").await;
-    let samples = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the samples in time")
-        .unwrap()
-        .expect("the samples");
-    let _ = browser.wait().await;
-    let samples: Value = serde_json::from_str(samples.trim()).unwrap();
-    let samples = samples.as_array().unwrap();
+    let samples = tabs.stop().await;
 
     for (tab, (what, _, counter)) in TABS.iter().enumerate() {
         let report = samples

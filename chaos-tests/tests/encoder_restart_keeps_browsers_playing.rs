@@ -9,14 +9,13 @@
 //! gets there by the playlist staying open through the restart and continuing after a
 //! discontinuity with the new init section.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use streamhub_chaos_tests::encoder::{publish, RESTARTS as RUNS};
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
+use streamhub_chaos_tests::tabs::Tabs;
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// How long each encoder run lasts: long enough for the WHEP tab to have reconnected (should its
 /// session have ended) on a loaded machine too.
@@ -47,26 +46,7 @@ async fn encoder_restart_keeps_browsers_playing() {
         edge.url("/play/live/obs"),
         edge.url("/play/live/obs?mode=hls"),
     ];
-    let mut node = tokio::process::Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
-        .args(&tabs)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node (and chromium + playwright-core, installed by .ci/run)");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
-    let mut next_line = async || {
-        tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-            .await
-            .expect("the browser answers in time")
-            .unwrap()
-            .expect("a line from the browser (see its stderr above)")
-    };
-    let ready: Value = serde_json::from_str(next_line().await.trim()).unwrap();
-    println!("playing: {ready}");
+    let (mut browser, ready) = Tabs::open(&tabs).await;
     let ready = &ready["ready"];
     assert_eq!(ready[0]["mode"], "whep", "{ready}");
     assert_eq!(ready[1]["mode"], "hls", "{ready}");
@@ -83,18 +63,13 @@ async fn encoder_restart_keeps_browsers_playing() {
             "encoder restarts as {} {}",
             next.size, next.profile
         ));
-        stdin
-            .write_all(format!("mark run{i}\n").as_bytes())
-            .await
-            .unwrap();
+        browser.mark(&format!("run{i}")).await;
         encoder.kill().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         encoder = publish(&url, next);
     }
     tokio::time::sleep(RUN).await;
-    stdin.write_all(b"stop\n").await.unwrap();
-    let samples: Value = serde_json::from_str(next_line().await.trim()).unwrap();
-    let samples = samples.as_array().unwrap();
+    let samples = browser.stop().await;
     drop(encoder);
 
     let widths: Vec<u64> = RUNS.iter().map(|r| u64::from(r.width())).collect();
@@ -102,7 +77,7 @@ async fn encoder_restart_keeps_browsers_playing() {
         let rows: Vec<&Value> = samples.iter().map(|s| &s["pages"][n]).collect();
         let report = rows
             .iter()
-            .zip(samples)
+            .zip(&samples)
             .map(|(r, s)| {
                 format!(
                     "{} {} frames={} audio={} width={} time={} buffered={} reconnects={} error={} {}",
@@ -174,10 +149,4 @@ async fn encoder_restart_keeps_browsers_playing() {
             }
         }
     }
-    let exit = tokio::time::timeout(Duration::from_secs(30), node.wait()).await;
-    assert!(
-        exit.as_ref()
-            .is_ok_and(|s| s.as_ref().is_ok_and(|s| s.success())),
-        "the browser script ends: {exit:?}"
-    );
 }

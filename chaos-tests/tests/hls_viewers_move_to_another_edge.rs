@@ -14,13 +14,12 @@
 //! plays from the node chosen: frames decode again within 3 s of the kill. A third tab does the
 //! same through the browser SDK (the `/embed` page).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
 use streamhub_chaos_tests::require::{browser_available, has_command, require, BROWSER};
+use streamhub_chaos_tests::tabs::Tabs;
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster, Publisher};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// The bounds for the longest gap between frames, edge B cold and warm.
 const COLD: u64 = 2_000;
@@ -58,64 +57,35 @@ async fn hls_viewers_move_to_another_edge() {
         }
     });
 
-    let mut node = tokio::process::Command::new("node")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/browser/restart.mjs"))
-        .arg(a.url("/play/live/cam?mode=hls&steered=edge-a"))
-        .arg(a.url("/play/live/cam?steered=edge-a"))
-        .arg(a.url("/embed/live/cam?steered=edge-a"))
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/browser"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node (and chromium + playwright-core, installed by .ci/run)");
-    let mut stdin = node.stdin.take().unwrap();
-    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
-        .await
-        .expect("the tab plays in time")
-        .unwrap()
-        .expect("a line from the browser");
-    println!("playing: {ready}");
+    let (mut tabs, _) = Tabs::open(&[
+        a.url("/play/live/cam?mode=hls&steered=edge-a"),
+        a.url("/play/live/cam?steered=edge-a"),
+        a.url("/embed/live/cam?steered=edge-a"),
+    ])
+    .await;
     // Some steady playing first.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let base = |n: &streamhub_chaos_tests::Node| n.url("").trim_end_matches('/').to_string();
     let (from, to_b, to_w) = (base(&a), base(&b), base(&w));
 
-    // Edge A dies; its requests go to cold edge B.
-    let send = async |stdin: &mut tokio::process::ChildStdin, line: String| {
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
-        stdin.flush().await.unwrap();
-    };
-    // The requests go to B from the moment A dies: the reroute is in place before the kill (a
-    // request refused by the dead A in between is fatal to hls.js, which does not retry a
-    // connection error; what a player does about that is the player's recovery, not this test).
-    send(&mut stdin, "mark cold".into()).await;
-    send(&mut stdin, format!("reroute {from} {to_b}")).await;
-    rerouted(&mut lines, &to_b).await;
+    // Edge A dies; its requests go to cold edge B from that moment: the reroute is in place
+    // before the kill (a request refused by the dead A in between is fatal to hls.js, which does
+    // not retry a connection error; what a player does about that is the player's recovery, not
+    // this test).
+    tabs.mark("cold").await;
+    tabs.reroute(&from, &to_b).await;
     a.kill9();
     c.note("edge-a killed; its requests go to edge-b (cold)");
     tokio::time::sleep(WATCH).await;
 
     // Edge B dies; the requests go to warm edge W.
-    send(&mut stdin, "mark warm".into()).await;
-    send(&mut stdin, format!("reroute {from} {to_w}")).await;
-    rerouted(&mut lines, &to_w).await;
+    tabs.mark("warm").await;
+    tabs.reroute(&from, &to_w).await;
     b.kill9();
     c.note("edge-b killed; the requests go to edge-w (warm)");
     tokio::time::sleep(WATCH).await;
-    send(&mut stdin, "stop".into()).await;
-    let samples = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("the samples in time")
-        .unwrap()
-        .expect("the samples");
+    let samples = tabs.stop().await;
     warm.abort();
-    let samples: Value = serde_json::from_str(samples.trim()).unwrap();
-    let samples = samples.as_array().unwrap();
     let report = |tab: usize| {
         samples
             .iter()
@@ -147,7 +117,7 @@ async fn hls_viewers_move_to_another_edge() {
             .collect()
     };
     let frames = |r: &Value| r["frames"].as_u64().unwrap_or(0);
-    for s in samples {
+    for s in &samples {
         for (tab, report) in [(0, &hls_report), (1, &whep_report), (2, &sdk_report)] {
             let r = &s["pages"][tab];
             assert_eq!(r["reloaded"], false, "the page was never reloaded");
@@ -214,17 +184,5 @@ async fn hls_viewers_move_to_another_edge() {
             "the {name} played from edge A:\n{report}"
         );
     }
-    let _ = node.wait().await;
     c.note("done");
-}
-
-/// Waits for the browser's answer that every request now goes to `to`.
-async fn rerouted(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>, to: &str) {
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("the reroute in place in time")
-        .unwrap()
-        .expect("a line from the browser");
-    let answer: Value = serde_json::from_str(line.trim()).unwrap();
-    assert_eq!(answer["rerouted"], to, "the browser's answer: {line}");
 }

@@ -15,35 +15,16 @@
 //!   cargo run -p streamhub-chaos-tests --bin failover_browser_bench
 //! ```
 
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use serde_json::Value;
 use streamhub_chaos_tests::scenarios::{origin_failover_with, Holder};
+use streamhub_chaos_tests::tabs::Tabs;
 use streamhub_chaos_tests::Cluster;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout};
 
 /// How long the tabs are watched after the new media reached the edge.
 const AFTER: Duration = Duration::from_secs(12);
-
-struct Browser {
-    _child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-}
-
-impl Browser {
-    async fn line(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(120), self.lines.next_line())
-            .await
-            .expect("the browser answers in time")
-            .expect("read")
-            .expect("a line from the browser");
-        serde_json::from_str(line.trim()).expect("JSON from the browser")
-    }
-}
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -108,7 +89,6 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| rand::thread_rng().gen());
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/browser");
     let mut report = String::new();
     for holder in [Holder::Follower, Holder::Leader] {
         let mut resumed: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
@@ -121,34 +101,15 @@ async fn main() {
                     edge.url("/play/live/cam"),
                     edge.url("/play/live/cam?mode=hls"),
                 ];
-                let mut child = tokio::process::Command::new("node")
-                    .arg(format!("{dir}/restart.mjs"))
-                    .args(&tabs)
-                    .current_dir(dir)
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("node, chromium and playwright-core");
-                let stdin = child.stdin.take().unwrap();
-                let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-                let mut b = Browser {
-                    _child: child,
-                    stdin,
-                    lines,
-                };
-                let ready = b.line().await;
-                println!("playing: {ready}");
+                let (mut b, _) = Tabs::open(&tabs).await;
                 let killed_ms = unix_ms();
-                b.stdin.write_all(b"mark kill\n").await.unwrap();
+                b.mark("kill").await;
                 (b, killed_ms)
             };
             let f = origin_failover_with(&mut c, holder, start_browser).await;
-            let (mut b, killed_ms) = f.extra;
+            let (b, killed_ms) = f.extra;
             tokio::time::sleep(AFTER).await;
-            b.stdin.write_all(b"stop\n").await.unwrap();
-            let samples = b.line().await;
-            let samples = samples.as_array().cloned().unwrap_or_default();
+            let samples = b.stop().await;
             for (tab, name) in ["WHEP", "hls.js"].iter().enumerate() {
                 let (from, to, longest, reconnects, error) = tab_figures(&samples, tab, killed_ms);
                 println!(
