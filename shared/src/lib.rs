@@ -9,6 +9,7 @@ pub mod jpeg;
 pub mod media;
 pub mod relay;
 pub mod rtp_h264;
+pub mod srtp;
 pub mod ttl;
 
 pub use id::{AppName, NameError, RoomName};

@@ -516,6 +516,13 @@ impl MediaHandle {
         self.tracks.borrow().clone()
     }
 
+    /// Identifies the publisher session behind this handle: equal for handles of one
+    /// [`RoomMedia`], different for another (a new session of the same room). Stable while any
+    /// handle of it lives.
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.latest) as usize
+    }
+
     /// True while the producer exists.
     pub fn is_live(&self) -> bool {
         self.frames.upgrade().is_some()

@@ -247,9 +247,24 @@ const COUNTERS: &[CounterDef] = &[
         "WebRTC viewer sessions that went on with their room's next publisher session",
         |s| s.webrtc.viewer_rejoins.load(Relaxed),
     ),
+    (
+        "streamhub_webrtc_congestion_events_total",
+        "Times a WebRTC viewer became congested (sustained loss or a full socket): video dropped to the next keyframe",
+        |s| s.webrtc.congestion_events.load(Relaxed),
+    ),
+    (
+        "streamhub_webrtc_nack_resent_total",
+        "RTP packets sent again to WebRTC viewers on their NACKs",
+        |s| s.webrtc.nack_resent.load(Relaxed),
+    ),
 ];
 
 const GAUGES: &[GaugeDef] = &[
+    (
+        "streamhub_webrtc_viewers_congested",
+        "WebRTC viewers congested now: their video waits for keyframes until their loss reports are clean",
+        |s| s.webrtc.viewers_congested.load(Relaxed) as i64,
+    ),
     (
         "streamhub_cache_bytes",
         "Bytes held by the media cache",

@@ -241,6 +241,10 @@ pub struct NodeArgs {
     /// WebRTC sessions at once; more get 503.
     #[arg(long, env = "STREAMHUB_WEBRTC_MAX_SESSIONS")]
     pub webrtc_max_sessions: Option<usize>,
+    /// How WHEP viewers get their media: `fanout` (per-core workers, SRTP and batched sends of
+    /// our own; the default) or `rtc` (the peer connection's pipeline, a task per viewer).
+    #[arg(long, env = "STREAMHUB_WEBRTC_SEND_PATH", value_enum)]
+    pub webrtc_send_path: Option<crate::webrtc::SendPath>,
     /// Log filter, as RUST_LOG.
     #[arg(long, env = "STREAMHUB_LOG")]
     pub log: Option<String>,
@@ -349,6 +353,7 @@ impl NodeArgs {
             webrtc_udp: self.webrtc_udp.or(file.webrtc_udp),
             webrtc_public_ip: self.webrtc_public_ip.or(file.webrtc_public_ip),
             webrtc_max_sessions: self.webrtc_max_sessions.or(file.webrtc_max_sessions),
+            webrtc_send_path: self.webrtc_send_path.or(file.webrtc_send_path),
             log: self.log.or(file.log),
         }
     }
@@ -493,6 +498,7 @@ impl NodeArgs {
                     .unwrap_or(DEFAULT_MAX_SESSIONS)
                     .max(1),
                 publishers: matches!(kind, NodeKind::Origin),
+                send_path: self.webrtc_send_path.unwrap_or_default(),
                 ..WebRtcConfig::default()
             },
             log: self.log.unwrap_or_else(|| DEFAULT_LOG.into()),

@@ -9,10 +9,12 @@
 //! async workers, one that does not connect within [`CONNECT_TIMEOUT`] is dropped, and one whose
 //! peer vanishes ends when ICE consent fails.
 
+mod fanout;
 mod gso;
 pub mod http;
 pub mod ingest;
 pub mod mux;
+mod outbox;
 mod packets;
 pub mod sdp;
 mod session;
@@ -95,6 +97,24 @@ pub struct WebRtcConfig {
     /// Whether WHIP publishers use this node (origins): they then keep a share of the sessions
     /// ([`publisher_reserve`]). Edges have viewers only.
     pub publishers: bool,
+    /// How viewers get their media.
+    pub send_path: SendPath,
+    /// Fan-out workers (default: one per core).
+    pub fanout_workers: usize,
+}
+
+/// How WHEP viewers get their media.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// Per-core workers: each frame packetized once, per viewer a header and SRTP of our own
+    /// into one buffer, `sendmmsg` across viewers ([`fanout`]).
+    #[default]
+    Fanout,
+    /// The `rtc` peer connection's own pipeline (interceptors, its SRTP), one task per viewer.
+    Rtc,
 }
 
 /// The share of `max_sessions` only publishers may take (at least one session).
@@ -116,6 +136,8 @@ impl Default for WebRtcConfig {
             max_pending_per_address: DEFAULT_MAX_PENDING_PER_ADDRESS,
             setup_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             publishers: true,
+            send_path: SendPath::default(),
+            fanout_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -148,6 +170,13 @@ pub struct WebRtcStats {
     /// Viewer sessions that went on with the room's next publisher session (an encoder
     /// restart, a failover to another origin) instead of ending.
     pub viewer_rejoins: AtomicU64,
+    /// Viewers now congested (sustained loss in their receiver reports, or packets the socket
+    /// would not take): their video waits for keyframes (fan-out send path).
+    pub viewers_congested: AtomicU64,
+    /// Times a viewer became congested.
+    pub congestion_events: AtomicU64,
+    /// RTP packets sent again on a viewer's NACK (fan-out send path).
+    pub nack_resent: AtomicU64,
 }
 
 /// What a session does.
@@ -232,6 +261,10 @@ pub struct WebRtc {
     setups: Semaphore,
     pub stats: Arc<WebRtcStats>,
     packets: Arc<packets::PacketCache>,
+    /// The viewers' send path ([`SendPath::Fanout`]); `None`: the `rtc` pipeline.
+    fanout: Option<fanout::Fanout>,
+    /// Spreads viewers over the fan-out workers.
+    next_worker: AtomicU64,
     shutdown: CancellationToken,
 }
 
@@ -249,6 +282,19 @@ impl WebRtc {
         } else {
             0
         };
+        buffers(&socket);
+        let stats: Arc<WebRtcStats> = Arc::default();
+        let packets: Arc<packets::PacketCache> = Arc::default();
+        let fanout = (config.send_path == SendPath::Fanout).then(|| {
+            fanout::Fanout::start(
+                config.fanout_workers,
+                socket.clone(),
+                udp.max_gso_segments(),
+                stats.clone(),
+                packets.clone(),
+                shutdown.clone(),
+            )
+        });
         let me = Arc::new(Self {
             socket,
             udp,
@@ -262,8 +308,10 @@ impl WebRtc {
             pending: Arc::default(),
             max_pending_per_address: config.max_pending_per_address.max(1),
             setups: Semaphore::new(config.setup_concurrency.max(1)),
-            stats: Arc::default(),
-            packets: Arc::default(),
+            stats,
+            packets,
+            fanout,
+            next_worker: AtomicU64::new(0),
             shutdown,
         });
         tokio::spawn(me.clone().recv_loop());
@@ -424,7 +472,16 @@ impl WebRtc {
         let pwd = random_string(32);
         let advertise = self.advertised_ip(reached);
         let neg = |e: rtc::shared::error::Error| OpenError::Negotiation(e.to_string());
-        let mut pc = build_peer_connection(&ufrag, &pwd).map_err(neg)?;
+        let fanout = match (&role, &self.fanout) {
+            (Role::Play { .. }, Some(f)) => Some(f.worker(self.next_worker.fetch_add(1, Ordering::Relaxed))),
+            _ => None,
+        };
+        let mut pc = if fanout.is_some() {
+            build_fanout_viewer(&ufrag, &pwd)
+        } else {
+            build_peer_connection(&ufrag, &pwd)
+        }
+        .map_err(neg)?;
         let mut plan = session::Plan {
             expect_video: matches!(role, Role::Publish { .. }) && codecs.h264,
             audio_offered: matches!(role, Role::Publish { .. }) && codecs.opus,
@@ -533,6 +590,8 @@ impl WebRtc {
             viewer: None,
             rejoin: None,
             unreported: 0,
+            fanout,
+            media_addr: None,
         };
         let me = self.clone();
         tokio::spawn(async move {
@@ -592,6 +651,29 @@ impl WebRtc {
         reached
             .filter(|ip| !ip.is_unspecified())
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+}
+
+/// Socket buffers of the media port: a keyframe to thousands of viewers leaves in one burst,
+/// and their RTCP arrives together. Asks for 4 MiB each way (the kernel caps it at
+/// `net.core.wmem_max` / `rmem_max`).
+fn buffers(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 4 << 20;
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "media socket buffer size");
+        }
     }
 }
 
@@ -659,14 +741,105 @@ fn track(kind: RtpCodecKind, ssrc: u32, codec: RTCRtpCodec) -> MediaStreamTrack 
 /// RTP packets kept per outgoing stream to answer NACKs (a power of two, as rtc requires).
 const NACK_HISTORY: u16 = 512;
 
-fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+/// A viewer's peer connection on the fan-out path: no interceptors (the fan-out sends its
+/// media, sender reports and NACK answers itself; nothing else may protect its SSRCs' packets),
+/// no header extensions, and only the SRTP profiles [`streamhub_shared::srtp`] implements.
+fn build_fanout_viewer(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+    use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
     let mut media = MediaEngine::default();
+    register_codecs(&mut media)?;
+    let settings = setting_engine(ufrag, pwd)
+        .with_srtp_protection_profiles(vec![
+            SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(media)
+        .with_interceptor_registry(
+            Registry::new().with(Slot::Custom(DELIVER_RTCP_SLOT), DeliverRtcp::default()),
+        )
+        .build(Instant::now())
+}
+
+/// Where [`DeliverRtcp`] sits: nearest the application.
+const DELIVER_RTCP_SLOT: usize = 20_000;
+
+/// Hands every RTCP packet the viewer sends to the application (the session reads its NACKs,
+/// receiver reports and keyframe requests); `rtc` ends inbound RTCP at its chain's end
+/// otherwise.
+#[derive(Default)]
+struct DeliverRtcp {
+    reads: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+    writes: std::collections::VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for DeliverRtcp
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        if matches!(msg.message.packet, rtc::interceptor::Packet::Rtcp(_)) {
+            msg.message
+                .add(rtc::interceptor::Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.writes.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+}
+
+fn register_codecs(media: &mut MediaEngine) -> rtc::shared::error::Result<()> {
     for (pt, _) in H264_PROFILES {
         let mut c = h264_codec(*pt);
         c.rtp_codec.rtcp_feedback = video_feedback();
         media.register_codec(c, RtpCodecKind::Video)?;
     }
-    media.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+    media.register_codec(opus_codec(), RtpCodecKind::Audio)
+}
+
+fn setting_engine(ufrag: &str, pwd: &str) -> SettingEngineBuilder {
+    SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        // Consent: a peer that stops answering is disconnected after 5 s and failed after 10 s.
+        .with_ice_timeouts(
+            Some(Duration::from_secs(5)),
+            Some(Duration::from_secs(10)),
+            Some(Duration::from_secs(2)),
+        )
+}
+
+fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    register_codecs(&mut media)?;
     // The default interceptors, with a shorter NACK history: 512 packets is 1.7 s of a 2.5 Mb/s
     // stream (10 s at 200 kb/s), longer than any retransmission that can still arrive in time.
     // Its entries reference the payloads every viewer of a frame shares (see `packets`).
@@ -679,17 +852,7 @@ fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<R
     configure_simulcast_extension_headers(&mut media)?;
     let registry = configure_twcc_receiver_only(registry, &mut media)?;
     let registry = configure_rtcp_reports(registry);
-    let settings = SettingEngineBuilder::new()
-        .with_lite(true)
-        .with_ice_credentials(ufrag.to_string(), pwd.to_string())
-        .with_answering_dtls_role(RTCDtlsRole::Server)
-        // Consent: a peer that stops answering is disconnected after 5 s and failed after 10 s.
-        .with_ice_timeouts(
-            Some(Duration::from_secs(5)),
-            Some(Duration::from_secs(10)),
-            Some(Duration::from_secs(2)),
-        )
-        .build();
+    let settings = setting_engine(ufrag, pwd).build();
     RTCPeerConnectionBuilder::new()
         .with_configuration(RTCConfigurationBuilder::new().build())
         .with_setting_engine(settings)

@@ -14,18 +14,21 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use streamhub_shared::h264::AvcConfig;
 use streamhub_shared::media::{
-    CodecConfig, Frame, KeyframeGate, MediaConsumer, RecvError, TrackId,
+    CodecConfig, Frame, KeyframeGate, MediaConsumer, MediaHandle, RecvError, TrackId,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::fanout::{Cmd, Stream, ViewerSend};
 use super::gso::GsoBatch;
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::packets::PacketCache;
@@ -84,6 +87,10 @@ pub(super) struct Session {
     /// Bytes sent and not yet added to the viewer's app egress (added by the 64 KiB: a shared
     /// counter is not touched per datagram).
     pub unreported: u64,
+    /// A viewer on the fan-out send path: its worker.
+    pub fanout: Option<mpsc::UnboundedSender<Cmd>>,
+    /// Where the peer's DTLS and RTCP come from: where its media goes (fan-out path).
+    pub media_addr: Option<SocketAddr>,
 }
 
 /// How many bytes a session sends between two additions to its app's egress counter.
@@ -170,6 +177,9 @@ impl Session {
             } => {
                 self.viewer = viewer;
                 self.rejoin = rejoin;
+                if let Some(worker) = self.fanout.clone() {
+                    return self.play(worker, media, hold).await;
+                }
                 (None, None, Some(media), hold)
             }
         };
@@ -386,7 +396,208 @@ impl Session {
         }
     }
 
+    /// A viewer on the fan-out path: once connected its media goes through its worker; this
+    /// task keeps ICE, DTLS and the RTCP the viewer sends (NACKs and loss reports to the
+    /// worker, keyframe requests to the room), and finds the room again when its publisher
+    /// session ends.
+    async fn play(
+        mut self,
+        worker: mpsc::UnboundedSender<Cmd>,
+        media: MediaHandle,
+        hold: Option<Box<dyn Send + Sync>>,
+    ) {
+        let (mut media, mut _hold) = (media, hold);
+        let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut connected = false;
+        // The worker has the viewer: its state comes back here if the publisher session ends.
+        let mut ended: Option<oneshot::Receiver<Box<ViewerSend>>> = None;
+        let mut paused: Option<(Box<ViewerSend>, tokio::time::Instant)> = None;
+        let mut looking: Option<BoxFuture<'static, Option<Viewing>>> = None;
+        let mut look_at = tokio::time::Instant::now();
+        let mut gate = KeyframeGate::new(PLI_MIN_GAP);
+        let mut told_addr = None;
+        let end = 'run: loop {
+            self.flush();
+            while let Some(ev) = self.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    match s {
+                        RTCPeerConnectionState::Connected if !connected => {
+                            connected = true;
+                            self.pending = None;
+                            self.stats.connected_total.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(session = self.id, "WebRTC session connected");
+                            let Some(send) = self.viewer_send() else {
+                                break 'run "no SRTP keys or media address after the handshake";
+                            };
+                            told_addr = Some(send.dest);
+                            ended = Some(join(&worker, send, &media));
+                        }
+                        RTCPeerConnectionState::Failed => break 'run "ICE/DTLS failed (peer gone)",
+                        RTCPeerConnectionState::Closed => break 'run "closed",
+                        _ => {}
+                    }
+                }
+            }
+            while let Some(msg) = self.pc.poll_read() {
+                let RTCMessage::RtcpPacket(_, packets) = msg.message else {
+                    continue;
+                };
+                for p in &packets {
+                    let any = p.as_any();
+                    if is_keyframe_request(p.as_ref()) {
+                        self.stats
+                            .viewer_keyframe_requests
+                            .fetch_add(1, Ordering::Relaxed);
+                        if gate.request(Instant::now()) {
+                            media.request_keyframe();
+                        }
+                    } else if let Some(n) = any.downcast_ref::<TransportLayerNack>() {
+                        let seqs: Vec<u16> = n
+                            .nacks
+                            .iter()
+                            .flat_map(|p| p.packet_list())
+                            .take(MAX_NACKED)
+                            .collect();
+                        let _ = worker.send(Cmd::Nack {
+                            id: self.id,
+                            ssrc: n.media_ssrc,
+                            seqs,
+                        });
+                    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                        for r in &rr.reports {
+                            let _ = worker.send(Cmd::Loss {
+                                id: self.id,
+                                ssrc: r.ssrc,
+                                fraction: r.fraction_lost,
+                            });
+                        }
+                    }
+                }
+            }
+            // The peer moved to another address (ICE chose another pair).
+            if let (Some(a), Some(told)) = (self.media_addr, told_addr) {
+                if a != told {
+                    told_addr = Some(a);
+                    let _ = worker.send(Cmd::Dest {
+                        id: self.id,
+                        dest: a,
+                    });
+                }
+            }
+            // A request held back by the gate goes when its gap is over.
+            if connected && gate.poll(Instant::now()) {
+                media.request_keyframe();
+            }
+            let now = Instant::now();
+            let wake = self
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_secs(3600));
+            if wake <= now {
+                if let Err(e) = self.pc.handle_timeout(now) {
+                    tracing::debug!(session = self.id, error = %e, "timeout handling");
+                }
+                continue;
+            }
+            let pli_due = gate
+                .due()
+                .filter(|_| connected)
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => break 'run "closed by request or node stop",
+                d = self.rx.recv() => {
+                    let Some((from, bytes)) = d else { break 'run "routes gone" };
+                    self.read(from, bytes);
+                }
+                () = tokio::time::sleep_until(connect_by), if !connected => {
+                    break 'run "did not connect in time";
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    if let Err(e) = self.pc.handle_timeout(Instant::now()) {
+                        tracing::debug!(session = self.id, error = %e, "timeout handling");
+                    }
+                }
+                r = next_ended(&mut ended) => {
+                    ended = None;
+                    let Ok(send) = r else { break 'run "the fan-out worker stopped" };
+                    if self.rejoin.is_none() {
+                        break 'run "the publisher has gone";
+                    }
+                    let now = tokio::time::Instant::now();
+                    paused = Some((send, now + PUBLISHER_RETURN));
+                    look_at = now;
+                    tracing::debug!(session = self.id, "publisher session ended; waiting for the next");
+                }
+                () = sleep_until(pli_due), if pli_due.is_some() => {}
+                () = tokio::time::sleep_until(look_at), if paused.is_some() && looking.is_none() => {
+                    let now = tokio::time::Instant::now();
+                    match (&self.rejoin, &paused) {
+                        (Some(r), Some((_, until))) if now < *until => {
+                            looking = Some(r.lookup.media(&r.app, &r.room, r.client));
+                            look_at = now + REJOIN_LOOK;
+                        }
+                        _ => break 'run "the publisher has gone",
+                    }
+                }
+                v = next_lookup(&mut looking) => {
+                    looking = None;
+                    let Some(v) = v.filter(|v| v.media.is_live()) else { continue };
+                    let Some((send, _)) = paused.take() else { continue };
+                    media = v.media.clone();
+                    ended = Some(join(&worker, send, &media));
+                    _hold = Some(Box::new(v.hold));
+                    self.stats.viewer_rejoins.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(session = self.id, "went on with the room's next publisher session");
+                }
+            }
+        };
+        tracing::debug!(session = self.id, reason = end, "WebRTC session ended");
+        let _ = worker.send(Cmd::Leave(self.id));
+        let _ = self.pc.close();
+        self.flush();
+    }
+
+    /// The viewer's send state for the fan-out worker, once DTLS is done: its SRTP keys (what
+    /// it sends), its streams (SSRC and payload type of each sender), where its media goes.
+    fn viewer_send(&mut self) -> Option<Box<ViewerSend>> {
+        use rtc::srtp::protection_profile::ProtectionProfile as P;
+        use streamhub_shared::srtp::{Profile, Srtp};
+        let keys = self.pc.srtp_keys()?;
+        let profile = match keys.profile {
+            P::AeadAes128Gcm => Profile::AeadAes128Gcm,
+            P::Aes128CmHmacSha1_80 => Profile::AesCm128HmacSha1_80,
+            other => {
+                tracing::warn!(session = self.id, ?other, "SRTP profile not implemented");
+                return None;
+            }
+        };
+        let srtp = Srtp::new(profile, &keys.local_master_key, &keys.local_master_salt).ok()?;
+        let video = self
+            .plan
+            .video
+            .and_then(|s| self.sender_ssrc_pt(s, "video/h264"))
+            .map(|(ssrc, pt)| Stream::new(ssrc, pt, true));
+        let audio = self
+            .plan
+            .audio
+            .and_then(|s| self.sender_ssrc_pt(s, "audio/opus"))
+            .map(|(ssrc, pt)| Stream::new(ssrc, pt, false));
+        Some(Box::new(ViewerSend::new(
+            self.id,
+            self.media_addr?,
+            srtp,
+            video,
+            audio,
+            self.viewer.clone(),
+        )))
+    }
+
     fn read(&mut self, from: SocketAddr, bytes: BytesMut) {
+        // DTLS (20-63) and RTP/RTCP (128-191) come on the pair ICE chose: media goes there.
+        if matches!(bytes.first(), Some(20..=63 | 128..=191)) {
+            self.media_addr = Some(from);
+        }
         let r = self.pc.handle_read(TaggedBytesMut {
             now: Instant::now(),
             transport: TransportContext {
@@ -535,19 +746,7 @@ impl Session {
         mime: &str,
         before: Option<Out>,
     ) -> Option<Out> {
-        let mut s = self.pc.rtp_sender(sender)?;
-        let ssrc = s.track().ssrcs().last()?;
-        let params = s.get_parameters();
-        let pt = params
-            .rtp_parameters
-            .codecs
-            .iter()
-            .find(|c| {
-                c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
-                    && (mime != "video/h264"
-                        || c.rtp_codec.sdp_fmtp_line.contains("packetization-mode=1"))
-            })?
-            .payload_type;
+        let (ssrc, pt) = self.sender_ssrc_pt(sender, mime)?;
         let clock = Some(track.timescale).filter(|c| *c > 0)?;
         let mut out = Out {
             sender,
@@ -575,6 +774,54 @@ impl Session {
         Some(out)
     }
 }
+
+impl Session {
+    /// The SSRC and negotiated payload type of a sender of `mime` (H.264: packetization mode 1).
+    fn sender_ssrc_pt(&mut self, sender: RTCRtpSenderId, mime: &str) -> Option<(u32, u8)> {
+        let mut s = self.pc.rtp_sender(sender)?;
+        let ssrc = s.track().ssrcs().last()?;
+        let params = s.get_parameters();
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| {
+                c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+                    && (mime != "video/h264"
+                        || c.rtp_codec.sdp_fmtp_line.contains("packetization-mode=1"))
+            })?
+            .payload_type;
+        Some((ssrc, pt))
+    }
+}
+
+/// Hands a viewer to its worker for the room of `media`; the receiver gets its state back if
+/// the room's publisher session ends first.
+fn join(
+    worker: &mpsc::UnboundedSender<Cmd>,
+    viewer: Box<ViewerSend>,
+    media: &MediaHandle,
+) -> oneshot::Receiver<Box<ViewerSend>> {
+    let (tx, rx) = oneshot::channel();
+    let _ = worker.send(Cmd::Join {
+        viewer,
+        media: media.clone(),
+        ended: tx,
+    });
+    rx
+}
+
+async fn next_ended(
+    ended: &mut Option<oneshot::Receiver<Box<ViewerSend>>>,
+) -> Result<Box<ViewerSend>, oneshot::error::RecvError> {
+    match ended.as_mut() {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sequence numbers taken from one NACK packet (a burst of loss asks at most this many again).
+const MAX_NACKED: usize = 256;
 
 /// True for a PLI or FIR: the sender of it needs a keyframe.
 pub fn is_keyframe_request(p: &dyn rtc::rtcp::Packet) -> bool {
