@@ -3,8 +3,10 @@
 //! (and audio if asked), takes the answer, and runs the connection while a test watches every
 //! datagram and every RTP packet.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -22,6 +24,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use streamhub_shared::srtp::{IndexEstimate, Profile, Srtp};
 use tokio::net::UdpSocket;
 
 /// What a viewer asks for.
@@ -230,6 +233,141 @@ impl Viewer {
                 }
             }
         }
+    }
+}
+
+/// What decrypting viewers counted ([`Viewer::run_decrypting`]); shared by many viewers.
+#[derive(Debug, Default)]
+pub struct RtpTally {
+    /// Viewers that connected.
+    pub connected: AtomicU64,
+    /// RTP packets received, authenticated and decrypted (added by the 32).
+    pub packets: AtomicU64,
+    /// Their payload bytes.
+    pub bytes: AtomicU64,
+    /// Packets each stream's sequence numbers say were sent, first to last (added when a
+    /// viewer stops).
+    pub expected: AtomicU64,
+    /// Of those, never received.
+    pub lost: AtomicU64,
+    /// Packets that failed SRTP authentication.
+    pub auth_failures: AtomicU64,
+}
+
+/// One received stream's sequence accounting.
+#[derive(Debug, Default)]
+struct SeqCount {
+    estimate: IndexEstimate,
+    first: u64,
+    highest: u64,
+    received: u64,
+}
+
+impl Viewer {
+    /// Runs the connection until `stop` like [`Viewer::run_until`], but receives media as cheaply
+    /// as the node sends it: once DTLS is done, RTP is authenticated and decrypted here with the
+    /// negotiated keys (the peer connection keeps ICE, DTLS and RTCP), and every stream's
+    /// sequence numbers are checked for loss. Adds what it counted to `tally` when it stops.
+    pub async fn run_decrypting(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        tally: &RtpTally,
+    ) -> RunEnd {
+        let mut buf = vec![0u8; 2048];
+        let mut srtp: Option<Srtp> = None;
+        let mut streams: HashMap<u32, SeqCount> = HashMap::new();
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        tokio::pin!(stop);
+        let end = 'run: loop {
+            while let Some(msg) = self.pc.poll_write() {
+                let _ = self
+                    .socket
+                    .try_send_to(&msg.message, msg.transport.peer_addr);
+            }
+            while let Some(ev) = self.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(s) = ev {
+                    if s == RTCPeerConnectionState::Connected && !self.connected {
+                        self.connected = true;
+                        tally.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if s == RTCPeerConnectionState::Failed {
+                        break 'run RunEnd::Failed;
+                    }
+                }
+            }
+            while self.pc.poll_read().is_some() {}
+            if srtp.is_none() && self.connected {
+                srtp = self.pc.srtp_keys().and_then(|k| {
+                    use rtc::srtp::protection_profile::ProtectionProfile as P;
+                    let profile = match k.profile {
+                        P::AeadAes128Gcm => Profile::AeadAes128Gcm,
+                        P::Aes128CmHmacSha1_80 => Profile::AesCm128HmacSha1_80,
+                        _ => return None,
+                    };
+                    Srtp::new(profile, &k.remote_master_key, &k.remote_master_salt).ok()
+                });
+            }
+            let now = Instant::now();
+            let wake = self
+                .pc
+                .poll_timeout()
+                .unwrap_or(now + Duration::from_millis(50));
+            tokio::select! {
+                () = &mut stop => break 'run RunEnd::Stopped,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                    let _ = self.pc.handle_timeout(Instant::now());
+                }
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { break 'run RunEnd::Failed };
+                    if let (Some(s), Some(seq)) = (srtp.as_ref(), rtp_seq(&buf[..n])) {
+                        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+                        let st = streams.entry(ssrc).or_default();
+                        let index = st.estimate.guess(seq);
+                        match s.unprotect_rtp(&mut buf, n, index) {
+                            Ok((header, end)) => {
+                                st.first = if st.received == 0 { index } else { st.first.min(index) };
+                                st.highest = st.highest.max(index);
+                                st.received += 1;
+                                st.estimate.seen(index);
+                                packets += 1;
+                                bytes += (end - header) as u64;
+                                // Shared counters by the 32 packets: live enough for a
+                                // benchmark's window, without a contended add per packet.
+                                if packets == 32 {
+                                    tally.packets.fetch_add(packets, Ordering::Relaxed);
+                                    tally.bytes.fetch_add(bytes, Ordering::Relaxed);
+                                    (packets, bytes) = (0, 0);
+                                }
+                            }
+                            Err(_) => {
+                                tally.auth_failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        continue;
+                    }
+                    let _ = self.pc.handle_read(TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: self.local,
+                            peer_addr: from,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message: BytesMut::from(&buf[..n]),
+                    });
+                }
+            }
+        };
+        tally.packets.fetch_add(packets, Ordering::Relaxed);
+        tally.bytes.fetch_add(bytes, Ordering::Relaxed);
+        for st in streams.values().filter(|s| s.received > 0) {
+            let expected = st.highest - st.first + 1;
+            tally.expected.fetch_add(expected, Ordering::Relaxed);
+            tally
+                .lost
+                .fetch_add(expected.saturating_sub(st.received), Ordering::Relaxed);
+        }
+        end
     }
 }
 

@@ -1,48 +1,46 @@
-//! WHEP fan-out benchmark on loopback: ffmpeg publishes H.264 over RTMP to a real origin; N
-//! WebRTC viewers (a load client written on the same `rtc` crate, one UDP socket per viewer)
-//! play the room over WHEP from a real edge fed over QUIC. Reports the edge's CPU per viewer and
-//! viewers per core (from `/proc`), its resident memory per viewer, and what each viewer got
-//! (RTP packets and payload bitrate per second, against the stream's rate).
+//! WHEP fan-out benchmark, the two send paths side by side in one run: ffmpeg publishes H.264
+//! (and AAC, which the origin transcodes to Opus) over RTMP to a real origin; two real edges fed
+//! over QUIC serve the room, one on the `rtc` pipeline (`--webrtc-send-path rtc`, the old path)
+//! and one on the fan-out workers (`fanout`, the default). For each stream rate and viewer count,
+//! N viewers play the room from one edge, then from the other.
+//!
+//! The viewers are a load client as cheap as the new send path: `rtc` only for ICE and DTLS,
+//! then every RTP packet authenticated, decrypted and its sequence number checked for loss
+//! with the negotiated keys (`Viewer::run_decrypting`). Reports the edge's CPU (from `/proc`)
+//! and viewers per core, its resident memory per viewer, what each viewer got (packets and
+//! payload bitrate per second), the loss, and the client's own CPU.
 //!
 //! ```sh
 //! cargo build --release -p streamhub-origin -p streamhub-edge
 //! cargo build --release -p streamhub-chaos-tests --bin whep_bench
 //! STREAMHUB_ORIGIN_BIN=$PWD/target/release/streamhub-origin \
 //!   STREAMHUB_EDGE_BIN=$PWD/target/release/streamhub-edge \
-//!   VIEWERS="50 200" KBPS="200 2500" target/release/whep_bench
+//!   VIEWERS="500 1000" KBPS="200 2500" PIN=1 target/release/whep_bench
 //! ```
 //!
-//! With `AUDIO=1` the stream also carries AAC (64 kb/s), which the origin transcodes to Opus:
-//! viewers then receive ~50 more packets a second.
-//!
-//! The client shares the machine with the edge (DTLS and SRTP on both sides), so on a small
-//! machine the client, not the edge, may be what limits N; the edge's CPU share is reported
-//! separately from the client's.
+//! `PIN=1`: the edge under test runs alone on CPU 1 and everything else (this client, the
+//! origin, ffmpeg, the other edge) on CPU 0, so the edge's CPU share is its own and viewers per
+//! core extrapolate from it. `AUDIO=0`: video only. `PATHS="fanout"`: one path only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use streamhub_chaos_tests::procfs::{cpu_ticks, rss_kib};
 
-use streamhub_chaos_tests::whep::{RunEnd, Viewer, ViewerOptions};
+use streamhub_chaos_tests::whep::{RtpTally, RunEnd, Viewer, ViewerOptions};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
 use tokio_util::sync::CancellationToken;
 
 const SECS: u64 = 20;
+/// Viewers starting (offer sent, not connected) at once: under a node's per-address limit (16).
+const IN_FLIGHT: u64 = 12;
 
-#[derive(Default)]
-struct Counts {
-    packets: AtomicU64,
-    bytes: AtomicU64,
-    connected: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// One WHEP viewer until `stop`: the test kit's viewer, lean (no interceptors), counting RTP.
+/// One WHEP viewer until `stop`: decrypting and counting every RTP packet.
 async fn viewer(
     whep: String,
     http: reqwest::Client,
-    counts: Arc<Counts>,
+    tally: Arc<RtpTally>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let options = ViewerOptions {
@@ -51,25 +49,9 @@ async fn viewer(
     };
     let mut v = Viewer::with(options).await?;
     let location = v.play(&http, &whep, None).await?;
-    let mut connected = false;
-    let end = v
-        .run_until(
-            stop.cancelled(),
-            |_| false,
-            |p| {
-                if !connected {
-                    connected = true;
-                    counts.connected.fetch_add(1, Ordering::Relaxed);
-                }
-                counts.packets.fetch_add(1, Ordering::Relaxed);
-                counts
-                    .bytes
-                    .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-            },
-        )
-        .await;
+    let end = v.run_decrypting(stop.cancelled(), &tally).await;
     if end == RunEnd::Failed {
-        counts.failed.fetch_add(1, Ordering::Relaxed);
+        failed.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(url) = location {
         let _ = http.delete(url).send().await;
@@ -81,27 +63,59 @@ fn self_ticks() -> u64 {
     cpu_ticks(std::process::id())
 }
 
+/// Pins every thread of `pid` to `cpu`.
+fn pin(pid: u32, cpu: usize) {
+    let ok = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "taskset could not pin {pid} to CPU {cpu}");
+}
+
 #[tokio::main]
 async fn main() {
-    let viewers: Vec<usize> = std::env::var("VIEWERS")
-        .unwrap_or_else(|_| "100 300".into())
-        .split_whitespace()
+    let list = |name: &str, default: &str| -> Vec<String> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    let viewers: Vec<usize> = list("VIEWERS", "200 500")
+        .iter()
         .filter_map(|v| v.parse().ok())
         .collect();
-    let rates: Vec<u32> = std::env::var("KBPS")
-        .unwrap_or_else(|_| "200 2500".into())
-        .split_whitespace()
+    let rates: Vec<u32> = list("KBPS", "200 2500")
+        .iter()
         .filter_map(|v| v.parse().ok())
         .collect();
+    let paths = list("PATHS", "rtc fanout");
+    let audio = std::env::var("AUDIO").as_deref() != Ok("0");
+    let pinned = std::env::var("PIN").as_deref() == Ok("1");
+    if pinned {
+        // This client and every process it starts: CPU 0. The edge under test moves to CPU 1.
+        pin(std::process::id(), 0);
+    }
     let tck = 100.0;
-    let audio = std::env::var("AUDIO").as_deref() == Ok("1");
-    println!("| stream | viewers | connected | edge CPU % | CPU % per viewer | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | client CPU % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | client CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
         let mut c = Cluster::start(1, chaos_seed()).await;
         let admin = c.admin(0).await;
         let key = admin.rtmp_ingress("live", "bench").await.unwrap();
-        let edge = c.start_edge("edge-1", "local", 0, &[]).await;
+        let mut edges = Vec::new();
+        for path in &paths {
+            let e = c
+                .start_edge(
+                    &format!("edge-{path}"),
+                    "local",
+                    0,
+                    &["--webrtc-send-path", path],
+                )
+                .await;
+            edges.push((path.clone(), e));
+        }
         let origin = &c.nodes[0];
         let (size, fps) = if kbps >= 1000 {
             ("1280x720", "30")
@@ -146,61 +160,90 @@ async fn main() {
             .spawn()
             .expect("ffmpeg");
         let http = reqwest::Client::new();
-        hls::wait_segments(
-            &http,
-            &edge.url("/hls/live/bench/index.m3u8"),
-            2,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-        let pid = edge.pid().unwrap();
+        for (_, edge) in &edges {
+            hls::wait_segments(
+                &http,
+                &edge.url("/hls/live/bench/index.m3u8"),
+                2,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+        }
         for &n in &viewers {
-            let counts = Arc::new(Counts::default());
-            let stop = CancellationToken::new();
-            let rss0 = rss_kib(pid);
-            let mut tasks = Vec::new();
-            for i in 0..n {
-                tasks.push(tokio::spawn(viewer(
-                    edge.url("/whep/live/bench"),
-                    http.clone(),
-                    counts.clone(),
-                    stop.clone(),
-                )));
-                if i % 20 == 19 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+            for (path, edge) in &edges {
+                let pid = edge.pid().unwrap();
+                if pinned {
+                    pin(pid, 1);
                 }
+                let tally = Arc::new(RtpTally::default());
+                let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                let stop = CancellationToken::new();
+                let rss0 = rss_kib(pid);
+                let mut tasks = Vec::new();
+                // Viewers start as fast as they connect: all come from one address, which a
+                // node allows only a few unconnected offers at once.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                for _ in 0..n {
+                    while tasks.len() as u64
+                        >= tally.connected.load(Ordering::Relaxed)
+                            + failed.load(Ordering::Relaxed)
+                            + IN_FLIGHT
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    let (whep, http, tally, failed, stop) = (
+                        edge.url("/whep/live/bench"),
+                        http.clone(),
+                        tally.clone(),
+                        failed.clone(),
+                        stop.clone(),
+                    );
+                    tasks.push(tokio::spawn(async move {
+                        if let Err(e) = viewer(whep, http, tally, failed.clone(), stop).await {
+                            eprintln!("viewer: {e:#}");
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }));
+                }
+                // Let every viewer connect and settle, then measure a steady window.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let (c0, s0) = (cpu_ticks(pid), self_ticks());
+                let (p0, b0) = (
+                    tally.packets.load(Ordering::Relaxed),
+                    tally.bytes.load(Ordering::Relaxed),
+                );
+                tokio::time::sleep(Duration::from_secs(SECS)).await;
+                let cpu = (cpu_ticks(pid) - c0) as f64 / tck / SECS as f64 * 100.0;
+                let client = (self_ticks() - s0) as f64 / tck / SECS as f64 * 100.0;
+                let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
+                let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
+                let rss = rss_kib(pid);
+                stop.cancel();
+                for t in tasks {
+                    let _ = t.await;
+                }
+                let connected = tally.connected.load(Ordering::Relaxed);
+                let per = connected.max(1) as f64;
+                let expected = tally.expected.load(Ordering::Relaxed).max(1) as f64;
+                let lost = tally.lost.load(Ordering::Relaxed) as f64;
+                let auth = tally.auth_failures.load(Ordering::Relaxed);
+                let failed = failed.load(Ordering::Relaxed);
+                println!(
+                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {client:.1} |",
+                    if audio { " + Opus" } else { "" },
+                    if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
+                    per / (cpu / 100.0),
+                    rss as f64 / 1024.0,
+                    rss.saturating_sub(rss0) as f64 / per,
+                    pkts / per,
+                    bytes * 8.0 / 1000.0 / per,
+                    lost / expected * 100.0,
+                    if auth > 0 { format!(" ({auth} failed auth)") } else { String::new() },
+                );
+                tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            // Let every viewer connect and settle, then measure a steady window.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let (c0, s0) = (cpu_ticks(pid), self_ticks());
-            let (p0, b0) = (
-                counts.packets.load(Ordering::Relaxed),
-                counts.bytes.load(Ordering::Relaxed),
-            );
-            tokio::time::sleep(Duration::from_secs(SECS)).await;
-            let cpu = (cpu_ticks(pid) - c0) as f64 / tck / SECS as f64 * 100.0;
-            let client = (self_ticks() - s0) as f64 / tck / SECS as f64 * 100.0;
-            let pkts = (counts.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
-            let bytes = (counts.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
-            let rss = rss_kib(pid);
-            let connected = counts.connected.load(Ordering::Relaxed);
-            let per = connected.max(1) as f64;
-            println!(
-                "| {kbps} kb/s {size}{} | {n} | {connected} | {cpu:.1} | {:.3} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {client:.1} |",
-                if audio { " + AAC->Opus" } else { "" },
-                cpu / per,
-                per / (cpu / 100.0),
-                rss as f64 / 1024.0,
-                rss.saturating_sub(rss0) as f64 / per,
-                pkts / per,
-                bytes * 8.0 / 1000.0 / per,
-            );
-            stop.cancel();
-            for t in tasks {
-                let _ = t.await;
-            }
-            tokio::time::sleep(Duration::from_secs(3)).await;
         }
         let _ = ffmpeg.kill();
         let _ = ffmpeg.wait();
