@@ -77,6 +77,14 @@ impl Network {
         format!("{}h{n}", self.tag)
     }
 
+    /// Gives the test's own namespace address `ip(n)` too (besides `.254`): a second client
+    /// the network can treat differently. Goes with the bridge.
+    pub fn add_own_address(&self, n: u8) -> anyhow::Result<Ipv4Addr> {
+        let addr = format!("{}/24", self.ip(n));
+        run("ip", &["addr", "add", &addr, "dev", &self.bridge])?;
+        Ok(self.ip(n))
+    }
+
     /// Makes host `n`: its namespace (loopback up), a veth into the bridge, address `ip(n)`.
     pub fn add_host(&self, n: u8) -> anyhow::Result<String> {
         let ns = self.ns(n);
@@ -164,18 +172,74 @@ impl Network {
             }
         }
         for r in &rules {
-            let mut args = vec!["netns", "exec", &ns, "iptables", "-I"];
-            args.extend(r.iter().map(String::as_str));
-            args.extend(["-j", "DROP"]);
-            run("ip", &args)?;
+            iptables(Some(&ns), "-I", r)?;
         }
         timeline.record(format!("network: {what}"));
         Ok(Partition {
-            ns,
+            ns: Some(ns),
             rules,
             what,
             timeline,
         })
+    }
+
+    /// Drops each packet to or from the test's own address `own` (see
+    /// [`add_own_address`](Self::add_own_address)) with probability `p`, with iptables in the
+    /// test's namespace, on arrival (INPUT) and departure (OUTPUT) there: the node's packets
+    /// leave it as sent (a drop in its own OUTPUT chain would tell its `sendmsg`, which a
+    /// real link does not) and are lost on the way in.
+    pub fn loss_at_own(
+        &self,
+        own: Ipv4Addr,
+        p: f64,
+        timeline: Arc<Timeline>,
+    ) -> anyhow::Result<Partition> {
+        let prob = p.to_string();
+        let own = own.to_string();
+        let rules: Vec<Vec<String>> = [("INPUT", "-d"), ("OUTPUT", "-s")]
+            .iter()
+            .map(|(chain, dir)| {
+                [
+                    chain,
+                    dir,
+                    own.as_str(),
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    prob.as_str(),
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            })
+            .collect();
+        for r in &rules {
+            iptables(None, "-I", r)?;
+        }
+        let what = format!("{}% loss to and from {own} (the test's side)", p * 100.0);
+        timeline.record(format!("network: {what}"));
+        Ok(Partition {
+            ns: None,
+            rules,
+            what,
+            timeline,
+        })
+    }
+}
+
+/// Inserts (`-I`) or deletes (`-D`) a DROP rule, in namespace `ns` or the test's own.
+fn iptables(ns: Option<&str>, op: &str, rule: &[String]) -> anyhow::Result<()> {
+    let mut args: Vec<&str> = match ns {
+        Some(ns) => vec!["netns", "exec", ns, "iptables", op],
+        None => vec![op],
+    };
+    args.extend(rule.iter().map(String::as_str));
+    args.extend(["-j", "DROP"]);
+    match ns {
+        Some(_) => run("ip", &args),
+        None => run("iptables", &args),
     }
 }
 
@@ -196,7 +260,8 @@ impl Drop for Network {
 
 /// A partition that lasts while this guard lives.
 pub struct Partition {
-    ns: String,
+    /// `None`: the test's own namespace.
+    ns: Option<String>,
     rules: Vec<Vec<String>>,
     what: String,
     timeline: Arc<Timeline>,
@@ -205,10 +270,7 @@ pub struct Partition {
 impl Drop for Partition {
     fn drop(&mut self) {
         for r in &self.rules {
-            let mut args = vec!["netns", "exec", self.ns.as_str(), "iptables", "-D"];
-            args.extend(r.iter().map(String::as_str));
-            args.extend(["-j", "DROP"]);
-            if let Err(e) = run("ip", &args) {
+            if let Err(e) = iptables(self.ns.as_deref(), "-D", r) {
                 eprintln!("removing a partition rule: {e}");
             }
         }

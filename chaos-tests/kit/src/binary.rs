@@ -32,6 +32,7 @@ const ORIGIN: Binary = Binary {
         "origin",
         "origin/opus",
         "origin/vendor/srt-tokio",
+        "edge/vendor/rtc",
     ],
 };
 
@@ -39,7 +40,7 @@ const EDGE: Binary = Binary {
     name: "streamhub-edge",
     package: "streamhub-edge",
     env: "STREAMHUB_EDGE_BIN",
-    sources: &["shared", "cluster", "edge/media", "edge"],
+    sources: &["shared", "cluster", "edge/media", "edge", "edge/vendor/rtc"],
 };
 
 /// Path of the origin binary, built at most once per process.

@@ -35,6 +35,8 @@ pub struct ViewerOptions {
     /// Run rtc's default interceptors (NACK, receiver reports): a browser-like viewer. Off for
     /// a lean load client.
     pub interceptors: bool,
+    /// The address its socket binds (default 127.0.0.1).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 impl Default for ViewerOptions {
@@ -42,6 +44,7 @@ impl Default for ViewerOptions {
         Self {
             audio: false,
             interceptors: true,
+            bind: None,
         }
     }
 }
@@ -74,7 +77,10 @@ impl Viewer {
 
     /// A viewer with `options`, its offer made.
     pub async fn with(options: ViewerOptions) -> anyhow::Result<Viewer> {
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
+        let ip = options
+            .bind
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let socket = UdpSocket::bind((ip, 0)).await?;
         let local = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;

@@ -20,7 +20,9 @@
 //!
 //! `PIN=1`: the edge under test runs alone on CPU 1 and everything else (this client, the
 //! origin, ffmpeg, the other edge) on CPU 0, so the edge's CPU share is its own and viewers per
-//! core extrapolate from it. `AUDIO=0`: video only. `PATHS="fanout"`: one path only.
+//! core extrapolate from it. `NETNS=1` (root): the nodes in their own network namespaces, the
+//! client in this one (media over veth pairs and a bridge instead of loopback). `AUDIO=0`:
+//! video only. `PATHS="fanout"`: one path only.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,10 +44,12 @@ async fn viewer(
     tally: Arc<RtpTally>,
     failed: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
+    bind: Option<std::net::IpAddr>,
 ) -> anyhow::Result<()> {
     let options = ViewerOptions {
         audio: true,
         interceptors: false,
+        bind,
     };
     let mut v = Viewer::with(options).await?;
     let location = v.play(&http, &whep, None).await?;
@@ -93,6 +97,7 @@ async fn main() {
     let paths = list("PATHS", "rtc fanout");
     let audio = std::env::var("AUDIO").as_deref() != Ok("0");
     let pinned = std::env::var("PIN").as_deref() == Ok("1");
+    let netns = std::env::var("NETNS").as_deref() == Ok("1");
     if pinned {
         // This client and every process it starts: CPU 0. The edge under test moves to CPU 1.
         pin(std::process::id(), 0);
@@ -101,7 +106,15 @@ async fn main() {
     println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | client CPU % |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
-        let mut c = Cluster::start(1, chaos_seed()).await;
+        // NETNS=1: every node in its own network namespace behind a bridge, this client in the
+        // test's: media crosses veth pairs, not loopback.
+        let (mut c, bind) = if netns {
+            let net = streamhub_chaos_tests::netns::Network::new().expect("bridge (root)");
+            let bind = std::net::IpAddr::V4(net.ip(254));
+            (Cluster::start_on_network(1, chaos_seed(), &[], net).await, Some(bind))
+        } else {
+            (Cluster::start(1, chaos_seed()).await, None)
+        };
         let admin = c.admin(0).await;
         let key = admin.rtmp_ingress("live", "bench").await.unwrap();
         let mut edges = Vec::new();
@@ -193,15 +206,16 @@ async fn main() {
                     {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                    let (whep, http, tally, failed, stop) = (
+                    let (whep, http, tally, failed, stop, bind) = (
                         edge.url("/whep/live/bench"),
                         http.clone(),
                         tally.clone(),
                         failed.clone(),
                         stop.clone(),
+                        bind,
                     );
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = viewer(whep, http, tally, failed.clone(), stop).await {
+                        if let Err(e) = viewer(whep, http, tally, failed.clone(), stop, bind).await {
                             eprintln!("viewer: {e:#}");
                             failed.fetch_add(1, Ordering::Relaxed);
                         }

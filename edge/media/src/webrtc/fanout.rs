@@ -84,6 +84,10 @@ pub(super) struct Stream {
     octets: u32,
     /// Video: what each recent sequence number carried, for NACKs.
     sent: Vec<NackRef>,
+    /// Receiver reports in a row with more than [`LOSS_BAD`] loss.
+    bad_reports: u8,
+    /// The last receiver report showed at most [`LOSS_CLEAN`] loss (or none came yet).
+    clean: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -113,6 +117,8 @@ impl Stream {
             } else {
                 Vec::new()
             },
+            bad_reports: 0,
+            clean: true,
         }
     }
 
@@ -155,7 +161,6 @@ pub(super) struct ViewerSend {
     pub hold: Option<Arc<ViewerHold>>,
     unreported: u64,
     congested: bool,
-    bad_reports: u8,
     /// Per kind (video, audio), the decode time of the newest frame sent in this room: a joiner
     /// gets the room's newest group at once and must not get those frames again from the live
     /// subscription.
@@ -182,7 +187,6 @@ impl ViewerSend {
             hold,
             unreported: 0,
             congested: false,
-            bad_reports: 0,
             newest: [None, None],
             sr_due: Instant::now() + SR_INTERVAL / 2,
         }
@@ -424,13 +428,13 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => self.command(cmd).await,
                     None => break,
                 },
                 Some((key, gen, consumer, r)) = self.frames.next(), if !self.frames.is_empty() => {
-                    self.frame(key, gen, consumer, r);
+                    self.frame(key, gen, consumer, r).await;
                 }
-                _ = reports.tick() => self.sender_reports(),
+                _ = reports.tick() => self.sender_reports().await,
             }
             if !self.outbox.is_empty() || !self.overflowed.is_empty() {
                 self.flush().await;
@@ -472,13 +476,13 @@ impl Worker {
             .map(|m| &mut *m.send)
     }
 
-    fn command(&mut self, cmd: Cmd) {
+    async fn command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Join {
                 viewer,
                 media,
                 ended,
-            } => self.join(viewer, media, ended),
+            } => self.join(viewer, media, ended).await,
             Cmd::Leave(id) => {
                 if let Some(key) = self.located.remove(&id) {
                     if let Some(room) = self.rooms.get_mut(&key) {
@@ -494,7 +498,7 @@ impl Worker {
                     }
                 }
             }
-            Cmd::Nack { id, ssrc, seqs } => self.nack(id, ssrc, &seqs),
+            Cmd::Nack { id, ssrc, seqs } => self.nack(id, ssrc, &seqs).await,
             Cmd::Loss { id, ssrc, fraction } => {
                 let stats = self.stats.clone();
                 if let Some(v) = self.viewer(id) {
@@ -509,7 +513,7 @@ impl Worker {
         }
     }
 
-    fn join(
+    async fn join(
         &mut self,
         mut viewer: Box<ViewerSend>,
         media: MediaHandle,
@@ -554,18 +558,24 @@ impl Worker {
         // The room's newest group, to this viewer only: its first picture decodes at once.
         let only = room.viewers.len() - 1;
         for frame in &snapshot {
-            self.send_frame(key, frame, Some(only));
+            self.send_frame(key, frame, Some(only)).await;
         }
     }
 
-    fn frame(&mut self, key: usize, gen: u64, consumer: MediaConsumer, r: Result<Frame, RecvError>) {
+    async fn frame(
+        &mut self,
+        key: usize,
+        gen: u64,
+        consumer: MediaConsumer,
+        r: Result<Frame, RecvError>,
+    ) {
         let Some(room) = self.rooms.get_mut(&key).filter(|r| r.gen == gen) else {
             return; // the room's last viewer left: its subscription ends here
         };
         match r {
             Ok(frame) => {
                 self.frames.push(next_frame(key, gen, consumer));
-                self.send_frame(key, &frame, None);
+                self.send_frame(key, &frame, None).await;
             }
             Err(RecvError::Closed) => {
                 // The publisher session ended: every viewer's session looks for the next one.
@@ -590,7 +600,7 @@ impl Worker {
     }
 
     /// Sends `frame` of room `key` to its viewers (or only to the viewer at `only`).
-    fn send_frame(&mut self, key: usize, frame: &Frame, only: Option<usize>) {
+    async fn send_frame(&mut self, key: usize, frame: &Frame, only: Option<usize>) {
         let Some(room) = self.rooms.get_mut(&key) else {
             return;
         };
@@ -641,7 +651,7 @@ impl Worker {
                 for (j, p) in payloads.iter().enumerate() {
                     if !self.outbox.has_room() {
                         // A full buffer mid-frame: this worker's sends are synchronous below.
-                        flush_now(&mut self.outbox, self.fd, &self.stats, &mut self.overflowed);
+                        flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
                     }
                     let index = s.index;
                     let Some(len) =
@@ -685,7 +695,7 @@ impl Worker {
                 let ts = s.timestamp(frame.dts, now);
                 s.last = Some((ts, now));
                 if !self.outbox.has_room() {
-                    flush_now(&mut self.outbox, self.fd, &self.stats, &mut self.overflowed);
+                    flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
                 }
                 let index = s.index;
                 let Some(len) =
@@ -706,7 +716,7 @@ impl Worker {
         }
     }
 
-    fn nack(&mut self, id: u64, ssrc: u32, seqs: &[u16]) {
+    async fn nack(&mut self, id: u64, ssrc: u32, seqs: &[u16]) {
         let Some(key) = self.located.get(&id).copied() else {
             return;
         };
@@ -734,7 +744,7 @@ impl Worker {
                 continue;
             };
             if !self.outbox.has_room() {
-                flush_now(&mut self.outbox, self.fd, &self.stats, &mut self.overflowed);
+                flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
             }
             let Some(len) =
                 write_rtp(self.outbox.space(), &v.srtp, s, r.index, r.ts, *marker, payload)
@@ -748,7 +758,7 @@ impl Worker {
     }
 
     /// Sends the sender reports that are due (each viewer's every [`SR_INTERVAL`]).
-    fn sender_reports(&mut self) {
+    async fn sender_reports(&mut self) {
         let now = Instant::now();
         let ntp = ntp_now();
         for room in self.rooms.values_mut() {
@@ -763,7 +773,7 @@ impl Worker {
                     let elapsed = now.saturating_duration_since(at).as_secs_f64();
                     let rtp = ts.wrapping_add((elapsed * f64::from(s.clock)) as u32);
                     if !self.outbox.has_room() {
-                        flush_now(&mut self.outbox, self.fd, &self.stats, &mut self.overflowed);
+                        flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
                     }
                     let out = self.outbox.space();
                     let len = sender_report(out, s.ssrc, ntp, rtp, s.packets, s.octets);
@@ -776,10 +786,19 @@ impl Worker {
     }
 }
 
-/// Sends what waits without yielding (the worker is mid-frame); what the socket does not take
-/// is dropped and its viewers noted in `overflowed` (congested once the frame is done).
-fn flush_now(outbox: &mut Outbox, fd: RawFd, stats: &WebRtcStats, overflowed: &mut Vec<u64>) {
-    let sent = outbox.flush_now(fd, |id| overflowed.push(id));
+/// Sends what waits (the worker is mid-frame and its buffer is full), waiting up to
+/// [`SEND_WAIT`] for a full socket; what it still does not take is dropped and its viewers
+/// noted in `overflowed` (congested once the frame is done).
+async fn flush_wait(
+    outbox: &mut Outbox,
+    socket: &UdpSocket,
+    fd: RawFd,
+    stats: &WebRtcStats,
+    overflowed: &mut Vec<u64>,
+) {
+    let sent = outbox
+        .flush(socket, fd, SEND_WAIT, |id| overflowed.push(id))
+        .await;
     if sent.dropped > 0 {
         stats.send_drops.fetch_add(sent.dropped, Ordering::Relaxed);
     }
@@ -796,22 +815,36 @@ fn congest(v: &mut ViewerSend, stats: &WebRtcStats) {
     }
 }
 
+/// A receiver report block for one of the viewer's streams. Each stream is judged on its own:
+/// the video's reports understate the link's loss (what NACKs recovered counts as received),
+/// the audio's (never resent) show it whole. Sustained loss on any stream makes the viewer
+/// congested; it is clean again once every stream's last report is.
 fn loss_report(v: &mut ViewerSend, ssrc: u32, fraction: u8, stats: &WebRtcStats) {
-    if v.video.as_ref().is_none_or(|s| s.ssrc != ssrc) {
-        return; // congestion is judged on the video stream, which carries the rate
-    }
+    let Some(s) = [v.video.as_mut(), v.audio.as_mut()]
+        .into_iter()
+        .flatten()
+        .find(|s| s.ssrc == ssrc)
+    else {
+        return;
+    };
     if fraction > LOSS_BAD {
-        v.bad_reports = v.bad_reports.saturating_add(1);
-        if v.bad_reports >= BAD_REPORTS {
+        s.bad_reports = s.bad_reports.saturating_add(1);
+        s.clean = false;
+        if s.bad_reports >= BAD_REPORTS {
             // Still losing: drop to the next keyframe again (once a keyframe went since).
             let waiting = v.video.as_ref().is_some_and(|s| s.waiting);
             if !v.congested || !waiting {
                 congest(v, stats);
             }
         }
-    } else if fraction <= LOSS_CLEAN {
-        v.bad_reports = 0;
-        if v.congested {
+    } else {
+        s.bad_reports = 0;
+        s.clean = fraction <= LOSS_CLEAN;
+        let all_clean = [v.video.as_ref(), v.audio.as_ref()]
+            .into_iter()
+            .flatten()
+            .all(|s| s.clean);
+        if v.congested && all_clean {
             v.congested = false;
             stats.viewers_congested.fetch_sub(1, Ordering::Relaxed);
         }
@@ -952,12 +985,15 @@ mod tests {
         loss_report(&mut v, 10, 60, &stats);
         assert!(!v.congested, "one bad report is not sustained");
         loss_report(&mut v, 11, 200, &stats);
-        assert!(!v.congested, "audio loss is not judged");
-        loss_report(&mut v, 10, 60, &stats);
-        assert!(v.congested);
+        assert!(!v.congested, "nor one on another stream");
+        loss_report(&mut v, 99, 200, &stats);
+        loss_report(&mut v, 11, 200, &stats);
+        assert!(v.congested, "the audio's second bad report in a row");
         assert!(v.video.as_ref().unwrap().waiting, "dropped to the next keyframe");
         assert_eq!(stats.viewers_congested.load(Ordering::Relaxed), 1);
         loss_report(&mut v, 10, 2, &stats);
+        assert!(v.congested, "the audio's last report was still bad");
+        loss_report(&mut v, 11, 3, &stats);
         assert!(!v.congested);
         assert_eq!(stats.viewers_congested.load(Ordering::Relaxed), 0);
         assert_eq!(stats.congestion_events.load(Ordering::Relaxed), 1);

@@ -230,15 +230,6 @@ impl Outbox {
         self.used = 0;
     }
 
-    /// Sends everything the socket takes now; the rest is dropped (its viewers reported to
-    /// `overflowed`). Empties the outbox.
-    pub fn flush_now(&mut self, fd: RawFd, mut overflowed: impl FnMut(u64)) -> Sent {
-        let (mut sent, mut done) = (Sent::default(), 0);
-        self.send_some(fd, &mut done, &mut sent, &mut overflowed);
-        self.finish(done, &mut sent, &mut overflowed);
-        sent
-    }
-
     /// Sends everything: what the socket does not take at once waits for it to be writable,
     /// at most `wait` in all; what is left then is dropped (its viewers reported to
     /// `overflowed`). Empties the outbox.
