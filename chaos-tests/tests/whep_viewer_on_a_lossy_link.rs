@@ -61,9 +61,7 @@ async fn wait_metric(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whep_viewer_on_a_lossy_link() {
-    if !require(netns::NEEDS, netns::available())
-        || !require("ffmpeg", has_command("ffmpeg"))
-    {
+    if !require(netns::NEEDS, netns::available()) || !require("ffmpeg", has_command("ffmpeg")) {
         return;
     }
     let net = Network::new().expect("bridge");
@@ -76,12 +74,7 @@ async fn whep_viewer_on_a_lossy_link() {
         net.clone(),
     )
     .await;
-    let key = c
-        .admin(0)
-        .await
-        .rtmp_ingress("live", "cam")
-        .await
-        .unwrap();
+    let key = c.admin(0).await.rtmp_ingress("live", "cam").await.unwrap();
     let edge = c.start_edge("edge-1", "local", 0, &[]).await;
     let mut publisher = Publisher::start(&c.nodes[0].rtmp_url(&key));
     let http = reqwest::Client::new();
@@ -112,6 +105,7 @@ async fn whep_viewer_on_a_lossy_link() {
                 audio: true,
                 interceptors: false,
                 bind: Some(clean_ip.into()),
+                receive_buffer: None,
             })
             .await
             .unwrap();
@@ -132,6 +126,7 @@ async fn whep_viewer_on_a_lossy_link() {
                 audio: true,
                 interceptors: true,
                 bind: Some(lossy_ip.into()),
+                receive_buffer: None,
             })
             .await
             .unwrap();
@@ -142,7 +137,9 @@ async fn whep_viewer_on_a_lossy_link() {
                 |_| false,
                 |p| {
                     if p.header.payload_type != 111 {
-                        seen.lock().unwrap().push((Instant::now(), p.header.sequence_number));
+                        seen.lock()
+                            .unwrap()
+                            .push((Instant::now(), p.header.sequence_number));
                     }
                 },
             )
@@ -159,16 +156,24 @@ async fn whep_viewer_on_a_lossy_link() {
         .filter(|(t, _)| *t < phase1 + LOSSY)
         .map(|(_, s)| *s)
         .collect();
-    assert!(video.len() > 200, "{} video packets in {LOSSY:?}", video.len());
+    assert!(
+        video.len() > 200,
+        "{} video packets in {LOSSY:?}",
+        video.len()
+    );
     // Holes in the sequence, from the first packet to the last but the newest few (still
     // being recovered when the phase ended).
     let first = video[0];
-    let rel: std::collections::BTreeSet<u16> = video.iter().map(|s| s.wrapping_sub(first)).collect();
+    let rel: std::collections::BTreeSet<u16> =
+        video.iter().map(|s| s.wrapping_sub(first)).collect();
     let last = *rel.last().unwrap();
     let span = last.saturating_sub(30);
     let holes = (0..span).filter(|s| !rel.contains(s)).count();
     let resent = metric(&http, &edge, "streamhub_webrtc_nack_resent_total").await;
-    println!("5 % loss: {} video packets, {holes} holes in {span}, {resent} resent", video.len());
+    println!(
+        "5 % loss: {} video packets, {holes} holes in {span}, {resent} resent",
+        video.len()
+    );
     assert!(resent > 0.0, "the edge resent nothing");
     assert!(
         (holes as f64) < f64::from(span) * 0.01,
@@ -188,7 +193,10 @@ async fn whep_viewer_on_a_lossy_link() {
         |v| v >= 1.0,
     )
     .await;
-    assert_eq!(congested, 1.0, "the lossy viewer was never marked congested");
+    assert_eq!(
+        congested, 1.0,
+        "the lossy viewer was never marked congested"
+    );
     assert!(metric(&http, &edge, "streamhub_webrtc_congestion_events_total").await >= 1.0);
     drop(heavy);
     let after = wait_metric(
@@ -212,10 +220,21 @@ async fn whep_viewer_on_a_lossy_link() {
         tally.lost.load(std::sync::atomic::Ordering::Relaxed),
     );
     println!("clean viewers: {packets} packets, {lost} lost of {expected}");
-    assert_eq!(tally.connected.load(std::sync::atomic::Ordering::Relaxed), 2);
-    assert_eq!(tally.auth_failures.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        tally.connected.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(
+        tally
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     assert!(packets > 2 * 50 * 20, "{packets} packets");
-    assert_eq!(lost, 0, "a clean viewer lost packets while another's link was bad");
+    assert_eq!(
+        lost, 0,
+        "a clean viewer lost packets while another's link was bad"
+    );
     assert!(!publisher.exited(), "{}", publisher.stderr());
     publisher.stop();
 }

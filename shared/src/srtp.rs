@@ -76,8 +76,10 @@ pub enum Error {
     Auth,
 }
 
-/// Session keys of one direction (RTP or RTCP).
+/// Session keys of one direction (RTP or RTCP). Inline (one per session and direction): a box
+/// would add a pointer chase to every packet for ~800 bytes per session.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
 enum Keys {
     Cm {
         cipher: aes::Aes128,

@@ -37,6 +37,9 @@ pub struct ViewerOptions {
     pub interceptors: bool,
     /// The address its socket binds (default 127.0.0.1).
     pub bind: Option<std::net::IpAddr>,
+    /// Its socket's receive buffer in bytes, if not the system's default (a node sends a
+    /// frame's packets to a viewer in one burst: a 720p keyframe is ~100 KB).
+    pub receive_buffer: Option<usize>,
 }
 
 impl Default for ViewerOptions {
@@ -45,6 +48,7 @@ impl Default for ViewerOptions {
             audio: false,
             interceptors: true,
             bind: None,
+            receive_buffer: None,
         }
     }
 }
@@ -81,6 +85,7 @@ impl Viewer {
             .bind
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         let socket = UdpSocket::bind((ip, 0)).await?;
+        receive_buffer(&socket, options.receive_buffer);
         let local = socket.local_addr()?;
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
@@ -256,8 +261,10 @@ pub struct RtpTally {
     pub expected: AtomicU64,
     /// Of those, never received.
     pub lost: AtomicU64,
-    /// Packets that failed SRTP authentication.
+    /// Packets of an authenticated stream that failed SRTP authentication.
     pub auth_failures: AtomicU64,
+    /// Packets of streams that never authenticated (not for this viewer's session).
+    pub foreign: AtomicU64,
 }
 
 /// One received stream's sequence accounting.
@@ -345,6 +352,12 @@ impl Viewer {
                                     (packets, bytes) = (0, 0);
                                 }
                             }
+                            // A stream that never authenticated is someone else's (a
+                            // session of an earlier viewer on this port, still sending): not
+                            // ours to count, as a browser drops an unknown SSRC.
+                            Err(_) if st.received == 0 => {
+                                tally.foreign.fetch_add(1, Ordering::Relaxed);
+                            }
                             Err(_) => {
                                 tally.auth_failures.fetch_add(1, Ordering::Relaxed);
                             }
@@ -374,6 +387,29 @@ impl Viewer {
                 .fetch_add(expected.saturating_sub(st.received), Ordering::Relaxed);
         }
         end
+    }
+}
+
+/// Sets the receive buffer of `socket` to `bytes` (past `net.core.rmem_max` where the process
+/// may: root).
+fn receive_buffer(socket: &UdpSocket, bytes: Option<usize>) {
+    use std::os::fd::AsRawFd;
+    let Some(bytes) = bytes else { return };
+    let size = bytes.min(i32::MAX as usize) as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
     }
 }
 

@@ -34,6 +34,31 @@ use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
 use tokio_util::sync::CancellationToken;
 
 const SECS: u64 = 20;
+/// The nodes' metrics token (the bench reads the edge's send drops).
+const TOKEN: &str = "bench-metrics-token-0123456789";
+const ENV: &[(&str, &str)] = &[("STREAMHUB_METRICS_TOKEN", TOKEN)];
+
+/// Datagrams the edge's media socket would not take so far.
+async fn send_drops(http: &reqwest::Client, edge: &streamhub_chaos_tests::Node) -> u64 {
+    let Ok(r) = http
+        .get(edge.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("streamhub_webrtc_send_drops_total ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Viewers starting (offer sent, not connected) at once: under a node's per-address limit (16).
 const IN_FLIGHT: u64 = 12;
 
@@ -50,6 +75,9 @@ async fn viewer(
         audio: true,
         interceptors: false,
         bind,
+        // Larger than Linux's 208 KiB default: a 720p keyframe arrives as one ~100 KB burst,
+        // and this client, sharing its core with the origin and ffmpeg, may be late to read.
+        receive_buffer: Some(1 << 20),
     };
     let mut v = Viewer::with(options).await?;
     let location = v.play(&http, &whep, None).await?;
@@ -103,17 +131,20 @@ async fn main() {
         pin(std::process::id(), 0);
     }
     let tck = 100.0;
-    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | client CPU % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
         // NETNS=1: every node in its own network namespace behind a bridge, this client in the
         // test's: media crosses veth pairs, not loopback.
         let (mut c, bind) = if netns {
             let net = streamhub_chaos_tests::netns::Network::new().expect("bridge (root)");
             let bind = std::net::IpAddr::V4(net.ip(254));
-            (Cluster::start_on_network(1, chaos_seed(), &[], net).await, Some(bind))
+            (
+                Cluster::start_on_network(1, chaos_seed(), ENV, net).await,
+                Some(bind),
+            )
         } else {
-            (Cluster::start(1, chaos_seed()).await, None)
+            (Cluster::start_with_env(1, chaos_seed(), ENV).await, None)
         };
         let admin = c.admin(0).await;
         let key = admin.rtmp_ingress("live", "bench").await.unwrap();
@@ -215,7 +246,8 @@ async fn main() {
                         bind,
                     );
                     tasks.push(tokio::spawn(async move {
-                        if let Err(e) = viewer(whep, http, tally, failed.clone(), stop, bind).await {
+                        if let Err(e) = viewer(whep, http, tally, failed.clone(), stop, bind).await
+                        {
                             eprintln!("viewer: {e:#}");
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
@@ -223,6 +255,7 @@ async fn main() {
                 }
                 // Let every viewer connect and settle, then measure a steady window.
                 tokio::time::sleep(Duration::from_secs(5)).await;
+                let drops0 = send_drops(&http, edge).await;
                 let (c0, s0) = (cpu_ticks(pid), self_ticks());
                 let (p0, b0) = (
                     tally.packets.load(Ordering::Relaxed),
@@ -234,6 +267,7 @@ async fn main() {
                 let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
                 let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
                 let rss = rss_kib(pid);
+                let drops = send_drops(&http, edge).await - drops0;
                 stop.cancel();
                 for t in tasks {
                     let _ = t.await;
@@ -245,7 +279,7 @@ async fn main() {
                 let auth = tally.auth_failures.load(Ordering::Relaxed);
                 let failed = failed.load(Ordering::Relaxed);
                 println!(
-                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {client:.1} |",
+                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
                     if audio { " + Opus" } else { "" },
                     if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
                     per / (cpu / 100.0),
@@ -256,7 +290,9 @@ async fn main() {
                     lost / expected * 100.0,
                     if auth > 0 { format!(" ({auth} failed auth)") } else { String::new() },
                 );
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                // The sessions end (DELETE, or consent after 10 s) before the next run's viewers
+                // take the same ports.
+                tokio::time::sleep(Duration::from_secs(12)).await;
             }
         }
         let _ = ffmpeg.kill();

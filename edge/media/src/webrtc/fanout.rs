@@ -27,9 +27,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use streamhub_shared::h264::AvcConfig;
-use streamhub_shared::media::{
-    CodecConfig, Frame, MediaConsumer, MediaHandle, RecvError, TrackId,
-};
+use streamhub_shared::media::{CodecConfig, Frame, MediaConsumer, MediaHandle, RecvError, TrackId};
 use streamhub_shared::srtp::Srtp;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -219,11 +217,22 @@ pub(super) enum Cmd {
     },
     Leave(u64),
     /// Sequence numbers the viewer asks again (RTCP NACK).
-    Nack { id: u64, ssrc: u32, seqs: Vec<u16> },
+    Nack {
+        id: u64,
+        ssrc: u32,
+        seqs: Vec<u16>,
+    },
     /// A receiver report block: the fraction lost (of 256) on one of the viewer's streams.
-    Loss { id: u64, ssrc: u32, fraction: u8 },
+    Loss {
+        id: u64,
+        ssrc: u32,
+        fraction: u8,
+    },
     /// The viewer's media address changed.
-    Dest { id: u64, dest: SocketAddr },
+    Dest {
+        id: u64,
+        dest: SocketAddr,
+    },
 }
 
 /// The node's fan-out workers.
@@ -323,18 +332,15 @@ impl Room {
         let tracks = self.media.tracks();
         for t in tracks.iter() {
             match &t.codec {
-                CodecConfig::H264 { avcc, .. }
-                    if self.video.as_ref().is_none_or(|v| v.id != t.id) && t.timescale > 0 =>
-                {
-                    if self.video.is_none() {
-                        if let Ok(avc) = AvcConfig::parse(avcc) {
-                            self.video = Some(VideoTrack {
-                                id: t.id,
-                                avc,
-                                avcc: avcc.clone(),
-                                clock: t.timescale,
-                            });
-                        }
+                // The first H.264 track is the one viewers get (a publisher session has one).
+                CodecConfig::H264 { avcc, .. } if self.video.is_none() && t.timescale > 0 => {
+                    if let Ok(avc) = AvcConfig::parse(avcc) {
+                        self.video = Some(VideoTrack {
+                            id: t.id,
+                            avc,
+                            avcc: avcc.clone(),
+                            clock: t.timescale,
+                        });
                     }
                 }
                 CodecConfig::Opus { .. } if self.audio.is_none() && t.timescale > 0 => {
@@ -651,7 +657,14 @@ impl Worker {
                 for (j, p) in payloads.iter().enumerate() {
                     if !self.outbox.has_room() {
                         // A full buffer mid-frame: this worker's sends are synchronous below.
-                        flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
+                        flush_wait(
+                            &mut self.outbox,
+                            &self.socket,
+                            self.fd,
+                            &self.stats,
+                            &mut self.overflowed,
+                        )
+                        .await;
                     }
                     let index = s.index;
                     let Some(len) =
@@ -677,7 +690,9 @@ impl Worker {
                 }
             }
         } else {
-            let Some((track, clock)) = room.audio else { return };
+            let Some((track, clock)) = room.audio else {
+                return;
+            };
             let range = match only {
                 Some(i) => i..i + 1,
                 None => 0..room.viewers.len(),
@@ -695,12 +710,25 @@ impl Worker {
                 let ts = s.timestamp(frame.dts, now);
                 s.last = Some((ts, now));
                 if !self.outbox.has_room() {
-                    flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
+                    flush_wait(
+                        &mut self.outbox,
+                        &self.socket,
+                        self.fd,
+                        &self.stats,
+                        &mut self.overflowed,
+                    )
+                    .await;
                 }
                 let index = s.index;
-                let Some(len) =
-                    write_rtp(self.outbox.space(), &v.srtp, s, index, ts, true, &frame.data)
-                else {
+                let Some(len) = write_rtp(
+                    self.outbox.space(),
+                    &v.srtp,
+                    s,
+                    index,
+                    ts,
+                    true,
+                    &frame.data,
+                ) else {
                     continue;
                 };
                 self.outbox.commit(v.dest, v.id, len);
@@ -744,11 +772,24 @@ impl Worker {
                 continue;
             };
             if !self.outbox.has_room() {
-                flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
+                flush_wait(
+                    &mut self.outbox,
+                    &self.socket,
+                    self.fd,
+                    &self.stats,
+                    &mut self.overflowed,
+                )
+                .await;
             }
-            let Some(len) =
-                write_rtp(self.outbox.space(), &v.srtp, s, r.index, r.ts, *marker, payload)
-            else {
+            let Some(len) = write_rtp(
+                self.outbox.space(),
+                &v.srtp,
+                s,
+                r.index,
+                r.ts,
+                *marker,
+                payload,
+            ) else {
                 continue;
             };
             self.outbox.commit(v.dest, v.id, len);
@@ -773,7 +814,14 @@ impl Worker {
                     let elapsed = now.saturating_duration_since(at).as_secs_f64();
                     let rtp = ts.wrapping_add((elapsed * f64::from(s.clock)) as u32);
                     if !self.outbox.has_room() {
-                        flush_wait(&mut self.outbox, &self.socket, self.fd, &self.stats, &mut self.overflowed).await;
+                        flush_wait(
+                            &mut self.outbox,
+                            &self.socket,
+                            self.fd,
+                            &self.stats,
+                            &mut self.overflowed,
+                        )
+                        .await;
                     }
                     let out = self.outbox.space();
                     let len = sender_report(out, s.ssrc, ntp, rtp, s.packets, s.octets);
@@ -862,7 +910,14 @@ fn ntp_now() -> u64 {
 }
 
 /// Writes an RTCP sender report without report blocks (RFC 3550 6.4.1); returns its length.
-fn sender_report(out: &mut [u8], ssrc: u32, ntp: u64, rtp: u32, packets: u32, octets: u32) -> usize {
+fn sender_report(
+    out: &mut [u8],
+    ssrc: u32,
+    ntp: u64,
+    rtp: u32,
+    packets: u32,
+    octets: u32,
+) -> usize {
     out[0] = 0x80;
     out[1] = 200;
     out[2..4].copy_from_slice(&6u16.to_be_bytes());
@@ -909,12 +964,12 @@ mod tests {
             for i in 0..20u32 {
                 let payload: Vec<u8> = (0..(100 + i as usize * 50)).map(|b| b as u8).collect();
                 let index = s.index;
-                let len = write_rtp(&mut buf, &srtp, &s, index, 9000 * i, i % 3 == 2, &payload)
-                    .unwrap();
+                let len =
+                    write_rtp(&mut buf, &srtp, &s, index, 9000 * i, i % 3 == 2, &payload).unwrap();
                 s.index += 1;
-                let plain = rx.decrypt_rtp(&buf[..len]).unwrap_or_else(|e| {
-                    panic!("{ours:?} packet {i} (index {index}): {e}")
-                });
+                let plain = rx
+                    .decrypt_rtp(&buf[..len])
+                    .unwrap_or_else(|e| panic!("{ours:?} packet {i} (index {index}): {e}"));
                 use rtc::shared::marshal::Unmarshal;
                 let p = rtc::rtp::Packet::unmarshal(&mut &plain[..]).unwrap();
                 assert_eq!(p.header.sequence_number, index as u16);
@@ -933,7 +988,10 @@ mod tests {
                     .as_any()
                     .downcast_ref::<SenderReport>()
                     .expect("a sender report");
-                assert_eq!((sr.ssrc, sr.rtp_time, sr.packet_count), (0x1234_5678, 777, n));
+                assert_eq!(
+                    (sr.ssrc, sr.rtp_time, sr.packet_count),
+                    (0x1234_5678, 777, n)
+                );
                 assert_eq!(sr.ntp_time, 0xdead_beef_0000_0001);
             }
         }
@@ -989,7 +1047,10 @@ mod tests {
         loss_report(&mut v, 99, 200, &stats);
         loss_report(&mut v, 11, 200, &stats);
         assert!(v.congested, "the audio's second bad report in a row");
-        assert!(v.video.as_ref().unwrap().waiting, "dropped to the next keyframe");
+        assert!(
+            v.video.as_ref().unwrap().waiting,
+            "dropped to the next keyframe"
+        );
         assert_eq!(stats.viewers_congested.load(Ordering::Relaxed), 1);
         loss_report(&mut v, 10, 2, &stats);
         assert!(v.congested, "the audio's last report was still bad");

@@ -33,6 +33,7 @@ use rand::Rng;
 use rtc::interceptor::Registry;
 use rtc::interceptor::{NackGeneratorBuilder, NackResponderBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
@@ -104,9 +105,7 @@ pub struct WebRtcConfig {
 }
 
 /// How WHEP viewers get their media.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SendPath {
     /// Per-core workers: each frame packetized once, per viewer a header and SRTP of our own
@@ -265,8 +264,14 @@ pub struct WebRtc {
     fanout: Option<fanout::Fanout>,
     /// Spreads viewers over the fan-out workers.
     next_worker: AtomicU64,
+    /// The DTLS certificate of this node's sessions and when it was made (see
+    /// [`WebRtc::certificate`]).
+    certificate: Mutex<Option<(RTCCertificate, Instant)>>,
     shutdown: CancellationToken,
 }
+
+/// A node's DTLS certificate is replaced this often (new sessions get the new one).
+const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 impl WebRtc {
     /// Binds the media port and starts routing its datagrams.
@@ -312,6 +317,7 @@ impl WebRtc {
             packets,
             fanout,
             next_worker: AtomicU64::new(0),
+            certificate: Mutex::new(None),
             shutdown,
         });
         tokio::spawn(me.clone().recv_loop());
@@ -473,13 +479,16 @@ impl WebRtc {
         let advertise = self.advertised_ip(reached);
         let neg = |e: rtc::shared::error::Error| OpenError::Negotiation(e.to_string());
         let fanout = match (&role, &self.fanout) {
-            (Role::Play { .. }, Some(f)) => Some(f.worker(self.next_worker.fetch_add(1, Ordering::Relaxed))),
+            (Role::Play { .. }, Some(f)) => {
+                Some(f.worker(self.next_worker.fetch_add(1, Ordering::Relaxed)))
+            }
             _ => None,
         };
+        let certificate = self.certificate().map_err(neg)?;
         let mut pc = if fanout.is_some() {
-            build_fanout_viewer(&ufrag, &pwd)
+            build_fanout_viewer(&ufrag, &pwd, certificate)
         } else {
-            build_peer_connection(&ufrag, &pwd)
+            build_peer_connection(&ufrag, &pwd, certificate)
         }
         .map_err(neg)?;
         let mut plan = session::Plan {
@@ -594,10 +603,30 @@ impl WebRtc {
             media_addr: None,
         };
         let me = self.clone();
-        tokio::spawn(async move {
-            s.run(role).await;
-            me.forget(id, permit);
-        });
+        // A fan-out viewer's task is only what it runs: the future of the general session loop
+        // is several times larger, and there is one per viewer.
+        match (role, s.fanout.clone()) {
+            (
+                Role::Play {
+                    media,
+                    hold,
+                    viewer,
+                    rejoin,
+                },
+                Some(worker),
+            ) => {
+                tokio::spawn(async move {
+                    s.play(worker, media, hold, viewer, rejoin).await;
+                    me.forget(id, permit);
+                });
+            }
+            (role, _) => {
+                tokio::spawn(async move {
+                    s.run(role).await;
+                    me.forget(id, permit);
+                });
+            }
+        }
         Ok(Opened { id, answer })
     }
 
@@ -639,6 +668,29 @@ impl WebRtc {
             .get(&id)
             .cloned();
         token.map(|t| t.cancel()).is_some()
+    }
+
+    /// The DTLS certificate for a new session: one per node (made on first use, replaced after
+    /// [`CERTIFICATE_LIFETIME`]), not one per session. A session's identity is its certificate's
+    /// fingerprint in the SDP its peer got over HTTPS; sharing it costs no security (as in
+    /// browsers, which reuse theirs too) and saves a key generation and ~10 KiB per session.
+    fn certificate(&self) -> rtc::shared::error::Result<RTCCertificate> {
+        let mut c = self.certificate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cert, made)) = c.as_ref() {
+            if made.elapsed() < CERTIFICATE_LIFETIME {
+                return Ok(cert.clone());
+            }
+        }
+        let provider = rtc::crypto::default_provider()
+            .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?;
+        let cert = RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            rtc::peer_connection::certificate::CertificateParams::new(vec!["streamhub".to_owned()])
+                .map_err(|e| rtc::shared::error::Error::Other(e.to_string()))?,
+        )?;
+        *c = Some((cert.clone(), Instant::now()));
+        Ok(cert)
     }
 
     fn advertised_ip(&self, reached: Option<IpAddr>) -> IpAddr {
@@ -744,7 +796,11 @@ const NACK_HISTORY: u16 = 512;
 /// A viewer's peer connection on the fan-out path: no interceptors (the fan-out sends its
 /// media, sender reports and NACK answers itself; nothing else may protect its SSRCs' packets),
 /// no header extensions, and only the SRTP profiles [`streamhub_shared::srtp`] implements.
-fn build_fanout_viewer(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+fn build_fanout_viewer(
+    ufrag: &str,
+    pwd: &str,
+    certificate: RTCCertificate,
+) -> rtc::shared::error::Result<RTCPeerConnection> {
     use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
     let mut media = MediaEngine::default();
     register_codecs(&mut media)?;
@@ -755,7 +811,11 @@ fn build_fanout_viewer(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTC
         ])
         .build();
     RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![certificate])
+                .build(),
+        )
         .with_setting_engine(settings)
         .with_media_engine(media)
         .with_interceptor_registry(
@@ -837,7 +897,11 @@ fn setting_engine(ufrag: &str, pwd: &str) -> SettingEngineBuilder {
         )
 }
 
-fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<RTCPeerConnection> {
+fn build_peer_connection(
+    ufrag: &str,
+    pwd: &str,
+    certificate: RTCCertificate,
+) -> rtc::shared::error::Result<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     register_codecs(&mut media)?;
     // The default interceptors, with a shorter NACK history: 512 packets is 1.7 s of a 2.5 Mb/s
@@ -854,7 +918,11 @@ fn build_peer_connection(ufrag: &str, pwd: &str) -> rtc::shared::error::Result<R
     let registry = configure_rtcp_reports(registry);
     let settings = setting_engine(ufrag, pwd).build();
     RTCPeerConnectionBuilder::new()
-        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_configuration(
+            RTCConfigurationBuilder::new()
+                .with_certificates(vec![certificate])
+                .build(),
+        )
         .with_setting_engine(settings)
         .with_media_engine(media)
         .with_interceptor_registry(registry)

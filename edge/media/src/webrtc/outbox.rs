@@ -187,7 +187,13 @@ impl Outbox {
     }
 
     /// Sends from message `*done` on until all went or the socket is full (`false`).
-    fn send_some(&mut self, fd: RawFd, done: &mut usize, sent: &mut Sent, overflowed: &mut impl FnMut(u64)) -> bool {
+    fn send_some(
+        &mut self,
+        fd: RawFd,
+        done: &mut usize,
+        sent: &mut Sent,
+        overflowed: &mut impl FnMut(u64),
+    ) -> bool {
         while *done < self.msgs.len() {
             match self.send_from(fd, *done) {
                 Ok(n) => {
@@ -327,9 +333,12 @@ mod tests {
         assert_eq!(o.msgs.len(), 3);
         assert_eq!(o.datagrams(), 6);
         let sent = o
-            .flush(&tx, tx.as_raw_fd(), std::time::Duration::from_millis(100), |_| {
-                panic!("nothing overflows")
-            })
+            .flush(
+                &tx,
+                tx.as_raw_fd(),
+                std::time::Duration::from_millis(100),
+                |_| panic!("nothing overflows"),
+            )
             .await;
         assert_eq!(
             sent,
@@ -346,7 +355,10 @@ mod tests {
             let n = a.recv(&mut buf).await.unwrap();
             got.push((n, buf[0]));
         }
-        assert_eq!(got, vec![(1200, 1), (1200, 1), (1200, 1), (300, 2), (100, 4)]);
+        assert_eq!(
+            got,
+            vec![(1200, 1), (1200, 1), (1200, 1), (300, 2), (100, 4)]
+        );
         let n = b.recv(&mut buf).await.unwrap();
         assert_eq!((n, buf[0]), (500, 3));
     }

@@ -177,9 +177,6 @@ impl Session {
             } => {
                 self.viewer = viewer;
                 self.rejoin = rejoin;
-                if let Some(worker) = self.fanout.clone() {
-                    return self.play(worker, media, hold).await;
-                }
                 (None, None, Some(media), hold)
             }
         };
@@ -400,12 +397,16 @@ impl Session {
     /// task keeps ICE, DTLS and the RTCP the viewer sends (NACKs and loss reports to the
     /// worker, keyframe requests to the room), and finds the room again when its publisher
     /// session ends.
-    async fn play(
+    pub async fn play(
         mut self,
         worker: mpsc::UnboundedSender<Cmd>,
         media: MediaHandle,
         hold: Option<Box<dyn Send + Sync>>,
+        viewer: Option<Arc<crate::access::ViewerHold>>,
+        rejoin: Option<super::Rejoin>,
     ) {
+        self.viewer = viewer;
+        self.rejoin = rejoin;
         let (mut media, mut _hold) = (media, hold);
         let connect_by = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let mut connected = false;
