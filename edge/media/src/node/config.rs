@@ -123,6 +123,7 @@ impl NodeKind {
             ("webrtc-udp", any(self.webrtc_port())),
             ("webrtc-public-ip", "the bound or reached address".into()),
             ("webrtc-max-sessions", DEFAULT_MAX_SESSIONS.to_string()),
+            ("webrtc-send-path", "fanout".into()),
             ("log", DEFAULT_LOG.into()),
         ])
     }

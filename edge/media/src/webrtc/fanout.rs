@@ -254,18 +254,21 @@ impl Fanout {
             .map(|_| {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let w = Worker {
-                    fd: socket.as_raw_fd(),
-                    socket: socket.clone(),
                     rx,
                     rooms: HashMap::new(),
                     located: HashMap::new(),
                     next_gen: 0,
                     frames: FuturesUnordered::new(),
-                    outbox: Outbox::new(max_segments, v6),
+                    out: Sender {
+                        fd: socket.as_raw_fd(),
+                        socket: socket.clone(),
+                        outbox: Outbox::new(max_segments, v6),
+                        stats: stats.clone(),
+                        rtp_out: 0,
+                        overflowed: Vec::new(),
+                    },
                     stats: stats.clone(),
                     packets: packets.clone(),
-                    rtp_out: 0,
-                    overflowed: Vec::new(),
                 };
                 tokio::spawn(w.run(shutdown.clone()));
                 tx
@@ -379,21 +382,74 @@ impl Room {
 type NextFrame = BoxFuture<'static, (usize, u64, MediaConsumer, Result<Frame, RecvError>)>;
 
 struct Worker {
-    fd: RawFd,
-    socket: Arc<UdpSocket>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     rooms: HashMap<usize, Room>,
     /// Which room each viewer is in.
     located: HashMap<u64, usize>,
     next_gen: u64,
     frames: FuturesUnordered<NextFrame>,
-    outbox: Outbox,
+    out: Sender,
     stats: Arc<WebRtcStats>,
     packets: Arc<PacketCache>,
+}
+
+/// A worker's sending: its outbox and what it counts.
+struct Sender {
+    fd: RawFd,
+    socket: Arc<UdpSocket>,
+    outbox: Outbox,
+    stats: Arc<WebRtcStats>,
     /// RTP packets written since the last addition to the shared counter.
     rtp_out: u64,
-    /// Viewers whose packets the socket did not take (mid-frame sends).
+    /// Viewers whose packets the socket did not take.
     overflowed: Vec<u64>,
+}
+
+impl Sender {
+    /// Makes room for one more datagram: a full outbox is sent first (waiting up to
+    /// [`SEND_WAIT`] for a full socket; what it still does not take is dropped and its viewers
+    /// noted, congested once the worker is done with what it is doing).
+    async fn make_room(&mut self) {
+        if !self.outbox.has_room() {
+            self.send().await;
+        }
+    }
+
+    /// Sends what waits (see [`make_room`](Self::make_room)).
+    async fn send(&mut self) {
+        let overflowed = &mut self.overflowed;
+        let sent = self
+            .outbox
+            .flush(&self.socket, self.fd, SEND_WAIT, |id| overflowed.push(id))
+            .await;
+        self.stats
+            .rtp_out
+            .fetch_add(std::mem::take(&mut self.rtp_out), Ordering::Relaxed);
+        if sent.dropped > 0 {
+            self.stats
+                .send_drops
+                .fetch_add(sent.dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes one RTP packet of stream `s` of viewer `v` (index `index`), protected; returns
+    /// its length on the wire.
+    #[allow(clippy::too_many_arguments)]
+    async fn rtp(
+        &mut self,
+        v: (SocketAddr, u64, &Srtp),
+        s: &Stream,
+        index: u64,
+        ts: u32,
+        marker: bool,
+        payload: &[u8],
+    ) -> Option<usize> {
+        self.make_room().await;
+        let len = write_rtp(self.outbox.space(), v.2, s, index, ts, marker, payload)?;
+        self.outbox.commit(v.0, v.1, len);
+        self.rtp_out += 1;
+        Some(len)
+    }
 }
 
 fn next_frame(key: usize, gen: u64, mut consumer: MediaConsumer) -> NextFrame {
@@ -442,35 +498,29 @@ impl Worker {
                 }
                 _ = reports.tick() => self.sender_reports().await,
             }
-            if !self.outbox.is_empty() || !self.overflowed.is_empty() {
-                self.flush().await;
+            if !self.out.outbox.is_empty() {
+                self.out.send().await;
             }
+            self.congest_overflowed();
         }
     }
 
-    async fn flush(&mut self) {
-        let mut overflowed = std::mem::take(&mut self.overflowed);
-        let sent = self
-            .outbox
-            .flush(&self.socket, self.fd, SEND_WAIT, |id| overflowed.push(id))
-            .await;
-        let stats = &self.stats;
-        stats
-            .rtp_out
-            .fetch_add(std::mem::take(&mut self.rtp_out), Ordering::Relaxed);
-        if sent.dropped > 0 {
-            stats.send_drops.fetch_add(sent.dropped, Ordering::Relaxed);
+    /// Viewers whose packets the socket did not take are congested.
+    fn congest_overflowed(&mut self) {
+        if self.out.overflowed.is_empty() {
+            return;
         }
+        let mut overflowed = std::mem::take(&mut self.out.overflowed);
         overflowed.sort_unstable();
         overflowed.dedup();
-        let stats = stats.clone();
+        let stats = self.stats.clone();
         for &id in &overflowed {
             if let Some(v) = self.viewer(id) {
                 congest(v, &stats);
             }
         }
         overflowed.clear();
-        self.overflowed = overflowed;
+        self.out.overflowed = overflowed;
     }
 
     fn viewer(&mut self, id: u64) -> Option<&mut ViewerSend> {
@@ -614,7 +664,9 @@ impl Worker {
             return;
         };
         let now = Instant::now();
-        if kind == 0 {
+        // What each viewer gets of the frame: the payloads (shared by all), where they are in
+        // the room's history (video: for NACKs), the time the stream's timeline is at.
+        let (kind, payloads, first, t, (track, clock)) = if kind == 0 {
             let Some(v) = room.video.as_ref() else { return };
             if frame.pts != frame.dts && !room.warned_bframes {
                 room.warned_bframes = true;
@@ -635,111 +687,57 @@ impl Worker {
                 .map(|(i, p)| room.history.push(p.clone(), i + 1 == n))
                 .min()
                 .unwrap_or(0);
-            let range = match only {
-                Some(i) => i..i + 1,
-                None => 0..room.viewers.len(),
+            (0, payloads, Some(first), frame.pts, (track, clock))
+        } else {
+            let Some(audio) = room.audio else { return };
+            let single: Arc<[Bytes]> = Arc::new([frame.data.clone()]);
+            (1, single, None, frame.dts, audio)
+        };
+        let n = payloads.len();
+        let range = match only {
+            Some(i) => i..i + 1,
+            None => 0..room.viewers.len(),
+        };
+        for i in range {
+            let v = &mut *room.viewers[i].send;
+            let stream = if kind == 0 {
+                v.video.as_mut()
+            } else {
+                v.audio.as_mut()
             };
-            for i in range {
-                let m = &mut room.viewers[i];
-                let v = &mut *m.send;
-                let Some(s) = v.video.as_mut() else { continue };
-                s.bind(key, track, clock);
-                if v.newest[0].is_some_and(|d| frame.dts <= d) {
+            let Some(s) = stream else { continue };
+            s.bind(key, track, clock);
+            if kind == 1 {
+                s.waiting = false; // audio starts on any frame
+            }
+            // Sent already (the newest group a joiner got at once), or waiting for a keyframe.
+            if v.newest[kind].is_some_and(|d| frame.dts <= d) || (s.waiting && !frame.keyframe) {
+                continue;
+            }
+            s.waiting = false;
+            v.newest[kind] = Some(frame.dts);
+            let ts = s.timestamp(t, now);
+            s.last = Some((ts, now));
+            for (j, p) in payloads.iter().enumerate() {
+                let index = s.index;
+                let to = (v.dest, v.id, &v.srtp);
+                let Some(len) = self.out.rtp(to, s, index, ts, j + 1 == n, p).await else {
                     continue;
-                }
-                if s.waiting && !frame.keyframe {
-                    continue;
-                }
-                s.waiting = false;
-                v.newest[0] = Some(frame.dts);
-                let ts = s.timestamp(frame.pts, now);
-                s.last = Some((ts, now));
-                for (j, p) in payloads.iter().enumerate() {
-                    if !self.outbox.has_room() {
-                        // A full buffer mid-frame: this worker's sends are synchronous below.
-                        flush_wait(
-                            &mut self.outbox,
-                            &self.socket,
-                            self.fd,
-                            &self.stats,
-                            &mut self.overflowed,
-                        )
-                        .await;
-                    }
-                    let index = s.index;
-                    let Some(len) =
-                        write_rtp(self.outbox.space(), &v.srtp, s, index, ts, j + 1 == n, p)
-                    else {
-                        continue;
-                    };
-                    self.outbox.commit(v.dest, v.id, len);
-                    s.index += 1;
-                    s.packets = s.packets.wrapping_add(1);
-                    s.octets = s.octets.wrapping_add(p.len() as u32);
+                };
+                s.index += 1;
+                s.packets = s.packets.wrapping_add(1);
+                s.octets = s.octets.wrapping_add(p.len() as u32);
+                if let Some(first) = first {
                     s.sent[(index as usize) % NACK_REFS] = NackRef {
                         index,
                         packet: first + j as u64,
                         ts,
                     };
-                    self.rtp_out += 1;
-                    let bytes = len as u64;
-                    v.unreported += bytes;
                 }
-                if v.unreported >= EGRESS_REPORT {
-                    v.report_egress(0, false);
-                }
-            }
-        } else {
-            let Some((track, clock)) = room.audio else {
-                return;
-            };
-            let range = match only {
-                Some(i) => i..i + 1,
-                None => 0..room.viewers.len(),
-            };
-            for i in range {
-                let m = &mut room.viewers[i];
-                let v = &mut *m.send;
-                let Some(s) = v.audio.as_mut() else { continue };
-                s.bind(key, track, clock);
-                s.waiting = false;
-                if v.newest[1].is_some_and(|d| frame.dts <= d) {
-                    continue;
-                }
-                v.newest[1] = Some(frame.dts);
-                let ts = s.timestamp(frame.dts, now);
-                s.last = Some((ts, now));
-                if !self.outbox.has_room() {
-                    flush_wait(
-                        &mut self.outbox,
-                        &self.socket,
-                        self.fd,
-                        &self.stats,
-                        &mut self.overflowed,
-                    )
-                    .await;
-                }
-                let index = s.index;
-                let Some(len) = write_rtp(
-                    self.outbox.space(),
-                    &v.srtp,
-                    s,
-                    index,
-                    ts,
-                    true,
-                    &frame.data,
-                ) else {
-                    continue;
-                };
-                self.outbox.commit(v.dest, v.id, len);
-                s.index += 1;
-                s.packets = s.packets.wrapping_add(1);
-                s.octets = s.octets.wrapping_add(frame.data.len() as u32);
-                self.rtp_out += 1;
                 v.unreported += len as u64;
-                if v.unreported >= EGRESS_REPORT {
-                    v.report_egress(0, false);
-                }
+            }
+            if v.unreported >= EGRESS_REPORT {
+                v.report_egress(0, false);
             }
         }
     }
@@ -771,28 +769,10 @@ impl Worker {
             let Some((payload, marker)) = room.history.get(r.packet) else {
                 continue;
             };
-            if !self.outbox.has_room() {
-                flush_wait(
-                    &mut self.outbox,
-                    &self.socket,
-                    self.fd,
-                    &self.stats,
-                    &mut self.overflowed,
-                )
-                .await;
-            }
-            let Some(len) = write_rtp(
-                self.outbox.space(),
-                &v.srtp,
-                s,
-                r.index,
-                r.ts,
-                *marker,
-                payload,
-            ) else {
+            let to = (v.dest, v.id, &v.srtp);
+            let Some(len) = self.out.rtp(to, s, r.index, r.ts, *marker, payload).await else {
                 continue;
             };
-            self.outbox.commit(v.dest, v.id, len);
             self.stats.nack_resent.fetch_add(1, Ordering::Relaxed);
             v.unreported += len as u64;
         }
@@ -813,42 +793,15 @@ impl Worker {
                     let Some((ts, at)) = s.last else { continue };
                     let elapsed = now.saturating_duration_since(at).as_secs_f64();
                     let rtp = ts.wrapping_add((elapsed * f64::from(s.clock)) as u32);
-                    if !self.outbox.has_room() {
-                        flush_wait(
-                            &mut self.outbox,
-                            &self.socket,
-                            self.fd,
-                            &self.stats,
-                            &mut self.overflowed,
-                        )
-                        .await;
-                    }
-                    let out = self.outbox.space();
+                    self.out.make_room().await;
+                    let out = self.out.outbox.space();
                     let len = sender_report(out, s.ssrc, ntp, rtp, s.packets, s.octets);
                     if let Ok(n) = v.srtp.protect_rtcp(out, len) {
-                        self.outbox.commit(v.dest, v.id, n);
+                        self.out.outbox.commit(v.dest, v.id, n);
                     }
                 }
             }
         }
-    }
-}
-
-/// Sends what waits (the worker is mid-frame and its buffer is full), waiting up to
-/// [`SEND_WAIT`] for a full socket; what it still does not take is dropped and its viewers
-/// noted in `overflowed` (congested once the frame is done).
-async fn flush_wait(
-    outbox: &mut Outbox,
-    socket: &UdpSocket,
-    fd: RawFd,
-    stats: &WebRtcStats,
-    overflowed: &mut Vec<u64>,
-) {
-    let sent = outbox
-        .flush(socket, fd, SEND_WAIT, |id| overflowed.push(id))
-        .await;
-    if sent.dropped > 0 {
-        stats.send_drops.fetch_add(sent.dropped, Ordering::Relaxed);
     }
 }
 

@@ -361,14 +361,11 @@ impl Session {
                 }
                 () = sleep_until(pli_due), if pli_due.is_some() => {}
                 () = tokio::time::sleep_until(look_at), if paused.is_some() && looking.is_none() => {
-                    let now = tokio::time::Instant::now();
-                    match (&self.rejoin, &paused) {
-                        (Some(r), Some((_, until))) if now < *until => {
-                            looking = Some(r.lookup.media(&r.app, &r.room, r.client));
-                            look_at = now + REJOIN_LOOK;
-                        }
-                        _ => break 'run "the publisher has gone",
-                    }
+                    let Some(l) = self.look_again(paused.as_ref().map(|p| p.1)) else {
+                        break 'run "the publisher has gone";
+                    };
+                    looking = Some(l);
+                    look_at = tokio::time::Instant::now() + REJOIN_LOOK;
                 }
                 v = next_lookup(&mut looking) => {
                     looking = None;
@@ -532,14 +529,11 @@ impl Session {
                 }
                 () = sleep_until(pli_due), if pli_due.is_some() => {}
                 () = tokio::time::sleep_until(look_at), if paused.is_some() && looking.is_none() => {
-                    let now = tokio::time::Instant::now();
-                    match (&self.rejoin, &paused) {
-                        (Some(r), Some((_, until))) if now < *until => {
-                            looking = Some(r.lookup.media(&r.app, &r.room, r.client));
-                            look_at = now + REJOIN_LOOK;
-                        }
-                        _ => break 'run "the publisher has gone",
-                    }
+                    let Some(l) = self.look_again(paused.as_ref().map(|p| p.1)) else {
+                        break 'run "the publisher has gone";
+                    };
+                    looking = Some(l);
+                    look_at = tokio::time::Instant::now() + REJOIN_LOOK;
                 }
                 v = next_lookup(&mut looking) => {
                     looking = None;
@@ -592,6 +586,16 @@ impl Session {
             audio,
             self.viewer.clone(),
         )))
+    }
+
+    /// A viewer waiting for its room's next publisher session (until `until`): the next look
+    /// for it, or `None` when the wait is over (or the session cannot wait).
+    fn look_again(
+        &self,
+        until: Option<tokio::time::Instant>,
+    ) -> Option<BoxFuture<'static, Option<Viewing>>> {
+        let r = self.rejoin.as_ref()?;
+        (tokio::time::Instant::now() < until?).then(|| r.lookup.media(&r.app, &r.room, r.client))
     }
 
     fn read(&mut self, from: SocketAddr, bytes: BytesMut) {
