@@ -257,6 +257,11 @@ const COUNTERS: &[CounterDef] = &[
         "RTP packets sent again to WebRTC viewers on their NACKs",
         |s| s.webrtc.nack_resent.load(Relaxed),
     ),
+    (
+        "streamhub_webrtc_rtcp_over_budget_total",
+        "WebRTC viewer NACKs and receiver reports over their per-second allowance, dropped",
+        |s| s.webrtc.rtcp_over_budget.load(Relaxed),
+    ),
 ];
 
 const GAUGES: &[GaugeDef] = &[

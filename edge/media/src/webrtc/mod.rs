@@ -176,6 +176,8 @@ pub struct WebRtcStats {
     pub congestion_events: AtomicU64,
     /// RTP packets sent again on a viewer's NACK (fan-out send path).
     pub nack_resent: AtomicU64,
+    /// Viewer RTCP packets (NACKs, receiver reports) over their per-second allowance, dropped.
+    pub rtcp_over_budget: AtomicU64,
 }
 
 /// What a session does.

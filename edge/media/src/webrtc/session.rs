@@ -413,6 +413,7 @@ impl Session {
         let mut looking: Option<BoxFuture<'static, Option<Viewing>>> = None;
         let mut look_at = tokio::time::Instant::now();
         let mut gate = KeyframeGate::new(PLI_MIN_GAP);
+        let mut budget = RtcpBudget::default();
         let mut told_addr = None;
         let end = 'run: loop {
             self.flush();
@@ -456,6 +457,10 @@ impl Session {
                             .flat_map(|p| p.packet_list())
                             .take(MAX_NACKED)
                             .collect();
+                        if !budget.take(Instant::now(), seqs.len() as u32, 0) {
+                            self.stats.rtcp_over_budget.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                         let _ = worker.send(Cmd::Nack {
                             id: self.id,
                             ssrc: n.media_ssrc,
@@ -463,6 +468,10 @@ impl Session {
                         });
                     } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                         for r in &rr.reports {
+                            if !budget.take(Instant::now(), 0, 1) {
+                                self.stats.rtcp_over_budget.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
                             let _ = worker.send(Cmd::Loss {
                                 id: self.id,
                                 ssrc: r.ssrc,
@@ -825,6 +834,43 @@ async fn next_ended(
     }
 }
 
+/// What one viewer's RTCP may ask of its fan-out worker per second: sequence numbers to
+/// resend (a 2.5 Mb/s stream is ~300 packets a second: all of them lost, and asked twice) and
+/// loss reports (browsers send one or two a second per stream). More is dropped (counted): a
+/// viewer flooding NACKs or reports must not take its worker from the other viewers.
+const NACKED_PER_SEC: u32 = 1_000;
+const REPORTS_PER_SEC: u32 = 20;
+
+/// A viewer's RTCP allowance ([`NACKED_PER_SEC`], [`REPORTS_PER_SEC`]), per second.
+#[derive(Debug, Default)]
+struct RtcpBudget {
+    since: Option<Instant>,
+    nacked: u32,
+    reports: u32,
+}
+
+impl RtcpBudget {
+    /// Takes `nacked` sequence numbers and `reports` loss reports from this second's allowance;
+    /// false (nothing taken) if they do not fit.
+    fn take(&mut self, now: Instant, nacked: u32, reports: u32) -> bool {
+        if self
+            .since
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+        {
+            *self = Self {
+                since: Some(now),
+                ..Self::default()
+            };
+        }
+        if self.nacked + nacked > NACKED_PER_SEC || self.reports + reports > REPORTS_PER_SEC {
+            return false;
+        }
+        self.nacked += nacked;
+        self.reports += reports;
+        true
+    }
+}
+
 /// Sequence numbers taken from one NACK packet (a burst of loss asks at most this many again).
 const MAX_NACKED: usize = 256;
 
@@ -911,5 +957,24 @@ fn write(
         if sender.write_rtp(now, packet).is_ok() {
             stats.rtp_out.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_viewers_rtcp_asks_at_most_its_allowance_per_second() {
+        let mut b = RtcpBudget::default();
+        let t0 = Instant::now();
+        assert!(b.take(t0, 600, 0));
+        assert!(!b.take(t0, 600, 0), "over the NACK allowance");
+        assert!(b.take(t0, 400, 0), "what is left fits");
+        for _ in 0..REPORTS_PER_SEC {
+            assert!(b.take(t0, 0, 1));
+        }
+        assert!(!b.take(t0, 0, 1), "over the report allowance");
+        assert!(b.take(t0 + Duration::from_secs(1), 1000, 1), "a new second");
     }
 }
