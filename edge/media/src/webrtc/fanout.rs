@@ -600,11 +600,6 @@ impl Worker {
             self.rooms.insert(key, room);
             self.frames.push(next_frame(key, gen, consumer));
         }
-        if viewer.congested {
-            // A congested viewer carried over from the previous session starts clean.
-            viewer.congested = false;
-            self.stats.viewers_congested.fetch_sub(1, Ordering::Relaxed);
-        }
         let room = self.rooms.get_mut(&key).expect("inserted above");
         room.viewers.push(Member {
             send: viewer,
@@ -638,6 +633,11 @@ impl Worker {
                 let room = self.rooms.remove(&key).expect("looked up above");
                 for mut m in room.viewers {
                     self.located.remove(&m.send.id);
+                    // Counted while it is here: a viewer waiting for the next session is not
+                    // sent anything, and one whose session ends there must not stay counted.
+                    if std::mem::take(&mut m.send.congested) {
+                        self.stats.viewers_congested.fetch_sub(1, Ordering::Relaxed);
+                    }
                     if let Some(tx) = m.ended.take() {
                         let _ = tx.send(m.send);
                     }
