@@ -9,11 +9,21 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{frame, h264_room, rtp_seq, Viewer};
-use streamhub_media::webrtc::Role;
+use streamhub_media::webrtc::{Role, SendPath};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_video_packets_are_resent_on_nack() {
-    let node = common::node(10).await;
+    run(SendPath::Fanout).await;
+}
+
+/// The same on the `rtc` pipeline (`--webrtc-send-path rtc`, kept for comparison).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_video_packets_are_resent_on_nack_on_the_rtc_path() {
+    run(SendPath::Rtc).await;
+}
+
+async fn run(path: SendPath) {
+    let node = common::node_on(10, path).await;
     let mut room = h264_room();
     room.push(frame(0));
     let mut viewer = Viewer::new().await;

@@ -16,7 +16,7 @@ use axum::http::{Request, StatusCode};
 use common::{frame, h264_room, Viewer};
 use futures::future::BoxFuture;
 use streamhub_media::mjpeg::{MediaLookup, Viewing};
-use streamhub_media::webrtc::{Rejoin, Role};
+use streamhub_media::webrtc::{Rejoin, Role, SendPath};
 use streamhub_shared::media::MediaHandle;
 use streamhub_shared::{AppName, RoomName};
 use tower::ServiceExt;
@@ -63,7 +63,17 @@ impl Got {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_goes_on_with_the_rooms_next_publisher_session() {
-    let node = common::node(10).await;
+    run(SendPath::Fanout).await;
+}
+
+/// The same on the `rtc` pipeline (`--webrtc-send-path rtc`, kept for comparison).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_goes_on_with_the_rooms_next_publisher_session_on_the_rtc_path() {
+    run(SendPath::Rtc).await;
+}
+
+async fn run(path: SendPath) {
+    let node = common::node_on(10, path).await;
     let mut first = h264_room();
     first.push(frame(0));
     let current = Arc::new(Current::default());

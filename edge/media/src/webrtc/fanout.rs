@@ -139,13 +139,27 @@ impl Stream {
 
     /// The RTP timestamp of a frame at `t` (in the track's clock).
     fn timestamp(&mut self, t: i64, now: Instant) -> u32 {
-        if let Some((ts, at)) = self.resume.take() {
-            let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            let ticks = (elapsed * f64::from(self.clock)) as u32;
-            self.ts_base = ts.wrapping_add(ticks.max(1)).wrapping_sub(t as u32);
-        }
-        self.ts_base.wrapping_add(t as u32)
+        rtp_timestamp(&mut self.ts_base, &mut self.resume, self.clock, t, now)
     }
+}
+
+/// The RTP timestamp of a frame at `t` (ticks of `clock`) on a stream whose timestamps are
+/// `ts_base + t`; with `resume` (the last timestamp sent and when, from the room's previous
+/// publisher session) the timeline first moves on from there by the time that passed, so the
+/// new session's frames, numbered from its own start, go on forward.
+pub(super) fn rtp_timestamp(
+    ts_base: &mut u32,
+    resume: &mut Option<(u32, Instant)>,
+    clock: u32,
+    t: i64,
+    now: Instant,
+) -> u32 {
+    if let Some((ts, at)) = resume.take() {
+        let elapsed = now.saturating_duration_since(at).as_secs_f64();
+        let ticks = (elapsed * f64::from(clock)) as u32;
+        *ts_base = ts.wrapping_add(ticks.max(1)).wrapping_sub(t as u32);
+    }
+    ts_base.wrapping_add(t as u32)
 }
 
 /// Everything a viewer's sending needs: it moves to a worker when the session connects and

@@ -28,7 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::fanout::{Cmd, Stream, ViewerSend};
+use super::fanout::{rtp_timestamp, Cmd, Stream, ViewerSend};
 use super::gso::GsoBatch;
 use super::ingest::{Ingest, AUDIO_WAITS_FOR_VIDEO};
 use super::packets::PacketCache;
@@ -118,12 +118,7 @@ struct Out {
 impl Out {
     /// The RTP timestamp of a frame at `t` (in the track's clock).
     fn timestamp(&mut self, t: i64, now: Instant) -> u32 {
-        if let Some((ts, at)) = self.resume.take() {
-            let elapsed = now.saturating_duration_since(at).as_secs_f64();
-            let ticks = (elapsed * f64::from(self.clock)) as u32;
-            self.ts_base = ts.wrapping_add(ticks.max(1)).wrapping_sub(t as u32);
-        }
-        self.ts_base.wrapping_add(t as u32)
+        rtp_timestamp(&mut self.ts_base, &mut self.resume, self.clock, t, now)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use streamhub_media::webrtc::{WebRtc, WebRtcConfig};
+use streamhub_media::webrtc::{SendPath, WebRtc, WebRtcConfig};
 use streamhub_shared::media::{CodecConfig, RoomMedia};
 use streamhub_shared::{Frame, TrackInfo};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,13 @@ pub const AVCC: &[u8] = &[
 
 /// A node's WebRTC side on a loopback port.
 pub async fn node(max_sessions: usize) -> Arc<WebRtc> {
+    node_on(max_sessions, SendPath::default()).await
+}
+
+/// As [`node`], with viewers sent their media on `send_path`.
+pub async fn node_on(max_sessions: usize, send_path: SendPath) -> Arc<WebRtc> {
     let config = WebRtcConfig {
+        send_path,
         udp: "127.0.0.1:0".parse().unwrap(),
         public_ip: None,
         max_sessions,
