@@ -679,6 +679,9 @@ impl RTCPeerConnection {
         &mut self,
         t: RTCRtpTransceiverInternal,
     ) -> RTCRtpTransceiverId {
+        // streamhub patch: grown one at a time (a transceiver is ~1.5 KiB; most connections
+        // have two, which doubling would give room for four).
+        self.rtp_transceivers.reserve_exact(1);
         self.rtp_transceivers.push(t);
         self.trigger_negotiation_needed();
         self.rtp_transceivers.len() - 1

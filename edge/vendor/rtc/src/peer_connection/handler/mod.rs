@@ -144,6 +144,76 @@ impl PipelineContext {
     }
 }
 
+/// Frees a queue's buffer if it is empty (a drained `VecDeque` keeps its capacity).
+fn release_if_empty<T>(q: &mut VecDeque<T>) {
+    if q.is_empty() && q.capacity() > 0 {
+        *q = VecDeque::new();
+    }
+}
+
+impl RTCPeerConnection {
+    /// streamhub patch: frees the buffers of the pipeline's queues that are empty. Each handler
+    /// keeps the capacity its busiest moment gave its queues (events are a few hundred bytes
+    /// each), ~18 KiB per connection after the handshake; a server holding thousands of mostly
+    /// idle connections calls this when it has drained them. The next message allocates again.
+    pub fn release_idle_buffers(&mut self) {
+        let c = &mut self.pipeline_context;
+        macro_rules! release {
+            ($($ctx:ident),*) => {$(
+                release_if_empty(&mut c.$ctx.read_outs);
+                release_if_empty(&mut c.$ctx.write_outs);
+                release_if_empty(&mut c.$ctx.event_outs);
+            )*};
+        }
+        release!(
+            demuxer_handler_context,
+            ice_handler_context,
+            dtls_handler_context,
+            sctp_handler_context,
+            datachannel_handler_context,
+            srtp_handler_context,
+            interceptor_handler_context,
+            endpoint_handler_context
+        );
+        release_if_empty(&mut c.media_read_outs);
+        release_if_empty(&mut c.data_read_outs);
+        release_if_empty(&mut c.write_outs);
+        release_if_empty(&mut c.event_outs);
+        // The last offer and answer made are kept to check the description set next; once
+        // negotiation is done there is none to check (the next needs a new offer or answer).
+        if self.signaling_state == RTCSignalingState::Stable {
+            self.last_offer = String::new();
+            self.last_answer = String::new();
+        }
+    }
+
+    /// streamhub patch: frees the text a connected server-side peer connection keeps and does
+    /// not read again: the SDP text of the current local and remote descriptions (their parsed
+    /// form stays, which is what renegotiation reads; `local_description()` and
+    /// `remote_description()` return empty text afterwards) and the certificates' DER copies in
+    /// the certificate stats (`base64Certificate` is empty afterwards). ~4 KiB per connection.
+    /// Does nothing before negotiation is stable.
+    pub fn release_negotiation_text(&mut self) {
+        if self.signaling_state != RTCSignalingState::Stable {
+            return;
+        }
+        for d in [
+            &mut self.current_local_description,
+            &mut self.current_remote_description,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if d.parsed.is_some() {
+                d.sdp = String::new();
+            }
+        }
+        for c in self.pipeline_context.stats.certificates.values_mut() {
+            c.base64_certificate = String::new();
+        }
+    }
+}
+
 impl RTCPeerConnection {
     /*
      Pipeline Flow (Read Path):
