@@ -214,8 +214,15 @@ async fn main() {
             .await
             .unwrap();
         }
+        // Each edge's resident memory before its first viewer: memory per viewer is the growth
+        // over it (measured from the previous run's end instead, an allocator that kept the
+        // previous viewers' pages would make the next run look cheaper than it is).
+        let idle: Vec<u64> = edges
+            .iter()
+            .map(|(_, e)| rss_kib(e.pid().unwrap()))
+            .collect();
         for &n in &viewers {
-            for (path, edge) in &edges {
+            for (k, (path, edge)) in edges.iter().enumerate() {
                 let pid = edge.pid().unwrap();
                 if pinned {
                     pin(pid, 1);
@@ -223,7 +230,7 @@ async fn main() {
                 let tally = Arc::new(RtpTally::default());
                 let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 let stop = CancellationToken::new();
-                let rss0 = rss_kib(pid);
+                let rss0 = idle[k];
                 let mut tasks = Vec::new();
                 // Viewers start as fast as they connect: all come from one address, which a
                 // node allows only a few unconnected offers at once.

@@ -88,20 +88,37 @@ pub(super) struct Stream {
     clean: bool,
 }
 
+/// 12 bytes: the low 32 bits of the packet's index and of its number in the room's history
+/// (both told apart from older ones by the distance to the newest), and its timestamp.
 #[derive(Debug, Clone, Copy, Default)]
 struct NackRef {
-    index: u64,
+    index: u32,
     /// Its packet in the room's history.
-    packet: u64,
+    packet: u32,
     ts: u32,
 }
 
 impl Stream {
+    /// What the packet with sequence number `seq` carried, if it was among the last
+    /// [`NACK_REFS`] sent: its full index, its number in the history and its timestamp.
+    fn sent_as(&self, seq: u16) -> Option<(u64, u32, u32)> {
+        let r = self.sent.get(usize::from(seq) % NACK_REFS)?;
+        let back = (self.index as u32).wrapping_sub(r.index);
+        if back == 0 || back as usize > NACK_REFS {
+            return None; // not sent yet, or too long ago
+        }
+        let index = self.index.checked_sub(u64::from(back))?;
+        (index as u16 == seq).then_some((index, r.packet, r.ts))
+    }
+}
+
+impl Stream {
     pub fn new(ssrc: u32, pt: u8, video: bool) -> Self {
+        let index = u64::from(rand::random::<u16>());
         Self {
             ssrc,
             pt,
-            index: u64::from(rand::random::<u16>()),
+            index,
             ts_base: rand::random(),
             clock: 0,
             bound: None,
@@ -111,7 +128,12 @@ impl Stream {
             packets: 0,
             octets: 0,
             sent: if video {
-                vec![NackRef::default(); NACK_REFS]
+                // Farther back than any answerable packet: nothing matches until it is sent.
+                let never = NackRef {
+                    index: (index as u32).wrapping_sub(NACK_REFS as u32 + 1),
+                    ..Default::default()
+                };
+                vec![never; NACK_REFS]
             } else {
                 Vec::new()
             },
@@ -316,6 +338,13 @@ impl History {
 
     fn get(&self, n: u64) -> Option<&(Bytes, bool)> {
         self.packets.get(n.checked_sub(self.first)? as usize)
+    }
+
+    /// The packet whose number's low 32 bits are `low`, if it is still kept.
+    fn get_recent(&self, low: u32) -> Option<&(Bytes, bool)> {
+        let newest = (self.first + self.packets.len() as u64).checked_sub(1)?;
+        let back = (newest as u32).wrapping_sub(low);
+        self.get(newest.checked_sub(u64::from(back))?)
     }
 }
 
@@ -743,8 +772,8 @@ impl Worker {
                 s.octets = s.octets.wrapping_add(p.len() as u32);
                 if let Some(first) = first {
                     s.sent[(index as usize) % NACK_REFS] = NackRef {
-                        index,
-                        packet: first + j as u64,
+                        index: index as u32,
+                        packet: (first + j as u64) as u32,
                         ts,
                     };
                 }
@@ -776,15 +805,14 @@ impl Worker {
             return;
         };
         for &seq in seqs {
-            let r = s.sent[usize::from(seq) % NACK_REFS];
-            if r.index as u16 != seq || r.index >= s.index {
-                continue; // not sent, or too long ago
-            }
-            let Some((payload, marker)) = room.history.get(r.packet) else {
+            let Some((index, packet, ts)) = s.sent_as(seq) else {
+                continue;
+            };
+            let Some((payload, marker)) = room.history.get_recent(packet) else {
                 continue;
             };
             let to = (v.dest, v.id, &v.srtp);
-            let Some(len) = self.out.rtp(to, s, r.index, r.ts, *marker, payload).await else {
+            let Some(len) = self.out.rtp(to, s, index, ts, *marker, payload).await else {
                 continue;
             };
             self.stats.nack_resent.fetch_add(1, Ordering::Relaxed);
@@ -972,6 +1000,55 @@ mod tests {
         }
         assert!(h.get(5).is_none(), "rolled out");
         assert_eq!(h.get(HISTORY as u64 + 9).unwrap().0[0], (HISTORY + 9) as u8);
+        assert_eq!(
+            h.get_recent(HISTORY as u32 + 9).unwrap().0[0],
+            (HISTORY + 9) as u8
+        );
+        assert!(h.get_recent(5).is_none(), "rolled out");
+        assert!(
+            h.get_recent(HISTORY as u32 + 10).is_none(),
+            "not yet pushed"
+        );
+        // Numbers past 2^32 are told apart by their distance to the newest.
+        let mut h = History {
+            first: (1 << 32) - 3,
+            ..Default::default()
+        };
+        for i in 0..6u8 {
+            h.push(Bytes::from(vec![i]), false);
+        }
+        assert_eq!(h.get_recent(0xffff_fffe).unwrap().0[0], 1);
+        assert_eq!(h.get_recent(1).unwrap().0[0], 4);
+    }
+
+    #[test]
+    fn nack_references_answer_only_the_last_ones_sent() {
+        let mut s = Stream::new(1, 96, true);
+        assert_eq!(std::mem::size_of::<NackRef>(), 12);
+        s.index = (3 << 32) + 0xffff_fff0; // a high rollover counter, low bits about to wrap
+        for i in 0..NACK_REFS as u64 + 40 {
+            let index = s.index;
+            s.sent[(index as usize) % NACK_REFS] = NackRef {
+                index: index as u32,
+                packet: 1000 + i as u32,
+                ts: 7 * i as u32,
+            };
+            s.index += 1;
+        }
+        let last = s.index - 1;
+        assert_eq!(
+            s.sent_as(last as u16),
+            Some((
+                last,
+                1000 + NACK_REFS as u32 + 39,
+                7 * (NACK_REFS as u32 + 39)
+            ))
+        );
+        let oldest = s.index - NACK_REFS as u64;
+        assert_eq!(s.sent_as(oldest as u16).map(|r| r.0), Some(oldest));
+        assert_eq!(s.sent_as((oldest - 1) as u16), None, "overwritten");
+        assert_eq!(s.sent_as(s.index as u16), None, "not sent yet");
+        assert_eq!(Stream::new(1, 96, true).sent_as(0), None);
     }
 
     #[test]

@@ -113,6 +113,169 @@ pub fn check_play(c: &OfferCodecs, room_h264: bool, room_opus: bool) -> Result<(
     Ok(())
 }
 
+/// H.264 profiles a viewer's video is offered under, most preferred first (the fan-out path
+/// sends the room's stream under the one payload type kept; `level-asymmetry-allowed` lets the
+/// browser decode any level).
+const H264_PREFERRED: &[&str] = &["42e01f", "42001f", "4d001f", "64001f", "640c1f"];
+
+/// RTCP feedback a fan-out viewer's streams use: NACK, PLI and FIR.
+const FEEDBACK_KEPT: &[&str] = &["nack", "nack pli", "ccm fir"];
+
+/// A WHEP offer cut to what a fan-out viewer is sent, before the peer connection sees it: in a
+/// video section one H.264 payload type with packetization-mode 1 (the first of
+/// [`H264_PREFERRED`] offered, else the first offered), in an audio section Opus; only NACK,
+/// PLI and FIR feedback; no header extensions (the fan-out path writes none) and no ICE
+/// candidates (the node is ICE-lite: it answers the peer's checks from wherever they come).
+/// `rtc` keeps the offer it is given, as text and parsed, for the session's life: a browser's
+/// offer of every codec it can receive (VP8, VP9, AV1, H.264 in six variants, each with its
+/// RTX, RED, FEC, G.722, ...) was ~20 KiB of each viewer's memory, with the answer and the
+/// codec lists made from it. A section keeping no codec is left as it is (the answer then
+/// declines it as before); other lines are kept.
+pub fn trim_play_offer(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut rest = sdp;
+    // The session part, up to the first media section.
+    let first = find_section(rest, 0);
+    out.push_str(&rest[..first]);
+    rest = &rest[first..];
+    while !rest.is_empty() {
+        let end = find_section(rest, 1);
+        trim_section(&rest[..end], &mut out);
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The `profile-level-id` of the first H.264 payload type of an offer's video section.
+pub fn h264_profile(sdp: &str) -> Option<String> {
+    let desc = SessionDescription::unmarshal(&mut std::io::Cursor::new(sdp)).ok()?;
+    let m = desc
+        .media_descriptions
+        .iter()
+        .find(|m| m.media_name.media == "video")?;
+    let codecs = m.codecs();
+    m.media_name.formats.iter().find_map(|f| {
+        let pt: u8 = f.parse().ok()?;
+        let c = codecs.get(&pt)?;
+        if !c.name.eq_ignore_ascii_case("H264") {
+            return None;
+        }
+        fmtp_param(&c.fmtp, "profile-level-id").map(str::to_owned)
+    })
+}
+
+/// Where the first `m=` line at or after byte `from` starts (the text's end if none).
+fn find_section(sdp: &str, from: usize) -> usize {
+    let mut at = 0;
+    for line in sdp.split_inclusive('\n') {
+        if at >= from && line.starts_with("m=") {
+            return at;
+        }
+        at += line.len();
+    }
+    sdp.len()
+}
+
+/// The payload type and the rest of a line `a=<key>:<pt> <rest>`.
+fn pt_attribute<'a>(line: &'a str, key: &str) -> Option<(u8, &'a str)> {
+    let v = line.trim_end().strip_prefix("a=")?.strip_prefix(key)?;
+    let v = v.strip_prefix(':')?;
+    let (pt, rest) = v.split_once(' ').unwrap_or((v, ""));
+    Some((pt.parse().ok()?, rest))
+}
+
+/// The value of `name` in `a=fmtp` parameters (read leniently, as [`packetization_mode_1`]).
+fn fmtp_param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
+    params
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
+}
+
+/// The payload type a fan-out viewer's section keeps, if any.
+fn kept_payload_type(media: &str, body: &[&str]) -> Option<u8> {
+    let named = |name: &str| -> Vec<u8> {
+        body.iter()
+            .filter_map(|l| pt_attribute(l, "rtpmap"))
+            .filter(|(_, codec)| {
+                codec
+                    .split('/')
+                    .next()
+                    .is_some_and(|c| c.eq_ignore_ascii_case(name))
+            })
+            .map(|(pt, _)| pt)
+            .collect()
+    };
+    match media {
+        "video" => {
+            let fmtp = |pt: u8| {
+                body.iter()
+                    .filter_map(|l| pt_attribute(l, "fmtp"))
+                    .find(|(p, _)| *p == pt)
+                    .map_or("", |(_, params)| params)
+            };
+            let mode_1: Vec<u8> = named("H264")
+                .into_iter()
+                .filter(|&pt| fmtp_param(fmtp(pt), "packetization-mode") == Some("1"))
+                .collect();
+            let profile = |pt: u8| fmtp_param(fmtp(pt), "profile-level-id").unwrap_or("");
+            H264_PREFERRED
+                .iter()
+                .find_map(|want| {
+                    mode_1
+                        .iter()
+                        .copied()
+                        .find(|&pt| profile(pt).eq_ignore_ascii_case(want))
+                })
+                .or_else(|| mode_1.first().copied())
+        }
+        "audio" => named("opus").first().copied(),
+        _ => None,
+    }
+}
+
+/// One media section (`m=` line first), trimmed into `out`.
+fn trim_section(section: &str, out: &mut String) {
+    let mut lines = section.split_inclusive('\n');
+    let m_line = lines.next().unwrap_or_default();
+    let body: Vec<&str> = lines.collect();
+    let mut fields = m_line.trim_end().split(' ');
+    let (Some(media), Some(port), Some(proto)) = (fields.next(), fields.next(), fields.next())
+    else {
+        out.push_str(section);
+        return;
+    };
+    let media = media.strip_prefix("m=").unwrap_or(media);
+    let Some(pt) =
+        kept_payload_type(media, &body).filter(|pt| fields.any(|f| f.parse() == Ok(*pt)))
+    else {
+        out.push_str(section);
+        return;
+    };
+    let eol = if m_line.ends_with("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    out.push_str(&format!("m={media} {port} {proto} {pt}{eol}"));
+    for line in body {
+        let dropped = line.starts_with("a=extmap:")
+            || line.starts_with("a=candidate:")
+            || line.starts_with("a=end-of-candidates")
+            || ["rtpmap", "fmtp"]
+                .iter()
+                .any(|key| pt_attribute(line, key).is_some_and(|(p, _)| p != pt))
+            || line.trim_end().strip_prefix("a=rtcp-fb:").is_some_and(|v| {
+                let (p, fb) = v.split_once(' ').unwrap_or((v, ""));
+                (p != "*" && p.parse() != Ok(pt)) || !FEEDBACK_KEPT.contains(&fb.trim())
+            });
+        if !dropped {
+            out.push_str(line);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +356,121 @@ m=audio 9 RTP/AVP 102\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mod
         ));
         let huge = format!("v=0\r\nm=video 9\r\n{}", "a=x\r\n".repeat(20_000));
         assert!(matches!(offer_codecs(&huge), Err(OfferError::Malformed(_))));
+    }
+
+    /// The shape of Chromium's recvonly WHEP offer (cut: fewer codecs, no candidates).
+    const CHROMIUM_RECVONLY: &str = "v=0\r\no=- 4611 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+a=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 104 105 108 45 46\r\nc=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=ice-options:trickle\r\na=fingerprint:sha-256 00:11\r\na=setup:actpass\r\na=mid:0\r\n\
+a=extmap:1 urn:ietf:params:rtp-hdrext:toffset\r\n\
+a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+a=recvonly\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+a=rtpmap:96 VP8/90000\r\na=rtcp-fb:96 goog-remb\r\na=rtcp-fb:96 nack\r\n\
+a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n\
+a=rtpmap:102 H264/90000\r\na=rtcp-fb:102 nack\r\na=rtcp-fb:102 nack pli\r\n\
+a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:103 rtx/90000\r\na=fmtp:103 apt=102\r\n\
+a=rtpmap:104 H264/90000\r\na=rtcp-fb:104 nack\r\n\
+a=fmtp:104 level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42001f\r\n\
+a=rtpmap:105 rtx/90000\r\na=fmtp:105 apt=104\r\n\
+a=rtpmap:108 H264/90000\r\na=rtcp-fb:108 goog-remb\r\na=rtcp-fb:108 transport-cc\r\n\
+a=rtcp-fb:108 ccm fir\r\na=rtcp-fb:108 nack\r\na=rtcp-fb:108 nack pli\r\n\
+a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=candidate:1 1 udp 2113937151 192.168.1.2 50000 typ host generation 0\r\n\
+a=end-of-candidates\r\n\
+a=rtpmap:45 AV1/90000\r\na=rtpmap:46 rtx/90000\r\na=fmtp:46 apt=45\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126\r\nc=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\na=mid:1\r\na=extmap:14 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n\
+a=recvonly\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtcp-fb:111 transport-cc\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:13 CN/8000\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 telephone-event/8000\r\n";
+
+    #[test]
+    fn a_play_offer_is_cut_to_one_h264_mode_1_and_opus() {
+        let trimmed = trim_play_offer(CHROMIUM_RECVONLY);
+        assert_eq!(
+            offer_codecs(&trimmed).unwrap(),
+            offer_codecs(CHROMIUM_RECVONLY).unwrap(),
+            "{trimmed}"
+        );
+        let lines: Vec<&str> = trimmed.lines().collect();
+        // 42e01f is preferred to the 42001f offered first.
+        assert!(
+            lines.contains(&"m=video 9 UDP/TLS/RTP/SAVPF 108"),
+            "{trimmed}"
+        );
+        assert!(
+            lines.contains(&"m=audio 9 UDP/TLS/RTP/SAVPF 111"),
+            "{trimmed}"
+        );
+        for gone in [
+            "VP8",
+            "rtx",
+            "AV1",
+            "apt=",
+            "packetization-mode=0",
+            "red/",
+            "G722",
+            "PCMU",
+            "telephone-event",
+            "extmap:",
+            "goog-remb",
+            "transport-cc",
+            "a=rtcp-fb:102",
+            "a=rtcp-fb:104",
+            "profile-level-id=42001f",
+            "a=candidate",
+            "end-of-candidates",
+        ] {
+            assert!(!trimmed.contains(gone), "{gone} left in {trimmed}");
+        }
+        for kept in [
+            "a=group:BUNDLE 0 1",
+            "a=extmap-allow-mixed",
+            "a=ice-ufrag:abcd",
+            "a=fingerprint:sha-256 00:11",
+            "a=setup:actpass",
+            "a=mid:0",
+            "a=mid:1",
+            "a=recvonly",
+            "a=rtcp-mux",
+            "a=rtcp-fb:108 nack\r\n",
+            "a=rtcp-fb:108 nack pli",
+            "a=rtcp-fb:108 ccm fir",
+            "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+        ] {
+            assert!(trimmed.contains(kept), "{kept} lost from {trimmed}");
+        }
+        assert!(trimmed.ends_with("\r\n") && !trimmed.contains("\r\n\r\n"));
+        assert_eq!(h264_profile(&trimmed).as_deref(), Some("42e01f"));
+        assert_eq!(h264_profile(CHROMIUM_RECVONLY).as_deref(), Some("42001f"));
+        assert!(trimmed.len() * 2 < CHROMIUM_RECVONLY.len());
+    }
+
+    #[test]
+    fn without_a_preferred_profile_the_first_mode_1_h264_is_kept() {
+        let sdp = CHROMIUM_RECVONLY
+            .replace("profile-level-id=42e01f", "profile-level-id=640032")
+            .replace("profile-level-id=42001f", "profile-level-id=64001e");
+        let trimmed = trim_play_offer(&sdp);
+        assert!(
+            trimmed.contains("m=video 9 UDP/TLS/RTP/SAVPF 102\r\n"),
+            "{trimmed}"
+        );
+        assert!(offer_codecs(&trimmed).unwrap().h264);
+    }
+
+    #[test]
+    fn a_section_with_nothing_usable_is_left_as_it_is() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\na=extmap:1 urn:x\r\n\
+m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:5000\r\n";
+        assert_eq!(trim_play_offer(sdp), sdp);
+        assert_eq!(trim_play_offer("hello"), "hello");
+        assert_eq!(trim_play_offer(""), "");
     }
 }
