@@ -34,6 +34,8 @@ use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
 use tokio_util::sync::CancellationToken;
 
 const SECS: u64 = 20;
+/// Seconds the edges run without viewers before the first run (`WARMUP`).
+const WARMUP_SECS: u64 = 60;
 /// The nodes' metrics token (the bench reads the edge's send drops).
 const TOKEN: &str = "bench-metrics-token-0123456789";
 const ENV: &[(&str, &str)] = &[("STREAMHUB_METRICS_TOKEN", TOKEN)];
@@ -213,6 +215,22 @@ async fn main() {
             )
             .await
             .unwrap();
+        }
+        // The edges warm up without viewers first: their HLS windows fill (at 2.5 Mb/s tens of
+        // MiB that would otherwise count as the viewers').
+        let warmup = std::env::var("WARMUP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(WARMUP_SECS);
+        for t in (0..=warmup).step_by(10) {
+            let rss: Vec<String> = edges
+                .iter()
+                .map(|(p, e)| format!("{p} {:.1} MiB", rss_kib(e.pid().unwrap()) as f64 / 1024.0))
+                .collect();
+            eprintln!("warm-up {t:>3} s, idle RSS: {}", rss.join(", "));
+            if t < warmup {
+                tokio::time::sleep(Duration::from_secs(10.min(warmup - t))).await;
+            }
         }
         // Each edge's resident memory before its first viewer: memory per viewer is the growth
         // over it (measured from the previous run's end instead, an allocator that kept the
