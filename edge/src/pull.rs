@@ -212,8 +212,12 @@ impl Pulls {
         client: SocketAddr,
     ) -> Option<Arc<Pulled>> {
         let key = (app.clone(), room.clone());
-        if let Some(p) = self.rooms().get(&key).cloned() {
+        let existing = self.rooms().get(&key).cloned();
+        if let Some(p) = existing {
             p.touch(client);
+            // A pull another viewer just started may still be connecting: this viewer waits
+            // for it as the first one does (answered at once, it would find no media yet).
+            Self::until_connected(&p).await;
             return Some(p);
         }
         // Only rooms that are live somewhere get a task: random names cost one cached lookup.
@@ -245,10 +249,15 @@ impl Pulls {
             }
         };
         pulled.touch(client);
+        Self::until_connected(&pulled).await;
+        Some(pulled)
+    }
+
+    /// Waits (at most [`OPEN_WAIT`]) for a pull's first subscription to be answered.
+    async fn until_connected(pulled: &Pulled) {
         let mut state = pulled.state.subscribe();
         let up = state.wait_for(|s| *s != PullState::Connecting);
         let _ = tokio::time::timeout(OPEN_WAIT, up).await;
-        Some(pulled)
     }
 
     /// Runs one pulled room until it has been idle for the linger (or the node stops).

@@ -441,3 +441,66 @@ async fn a_viewer_that_never_reads_does_not_grow_memory() {
     );
     drop(stalled);
 }
+
+/// A viewer that arrives while another viewer's pull of a cold room is still connecting waits
+/// for it, as the first does: answered at once, it found no media yet and was told the room is
+/// not live (seen as a few 404s per run of `whep_bench`, in any protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_arriving_while_the_pull_connects_waits_for_it() {
+    let ca = create_ca("test").unwrap();
+    let origin = start_origin(&ca);
+    let mut media = RoomMedia::new();
+    media.set_tracks(jpeg_track(320, 240));
+    *origin.media.lock().unwrap() = Some(media.handle());
+    media.push(picture(
+        0,
+        Bytes::from_static(b"\xff\xd8not-a-real-jpeg\xff\xd9"),
+    ));
+    let ep = endpoint(&ca, "edge-1");
+    let origins = Origins::new(
+        ep.clone(),
+        vec![origin.endpoint.local_addr().to_string()],
+        None,
+    );
+    let hls = Arc::new(HlsRegistry::new(HlsConfig::default(), Arc::default()));
+    let pulls = Pulls::new(
+        origins,
+        RelayClient::new(ep, Arc::default()),
+        hls,
+        Duration::from_secs(5),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    );
+    let (app, room) = (
+        AppName::new("cams").unwrap(),
+        RoomName::new("door").unwrap(),
+    );
+    let first = {
+        let (pulls, app, room) = (pulls.clone(), app.clone(), room.clone());
+        tokio::spawn(async move {
+            let client: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+            pulls.open(&app, &room, client).await
+        })
+    };
+    // The second viewer comes as soon as the first one's pull exists (its QUIC connection to
+    // the origin is still being made).
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while pulls.list().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first viewer starts a pull");
+    let client: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+    let second = pulls
+        .open(&app, &room, client)
+        .await
+        .expect("the room is live");
+    assert!(
+        second.media().is_some(),
+        "the second viewer got the room before its pull had connected"
+    );
+    let first = first.await.unwrap().expect("the room is live");
+    assert!(first.media().is_some());
+    drop(media);
+}
