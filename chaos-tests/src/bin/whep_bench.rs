@@ -7,7 +7,8 @@
 //! The viewers are a load client as cheap as the new send path: `rtc` only for ICE and DTLS,
 //! then every RTP packet authenticated, decrypted and its sequence number checked for loss
 //! with the negotiated keys (`Viewer::run_decrypting`). Reports the edge's CPU (from `/proc`)
-//! and viewers per core, its resident memory per viewer, what each viewer got (packets and
+//! and viewers per core, its resident memory per viewer (growth over the warm, idle edge less
+//! what its HLS cache grew by meanwhile), what each viewer got (packets and
 //! payload bitrate per second), the loss, and the client's own CPU.
 //!
 //! ```sh
@@ -40,8 +41,8 @@ const WARMUP_SECS: u64 = 60;
 const TOKEN: &str = "bench-metrics-token-0123456789";
 const ENV: &[(&str, &str)] = &[("STREAMHUB_METRICS_TOKEN", TOKEN)];
 
-/// Datagrams the edge's media socket would not take so far.
-async fn send_drops(http: &reqwest::Client, edge: &streamhub_chaos_tests::Node) -> u64 {
+/// A counter or gauge of the edge's `/metrics` (0 if absent).
+async fn metric(http: &reqwest::Client, edge: &streamhub_chaos_tests::Node, name: &str) -> u64 {
     let Ok(r) = http
         .get(edge.url("/metrics"))
         .bearer_auth(TOKEN)
@@ -53,13 +54,23 @@ async fn send_drops(http: &reqwest::Client, edge: &streamhub_chaos_tests::Node) 
     let text = r.text().await.unwrap_or_default();
     text.lines()
         .find_map(|l| {
-            l.strip_prefix("streamhub_webrtc_send_drops_total ")?
+            let v: f64 = l
+                .strip_prefix(name)?
+                .strip_prefix(' ')?
                 .trim()
                 .parse()
-                .ok()
+                .ok()?;
+            Some(v as u64)
         })
         .unwrap_or(0)
 }
+
+/// Datagrams the edge's media socket would not take so far.
+const SEND_DROPS: &str = "streamhub_webrtc_send_drops_total";
+/// HLS media the edge holds: its packager fills the cache (up to `--cache-bytes`, 256 MiB) with
+/// every part and segment of a pulled room whether or not anyone fetches them, so the cache
+/// grows with time while viewers play, whatever their protocol.
+const CACHE_BYTES: &str = "streamhub_cache_bytes";
 
 /// Viewers starting (offer sent, not connected) at once: under a node's per-address limit (16).
 const IN_FLIGHT: u64 = 12;
@@ -133,7 +144,7 @@ async fn main() {
         pin(std::process::id(), 0);
     }
     let tck = 100.0;
-    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
+    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | HLS cache growth MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
         // NETNS=1: every node in its own network namespace behind a bridge, this client in the
@@ -234,11 +245,16 @@ async fn main() {
         }
         // Each edge's resident memory before its first viewer: memory per viewer is the growth
         // over it (measured from the previous run's end instead, an allocator that kept the
-        // previous viewers' pages would make the next run look cheaper than it is).
+        // previous viewers' pages would make the next run look cheaper than it is), less what
+        // the HLS cache grew by meanwhile (it fills with time while the room is pulled).
         let idle: Vec<u64> = edges
             .iter()
             .map(|(_, e)| rss_kib(e.pid().unwrap()))
             .collect();
+        let mut idle_cache = Vec::new();
+        for (_, e) in &edges {
+            idle_cache.push(metric(&http, e, CACHE_BYTES).await / 1024);
+        }
         for &n in &viewers {
             for (k, (path, edge)) in edges.iter().enumerate() {
                 let pid = edge.pid().unwrap();
@@ -280,7 +296,7 @@ async fn main() {
                 }
                 // Let every viewer connect and settle, then measure a steady window.
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let drops0 = send_drops(&http, edge).await;
+                let drops0 = metric(&http, edge, SEND_DROPS).await;
                 let (c0, s0) = (cpu_ticks(pid), self_ticks());
                 let (p0, b0) = (
                     tally.packets.load(Ordering::Relaxed),
@@ -292,7 +308,9 @@ async fn main() {
                 let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
                 let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
                 let rss = rss_kib(pid);
-                let drops = send_drops(&http, edge).await - drops0;
+                let cache = metric(&http, edge, CACHE_BYTES).await / 1024;
+                let cache_growth = cache.saturating_sub(idle_cache[k]);
+                let drops = metric(&http, edge, SEND_DROPS).await - drops0;
                 stop.cancel();
                 for t in tasks {
                     let _ = t.await;
@@ -304,12 +322,13 @@ async fn main() {
                 let auth = tally.auth_failures.load(Ordering::Relaxed);
                 let failed = failed.load(Ordering::Relaxed);
                 println!(
-                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
+                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
                     if audio { " + Opus" } else { "" },
                     if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
                     per / (cpu / 100.0),
                     rss as f64 / 1024.0,
-                    rss.saturating_sub(rss0) as f64 / per,
+                    cache_growth as f64 / 1024.0,
+                    rss.saturating_sub(rss0).saturating_sub(cache_growth) as f64 / per,
                     pkts / per,
                     bytes * 8.0 / 1000.0 / per,
                     lost / expected * 100.0,
