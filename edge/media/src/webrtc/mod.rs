@@ -243,7 +243,6 @@ pub struct Opened {
 /// bytes each this way instead of 64 (2 KiB a block, one or two blocks per session otherwise).
 type Datagram = Box<(SocketAddr, BytesMut)>;
 
-/// The WebRTC side of a node.
 /// A session's place in the node's tables (its id, its ICE route, its slot): given back when the
 /// session ends, with the session itself.
 pub(crate) struct Registered {
@@ -258,6 +257,7 @@ impl Drop for Registered {
     }
 }
 
+/// The WebRTC side of a node.
 pub struct WebRtc {
     socket: Arc<UdpSocket>,
     /// GSO-capable sends on `socket`.
