@@ -128,7 +128,8 @@ impl Stream {
             packets: 0,
             octets: 0,
             sent: if video {
-                // Farther back than any answerable packet: nothing matches until it is sent.
+                // Farther back than any answerable packet: nothing matches until it is sent
+                // (as after `bind`).
                 let never = NackRef {
                     index: (index as u32).wrapping_sub(NACK_REFS as u32 + 1),
                     ..Default::default()
@@ -157,6 +158,12 @@ impl Stream {
         self.clock = clock;
         self.bound = Some((room, track));
         self.waiting = true;
+        // The references point into the previous room's history: a NACK for what went before
+        // is not answered (rather than with another room's packet of the same number).
+        let never = (self.index as u32).wrapping_sub(NACK_REFS as u32 + 1);
+        for r in &mut self.sent {
+            r.index = never;
+        }
     }
 
     /// The RTP timestamp of a frame at `t` (in the track's clock).
@@ -1049,6 +1056,10 @@ mod tests {
         assert_eq!(s.sent_as((oldest - 1) as u16), None, "overwritten");
         assert_eq!(s.sent_as(s.index as u16), None, "not sent yet");
         assert_eq!(Stream::new(1, 96, true).sent_as(0), None);
+        // Bound to another room (another history): nothing sent before is answered.
+        s.bind(7, 0, 90_000);
+        assert_eq!(s.sent_as(last as u16), None);
+        assert_eq!(s.sent_as(oldest as u16), None);
     }
 
     #[test]
