@@ -82,9 +82,27 @@ pub struct Pulled {
     /// Relay subscriptions made for this room (1 while it stays healthy).
     pub subscriptions: AtomicU64,
     cancel: CancellationToken,
+    /// When the pull started: viewers wait for its first answer until [`OPEN_WAIT`] after.
+    started: tokio::time::Instant,
 }
 
 impl Pulled {
+    fn new(app: &AppName, room: &RoomName, cancel: CancellationToken) -> Self {
+        Self {
+            app: app.clone(),
+            room: room.clone(),
+            state: watch::channel(PullState::Connecting).0,
+            media: watch::channel(None).0,
+            hls: Mutex::new(None),
+            last_touch: Mutex::new(Instant::now()),
+            viewers: Mutex::default(),
+            streams: AtomicUsize::new(0),
+            subscriptions: AtomicU64::new(0),
+            cancel,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
     /// Where the pull is.
     pub fn state(&self) -> PullState {
         *self.state.borrow()
@@ -231,18 +249,7 @@ impl Pulls {
                     tracing::warn!(%app, %room, "too many pulled rooms; refused");
                     return None;
                 }
-                let p = Arc::new(Pulled {
-                    app: app.clone(),
-                    room: room.clone(),
-                    state: watch::channel(PullState::Connecting).0,
-                    media: watch::channel(None).0,
-                    hls: Mutex::new(None),
-                    last_touch: Mutex::new(Instant::now()),
-                    viewers: Mutex::default(),
-                    streams: AtomicUsize::new(0),
-                    subscriptions: AtomicU64::new(0),
-                    cancel: self.shutdown.child_token(),
-                });
+                let p = Arc::new(Pulled::new(app, room, self.shutdown.child_token()));
                 rooms.insert(key.clone(), p.clone());
                 self.tasks.spawn(self.clone().run(p.clone(), Some(holder)));
                 p
@@ -253,11 +260,13 @@ impl Pulls {
         Some(pulled)
     }
 
-    /// Waits (at most [`OPEN_WAIT`]) for a pull's first subscription to be answered.
+    /// Waits for a pull's first subscription to be answered, until [`OPEN_WAIT`] after the
+    /// pull started: a pull that cannot reach its holder keeps connecting (retrying) while
+    /// viewers ask, and only the first of them waits the whole time.
     async fn until_connected(pulled: &Pulled) {
         let mut state = pulled.state.subscribe();
         let up = state.wait_for(|s| *s != PullState::Connecting);
-        let _ = tokio::time::timeout(OPEN_WAIT, up).await;
+        let _ = tokio::time::timeout_at(pulled.started + OPEN_WAIT, up).await;
     }
 
     /// Runs one pulled room until it has been idle for the linger (or the node stops).
@@ -583,5 +592,26 @@ mod tests {
         let last = t0 + ms(30_000);
         assert!(!slow.stalled(last + ms(1500)));
         assert!(slow.stalled(last + ms(4500)));
+    }
+
+    /// A pull that stays connecting (its holder unreachable) holds each viewer only until
+    /// [`OPEN_WAIT`] after it started, not [`OPEN_WAIT`] each.
+    #[tokio::test]
+    async fn viewers_wait_for_a_connecting_pull_until_its_deadline_only() {
+        let app = AppName::new("demo").unwrap();
+        let room = RoomName::new("main").unwrap();
+        let pulled = Pulled::new(&app, &room, CancellationToken::new());
+        Pulls::until_connected(&pulled).await;
+        assert!(pulled.started.elapsed() >= OPEN_WAIT);
+        // A later viewer is answered at once (it waited OPEN_WAIT again before).
+        let t = Instant::now();
+        Pulls::until_connected(&pulled).await;
+        assert!(t.elapsed() < OPEN_WAIT / 2, "waited {:?}", t.elapsed());
+        // Answered: nobody waits.
+        let pulled = Pulled::new(&app, &room, CancellationToken::new());
+        pulled.state.send_replace(PullState::Live);
+        let t = Instant::now();
+        Pulls::until_connected(&pulled).await;
+        assert!(t.elapsed() < OPEN_WAIT / 2, "waited {:?}", t.elapsed());
     }
 }
