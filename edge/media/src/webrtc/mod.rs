@@ -512,11 +512,9 @@ impl WebRtc {
         let (offer, h264) = if fanout.is_some() {
             let offer = sdp::trim_play_offer(offer);
             let h264 = sdp::h264_profile(&offer).and_then(|offered| {
-                H264_PROFILES.iter().position(|(_, id)| {
-                    offered
-                        .get(..4)
-                        .is_some_and(|p| p.eq_ignore_ascii_case(&id[..4]))
-                })
+                H264_PROFILES
+                    .iter()
+                    .position(|(_, id)| sdp::same_h264_profile(&offered, id))
             });
             (offer, h264)
         } else {

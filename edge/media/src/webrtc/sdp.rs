@@ -113,19 +113,27 @@ pub fn check_play(c: &OfferCodecs, room_h264: bool, room_opus: bool) -> Result<(
     Ok(())
 }
 
-/// H.264 profiles a viewer's video is offered under, most preferred first (the fan-out path
-/// sends the room's stream under the one payload type kept; `level-asymmetry-allowed` lets the
-/// browser decode any level).
-const H264_PREFERRED: &[&str] = &["42e01f", "42001f", "4d001f", "64001f", "640c1f"];
+/// H.264 profiles a viewer's video is offered under, most preferred first: those the node
+/// registers (`H264_PROFILES`; the fan-out path sends the room's stream under the one payload
+/// type kept; `level-asymmetry-allowed` lets the browser decode any level).
+pub(crate) const H264_PREFERRED: &[&str] = &["42e01f", "42001f", "4d001f", "64001f", "640c1f"];
+
+/// Whether two `profile-level-id`s name the same profile: profile_idc and constraint flags,
+/// the level aside (the decoder's business under `level-asymmetry-allowed`), as `rtc` matches
+/// an offered H.264 to a registered one.
+pub fn same_h264_profile(a: &str, b: &str) -> bool {
+    matches!((a.get(..4), b.get(..4)), (Some(a), Some(b)) if a.eq_ignore_ascii_case(b))
+}
 
 /// RTCP feedback a fan-out viewer's streams use: NACK, PLI and FIR.
 const FEEDBACK_KEPT: &[&str] = &["nack", "nack pli", "ccm fir"];
 
 /// A WHEP offer cut to what a fan-out viewer is sent, before the peer connection sees it: in a
-/// video section one H.264 payload type with packetization-mode 1 (the first of
-/// [`H264_PREFERRED`] offered, else the first offered), in an audio section Opus; only NACK,
-/// PLI and FIR feedback; no header extensions (the fan-out path writes none) and no ICE
-/// candidates (the node is ICE-lite: it answers the peer's checks from wherever they come).
+/// video section one H.264 payload type with packetization-mode 1 (the first of a profile in
+/// [`H264_PREFERRED`] offered, at any level; else the first offered), in an audio section
+/// Opus; only NACK, PLI and FIR feedback, each line once; no header extensions (the fan-out
+/// path writes none) and no ICE candidates (the node is ICE-lite: it answers the peer's checks
+/// from wherever they come).
 /// `rtc` keeps the offer it is given, as text and parsed, for the session's life: a browser's
 /// offer of every codec it can receive (VP8, VP9, AV1, H.264 in six variants, each with its
 /// RTX, RED, FEC, G.722, ...) was ~20 KiB of each viewer's memory, with the answer and the
@@ -193,44 +201,59 @@ fn fmtp_param<'a>(params: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.trim())
 }
 
-/// The payload type a fan-out viewer's section keeps, if any.
+/// The payload type a fan-out viewer's section keeps, if any. One pass over the section
+/// (an offer of up to [`MAX_OFFER_BYTES`] may repeat lines: the first `rtpmap` and the first
+/// `fmtp` of a payload type count), then a choice among at most 128 payload types.
 fn kept_payload_type(media: &str, body: &[&str]) -> Option<u8> {
-    let named = |name: &str| -> Vec<u8> {
-        body.iter()
-            .filter_map(|l| pt_attribute(l, "rtpmap"))
-            .filter(|(_, codec)| {
-                codec
-                    .split('/')
-                    .next()
-                    .is_some_and(|c| c.eq_ignore_ascii_case(name))
-            })
-            .map(|(pt, _)| pt)
-            .collect()
+    let mut codec: [Option<&str>; 128] = [None; 128];
+    let mut fmtp: [&str; 128] = [""; 128];
+    let mut has_fmtp = [false; 128];
+    let mut order = Vec::new();
+    for line in body {
+        if let Some((pt, rest)) = pt_attribute(line, "rtpmap") {
+            let slot = codec.get_mut(usize::from(pt)).filter(|c| c.is_none());
+            if let Some(slot) = slot {
+                *slot = Some(rest.split('/').next().unwrap_or_default());
+                order.push(pt);
+            }
+        } else if let Some((pt, rest)) = pt_attribute(line, "fmtp") {
+            if let Some(seen) = has_fmtp.get_mut(usize::from(pt)).filter(|s| !**s) {
+                *seen = true;
+                fmtp[usize::from(pt)] = rest;
+            }
+        }
+    }
+    let named = |name: &'static str| {
+        order
+            .iter()
+            .copied()
+            .filter(move |&pt| codec[usize::from(pt)].is_some_and(|c| c.eq_ignore_ascii_case(name)))
     };
     match media {
         "video" => {
-            let fmtp = |pt: u8| {
-                body.iter()
-                    .filter_map(|l| pt_attribute(l, "fmtp"))
-                    .find(|(p, _)| *p == pt)
-                    .map_or("", |(_, params)| params)
-            };
-            let mode_1: Vec<u8> = named("H264")
-                .into_iter()
-                .filter(|&pt| fmtp_param(fmtp(pt), "packetization-mode") == Some("1"))
+            // (payload type, profile-level-id) of the H.264 payload types in mode 1.
+            let mode_1: Vec<(u8, &str)> = named("H264")
+                .filter_map(|pt| {
+                    let params = fmtp[usize::from(pt)];
+                    (fmtp_param(params, "packetization-mode") == Some("1")).then(|| {
+                        (
+                            pt,
+                            fmtp_param(params, "profile-level-id").unwrap_or_default(),
+                        )
+                    })
+                })
                 .collect();
-            let profile = |pt: u8| fmtp_param(fmtp(pt), "profile-level-id").unwrap_or("");
             H264_PREFERRED
                 .iter()
                 .find_map(|want| {
                     mode_1
                         .iter()
-                        .copied()
-                        .find(|&pt| profile(pt).eq_ignore_ascii_case(want))
+                        .find(|(_, profile)| same_h264_profile(profile, want))
                 })
-                .or_else(|| mode_1.first().copied())
+                .or_else(|| mode_1.first())
+                .map(|(pt, _)| *pt)
         }
-        "audio" => named("opus").first().copied(),
+        "audio" => named("opus").next(),
         _ => None,
     }
 }
@@ -259,17 +282,33 @@ fn trim_section(section: &str, out: &mut String) {
         "\n"
     };
     out.push_str(&format!("m={media} {port} {proto} {pt}{eol}"));
+    // The kept payload type's lines once each (the first `rtpmap` and `fmtp`, each feedback
+    // line once): a repeated line would be kept by `rtc` for the session's life.
+    let (mut rtpmap, mut fmtp) = (false, false);
+    let mut feedback: Vec<(bool, &str)> = Vec::new();
     for line in body {
-        let dropped = line.starts_with("a=extmap:")
+        let dropped = if line.starts_with("a=extmap:")
             || line.starts_with("a=candidate:")
             || line.starts_with("a=end-of-candidates")
-            || ["rtpmap", "fmtp"]
-                .iter()
-                .any(|key| pt_attribute(line, key).is_some_and(|(p, _)| p != pt))
-            || line.trim_end().strip_prefix("a=rtcp-fb:").is_some_and(|v| {
-                let (p, fb) = v.split_once(' ').unwrap_or((v, ""));
-                (p != "*" && p.parse() != Ok(pt)) || !FEEDBACK_KEPT.contains(&fb.trim())
-            });
+        {
+            true
+        } else if let Some((p, _)) = pt_attribute(line, "rtpmap") {
+            p != pt || std::mem::replace(&mut rtpmap, true)
+        } else if let Some((p, _)) = pt_attribute(line, "fmtp") {
+            p != pt || std::mem::replace(&mut fmtp, true)
+        } else if let Some(v) = line.trim_end().strip_prefix("a=rtcp-fb:") {
+            let (p, fb) = v.split_once(' ').unwrap_or((v, ""));
+            // At most one line per kind of feedback, for the payload type and for `*`.
+            let key = (p == "*", fb.trim());
+            let unused = (!key.0 && p.parse() != Ok(pt)) || !FEEDBACK_KEPT.contains(&key.1);
+            let repeated = feedback.contains(&key);
+            if !unused && !repeated {
+                feedback.push(key);
+            }
+            unused || repeated
+        } else {
+            false
+        };
         if !dropped {
             out.push_str(line);
         }
@@ -454,14 +493,69 @@ a=rtpmap:13 CN/8000\r\na=rtpmap:110 telephone-event/48000\r\na=rtpmap:126 teleph
     #[test]
     fn without_a_preferred_profile_the_first_mode_1_h264_is_kept() {
         let sdp = CHROMIUM_RECVONLY
-            .replace("profile-level-id=42e01f", "profile-level-id=640032")
-            .replace("profile-level-id=42001f", "profile-level-id=64001e");
+            .replace("profile-level-id=42e01f", "profile-level-id=f4001f")
+            .replace("profile-level-id=42001f", "profile-level-id=58001e");
         let trimmed = trim_play_offer(&sdp);
         assert!(
             trimmed.contains("m=video 9 UDP/TLS/RTP/SAVPF 102\r\n"),
             "{trimmed}"
         );
         assert!(offer_codecs(&trimmed).unwrap().h264);
+    }
+
+    #[test]
+    fn a_preferred_profile_is_matched_at_any_level() {
+        // Constrained baseline with other constraint flags (not registered) offered first,
+        // then constrained baseline at level 5.2: the second is ours, its level aside.
+        let sdp = CHROMIUM_RECVONLY
+            .replace("profile-level-id=42001f", "profile-level-id=42c01f")
+            .replace("profile-level-id=42e01f", "profile-level-id=42e034");
+        let trimmed = trim_play_offer(&sdp);
+        assert!(
+            trimmed.contains("m=video 9 UDP/TLS/RTP/SAVPF 108\r\n"),
+            "{trimmed}"
+        );
+        let kept = h264_profile(&trimmed).unwrap();
+        assert!(same_h264_profile(&kept, "42e01f"));
+        assert!(!same_h264_profile("42c01f", "42e01f") && !same_h264_profile("42", "42"));
+    }
+
+    /// Every profile preferred is one the node registers, and the other way round.
+    #[test]
+    fn the_preferred_profiles_are_the_registered_ones() {
+        let registered = super::super::H264_PROFILES;
+        for want in H264_PREFERRED {
+            assert!(registered.iter().any(|(_, id)| id == want), "{want}");
+        }
+        assert_eq!(registered.len(), H264_PREFERRED.len());
+    }
+
+    /// An offer repeating the kept payload type's lines (up to the size limit) is cut to one
+    /// of each: `rtc` would keep every copy for the session's life.
+    #[test]
+    fn repeated_lines_of_the_kept_payload_type_are_kept_once() {
+        let mut sdp = CHROME_LIKE.to_string();
+        for _ in 0..500 {
+            sdp.push_str("a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=0\r\n");
+            sdp.push_str("a=rtcp-fb:102 nack\r\na=rtcp-fb:* nack pli\r\n");
+        }
+        assert!(sdp.len() < MAX_OFFER_BYTES);
+        let trimmed = trim_play_offer(&sdp);
+        assert!(
+            trimmed.contains("m=video 9 UDP/TLS/RTP/SAVPF 102\r\n"),
+            "{trimmed}"
+        );
+        for (line, n) in [
+            ("a=rtpmap:102 ", 1),
+            ("a=fmtp:102 ", 1),
+            ("a=rtcp-fb:102 nack\r\n", 1),
+            ("a=rtcp-fb:* nack pli", 1),
+            ("packetization-mode=0", 0),
+        ] {
+            assert_eq!(trimmed.matches(line).count(), n, "{line} in {trimmed}");
+        }
+        // The first fmtp counts: the later ones (mode 0) neither unseat nor join it.
+        assert!(trimmed.contains("profile-level-id=42001f"));
     }
 
     #[test]

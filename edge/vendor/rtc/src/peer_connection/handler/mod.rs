@@ -156,6 +156,9 @@ impl RTCPeerConnection {
     /// keeps the capacity its busiest moment gave its queues (events are a few hundred bytes
     /// each), ~18 KiB per connection after the handshake; a server holding thousands of mostly
     /// idle connections calls this when it has drained them. The next message allocates again.
+    /// Once signaling is stable it also frees the last offer and answer made: call it between
+    /// negotiations, not between `create_offer` and the `set_local_description` of that offer
+    /// (which compares the two, and the state stays stable in between).
     pub fn release_idle_buffers(&mut self) {
         let c = &mut self.pipeline_context;
         macro_rules! release {
