@@ -39,6 +39,30 @@ pub fn available() -> bool {
         && Command::new("iptables").arg("-V").output().is_ok()
 }
 
+/// The kernel threads receiving for a veth pair made [`Network::nic_like`].
+pub struct NicThreads {
+    /// Receives what the host sends (its end in the bridge): the receivers' side.
+    pub outer: u32,
+    /// Receives what the host is sent (its end in its namespace): the host's side.
+    pub inner: u32,
+}
+
+/// The threaded-NAPI kernel thread of device `dev` (`napi/<dev>-<id>`, the name cut to the
+/// kernel's 15 characters).
+fn napi_thread(dev: &str) -> anyhow::Result<u32> {
+    let prefix: String = format!("napi/{dev}-").chars().take(15).collect();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end().starts_with(&prefix) {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no NAPI thread for {dev} (threaded NAPI not on?)")
+}
+
 /// A bridge and the namespaces of up to 250 hosts on one /24.
 pub struct Network {
     tag: String,
@@ -113,6 +137,43 @@ impl Network {
         exec(&["ip", "addr", "add", &addr, "dev", &inner])?;
         exec(&["ip", "link", "set", &inner, "up"])?;
         Ok(ns)
+    }
+
+    /// Makes host `n`'s veth pair receive as two machines' NICs do, for benchmarks that count
+    /// one node's CPU alone. A veth delivers each packet inside the sender's `sendmsg`: the
+    /// receiver's work (bridge, IP, UDP, waking the receiving socket) is counted on the
+    /// sender's core. With GRO and UDP GRO forwarding on, each end receives through NAPI, and
+    /// threaded NAPI gives each end a kernel thread that the caller pins where the receiver
+    /// runs. Each end gets a FIFO qdisc: a full NAPI ring then holds the sender back, as a
+    /// NIC's full ring does, instead of dropping. Needs `ethtool` (root). Returns the two
+    /// receiving threads.
+    pub fn nic_like(&self, n: u8) -> anyhow::Result<NicThreads> {
+        let ns = self.ns(n);
+        let (outer, inner) = (format!("{}v{n}", self.tag), format!("{}i{n}", self.tag));
+        let gro = ["gro", "on", "rx-udp-gro-forwarding", "on"];
+        run("ethtool", &[&["-K", outer.as_str()][..], &gro[..]].concat())?;
+        std::fs::write(format!("/sys/class/net/{outer}/threaded"), "1")?;
+        run(
+            "tc",
+            &[
+                "qdisc", "replace", "dev", &outer, "root", "pfifo", "limit", "20000",
+            ],
+        )?;
+        let exec = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", ns.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        exec(&[&["ethtool", "-K", inner.as_str()][..], &gro[..]].concat())?;
+        let threaded = format!("echo 1 > /sys/class/net/{inner}/threaded");
+        exec(&["sh", "-c", &threaded])?;
+        exec(&[
+            "tc", "qdisc", "replace", "dev", &inner, "root", "pfifo", "limit", "20000",
+        ])?;
+        Ok(NicThreads {
+            outer: napi_thread(&outer)?,
+            inner: napi_thread(&inner)?,
+        })
     }
 
     /// Cuts host `n` off from hosts `peers` (both directions, every protocol), with iptables in

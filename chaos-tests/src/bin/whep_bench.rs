@@ -21,14 +21,23 @@
 //!
 //! `PIN=1`: the edge under test runs alone on CPU 1 and everything else (this client, the
 //! origin, ffmpeg, the other edge) on CPU 0, so the edge's CPU share is its own and viewers per
-//! core extrapolate from it. `NETNS=1` (root): the nodes in their own network namespaces, the
-//! client in this one (media over veth pairs and a bridge instead of loopback). `AUDIO=0`:
-//! video only. `PATHS="fanout"`: one path only.
+//! core extrapolate from it: from the CPU's busy time (everything that ran on CPU 1: the edge,
+//! the kernel's work for it, interrupts), never less than the edge process's own time.
+//!
+//! `NETNS=1` (root, `ethtool`): the nodes in their own network namespaces, the client in this
+//! one, media over veth pairs and a bridge instead of loopback, each veth end receiving as a
+//! NIC does (threaded NAPI, [`Network::nic_like`]): what the client receives is processed on
+//! the client's core, what the edge receives on the edge's. On loopback (the default) Linux
+//! delivers each packet into the client's socket inside the edge's `sendmmsg`, so the edge's
+//! figure includes the receivers' kernel work, which between two machines the receiving host
+//! does. `AUDIO=0`: video only. `PATHS="fanout"`: one path only.
+//!
+//! [`Network::nic_like`]: streamhub_chaos_tests::netns::Network::nic_like
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use streamhub_chaos_tests::procfs::{cpu_ticks, rss_kib};
+use streamhub_chaos_tests::procfs::{cpu_busy_ticks, cpu_ticks, rss_kib};
 
 use streamhub_chaos_tests::whep::{RtpTally, RunEnd, Viewer, ViewerOptions};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
@@ -144,20 +153,25 @@ async fn main() {
         pin(std::process::id(), 0);
     }
     let tck = 100.0;
-    println!("| stream | path | viewers | connected | edge CPU % | viewers per core | RSS MiB | HLS cache growth MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| stream | path | viewers | connected | edge process CPU % | edge core busy % | viewers per core | RSS MiB | HLS cache growth MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
         // NETNS=1: every node in its own network namespace behind a bridge, this client in the
         // test's: media crosses veth pairs, not loopback.
-        let (mut c, bind) = if netns {
+        let (mut c, bind, net) = if netns {
             let net = streamhub_chaos_tests::netns::Network::new().expect("bridge (root)");
             let bind = std::net::IpAddr::V4(net.ip(254));
             (
-                Cluster::start_on_network(1, chaos_seed(), ENV, net).await,
+                Cluster::start_on_network(1, chaos_seed(), ENV, net.clone()).await,
                 Some(bind),
+                Some(net),
             )
         } else {
-            (Cluster::start_with_env(1, chaos_seed(), ENV).await, None)
+            (
+                Cluster::start_with_env(1, chaos_seed(), ENV).await,
+                None,
+                None,
+            )
         };
         let admin = c.admin(0).await;
         let key = admin.rtmp_ingress("live", "bench").await.unwrap();
@@ -172,6 +186,27 @@ async fn main() {
                 )
                 .await;
             edges.push((path.clone(), e));
+        }
+        // NETNS=1: every veth receives as a NIC; the receiving threads of what the nodes send
+        // run on the client's core (0), those of what each node receives on its node's core.
+        let mut nics = Vec::new();
+        if let Some(net) = &net {
+            let origin = net.nic_like(c.host_of(0)).expect("NIC-like veth (ethtool)");
+            pin(origin.outer, 0);
+            pin(origin.inner, 0);
+            for (_, e) in &edges {
+                let std::net::IpAddr::V4(ip) = e.config().http.ip() else {
+                    unreachable!("namespace hosts are IPv4");
+                };
+                let t = net
+                    .nic_like(ip.octets()[3])
+                    .expect("NIC-like veth (ethtool)");
+                pin(t.outer, 0);
+                pin(t.inner, 0);
+                nics.push(Some(t.inner));
+            }
+        } else {
+            nics.resize(edges.len(), None);
         }
         let origin = &c.nodes[0];
         let (size, fps) = if kbps >= 1000 {
@@ -260,6 +295,9 @@ async fn main() {
                 let pid = edge.pid().unwrap();
                 if pinned {
                     pin(pid, 1);
+                    if let Some(t) = nics[k] {
+                        pin(t, 1);
+                    }
                 }
                 let tally = Arc::new(RtpTally::default());
                 let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -297,13 +335,17 @@ async fn main() {
                 // Let every viewer connect and settle, then measure a steady window.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let drops0 = metric(&http, edge, SEND_DROPS).await;
-                let (c0, s0) = (cpu_ticks(pid), self_ticks());
+                let (c0, s0, busy0) = (cpu_ticks(pid), self_ticks(), cpu_busy_ticks(1));
                 let (p0, b0) = (
                     tally.packets.load(Ordering::Relaxed),
                     tally.bytes.load(Ordering::Relaxed),
                 );
                 tokio::time::sleep(Duration::from_secs(SECS)).await;
                 let cpu = (cpu_ticks(pid) - c0) as f64 / tck / SECS as f64 * 100.0;
+                let busy = (cpu_busy_ticks(1) - busy0) as f64 / tck / SECS as f64 * 100.0;
+                // Pinned, the edge is alone on CPU 1: all that CPU did counts (never less than
+                // the edge's own time: both are sampled by ticks).
+                let share = if pinned { busy.max(cpu) } else { cpu };
                 let client = (self_ticks() - s0) as f64 / tck / SECS as f64 * 100.0;
                 let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
                 let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
@@ -322,10 +364,11 @@ async fn main() {
                 let auth = tally.auth_failures.load(Ordering::Relaxed);
                 let failed = failed.load(Ordering::Relaxed);
                 println!(
-                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
+                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
                     if audio { " + Opus" } else { "" },
                     if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
-                    per / (cpu / 100.0),
+                    if pinned { format!("{busy:.1}") } else { "-".into() },
+                    per / (share / 100.0),
                     rss as f64 / 1024.0,
                     cache_growth as f64 / 1024.0,
                     rss.saturating_sub(rss0).saturating_sub(cache_growth) as f64 / per,
@@ -337,6 +380,13 @@ async fn main() {
                 // The sessions end (DELETE, or consent after 10 s) before the next run's viewers
                 // take the same ports.
                 tokio::time::sleep(Duration::from_secs(12)).await;
+                if pinned {
+                    // CPU 1 is the next edge's alone.
+                    pin(pid, 0);
+                    if let Some(t) = nics[k] {
+                        pin(t, 0);
+                    }
+                }
             }
         }
         let _ = ffmpeg.kill();
