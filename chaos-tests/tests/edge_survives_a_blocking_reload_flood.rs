@@ -38,15 +38,17 @@ enum Answer {
     Other(u16),
 }
 
+/// How long one flood request may take to connect, and then to be answered. 10,000 connections
+/// at once overflow the edge's accept queue (4096) for a while: the kernel drops those
+/// handshakes and TCP retries them with backoff (1, 3, 7, 15, 31 s after the first try), so on a
+/// loaded machine a request may first reach the edge after 31 s. Answered late is answered.
+const PATIENCE: Duration = Duration::from_secs(60);
+
 /// Sends one raw HTTP request and reads how it was answered.
 async fn raw_get(addr: String, path: String) -> Answer {
-    let Ok(Ok(mut s)) = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::net::TcpStream::connect(&addr),
-    )
-    .await
+    let Ok(Ok(mut s)) = tokio::time::timeout(PATIENCE, tokio::net::TcpStream::connect(&addr)).await
     else {
-        eprintln!("flood request: no connection within 30 s");
+        eprintln!("flood request: no connection within {PATIENCE:?}");
         return Answer::Other(0);
     };
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -55,13 +57,13 @@ async fn raw_get(addr: String, path: String) -> Answer {
         return Answer::Other(0);
     }
     let mut resp = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp)).await;
+    let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut resp)).await;
     if !matches!(read, Ok(Ok(_))) || resp.len() < 12 {
         // Which way it failed, for a failure's diagnosis.
         eprintln!(
             "flood request: no answer ({}; {} bytes read)",
             match read {
-                Err(_) => "30 s passed".to_string(),
+                Err(_) => format!("{PATIENCE:?} passed"),
                 Ok(Err(e)) => e.to_string(),
                 Ok(Ok(_)) => "closed".to_string(),
             },

@@ -30,7 +30,6 @@ use streamhub_shared::auth::AccessClaims;
 use streamhub_shared::media::{GroupPolicy, MediaHandle};
 use streamhub_shared::relay::ErrorCode;
 use streamhub_shared::{AppName, RoomName};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,15 +54,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let s = &settings.node;
     let tasks = TaskTracker::new();
     let (surface, tls) = streamhub_media::node::open_surface(s, &tasks, &shutdown).await?;
-    let rtmp_listener = TcpListener::bind(settings.rtmp)
-        .await
-        .with_context(|| format!("binding RTMP {}", settings.rtmp))?;
+    let rtmp_listener = streamhub_media::node::bind(settings.rtmp, "RTMP").await?;
     let rtmps_listener = match settings.rtmps {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding RTMPS {addr}"))?,
-        ),
+        Some(addr) => Some(streamhub_media::node::bind(addr, "RTMPS").await?),
         None => None,
     };
     let rtmps_port = match &rtmps_listener {

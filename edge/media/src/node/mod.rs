@@ -126,15 +126,29 @@ pub async fn open_surface(
 /// The ALPN protocols of the HTTPS port.
 const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
-/// Binds a TCP listener, naming what it is for in the error.
+/// Connections the kernel completes and queues for a listener until it accepts them. Past it,
+/// a burst of clients arriving at once (a crowd at a stream's start, a flood) has handshakes
+/// dropped, which TCP retries with backoff: seconds, up to tens of seconds, for those clients.
+/// Linux caps it at `net.core.somaxconn` (4096 by default); tokio's `bind` asks for 1024.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener with a [`LISTEN_BACKLOG`] queue, naming what it is for in the error.
 pub async fn bind(
     addr: std::net::SocketAddr,
     what: &str,
 ) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context as _;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {what} {addr}"))
+    let listen = || {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As tokio's `bind` does: a restarted node rebinds while old connections linger.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("binding {what} {addr}"))
 }
 
 /// Makes `dir` and everything under it owner-only (directories 0700, files 0600 or 0700 when
