@@ -47,20 +47,31 @@ pub struct NicThreads {
     pub inner: u32,
 }
 
-/// The threaded-NAPI kernel thread of device `dev` (`napi/<dev>-<id>`, the name cut to the
-/// kernel's 15 characters).
+/// What the name of device `dev`'s threaded-NAPI kernel thread (`napi/<dev>-<id>`) starts
+/// with, cut as the kernel cuts thread names (15 characters).
+pub fn napi_thread_prefix(dev: &str) -> String {
+    format!("napi/{dev}-").chars().take(15).collect()
+}
+
+/// The threaded-NAPI kernel thread of device `dev`: exactly one thread must have its name (a
+/// name cut before its `-` could be another device's too).
 fn napi_thread(dev: &str) -> anyhow::Result<u32> {
-    let prefix: String = format!("napi/{dev}-").chars().take(15).collect();
+    let prefix = napi_thread_prefix(dev);
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
             continue;
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.trim_end().starts_with(&prefix) {
-            return Ok(pid);
+            found.push(pid);
         }
     }
-    anyhow::bail!("no NAPI thread for {dev} (threaded NAPI not on?)")
+    match found[..] {
+        [pid] => Ok(pid),
+        [] => anyhow::bail!("no NAPI thread for {dev} (threaded NAPI not on?)"),
+        _ => anyhow::bail!("NAPI threads {found:?} all match {prefix:?}: which is {dev}'s?"),
+    }
 }
 
 /// A bridge and the namespaces of up to 250 hosts on one /24.
@@ -109,10 +120,16 @@ impl Network {
         Ok(self.ip(n))
     }
 
+    /// Host `n`'s veth pair: its end in the bridge (in the test's namespace) and its end in
+    /// its own namespace.
+    pub fn veth(&self, n: u8) -> (String, String) {
+        (format!("{}v{n}", self.tag), format!("{}i{n}", self.tag))
+    }
+
     /// Makes host `n`: its namespace (loopback up), a veth into the bridge, address `ip(n)`.
     pub fn add_host(&self, n: u8) -> anyhow::Result<String> {
         let ns = self.ns(n);
-        let (outer, inner) = (format!("{}v{n}", self.tag), format!("{}i{n}", self.tag));
+        let (outer, inner) = self.veth(n);
         run("ip", &["netns", "add", &ns])?;
         self.hosts
             .lock()
@@ -145,11 +162,14 @@ impl Network {
     /// sender's core. With GRO and UDP GRO forwarding on, each end receives through NAPI, and
     /// threaded NAPI gives each end a kernel thread that the caller pins where the receiver
     /// runs. Each end gets a FIFO qdisc: a full NAPI ring then holds the sender back, as a
-    /// NIC's full ring does, instead of dropping. Needs `ethtool` (root). Returns the two
-    /// receiving threads.
+    /// NIC's full ring does, instead of dropping (Linux >= 6.16; older kernels drop). The
+    /// host's end does not offload UDP segmentation: the host's kernel cuts its GSO batches
+    /// into datagrams, as for a NIC without that offload (a veth would otherwise pass a batch
+    /// whole and the receiver cut it). Needs `ethtool` (root). Returns the two receiving
+    /// threads.
     pub fn nic_like(&self, n: u8) -> anyhow::Result<NicThreads> {
         let ns = self.ns(n);
-        let (outer, inner) = (format!("{}v{n}", self.tag), format!("{}i{n}", self.tag));
+        let (outer, inner) = self.veth(n);
         let gro = ["gro", "on", "rx-udp-gro-forwarding", "on"];
         run("ethtool", &[&["-K", outer.as_str()][..], &gro[..]].concat())?;
         std::fs::write(format!("/sys/class/net/{outer}/threaded"), "1")?;
@@ -164,7 +184,15 @@ impl Network {
             all.extend_from_slice(args);
             run("ip", &all)
         };
-        exec(&[&["ethtool", "-K", inner.as_str()][..], &gro[..]].concat())?;
+        let no_uso = ["tx-udp-segmentation", "off"];
+        exec(
+            &[
+                &["ethtool", "-K", inner.as_str()][..],
+                &gro[..],
+                &no_uso[..],
+            ]
+            .concat(),
+        )?;
         let threaded = format!("echo 1 > /sys/class/net/{inner}/threaded");
         exec(&["sh", "-c", &threaded])?;
         exec(&[

@@ -10,9 +10,10 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
-/// Time CPU `cpu` spent busy (user, nice, system, irq and softirq), in clock ticks: whatever
-/// ran there, kernel threads and interrupts included (0 if there is no such CPU).
-pub fn cpu_busy_ticks(cpu: usize) -> u64 {
+/// Time CPU `cpu` spent idle (idle and iowait), in clock ticks (0 if there is no such CPU). On
+/// a tickless kernel this is measured, not sampled: a window's length less it is the time the
+/// CPU was busy, whatever ran there (kernel threads, interrupts, time stolen by a hypervisor).
+pub fn cpu_idle_ticks(cpu: usize) -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let name = format!("cpu{cpu}");
     let Some(line) = stat
@@ -21,14 +22,12 @@ pub fn cpu_busy_ticks(cpu: usize) -> u64 {
     else {
         return 0;
     };
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|v| v.parse().unwrap_or(0))
-        .collect();
-    let get = |i: usize| f.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq ...
-    get(0) + get(1) + get(2) + get(5) + get(6)
+    // user nice system idle iowait ...
+    line.split_whitespace()
+        .skip(4)
+        .take(2)
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .sum()
 }
 
 /// Resident memory of process `pid`, in KiB (0 if it is gone).
@@ -54,7 +53,7 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(super::cpu_ticks(me) > 0);
-        assert!(super::cpu_busy_ticks(0) > 0);
-        assert_eq!(super::cpu_busy_ticks(usize::MAX), 0);
+        assert!(super::cpu_idle_ticks(0) > 0);
+        assert_eq!(super::cpu_idle_ticks(usize::MAX), 0);
     }
 }

@@ -21,8 +21,10 @@
 //!
 //! `PIN=1`: the edge under test runs alone on CPU 1 and everything else (this client, the
 //! origin, ffmpeg, the other edge) on CPU 0, so the edge's CPU share is its own and viewers per
-//! core extrapolate from it: from the CPU's busy time (everything that ran on CPU 1: the edge,
-//! the kernel's work for it, interrupts), never less than the edge process's own time.
+//! core extrapolate from it: from CPU 1's busy time (the window less the time it was idle:
+//! everything that ran there, the edge, the kernel's work for it, interrupts, and time a
+//! hypervisor took), never less than the edge process's own time. Nothing else may run on
+//! the machine meanwhile (a build would count as the edge's).
 //!
 //! `NETNS=1` (root, `ethtool`): the nodes in their own network namespaces, the client in this
 //! one, media over veth pairs and a bridge instead of loopback, each veth end receiving as a
@@ -37,7 +39,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use streamhub_chaos_tests::procfs::{cpu_busy_ticks, cpu_ticks, rss_kib};
+use streamhub_chaos_tests::procfs::{cpu_idle_ticks, cpu_ticks, rss_kib};
 
 use streamhub_chaos_tests::whep::{RtpTally, RunEnd, Viewer, ViewerOptions};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
@@ -187,23 +189,26 @@ async fn main() {
                 .await;
             edges.push((path.clone(), e));
         }
-        // NETNS=1: every veth receives as a NIC; the receiving threads of what the nodes send
-        // run on the client's core (0), those of what each node receives on its node's core.
+        // NETNS=1: every veth receives as a NIC. Pinned, the receiving threads of what the nodes
+        // send run on the client's core (0), those of what an edge receives on its core.
         let mut nics = Vec::new();
         if let Some(net) = &net {
-            let origin = net.nic_like(c.host_of(0)).expect("NIC-like veth (ethtool)");
-            pin(origin.outer, 0);
-            pin(origin.inner, 0);
+            let mut hosts = vec![c.host_of(0)];
             for (_, e) in &edges {
                 let std::net::IpAddr::V4(ip) = e.config().http.ip() else {
                     unreachable!("namespace hosts are IPv4");
                 };
-                let t = net
-                    .nic_like(ip.octets()[3])
-                    .expect("NIC-like veth (ethtool)");
-                pin(t.outer, 0);
-                pin(t.inner, 0);
-                nics.push(Some(t.inner));
+                hosts.push(ip.octets()[3]);
+            }
+            for (i, host) in hosts.into_iter().enumerate() {
+                let t = net.nic_like(host).expect("NIC-like veth (ethtool)");
+                if pinned {
+                    pin(t.outer, 0);
+                    pin(t.inner, 0);
+                }
+                if i > 0 {
+                    nics.push(Some(t.inner));
+                }
             }
         } else {
             nics.resize(edges.len(), None);
@@ -335,20 +340,23 @@ async fn main() {
                 // Let every viewer connect and settle, then measure a steady window.
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let drops0 = metric(&http, edge, SEND_DROPS).await;
-                let (c0, s0, busy0) = (cpu_ticks(pid), self_ticks(), cpu_busy_ticks(1));
+                let (c0, s0, idle0) = (cpu_ticks(pid), self_ticks(), cpu_idle_ticks(1));
+                let start = std::time::Instant::now();
                 let (p0, b0) = (
                     tally.packets.load(Ordering::Relaxed),
                     tally.bytes.load(Ordering::Relaxed),
                 );
                 tokio::time::sleep(Duration::from_secs(SECS)).await;
-                let cpu = (cpu_ticks(pid) - c0) as f64 / tck / SECS as f64 * 100.0;
-                let busy = (cpu_busy_ticks(1) - busy0) as f64 / tck / SECS as f64 * 100.0;
-                // Pinned, the edge is alone on CPU 1: all that CPU did counts (never less than
-                // the edge's own time: both are sampled by ticks).
+                let window = start.elapsed().as_secs_f64();
+                let cpu = (cpu_ticks(pid) - c0) as f64 / tck / window * 100.0;
+                let idle = (cpu_idle_ticks(1) - idle0) as f64 / tck / window * 100.0;
+                // Pinned, the edge is alone on CPU 1: all that CPU did counts (the process's
+                // own time too, if the idle time read is off).
+                let busy = 100.0 - idle;
                 let share = if pinned { busy.max(cpu) } else { cpu };
-                let client = (self_ticks() - s0) as f64 / tck / SECS as f64 * 100.0;
-                let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / SECS as f64;
-                let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / SECS as f64;
+                let client = (self_ticks() - s0) as f64 / tck / window * 100.0;
+                let pkts = (tally.packets.load(Ordering::Relaxed) - p0) as f64 / window;
+                let bytes = (tally.bytes.load(Ordering::Relaxed) - b0) as f64 / window;
                 let rss = rss_kib(pid);
                 let cache = metric(&http, edge, CACHE_BYTES).await / 1024;
                 let cache_growth = cache.saturating_sub(idle_cache[k]);
