@@ -166,15 +166,19 @@ async fn edge_survives_a_blocking_reload_flood() {
             max
         }
     });
-    let flood: Vec<_> = (0..flood_n)
-        .map(|_| tokio::spawn(raw_get(addr.clone(), path.clone())))
-        .collect();
-    // Meanwhile a viewer from another address plays on.
+    // Another viewer, from another address, already playing: its connection is open before the
+    // flood fills the accept queue (a new one could wait out TCP's retries behind the flood).
     let other = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let (status, _) = hls::get(&other, &url).await.unwrap();
+    assert_eq!(status, 200, "the other viewer's playlist before the flood");
+    let flood: Vec<_> = (0..flood_n)
+        .map(|_| tokio::spawn(raw_get(addr.clone(), path.clone())))
+        .collect();
+    // Meanwhile the other viewer plays on.
     let blocked = format!("{url}?_HLS_msn={msn}&_HLS_part={part}");
     let (status, body) = hls::get(&other, &blocked).await.unwrap();
     assert_eq!(

@@ -129,7 +129,7 @@ const HTTP_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// Connections the kernel completes and queues for a listener until it accepts them. Past it,
 /// a burst of clients arriving at once (a crowd at a stream's start, a flood) has handshakes
 /// dropped, which TCP retries with backoff: seconds, up to tens of seconds, for those clients.
-/// Linux caps it at `net.core.somaxconn` (4096 by default); tokio's `bind` asks for 1024.
+/// Linux caps it at `net.core.somaxconn` (4096 by default); tokio's `bind` asks for 128.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds a TCP listener with a [`LISTEN_BACKLOG`] queue, naming what it is for in the error.
