@@ -302,3 +302,43 @@ pub fn routes(
         .route("/healthz", get(healthz).with_state(health))
         .route("/metrics", get(metrics).with_state(state))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// More clients than tokio's default queue (128) connect while the node accepts none (a
+    /// crowd arriving faster than it accepts): every handshake completes and waits in the
+    /// queue. With a queue of 128 the others' handshakes are dropped, retried and dropped
+    /// again for as long as nothing is accepted.
+    #[tokio::test]
+    async fn a_crowd_of_handshakes_waits_in_the_listen_queue() {
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(
+            somaxconn >= 1024,
+            "net.core.somaxconn is {somaxconn}: the kernel caps the listen queue below what \
+             this test (and a node under a crowd) needs"
+        );
+        let listener = super::bind("127.0.0.1:0".parse().unwrap(), "test")
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // 500: well over 128, and under a developer shell's 1024 open files.
+        let connects = (0..500).map(|_| {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr),
+            )
+        });
+        let results = futures::future::join_all(connects).await;
+        let refused = results.iter().filter(|r| !matches!(r, Ok(Ok(_)))).count();
+        assert_eq!(
+            refused, 0,
+            "of 500 handshakes, not completed in 10 s with none accepted"
+        );
+        drop(listener);
+    }
+}
