@@ -126,6 +126,10 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     );
     println!("frames held back by the cut-off holder: {held_back}");
 
+    // The majority's leader and term as the partition heals: the cut-off origin must not have
+    // raised its term while it could reach nobody (pre-vote), or on return it would depose this
+    // healthy leader and leave the cluster without one for an election or two.
+    let (leader_before, term_before) = leader_and_term(&apis[0]).await;
     drop(partition);
     let healed = Instant::now();
     c.wait_apps(minority, &written, Duration::from_secs(60))
@@ -173,6 +177,14 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     // The edge's playlist, from before the cut to a few seconds past the stale publisher's drop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     watch.check(1);
+    let (leader_after, term_after) = leader_and_term(&apis[0]).await;
+    assert_eq!(
+        (&leader_after, term_after),
+        (&leader_before, term_before),
+        "the healed origin deposed the majority's leader (leader, term before the heal: \
+         {leader_before} {term_before})"
+    );
+    println!("the majority's leader {leader_after} kept term {term_after} across the heal");
     drop(edge);
     let log = c.nodes[minority].log_of_current_run();
     assert!(
@@ -206,6 +218,19 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     .await
     .unwrap();
     c.note("done");
+}
+
+/// The leader (by name) and term `api`'s origin reports, once it reports a leader.
+async fn leader_and_term(api: &crate::Api) -> (String, u64) {
+    crate::poll("a leader is known", Duration::from_secs(30), || async {
+        let s = api.cluster().await.map_err(|e| format!("{e:#}"))?;
+        match (s["leader"].as_str(), s["term"].as_u64()) {
+            (Some(l), Some(t)) => Ok((l.to_string(), t)),
+            _ => Err(s.to_string()),
+        }
+    })
+    .await
+    .unwrap()
 }
 
 /// Every origin `GET /apps/:app/rooms` on `api` lists for `room` (more than one would be split

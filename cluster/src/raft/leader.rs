@@ -419,7 +419,7 @@ pub(crate) fn leave_request(node_id: NodeId) -> impl Serialize {
 }
 
 /// Every kind this module and [`super::network`] register, for unregistering on shutdown.
-pub(crate) const RAFT_KINDS: [u16; 7] = [
+pub(crate) const RAFT_KINDS: [u16; 8] = [
     kinds::RAFT_APPEND,
     kinds::RAFT_VOTE,
     kinds::RAFT_SNAPSHOT,
@@ -427,4 +427,5 @@ pub(crate) const RAFT_KINDS: [u16; 7] = [
     kinds::JOIN_CLUSTER,
     kinds::LEAVE_CLUSTER,
     kinds::READ_INDEX,
+    kinds::RAFT_PRE_VOTE,
 ];

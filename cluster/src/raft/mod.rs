@@ -4,7 +4,8 @@
 //! - [`state_machine`]: the [`ClusterState`](crate::state::ClusterState) replica and its snapshots.
 //! - [`network`]: Raft RPCs over the cluster QUIC [`Endpoint`](crate::transport::Endpoint).
 //! - [`node`]: [`RaftNode`], the handle the rest of the process uses; writes and membership
-//!   changes are routed to the leader by the private `leader` module.
+//!   changes are routed to the leader by the private `leader` module, and a voter campaigns only
+//!   when a quorum would take part (the private `prevote` module).
 
 // openraft's `StorageError` (224 bytes) is the error type its storage traits require, and its
 // `Fatal` carries it; boxing it in our helpers only to unbox it at the trait boundary adds nothing
@@ -18,10 +19,11 @@ mod leader;
 pub mod log_store;
 pub mod network;
 pub mod node;
+mod prevote;
 pub mod state_machine;
 
 pub use log_store::SledLogStore;
-pub use network::{register_raft_services, QuicNetworkFactory, QuicPeer};
+pub use network::{QuicNetworkFactory, QuicPeer};
 pub use node::{
     default_config, MembershipError, RaftError, RaftNode, RaftStatus, Start, WriteError,
 };

@@ -1,5 +1,5 @@
 //! Raft RPCs over the cluster [`Endpoint`]: the client side ([`QuicNetworkFactory`]) and the
-//! server side ([`register_raft_services`]).
+//! server side (`register_raft_services`).
 //!
 //! A peer is known by its `BasicNode.addr`, the `host:port` of its cluster QUIC endpoint. Bodies
 //! are JSON; a response carries the peer's whole `Result`, so a Raft-level refusal arrives as
@@ -8,6 +8,7 @@
 //! `NetworkError` (retry at once).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
@@ -20,6 +21,7 @@ use openraft::{BasicNode, Raft, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::prevote::LeaderContact;
 use super::{NodeId, TypeConfig};
 use crate::transport::frame::MAX_BULK_REQUEST;
 use crate::transport::{kinds, service_fn_with_limit, Endpoint, RemoteError, RpcError};
@@ -161,16 +163,24 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Bytes, RemoteError> {
         .map_err(|e| RemoteError::new("encode_failed", e.to_string()))
 }
 
-/// Serves the Raft RPC kinds of `raft` on `endpoint` (append, vote, snapshot chunks).
-pub fn register_raft_services(endpoint: &Endpoint, raft: &Raft<TypeConfig>) {
+/// Serves the Raft RPC kinds of `raft` on `endpoint` (append, vote, snapshot chunks); what the
+/// leader sends successfully is recorded in `contact` (for pre-vote answers).
+pub(crate) fn register_raft_services(
+    endpoint: &Endpoint,
+    raft: &Raft<TypeConfig>,
+    contact: &Arc<LeaderContact>,
+) {
     let r = raft.clone();
+    let c = contact.clone();
     endpoint.register(
         kinds::RAFT_APPEND,
         service_fn_with_limit(MAX_BULK_REQUEST, move |_peer, body| {
-            let raft = r.clone();
+            let (raft, contact) = (r.clone(), c.clone());
             async move {
                 let rpc: AppendEntriesRequest<TypeConfig> = decode(&body)?;
-                encode(&raft.append_entries(rpc).await)
+                let result = raft.append_entries(rpc).await;
+                contact.heard_append(&result);
+                encode(&result)
             }
         }),
     );
@@ -186,13 +196,20 @@ pub fn register_raft_services(endpoint: &Endpoint, raft: &Raft<TypeConfig>) {
         }),
     );
     let r = raft.clone();
+    let c = contact.clone();
     endpoint.register(
         kinds::RAFT_SNAPSHOT,
         service_fn_with_limit(MAX_BULK_REQUEST, move |_peer, body| {
-            let raft = r.clone();
+            let (raft, contact) = (r.clone(), c.clone());
             async move {
                 let rpc: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
-                encode(&raft.install_snapshot(rpc).await)
+                let vote = rpc.vote;
+                let result = raft.install_snapshot(rpc).await;
+                // Answered with a higher vote: the sender is no longer the leader.
+                if matches!(&result, Ok(r) if r.vote == vote) {
+                    contact.heard();
+                }
+                encode(&result)
             }
         }),
     );

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::leader::{self, LeaderRefusal, RouteError};
 use super::log_store::SledLogStore;
 use super::network::{register_raft_services, QuicNetworkFactory};
+use super::prevote::{self, LeaderContact};
 use super::state_machine::{SharedState, SledStateMachine};
 use super::{NodeId, StorageError, StorageLease, TypeConfig};
 use crate::state::{ClusterState, Command, CommandResponse};
@@ -318,6 +319,17 @@ pub struct RaftNode {
     endpoint: Endpoint,
     /// Closed once every storage handle is dropped; see [`StorageLease`].
     storage_open: watch::Sender<()>,
+    /// The election gate (pre-vote), stopped with the node.
+    gate: AbortOnDrop,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -392,22 +404,21 @@ impl RaftNode {
         let state = state_machine.shared_state();
 
         let network = QuicNetworkFactory::new(endpoint.clone());
-        let raft = Raft::new(
-            node_id,
-            Arc::new(config.validate()?),
-            network,
-            log_store,
-            state_machine,
-        )
-        .await?;
-        register_raft_services(&endpoint, &raft);
+        let config = Arc::new(config.validate()?);
+        let leader_alive_for = Duration::from_millis(config.election_timeout_min);
+        let raft = Raft::new(node_id, config, network, log_store, state_machine).await?;
+        let contact = Arc::new(LeaderContact::default());
+        register_raft_services(&endpoint, &raft, &contact);
+        prevote::register(&endpoint, &raft, contact, leader_alive_for);
         leader::register_leader_services(&endpoint, &raft, WRITE_TIMEOUT, MEMBERSHIP_TIMEOUT);
+        let gate = AbortOnDrop(prevote::spawn_gate(raft.clone(), endpoint.clone(), node_id));
         let node = Self {
             node_id,
             raft,
             state,
             endpoint,
             storage_open,
+            gate,
         };
         node.start(cluster_addr, start).await?;
         tracing::info!(node_id, status = ?node.status(), "raft node running");
@@ -648,6 +659,7 @@ impl RaftNode {
     /// Stops serving Raft RPCs, stops Raft and waits until its storage is closed (flushed,
     /// directory unlocked). The endpoint stays up: its owner closes it.
     pub async fn shutdown(&self) -> Result<(), RaftError> {
+        self.gate.0.abort();
         for kind in leader::RAFT_KINDS {
             self.endpoint.unregister(kind);
         }

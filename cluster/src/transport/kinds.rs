@@ -35,6 +35,9 @@ pub const CLUSTER_KEY: u16 = 0x0107;
 /// Origins only: the leader's read index (JSON `u64`, after confirming it still leads), so a
 /// follower can wait until it has applied that far before answering a read that must be fresh.
 pub const READ_INDEX: u16 = 0x0108;
+/// Origins only: a voter asks whether the answering voter hears from a live leader before it
+/// may campaign (JSON `null` -> `{"leaderAlive": bool}`; see `raft::prevote`).
+pub const RAFT_PRE_VOTE: u16 = 0x0109;
 
 /// The role a cluster certificate grants, from its subject OU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -111,6 +114,7 @@ mod tests {
             LEAVE_CLUSTER,
             CLUSTER_KEY,
             READ_INDEX,
+            RAFT_PRE_VOTE,
             CLUSTER_STATUS,
             HEARTBEAT,
             STATE_QUERY,
