@@ -8,6 +8,7 @@
 //! the timeline and the last log lines of every node, and keeps the data dirs for inspection.
 
 pub mod cluster;
+pub mod floor;
 pub mod net;
 pub mod netns;
 pub mod procfs;

@@ -30,6 +30,37 @@ pub fn cpu_idle_ticks(cpu: usize) -> u64 {
         .sum()
 }
 
+/// Time CPU `cpu` was runnable but a hypervisor ran something else (steal), in clock ticks (0
+/// on bare metal or if there is no such CPU). Counted in a window's busy time by
+/// [`cpu_idle_ticks`]'s complement; it is not time the CPU spent on anything of the guest's.
+pub fn cpu_steal_ticks(cpu: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let name = format!("cpu{cpu}");
+    stat.lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+        .and_then(|l| l.split_whitespace().nth(8)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Context switches of every thread of process `pid` so far (voluntary: it slept, woken later;
+/// and involuntary), 0 if it is gone: how often the process was woken.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// Resident memory of process `pid`, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -55,5 +86,9 @@ mod tests {
         assert!(super::cpu_ticks(me) > 0);
         assert!(super::cpu_idle_ticks(0) > 0);
         assert_eq!(super::cpu_idle_ticks(usize::MAX), 0);
+        assert_eq!(super::cpu_steal_ticks(usize::MAX), 0);
+        // This test's thread slept at least once to be scheduled.
+        assert!(super::context_switches(me) > 0);
+        assert_eq!(super::context_switches(u32::MAX), 0);
     }
 }

@@ -34,13 +34,25 @@
 //! figure includes the receivers' kernel work, which between two machines the receiving host
 //! does. `AUDIO=0`: video only. `PATHS="fanout"`: one path only.
 //!
+//! `PATHS="rtc fanout floor"`: also the kernel's floor ([`floor`]): a process that only sends
+//! the datagrams the fan-out row's viewers received (count, sizes, 20 ms audio and per-frame
+//! video bursts, one `sendmmsg` per burst across viewers), from its own namespace host (with
+//! `NETNS=1`) pinned to CPU 1 as an edge is, to plain UDP sockets of this client. Its viewers
+//! per core are what the UDP/IP send path alone allows on this machine: no send path on
+//! standard sockets goes above it.
+//!
+//! [`floor`]: streamhub_chaos_tests::floor
+//!
 //! [`Network::nic_like`]: streamhub_chaos_tests::netns::Network::nic_like
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use streamhub_chaos_tests::procfs::{cpu_idle_ticks, cpu_ticks, rss_kib};
+use streamhub_chaos_tests::procfs::{
+    context_switches, cpu_idle_ticks, cpu_steal_ticks, cpu_ticks, rss_kib,
+};
 
+use streamhub_chaos_tests::floor;
 use streamhub_chaos_tests::whep::{RtpTally, RunEnd, Viewer, ViewerOptions};
 use streamhub_chaos_tests::{chaos_seed, hls, Cluster};
 use tokio_util::sync::CancellationToken;
@@ -129,8 +141,145 @@ fn pin(pid: u32, cpu: usize) {
     assert!(ok, "taskset could not pin {pid} to CPU {cpu}");
 }
 
+/// Host number of the floor sender's namespace (`NETNS=1`), clear of the cluster's hosts.
+const FLOOR_HOST: u8 = 200;
+/// Bytes of an Opus packet's payload: the origin's mono Opus at 48 kb/s, 20 ms a packet.
+const OPUS_PAYLOAD: usize = 120;
+/// What SRTP adds to a payload on the fan-out path: the RTP header (12, no extensions) and the
+/// AES-GCM tag (16).
+const RTP_OVERHEAD: usize = 28;
+
+fn main() {
+    if std::env::var("WHEP_FLOOR_SEND").as_deref() == Ok("1") {
+        floor_sender();
+        return;
+    }
+    bench();
+}
+
+/// The floor's sender process: the plan from the environment, the destinations from stdin;
+/// sends until killed.
+fn floor_sender() {
+    use std::io::Read;
+    use streamhub_chaos_tests::floor::{parse_dests, send, Plan};
+    let var = |name: &str| -> f64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not set"))
+    };
+    let plan = Plan {
+        audio_bytes: var("FLOOR_AUDIO_BYTES") as usize,
+        video_per_sec: var("FLOOR_VIDEO_PER_SEC"),
+        video_bytes: var("FLOOR_VIDEO_BYTES") as usize,
+        fps: var("FLOOR_FPS") as u32,
+    };
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .expect("destinations on stdin");
+    let dests = parse_dests(&text).expect("destinations");
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("floor socket");
+    eprintln!("floor: {} viewers, {plan:?}", dests.len());
+    send(&socket, &dests, plan, |_| false);
+}
+
+/// Runs the floor for `n` viewers: `n` receiving sockets here (bound to `bind`), the sender as
+/// a child process (in `ns` if given, on CPU 1 if `pinned`); returns the row's figures:
+/// (sender process CPU %, CPU 1 busy %, of it steal %, datagrams and bytes received per viewer
+/// per second, the sender's wake-ups per second).
+async fn floor_row(
+    n: usize,
+    plan: streamhub_chaos_tests::floor::Plan,
+    bind: std::net::IpAddr,
+    ns: Option<&str>,
+    pinned: bool,
+) -> (f64, f64, f64, f64, f64, f64) {
+    use std::io::Write;
+    let packets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let mut dests = String::new();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let socket = tokio::net::UdpSocket::bind((bind, 0))
+            .await
+            .expect("receiver");
+        dests.push_str(&format!("{}\n", socket.local_addr().unwrap()));
+        let (packets, bytes, stop) = (packets.clone(), bytes.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = socket.recv(&mut buf) => if let Ok(len) = r {
+                        packets.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    },
+                }
+            }
+        }));
+    }
+    let exe = std::env::current_exe().expect("this binary");
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
+    let mut child = cmd
+        .env("WHEP_FLOOR_SEND", "1")
+        .env("FLOOR_AUDIO_BYTES", plan.audio_bytes.to_string())
+        .env("FLOOR_VIDEO_PER_SEC", plan.video_per_sec.to_string())
+        .env("FLOOR_VIDEO_BYTES", plan.video_bytes.to_string())
+        .env("FLOOR_FPS", plan.fps.to_string())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("floor sender");
+    // `ip netns exec` execs the command in place: the child's pid is the sender's.
+    let pid = child.id();
+    if pinned {
+        pin(pid, 1);
+    }
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(dests.as_bytes())
+        .expect("destinations to the floor sender");
+    // As for the edges: settle, then a steady window.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (c0, idle0, steal0) = (cpu_ticks(pid), cpu_idle_ticks(1), cpu_steal_ticks(1));
+    let switches0 = context_switches(pid);
+    let (p0, b0) = (
+        packets.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed),
+    );
+    let start = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(SECS)).await;
+    let window = start.elapsed().as_secs_f64();
+    let cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / window * 100.0;
+    let busy = 100.0 - (cpu_idle_ticks(1) - idle0) as f64 / 100.0 / window * 100.0;
+    let steal = (cpu_steal_ticks(1) - steal0) as f64 / 100.0 / window * 100.0;
+    let wakeups = (context_switches(pid) - switches0) as f64 / window;
+    let per = n.max(1) as f64 * window;
+    let got = (
+        (packets.load(Ordering::Relaxed) - p0) as f64 / per,
+        (bytes.load(Ordering::Relaxed) - b0) as f64 / per,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    (cpu, busy, steal, got.0, got.1, wakeups)
+}
+
 #[tokio::main]
-async fn main() {
+async fn bench() {
     let list = |name: &str, default: &str| -> Vec<String> {
         std::env::var(name)
             .unwrap_or_else(|_| default.into())
@@ -155,8 +304,8 @@ async fn main() {
         pin(std::process::id(), 0);
     }
     let tck = 100.0;
-    println!("| stream | path | viewers | connected | edge process CPU % | edge core busy % | viewers per core | RSS MiB | HLS cache growth MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| stream | path | viewers | connected | edge process CPU % | edge core busy % | viewers per core | RSS MiB | HLS cache growth MiB | KiB per viewer | per viewer: pkts/s, kb/s | loss | edge send drops | client CPU % | edge wake-ups/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for kbps in rates {
         // NETNS=1: every node in its own network namespace behind a bridge, this client in the
         // test's: media crosses veth pairs, not loopback.
@@ -178,7 +327,7 @@ async fn main() {
         let admin = c.admin(0).await;
         let key = admin.rtmp_ingress("live", "bench").await.unwrap();
         let mut edges = Vec::new();
-        for path in &paths {
+        for path in paths.iter().filter(|p| *p != "floor") {
             let e = c
                 .start_edge(
                     &format!("edge-{path}"),
@@ -200,6 +349,10 @@ async fn main() {
                 };
                 hosts.push(ip.octets()[3]);
             }
+            if paths.iter().any(|p| p == "floor") {
+                net.add_host(FLOOR_HOST).expect("the floor's host");
+                hosts.push(FLOOR_HOST);
+            }
             for (i, host) in hosts.into_iter().enumerate() {
                 let t = net.nic_like(host).expect("NIC-like veth (ethtool)");
                 if pinned {
@@ -207,11 +360,12 @@ async fn main() {
                     pin(t.inner, 0);
                 }
                 if i > 0 {
+                    // The edges' in order, then the floor's.
                     nics.push(Some(t.inner));
                 }
             }
         } else {
-            nics.resize(edges.len(), None);
+            nics.resize(edges.len() + 1, None);
         }
         let origin = &c.nodes[0];
         let (size, fps) = if kbps >= 1000 {
@@ -296,6 +450,8 @@ async fn main() {
             idle_cache.push(metric(&http, e, CACHE_BYTES).await / 1024);
         }
         for &n in &viewers {
+            // What each viewer of the fan-out row received: the floor sends the same.
+            let mut received = None;
             for (k, (path, edge)) in edges.iter().enumerate() {
                 let pid = edge.pid().unwrap();
                 if pinned {
@@ -341,6 +497,7 @@ async fn main() {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let drops0 = metric(&http, edge, SEND_DROPS).await;
                 let (c0, s0, idle0) = (cpu_ticks(pid), self_ticks(), cpu_idle_ticks(1));
+                let (steal0, switches0) = (cpu_steal_ticks(1), context_switches(pid));
                 let start = std::time::Instant::now();
                 let (p0, b0) = (
                     tally.packets.load(Ordering::Relaxed),
@@ -350,6 +507,8 @@ async fn main() {
                 let window = start.elapsed().as_secs_f64();
                 let cpu = (cpu_ticks(pid) - c0) as f64 / tck / window * 100.0;
                 let idle = (cpu_idle_ticks(1) - idle0) as f64 / tck / window * 100.0;
+                let steal = (cpu_steal_ticks(1) - steal0) as f64 / tck / window * 100.0;
+                let wakeups = (context_switches(pid) - switches0) as f64 / window;
                 // Pinned, the edge is alone on CPU 1: all that CPU did counts (the process's
                 // own time too, if the idle time read is off).
                 let busy = 100.0 - idle;
@@ -367,15 +526,18 @@ async fn main() {
                 }
                 let connected = tally.connected.load(Ordering::Relaxed);
                 let per = connected.max(1) as f64;
+                if path == "fanout" {
+                    received = Some((pkts / per, bytes / per));
+                }
                 let expected = tally.expected.load(Ordering::Relaxed).max(1) as f64;
                 let lost = tally.lost.load(Ordering::Relaxed) as f64;
                 let auth = tally.auth_failures.load(Ordering::Relaxed);
                 let failed = failed.load(Ordering::Relaxed);
                 println!(
-                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} |",
+                    "| {kbps} kb/s {size}{} | {path} | {n} | {connected}{} | {cpu:.1} | {} | {:.0} | {:.1} | {:.1} | {:.0} | {:.1}, {:.0} | {:.3} %{} | {drops} | {client:.1} | {wakeups:.0} |",
                     if audio { " + Opus" } else { "" },
                     if failed > 0 { format!(" ({failed} failed)") } else { String::new() },
-                    if pinned { format!("{busy:.1}") } else { "-".into() },
+                    if pinned { format!("{busy:.1} (steal {steal:.1})") } else { "-".into() },
                     per / (share / 100.0),
                     rss as f64 / 1024.0,
                     cache_growth as f64 / 1024.0,
@@ -392,6 +554,51 @@ async fn main() {
                     // CPU 1 is the next edge's alone.
                     pin(pid, 0);
                     if let Some(t) = nics[k] {
+                        pin(t, 0);
+                    }
+                }
+            }
+            if paths.iter().any(|p| p == "floor") {
+                let fps: u32 = fps.parse().unwrap();
+                // Without a fan-out row: the stream's rate in whole packets per frame.
+                let (pkts, bytes) = received.unwrap_or_else(|| {
+                    let frame = f64::from(kbps) * 125.0 / f64::from(fps);
+                    let audio = if audio { 50.0 } else { 0.0 };
+                    (
+                        audio + f64::from(fps) * (frame / 1172.0).ceil(),
+                        audio * OPUS_PAYLOAD as f64 + f64::from(kbps) * 125.0,
+                    )
+                });
+                let opus = if audio { OPUS_PAYLOAD } else { 0 };
+                let plan = floor::Plan::from_received(pkts, bytes, opus, RTP_OVERHEAD, fps);
+                let plan = if audio {
+                    plan
+                } else {
+                    floor::Plan {
+                        audio_bytes: 0,
+                        ..plan
+                    }
+                };
+                let nic = nics.last().copied().flatten();
+                if pinned {
+                    if let Some(t) = nic {
+                        pin(t, 1);
+                    }
+                }
+                let ns = net.as_ref().map(|net| net.ns(FLOOR_HOST));
+                let to = bind.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                let (cpu, busy, steal, pkts, bytes, wakeups) =
+                    floor_row(n, plan, to, ns.as_deref(), pinned).await;
+                let share = if pinned { busy.max(cpu) } else { cpu };
+                println!(
+                    "| {kbps} kb/s {size}{} | floor (kernel only) | {n} | {n} | {cpu:.1} | {} | {:.0} | - | - | - | {pkts:.1}, {:.0} (datagrams) | - | - | - | {wakeups:.0} |",
+                    if audio { " + Opus" } else { "" },
+                    if pinned { format!("{busy:.1} (steal {steal:.1})") } else { "-".into() },
+                    n as f64 / (share / 100.0),
+                    bytes * 8.0 / 1000.0,
+                );
+                if pinned {
+                    if let Some(t) = nic {
                         pin(t, 0);
                     }
                 }
