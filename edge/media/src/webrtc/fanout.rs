@@ -23,13 +23,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::socket::MediaSocket;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use streamhub_shared::h264::AvcConfig;
 use streamhub_shared::media::{CodecConfig, Frame, MediaConsumer, MediaHandle, RecvError, TrackId};
 use streamhub_shared::srtp::Srtp;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -286,7 +286,7 @@ pub(super) struct Fanout {
 impl Fanout {
     pub fn start(
         workers: usize,
-        socket: Arc<UdpSocket>,
+        socket: Arc<MediaSocket>,
         max_segments: usize,
         stats: Arc<WebRtcStats>,
         packets: Arc<PacketCache>,
@@ -446,7 +446,7 @@ struct Worker {
 /// A worker's sending: its outbox and what it counts.
 struct Sender {
     fd: RawFd,
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
     outbox: Outbox,
     stats: Arc<WebRtcStats>,
     /// RTP packets written since the last addition to the shared counter.

@@ -18,6 +18,7 @@ mod outbox;
 mod packets;
 pub mod sdp;
 mod session;
+mod socket;
 
 pub use session::is_keyframe_request;
 
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use self::socket::MediaSocket;
 use bytes::BytesMut;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -53,7 +55,6 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use streamhub_shared::media::{CodecConfig, MediaHandle};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -259,7 +260,7 @@ impl Drop for Registered {
 
 /// The WebRTC side of a node.
 pub struct WebRtc {
-    socket: Arc<UdpSocket>,
+    socket: Arc<MediaSocket>,
     /// GSO-capable sends on `socket`.
     udp: Arc<quinn_udp::UdpSocketState>,
     local: SocketAddr,
@@ -297,7 +298,7 @@ impl WebRtc {
         config: WebRtcConfig,
         shutdown: CancellationToken,
     ) -> std::io::Result<Arc<Self>> {
-        let socket = Arc::new(UdpSocket::bind(config.udp).await?);
+        let socket = Arc::new(MediaSocket::bind(config.udp)?);
         let udp = Arc::new(quinn_udp::UdpSocketState::new((&*socket).into())?);
         let local = socket.local_addr()?;
         let reserve = if config.publishers {
@@ -354,22 +355,20 @@ impl WebRtc {
         // buffer takes a whole coalesced batch and is split here.
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            tokio::select! {
+            let received = tokio::select! {
                 () = self.shutdown.cancelled() => break,
-                r = self.socket.readable() => {
-                    if let Err(e) = r {
+                r = self.socket.recv_with(|s| {
+                    let mut meta = [quinn_udp::RecvMeta::default()];
+                    let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                    self.udp.recv(s.into(), &mut bufs, &mut meta).map(|_| meta[0])
+                }) => match r {
+                    Ok(r) => r,
+                    Err(e) => {
                         tracing::warn!(error = %e, "media socket failed");
                         break;
                     }
-                }
-            }
-            let received = self.socket.try_io(tokio::io::Interest::READABLE, || {
-                let mut meta = [quinn_udp::RecvMeta::default()];
-                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
-                self.udp
-                    .recv((&*self.socket).into(), &mut bufs, &mut meta)
-                    .map(|_| meta[0])
-            });
+                },
+            };
             let meta = match received {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -742,7 +741,7 @@ impl WebRtc {
 /// Socket buffers of the media port: a keyframe to thousands of viewers leaves in one burst,
 /// and their RTCP arrives together. Asks for 4 MiB each way (the kernel caps it at
 /// `net.core.wmem_max` / `rmem_max`).
-fn buffers(socket: &UdpSocket) {
+fn buffers(socket: &MediaSocket) {
     use std::os::fd::AsRawFd;
     let size: libc::c_int = 4 << 20;
     for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {

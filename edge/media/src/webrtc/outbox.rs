@@ -241,7 +241,7 @@ impl Outbox {
     /// `overflowed`). Empties the outbox.
     pub async fn flush(
         &mut self,
-        socket: &tokio::net::UdpSocket,
+        socket: &super::socket::MediaSocket,
         fd: RawFd,
         wait: std::time::Duration,
         mut overflowed: impl FnMut(u64),
@@ -249,15 +249,8 @@ impl Outbox {
         let (mut sent, mut done) = (Sent::default(), 0);
         let deadline = tokio::time::Instant::now() + wait;
         while !self.send_some(fd, &mut done, &mut sent, &mut overflowed) {
-            // Readiness is edge-triggered and was never cleared by this direct send: clear it,
-            // then wait for the kernel to say the socket drained.
-            let _ = socket.try_io(tokio::io::Interest::WRITABLE, || {
-                Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-            });
-            if tokio::time::timeout_at(deadline, socket.writable())
-                .await
-                .is_err()
-            {
+            // Full: wait for the kernel to say the socket drained.
+            if !socket.writable_by(deadline).await {
                 break;
             }
         }
@@ -317,7 +310,7 @@ mod tests {
 
     #[tokio::test]
     async fn datagrams_to_many_receivers_arrive_whole_with_gso_runs_split() {
-        let tx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let tx = super::super::socket::MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (aa, ba) = (a.local_addr().unwrap(), b.local_addr().unwrap());
