@@ -24,7 +24,6 @@ use streamhub_shared::h264::AvcConfig;
 use streamhub_shared::media::{
     CodecConfig, Frame, KeyframeGate, MediaConsumer, MediaHandle, RecvError, TrackId,
 };
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +49,22 @@ const PLI_MIN_GAP: Duration = Duration::from_millis(500);
 const PUBLISHER_RETURN: Duration = Duration::from_secs(10);
 /// How often a waiting viewer's session looks for its room.
 const REJOIN_LOOK: Duration = Duration::from_millis(100);
+/// Once connected, a fan-out session's peer-connection timers fire on this shared grid. The ICE
+/// agent asks to run every 200 ms (its checks of the selected pair), which with a thousand
+/// viewers was 5,000 separate wake-ups of the runtime a second, each a return from
+/// `epoll_wait` and often a context switch; its deadlines tolerate lateness (keepalives every
+/// 2 s, disconnection after 5 s), so the sessions' deadlines are rounded up to one instant and
+/// the runtime wakes twice a second for all of them.
+const TIMER_GRID: Duration = Duration::from_millis(500);
+
+/// `t` rounded up to the next instant of [`TIMER_GRID`] (shared by the whole process).
+fn on_grid(t: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let grid = TIMER_GRID.as_nanos();
+    let slots = t.saturating_duration_since(epoch).as_nanos().div_ceil(grid);
+    epoch + Duration::from_nanos((slots * grid) as u64)
+}
 
 /// The senders a viewer session was given.
 #[derive(Debug, Default)]
@@ -67,7 +82,7 @@ pub(super) struct Session {
     pub pc: RTCPeerConnection,
     pub plan: Plan,
     pub rx: mpsc::Receiver<Datagram>,
-    pub socket: Arc<UdpSocket>,
+    pub socket: Arc<super::socket::MediaSocket>,
     pub udp: Arc<quinn_udp::UdpSocketState>,
     /// Outgoing datagrams being grouped for one GSO send.
     pub batch: GsoBatch,
@@ -508,6 +523,7 @@ impl Session {
                 }
                 continue;
             }
+            let wake = if connected { on_grid(wake) } else { wake };
             let pli_due = gate
                 .due()
                 .filter(|_| connected)
@@ -969,6 +985,21 @@ fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connected_sessions_wake_together_and_never_early() {
+        let t = Instant::now() + Duration::from_millis(3);
+        let a = on_grid(t);
+        assert!(a >= t, "never before its deadline");
+        assert!(a - t <= TIMER_GRID);
+        // Deadlines within one slot of the grid share one instant; the next slot is a grid later.
+        let b = on_grid(t + Duration::from_millis(1));
+        assert!(b == a || b - a == TIMER_GRID);
+        assert_eq!(on_grid(a), a, "an instant on the grid stays");
+        assert_eq!(on_grid(a + Duration::from_nanos(1)), a + TIMER_GRID);
+        let c = on_grid(a - TIMER_GRID / 2);
+        assert_eq!(c, a);
+    }
 
     #[test]
     fn a_viewers_rtcp_asks_at_most_its_allowance_per_second() {
