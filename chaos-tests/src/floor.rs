@@ -1,9 +1,10 @@
-//! The kernel's floor for a WebRTC fan-out: the same datagrams a fan-out edge sends its viewers
-//! (count, sizes, cadence), sent by a process that does nothing else, the way the edge sends
-//! them (one unconnected UDP socket, one `sendmmsg` per burst across viewers). No SRTP, no
-//! sessions, no runtime: what a core spends on it is the cost of the UDP/IP send path alone,
-//! which no user-space send path can go below on standard sockets. `whep_bench` runs it as the
-//! path `floor` to say how far above that floor the edge is.
+//! The kernel's cost of a WebRTC fan-out's sends: the same datagrams a fan-out edge sends its
+//! viewers (count, sizes, cadence), sent the way the edge sends them (one unconnected UDP
+//! socket, one `sendmmsg` per burst across viewers, a viewer's packets of one frame as one GSO
+//! message), by a process that does nothing else. No SRTP, no sessions, no runtime: what a core
+//! spends on it is the UDP/IP send path alone, the floor of any send path built the same way on
+//! standard sockets. `whep_bench` runs it as the path `floor` to say how far above it the edge
+//! is.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -13,11 +14,13 @@ use std::time::{Duration, Instant};
 pub const TICK: Duration = Duration::from_millis(20);
 /// Messages per `sendmmsg`, as the edge (the kernel's UIO_MAXIOV).
 const MAX_MESSAGES: usize = 1024;
+/// Datagrams per GSO message, as the edge's outbox allows at most.
+const MAX_SEGMENTS: usize = 64;
 
 /// What each viewer gets per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Plan {
-    /// Audio datagrams per second (one per [`TICK`]: 50) and their size in bytes.
+    /// The size of the audio datagram each viewer gets every [`TICK`] (50 a second); 0: none.
     pub audio_bytes: usize,
     /// Video datagrams per second and their size in bytes.
     pub video_per_sec: f64,
@@ -28,16 +31,22 @@ pub struct Plan {
 
 impl Plan {
     /// The plan for viewers who each received `packets` datagrams and `payload` bytes of RTP
-    /// payload per second, `audio_payload` bytes per Opus packet of it: every datagram adds an
-    /// RTP header and an SRTP tag (`overhead` bytes).
+    /// payload per second, of which an Opus packet of `audio_payload` bytes every [`TICK`]
+    /// (`None`: no audio): every datagram adds an RTP header and an SRTP tag (`overhead`
+    /// bytes).
     pub fn from_received(
         packets: f64,
         payload: f64,
-        audio_payload: usize,
+        audio_payload: Option<usize>,
         overhead: usize,
         fps: u32,
     ) -> Plan {
-        let audio = 1.0 / TICK.as_secs_f64();
+        let audio = if audio_payload.is_some() {
+            1.0 / TICK.as_secs_f64()
+        } else {
+            0.0
+        };
+        let audio_payload = audio_payload.unwrap_or(0);
         let video_per_sec = (packets - audio).max(0.0);
         let video_payload = (payload - audio * audio_payload as f64).max(0.0);
         let video_bytes = if video_per_sec > 0.0 {
@@ -46,7 +55,11 @@ impl Plan {
             0
         };
         Plan {
-            audio_bytes: audio_payload + overhead,
+            audio_bytes: if audio > 0.0 {
+                audio_payload + overhead
+            } else {
+                0
+            },
             video_per_sec,
             video_bytes: video_bytes.min(1500),
             fps: fps.max(1),
@@ -64,7 +77,7 @@ pub fn send(
     plan: Plan,
     stop: impl Fn(Duration) -> bool,
 ) -> u64 {
-    let payload = vec![0x5au8; plan.audio_bytes.max(plan.video_bytes).max(1)];
+    let payload = vec![0x5au8; plan.audio_bytes.max(plan.video_bytes * MAX_SEGMENTS).max(1)];
     let addrs: Vec<libc::sockaddr_in> = dests.iter().map(|d| sockaddr(*d)).collect();
     let mut sent = 0u64;
     let start = Instant::now();
@@ -83,7 +96,9 @@ pub fn send(
             continue;
         }
         if next_tick <= now {
-            sent += burst(socket, &addrs, &payload[..plan.audio_bytes], 1);
+            if plan.audio_bytes > 0 {
+                sent += burst(socket, &addrs, &payload, plan.audio_bytes, 1);
+            }
             next_tick += TICK;
         }
         if next_frame <= now {
@@ -91,7 +106,7 @@ pub fn send(
             video_due += plan.video_per_sec / f64::from(plan.fps);
             let n = (video_due.floor() as u64).saturating_sub(video_sent);
             if n > 0 && plan.video_bytes > 0 {
-                sent += burst(socket, &addrs, &payload[..plan.video_bytes], n as usize);
+                sent += burst(socket, &addrs, &payload, plan.video_bytes, n as usize);
                 video_sent += n;
             }
             next_frame += frame_every;
@@ -100,27 +115,64 @@ pub fn send(
     sent
 }
 
-/// One datagram of `data` to every address, `count` times over (a frame's packets to each
-/// viewer in turn), in `sendmmsg` calls of up to [`MAX_MESSAGES`].
-fn burst(socket: &UdpSocket, addrs: &[libc::sockaddr_in], data: &[u8], count: usize) -> u64 {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
+/// `count` datagrams of `size` bytes (from `payload`) to every address, a viewer's as GSO
+/// messages of up to [`MAX_SEGMENTS`] (as the edge sends a frame's equal packets), in `sendmmsg`
+/// calls of up to [`MAX_MESSAGES`].
+fn burst(
+    socket: &UdpSocket,
+    addrs: &[libc::sockaddr_in],
+    payload: &[u8],
+    size: usize,
+    count: usize,
+) -> u64 {
+    // A viewer's messages: full ones of MAX_SEGMENTS datagrams, then the rest.
+    let (full, rest) = (count / MAX_SEGMENTS, count % MAX_SEGMENTS);
+    let shapes: Vec<usize> = std::iter::repeat_n(MAX_SEGMENTS, full)
+        .chain((rest > 0).then_some(rest))
+        .collect();
+    // One iovec per shape and one control message; the kernel only reads them.
+    let mut iovs: Vec<libc::iovec> = shapes
+        .iter()
+        .map(|&n| libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: size * n,
+        })
+        .collect();
+    let mut cmsg = [0u64; 4];
+    // SAFETY: `cmsg` is 32 bytes, 8-aligned: room for one cmsghdr and a u16 on Linux.
+    unsafe {
+        let h = cmsg.as_mut_ptr().cast::<libc::cmsghdr>();
+        (*h).cmsg_level = libc::SOL_UDP;
+        (*h).cmsg_type = libc::UDP_SEGMENT;
+        (*h).cmsg_len = libc::CMSG_LEN(2) as _;
+        libc::CMSG_DATA(h)
+            .cast::<u16>()
+            .write_unaligned(size as u16);
+    }
+    // Taken once: every header points through these, valid until the function returns.
+    let iov_ptr = iovs.as_mut_ptr();
+    let cmsg_ptr = cmsg.as_mut_ptr().cast::<libc::c_void>();
+    let messages = addrs
+        .iter()
+        .flat_map(|a| shapes.iter().enumerate().map(move |(k, &n)| (a, k, n)));
+    let mut messages = messages.peekable();
     let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(MAX_MESSAGES);
     let mut sent = 0u64;
-    let targets = addrs.iter().flat_map(|a| std::iter::repeat_n(a, count));
-    let mut targets = targets.peekable();
-    while targets.peek().is_some() {
+    while messages.peek().is_some() {
         hdrs.clear();
-        for a in targets.by_ref().take(MAX_MESSAGES) {
-            // SAFETY: a zeroed msghdr is valid; the pointers stay valid through the call below
-            // (`addrs` and `iov` outlive it; the kernel only reads them).
+        for (a, k, n) in messages.by_ref().take(MAX_MESSAGES) {
+            // SAFETY: a zeroed msghdr is valid; `addrs`, `iovs` and `cmsg` outlive the
+            // `sendmmsg` below and are not moved meanwhile (the kernel only reads them).
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
             h.msg_hdr.msg_name = a as *const libc::sockaddr_in as *mut libc::c_void;
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
-            h.msg_hdr.msg_iov = &mut iov;
+            h.msg_hdr.msg_iov = iov_ptr.wrapping_add(k);
             h.msg_hdr.msg_iovlen = 1;
+            if n > 1 {
+                h.msg_hdr.msg_control = cmsg_ptr;
+                // SAFETY: a size computation only.
+                h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+            }
             hdrs.push(h);
         }
         let mut done = 0;
@@ -134,15 +186,23 @@ fn burst(socket: &UdpSocket, addrs: &[libc::sockaddr_in], data: &[u8], count: us
                     0,
                 )
             };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
             if n <= 0 {
                 // An error on the first message (a receiver gone): skip it.
                 done += 1;
                 continue;
             }
-            done += n as usize;
-            sent += n as u64;
+            let n = n as usize;
+            for h in &hdrs[done..done + n] {
+                // SAFETY: `msg_iov` points into `iovs`, alive here.
+                sent += (unsafe { (*h.msg_hdr.msg_iov).iov_len } / size) as u64;
+            }
+            done += n;
         }
     }
+    drop(iovs);
     sent
 }
 
@@ -175,13 +235,16 @@ mod tests {
     #[test]
     fn a_plan_keeps_what_the_viewers_received() {
         // 80 packets and 247 kb/s of payload a second, 120-byte Opus packets, 28 bytes added.
-        let p = Plan::from_received(80.0, 247_000.0 / 8.0, 120, 28, 25);
+        let p = Plan::from_received(80.0, 247_000.0 / 8.0, Some(120), 28, 25);
         assert_eq!(p.audio_bytes, 148);
         assert!((p.video_per_sec - 30.0).abs() < 1e-9);
-        assert_eq!(
-            p.video_bytes,
-            ((30_875.0 - 6_000.0) / 30.0_f64).round() as usize + 28
-        );
+        let video = (30_875.0 - 6_000.0) / 30.0_f64;
+        assert_eq!(p.video_bytes, video.round() as usize + 28);
+        // Video only: every datagram is video.
+        let p = Plan::from_received(30.0, 25_000.0, None, 28, 25);
+        assert_eq!(p.audio_bytes, 0);
+        assert!((p.video_per_sec - 30.0).abs() < 1e-9);
+        assert_eq!(p.video_bytes, (25_000.0_f64 / 30.0).round() as usize + 28);
     }
 
     #[test]

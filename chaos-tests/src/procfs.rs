@@ -42,8 +42,9 @@ pub fn cpu_steal_ticks(cpu: usize) -> u64 {
         .unwrap_or(0)
 }
 
-/// Context switches of every thread of process `pid` so far (voluntary: it slept, woken later;
-/// and involuntary), 0 if it is gone: how often the process was woken.
+/// Voluntary context switches of the threads of process `pid` so far (each one a thread that
+/// slept and was woken later), 0 if it is gone: how often the process was woken. A thread that
+/// exits takes its count with it: subtract with `saturating_sub`.
 pub fn context_switches(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
@@ -54,7 +55,7 @@ pub fn context_switches(pid: u32) -> u64 {
         .flat_map(|status| {
             status
                 .lines()
-                .filter(|l| l.contains("ctxt_switches:"))
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .collect::<Vec<_>>()
         })

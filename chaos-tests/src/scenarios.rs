@@ -130,6 +130,11 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
     // raised its term while it could reach nobody (pre-vote), or on return it would depose this
     // healthy leader and leave the cluster without one for an election or two.
     let (leader_before, term_before) = leader_and_term(&apis[0]).await;
+    let minority_term = term_of(&cut_api).await;
+    assert!(
+        minority_term <= term_before,
+        "the cut-off origin raised its term to {minority_term} (the majority's: {term_before})"
+    );
     drop(partition);
     let healed = Instant::now();
     c.wait_apps(minority, &written, Duration::from_secs(60))
@@ -200,7 +205,7 @@ pub async fn minority_partition<G>(mut c: Cluster, cut: impl FnOnce(&Cluster, us
             c.nodes[i].name()
         );
     }
-    // And the healed origin takes writes again (a re-election may come first: its term grew).
+    // And the healed origin takes writes again.
     let api = c.admin(minority).await;
     crate::poll(
         "a write through the healed origin",
@@ -228,6 +233,16 @@ async fn leader_and_term(api: &crate::Api) -> (String, u64) {
             (Some(l), Some(t)) => Ok((l.to_string(), t)),
             _ => Err(s.to_string()),
         }
+    })
+    .await
+    .unwrap()
+}
+
+/// The term `api`'s origin reports (with or without a leader).
+async fn term_of(api: &crate::Api) -> u64 {
+    crate::poll("the term", Duration::from_secs(30), || async {
+        let s = api.cluster().await.map_err(|e| format!("{e:#}"))?;
+        s["term"].as_u64().ok_or(s.to_string())
     })
     .await
     .unwrap()

@@ -521,26 +521,17 @@ impl Membership {
     /// quorum (`ensure_linearizable`), or when it has applied what the current leader has
     /// applied.
     ///
-    /// While it waits (at most `QUIET_RESTART`) it does not call elections: a node that comes
-    /// back before its peers' connections to it are re-established would otherwise time out,
-    /// start elections with ever higher terms and depose the healthy leader. The bound keeps a
-    /// whole-cluster restart (where nobody else can lead) from waiting for ever.
+    /// It does not depose the healthy leader meanwhile (a node that came back before its peers'
+    /// connections to it were re-established used to time out and start elections with ever
+    /// higher terms): the Raft node's pre-vote holds its elections back while its peers hear
+    /// a leader or cannot be reached (`streamhub_cluster::raft`, docs/cluster.md).
     async fn wait_until_caught_up(&self) -> anyhow::Result<()> {
-        const QUIET_RESTART: Duration = Duration::from_secs(3);
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let me = self.raft.node_id();
-        let elect = |on: bool| self.raft.raft().runtime_config().elect(on);
-        if self.raft.status().voters.len() > 1 {
-            elect(false);
-        }
-        let result = loop {
+        loop {
             let st = self.raft.status();
             if st.voters.len() <= 1 {
-                break Ok(());
-            }
-            if started.elapsed() > QUIET_RESTART {
-                elect(true);
+                return Ok(());
             }
             match st.leader {
                 Some(l) if l == me => {
@@ -550,7 +541,7 @@ impl Membership {
                     )
                     .await;
                     if matches!(check, Ok(Ok(_))) {
-                        break Ok(());
+                        return Ok(());
                     }
                 }
                 Some(l) => {
@@ -558,21 +549,17 @@ impl Membership {
                     if let Some(target) = leader_applied.and_then(|v| v["lastApplied"].as_u64()) {
                         if self.raft.status().last_applied >= Some(target) {
                             tracing::info!(applied = target, "caught up with the leader");
-                            break Ok(());
+                            return Ok(());
                         }
                     }
                 }
                 None => {}
             }
             if Instant::now() > deadline {
-                break Err(anyhow::anyhow!(
-                    "could not catch up with the cluster within 120 s (status {st:?})"
-                ));
+                anyhow::bail!("could not catch up with the cluster within 120 s (status {st:?})");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        elect(true);
-        result
+        }
     }
 
     /// A joiner is ready once it is a voter and has applied what the leader had committed.

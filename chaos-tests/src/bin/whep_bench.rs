@@ -263,7 +263,7 @@ async fn floor_row(
     let cpu = (cpu_ticks(pid) - c0) as f64 / 100.0 / window * 100.0;
     let busy = 100.0 - (cpu_idle_ticks(1) - idle0) as f64 / 100.0 / window * 100.0;
     let steal = (cpu_steal_ticks(1) - steal0) as f64 / 100.0 / window * 100.0;
-    let wakeups = (context_switches(pid) - switches0) as f64 / window;
+    let wakeups = context_switches(pid).saturating_sub(switches0) as f64 / window;
     let per = n.max(1) as f64 * window;
     let got = (
         (packets.load(Ordering::Relaxed) - p0) as f64 / per,
@@ -508,7 +508,7 @@ async fn bench() {
                 let cpu = (cpu_ticks(pid) - c0) as f64 / tck / window * 100.0;
                 let idle = (cpu_idle_ticks(1) - idle0) as f64 / tck / window * 100.0;
                 let steal = (cpu_steal_ticks(1) - steal0) as f64 / tck / window * 100.0;
-                let wakeups = (context_switches(pid) - switches0) as f64 / window;
+                let wakeups = context_switches(pid).saturating_sub(switches0) as f64 / window;
                 // Pinned, the edge is alone on CPU 1: all that CPU did counts (the process's
                 // own time too, if the idle time read is off).
                 let busy = 100.0 - idle;
@@ -569,16 +569,8 @@ async fn bench() {
                         audio * OPUS_PAYLOAD as f64 + f64::from(kbps) * 125.0,
                     )
                 });
-                let opus = if audio { OPUS_PAYLOAD } else { 0 };
+                let opus = audio.then_some(OPUS_PAYLOAD);
                 let plan = floor::Plan::from_received(pkts, bytes, opus, RTP_OVERHEAD, fps);
-                let plan = if audio {
-                    plan
-                } else {
-                    floor::Plan {
-                        audio_bytes: 0,
-                        ..plan
-                    }
-                };
                 let nic = nics.last().copied().flatten();
                 if pinned {
                     if let Some(t) = nic {

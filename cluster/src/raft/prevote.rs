@@ -38,7 +38,8 @@ pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(150);
 /// How long one question may take; a peer silent for longer counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
-/// When this node last took entries (or a snapshot chunk) from a leader of the current term.
+/// When this node last heard from the leader of its term: an `AppendEntries` it took (entries
+/// or a heartbeat, or a conflict: the leader is alive, its log differs) or a snapshot chunk.
 #[derive(Debug, Default)]
 pub(crate) struct LeaderContact {
     last: Mutex<Option<Instant>>,
@@ -113,19 +114,16 @@ pub(crate) fn is_quorum(configs: &[BTreeSet<NodeId>], granted: &BTreeSet<NodeId>
         .all(|c| c.iter().filter(|id| granted.contains(id)).count() * 2 > c.len())
 }
 
-/// Runs the election gate of `raft` (node `me`) until aborted: see the module docs.
+/// Runs the election gate of `raft` (node `me`) until aborted: see the module docs. The gate
+/// is the only writer of the flag; it writes it every round.
 ///
-/// Elections start held back on a node with other voters, so a restarted voter cannot raise its
-/// term before its first round of questions.
+/// Elections start held back, and stay so while this node is in no configuration (its
+/// membership not loaded yet, or a learner: a learner's timer does nothing anyway), so a
+/// restarted voter cannot raise its term before its first round of questions. A node that
+/// starts a new cluster elects itself through `initialize`, and a restarted single voter is
+/// told to elect (`RaftNode`'s start), whatever the flag says.
 pub(crate) fn spawn_gate(raft: Raft<TypeConfig>, endpoint: Endpoint, me: NodeId) -> JoinHandle<()> {
-    let alone = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .all(|id| id == me);
-    let mut allowed = alone;
+    let mut allowed = false;
     raft.runtime_config().elect(allowed);
     tokio::spawn(async move {
         loop {
@@ -144,14 +142,17 @@ pub(crate) fn spawn_gate(raft: Raft<TypeConfig>, endpoint: Endpoint, me: NodeId)
                     peers,
                 )
             };
-            // A leader does not campaign; a learner's timer does nothing: nothing to gate.
-            let allow = if leads || !configs.iter().any(|c| c.contains(&me)) {
+            // A leader does not campaign: nothing to hold back.
+            let allow = if leads {
                 true
+            } else if !configs.iter().any(|c| c.contains(&me)) {
+                false
             } else {
                 let mut granted = ask(&endpoint, &peers).await;
                 granted.insert(me);
                 is_quorum(&configs, &granted)
             };
+            raft.runtime_config().elect(allow);
             if allow != allowed {
                 if allow {
                     tracing::info!("elections allowed: a quorum of voters hears no leader");
@@ -161,7 +162,6 @@ pub(crate) fn spawn_gate(raft: Raft<TypeConfig>, endpoint: Endpoint, me: NodeId)
                          hears a leader"
                     );
                 }
-                raft.runtime_config().elect(allow);
                 allowed = allow;
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
@@ -169,26 +169,31 @@ pub(crate) fn spawn_gate(raft: Raft<TypeConfig>, endpoint: Endpoint, me: NodeId)
     })
 }
 
-/// Asks every peer at once; returns those that would take part in an election.
+/// Asks every peer at once (each question, its address lookup included, within
+/// [`PROBE_TIMEOUT`]); returns those that would take part in an election.
 async fn ask(endpoint: &Endpoint, peers: &[(NodeId, String)]) -> BTreeSet<NodeId> {
     let questions = peers.iter().map(|(id, addr)| async move {
-        let addr = resolve(addr).await?;
-        let grants = match endpoint
-            .request(
-                addr,
-                kinds::RAFT_PRE_VOTE,
-                Bytes::from_static(b"null"),
-                PROBE_TIMEOUT,
-            )
-            .await
-        {
-            Ok(body) => serde_json::from_slice::<PreVoteAnswer>(&body)
-                .map(|a| !a.leader_alive)
-                .unwrap_or(false),
-            // An older version: as before this check.
-            Err(RpcError::UnknownKind(_)) => true,
-            Err(_) => false,
+        let question = async {
+            let addr = resolve(addr).await?;
+            let body = Bytes::from_static(b"null");
+            let answer = endpoint
+                .request(addr, kinds::RAFT_PRE_VOTE, body, PROBE_TIMEOUT)
+                .await;
+            Some(match answer {
+                Ok(body) => serde_json::from_slice::<PreVoteAnswer>(&body)
+                    .map(|a| !a.leader_alive)
+                    .unwrap_or(false),
+                // An older version (or one shutting down, which unregisters its Raft kinds): as
+                // before this check.
+                Err(RpcError::UnknownKind(_)) => true,
+                Err(_) => false,
+            })
         };
+        let grants = tokio::time::timeout(PROBE_TIMEOUT, question)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(false);
         grants.then_some(*id)
     });
     futures::future::join_all(questions)

@@ -54,19 +54,25 @@ impl MediaSocket {
     }
 
     /// Waits until the socket takes datagrams again or `deadline` passes; false if it passed.
-    /// Registers a duplicate descriptor for writing for the wait only (see the module docs); an
-    /// error doing so is reported as writable (the caller's next send says more).
+    /// Registers a duplicate descriptor for writing for the wait only (see the module docs). If
+    /// that fails (no descriptor left), waits a millisecond instead (never past `deadline`) and
+    /// says whether time is left: the caller tries again without spinning.
     pub async fn writable_by(&self, deadline: tokio::time::Instant) -> bool {
+        let retry_soon = || async {
+            let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(1);
+            tokio::time::sleep_until(soon.min(deadline)).await;
+            tokio::time::Instant::now() < deadline
+        };
         // SAFETY: `dup` of a valid descriptor; the result is owned (closed on drop) only here.
         let dup = unsafe { libc::dup(self.as_raw_fd()) };
         if dup < 0 {
-            return true;
+            return retry_soon().await;
         }
         // SAFETY: `dup` is a fresh descriptor this function owns.
         let dup = unsafe { OwnedFd::from_raw_fd(dup) };
         // SAFETY: the duplicate is owned by the `AsyncFd`, open for its whole life.
         let Ok(fd) = (unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }) else {
-            return true;
+            return retry_soon().await;
         };
         // Registering reports the current state: a socket that drained meanwhile is writable at
         // once, so no wake-up is lost between the failed send and this registration.
