@@ -12,7 +12,7 @@ use streamhub_cluster::raft::{
 };
 use streamhub_cluster::state::{ApiKey, Command, CommandResponse};
 use streamhub_cluster::transport::pki::{create_ca, issue_node_cert, CaBundle};
-use streamhub_cluster::transport::{Endpoint, NodeIdentity};
+use streamhub_cluster::transport::{kinds, Endpoint, NodeIdentity};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -395,4 +395,79 @@ async fn forwarded_writes_speak_only_for_their_sender_and_barriers_are_fresh() {
         );
     }
     other.close().await;
+}
+
+/// Asks the node at `to` the pre-vote question from `from`; `Some(leaderAlive)` or `None` if
+/// it could not be asked.
+async fn leader_alive(from: &Endpoint, to: SocketAddr) -> Option<bool> {
+    let body = bytes::Bytes::from_static(b"null");
+    let answer = from
+        .request(to, kinds::RAFT_PRE_VOTE, body, Duration::from_secs(2))
+        .await
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&answer).ok()?;
+    v["leaderAlive"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_vote_answers_whether_a_leader_is_heard_and_only_to_origins() {
+    let root = tempfile::tempdir().unwrap();
+    let (ca, mut members) = three_nodes(root.path()).await;
+    wait_leader(&members).await;
+    // A healthy group: the leader and both followers (heartbeats every 100 ms) hear a leader.
+    let addrs: Vec<SocketAddr> = members.iter().map(|m| m.addr).collect();
+    let asker = members[0].endpoint.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut answers = Vec::new();
+        for a in &addrs {
+            answers.push(leader_alive(&asker, *a).await);
+        }
+        if answers.iter().all(|a| *a == Some(true)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "answers: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An edge may not ask (the question is for voters).
+    let (cert, key) = issue_node_cert(&ca, "edge-1", "edge").unwrap();
+    let edge_id = NodeIdentity::from_pem(ca.cert_pem.clone(), cert, key).unwrap();
+    let edge = bind(&edge_id, "127.0.0.1:0".parse().unwrap()).await;
+    let refused = edge
+        .request(
+            addrs[1],
+            kinds::RAFT_PRE_VOTE,
+            bytes::Bytes::from_static(b"null"),
+            Duration::from_secs(2),
+        )
+        .await;
+    assert!(refused.is_err(), "an edge got an answer: {refused:?}");
+    edge.close().await;
+
+    // The leader goes: a survivor stops hearing it (past the shortest election timeout)
+    // before the survivors elect a new one, which they then hear.
+    let leader = wait_leader(&members).await;
+    members.remove(leader).stop().await;
+    let survivor = members[0].addr;
+    let asker = members[1].endpoint.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    loop {
+        let a = leader_alive(&asker, survivor).await;
+        if seen.last() != Some(&a) {
+            seen.push(a);
+        }
+        if seen.contains(&Some(false)) && a == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "answers over time: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until(15, "a new leader among the survivors", || {
+        leader_index(&members).is_some()
+    })
+    .await;
+    for m in members {
+        m.stop().await;
+    }
 }
