@@ -287,10 +287,13 @@ impl Viewer {
         tally: &RtpTally,
     ) -> RunEnd {
         let mut buf = vec![0u8; 2048];
-        let mut srtp: Option<Srtp> = None;
-        let mut streams: HashMap<u32, SeqCount> = HashMap::new();
-        let (mut packets, mut bytes) = (0u64, 0u64);
+        let mut media = MediaCount::default();
         tokio::pin!(stop);
+        // One timer for the whole run, moved only when the connection's deadline moves: a media
+        // packet costs a receive and a decryption, not a timer and the connection's polling.
+        let sleep = tokio::time::sleep(Duration::from_millis(50));
+        tokio::pin!(sleep);
+        let mut armed = None;
         let end = 'run: loop {
             while let Some(msg) = self.pc.poll_write() {
                 let _ = self
@@ -309,8 +312,8 @@ impl Viewer {
                 }
             }
             while self.pc.poll_read().is_some() {}
-            if srtp.is_none() && self.connected {
-                srtp = self.pc.srtp_keys().and_then(|k| {
+            if media.srtp.is_none() && self.connected {
+                media.srtp = self.pc.srtp_keys().and_then(|k| {
                     use rtc::srtp::protection_profile::ProtectionProfile as P;
                     let profile = match k.profile {
                         P::AeadAes128Gcm => Profile::AeadAes128Gcm,
@@ -320,50 +323,33 @@ impl Viewer {
                     Srtp::new(profile, &k.remote_master_key, &k.remote_master_salt).ok()
                 });
             }
-            let now = Instant::now();
             let wake = self
                 .pc
                 .poll_timeout()
-                .unwrap_or(now + Duration::from_millis(50));
+                .unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+            if armed != Some(wake) {
+                sleep.as_mut().reset(tokio::time::Instant::from_std(wake));
+                armed = Some(wake);
+            }
+            let socket = &self.socket;
+            // Media is taken inside the receive: only what the connection must see (STUN, DTLS,
+            // RTCP, media before the keys) comes out of it.
+            let other = async {
+                loop {
+                    let (n, from) = socket.recv_from(&mut buf).await?;
+                    if !media.take(&mut buf, n, tally) {
+                        return Ok::<_, std::io::Error>((BytesMut::from(&buf[..n]), from));
+                    }
+                }
+            };
             tokio::select! {
                 () = &mut stop => break 'run RunEnd::Stopped,
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
+                () = &mut sleep => {
+                    armed = None;
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
-                r = self.socket.recv_from(&mut buf) => {
-                    let Ok((n, from)) = r else { break 'run RunEnd::Failed };
-                    if let (Some(s), Some(seq)) = (srtp.as_ref(), rtp_seq(&buf[..n])) {
-                        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-                        let st = streams.entry(ssrc).or_default();
-                        let index = st.estimate.guess(seq);
-                        match s.unprotect_rtp(&mut buf, n, index) {
-                            Ok((header, end)) => {
-                                st.first = if st.received == 0 { index } else { st.first.min(index) };
-                                st.highest = st.highest.max(index);
-                                st.received += 1;
-                                st.estimate.seen(index);
-                                packets += 1;
-                                bytes += (end - header) as u64;
-                                // Shared counters by the 32 packets: live enough for a
-                                // benchmark's window, without a contended add per packet.
-                                if packets == 32 {
-                                    tally.packets.fetch_add(packets, Ordering::Relaxed);
-                                    tally.bytes.fetch_add(bytes, Ordering::Relaxed);
-                                    (packets, bytes) = (0, 0);
-                                }
-                            }
-                            // A stream that never authenticated is someone else's (a
-                            // session of an earlier viewer on this port, still sending): not
-                            // ours to count, as a browser drops an unknown SSRC.
-                            Err(_) if st.received == 0 => {
-                                tally.foreign.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(_) => {
-                                tally.auth_failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        continue;
-                    }
+                r = other => {
+                    let Ok((message, from)) = r else { break 'run RunEnd::Failed };
                     let _ = self.pc.handle_read(TaggedBytesMut {
                         now: Instant::now(),
                         transport: TransportContext {
@@ -372,21 +358,81 @@ impl Viewer {
                             ecn: None,
                             transport_protocol: TransportProtocol::UDP,
                         },
-                        message: BytesMut::from(&buf[..n]),
+                        message,
                     });
                 }
             }
         };
-        tally.packets.fetch_add(packets, Ordering::Relaxed);
-        tally.bytes.fetch_add(bytes, Ordering::Relaxed);
-        for st in streams.values().filter(|s| s.received > 0) {
+        media.add_to(tally);
+        end
+    }
+}
+
+/// A decrypting viewer's media accounting ([`Viewer::run_decrypting`]).
+#[derive(Default)]
+struct MediaCount {
+    /// The remote side's SRTP keys, once DTLS is done.
+    srtp: Option<Srtp>,
+    streams: HashMap<u32, SeqCount>,
+    /// Not yet added to the shared tally.
+    packets: u64,
+    bytes: u64,
+}
+
+impl MediaCount {
+    /// Authenticates, decrypts and counts `buf[..n]` if it is SRTP of this session; `false` for
+    /// anything else (or anything before the keys), which the peer connection must see.
+    fn take(&mut self, buf: &mut [u8], n: usize, tally: &RtpTally) -> bool {
+        let (Some(s), Some(seq)) = (self.srtp.as_ref(), rtp_seq(&buf[..n])) else {
+            return false;
+        };
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let st = self.streams.entry(ssrc).or_default();
+        let index = st.estimate.guess(seq);
+        match s.unprotect_rtp(buf, n, index) {
+            Ok((header, end)) => {
+                st.first = if st.received == 0 {
+                    index
+                } else {
+                    st.first.min(index)
+                };
+                st.highest = st.highest.max(index);
+                st.received += 1;
+                st.estimate.seen(index);
+                self.packets += 1;
+                self.bytes += (end - header) as u64;
+                // Shared counters by the 32 packets: live enough for a benchmark's window,
+                // without a contended add per packet.
+                if self.packets == 32 {
+                    tally.packets.fetch_add(self.packets, Ordering::Relaxed);
+                    tally.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+                    (self.packets, self.bytes) = (0, 0);
+                }
+            }
+            // A stream that never authenticated is someone else's (a session of an earlier
+            // viewer on this port, still sending): not ours to count, as a browser drops an
+            // unknown SSRC.
+            Err(_) if st.received == 0 => {
+                tally.foreign.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                tally.auth_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Adds what is left, and every stream's loss, to `tally`.
+    fn add_to(&self, tally: &RtpTally) {
+        tally.packets.fetch_add(self.packets, Ordering::Relaxed);
+        tally.bytes.fetch_add(self.bytes, Ordering::Relaxed);
+        for st in self.streams.values().filter(|s| s.received > 0) {
             let expected = st.highest - st.first + 1;
             tally.expected.fetch_add(expected, Ordering::Relaxed);
             tally
                 .lost
                 .fetch_add(expected.saturating_sub(st.received), Ordering::Relaxed);
         }
-        end
     }
 }
 
