@@ -3,9 +3,9 @@
 //! (and audio if asked), takes the answer, and runs the connection while a test watches every
 //! datagram and every RTP packet.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -286,7 +286,7 @@ impl Viewer {
         stop: impl Future<Output = ()>,
         tally: &RtpTally,
     ) -> RunEnd {
-        let mut buf = vec![0u8; 2048];
+        let mut batch = Batch::new();
         let mut media = MediaCount::default();
         tokio::pin!(stop);
         // One timer for the whole run, moved only when the connection's deadline moves: a media
@@ -336,9 +336,33 @@ impl Viewer {
             // RTCP, media before the keys) comes out of it.
             let other = async {
                 loop {
-                    let (n, from) = socket.recv_from(&mut buf).await?;
-                    if !media.take(&mut buf, n, tally) {
-                        return Ok::<_, std::io::Error>((BytesMut::from(&buf[..n]), from));
+                    socket.readable().await?;
+                    let got = socket.try_io(tokio::io::Interest::READABLE, || {
+                        batch.recv(socket.as_raw_fd())
+                    });
+                    let n = match got {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e),
+                    };
+                    // Fewer than asked for: the queue is empty. Clearing the readiness here
+                    // saves the receive that would only say so (a datagram that came in
+                    // meanwhile is read with the next one's wake-up).
+                    if n < BATCH {
+                        let _ = socket.try_io(tokio::io::Interest::READABLE, || {
+                            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                        });
+                    }
+                    let mut others = Vec::new();
+                    for i in 0..n {
+                        let (len, from) = batch.got[i];
+                        let buf = &mut batch.bufs[i];
+                        if !media.take(buf, len, tally) {
+                            others.push((BytesMut::from(&buf[..len]), from));
+                        }
+                    }
+                    if !others.is_empty() {
+                        return Ok::<_, std::io::Error>(others);
                     }
                 }
             };
@@ -349,17 +373,19 @@ impl Viewer {
                     let _ = self.pc.handle_timeout(Instant::now());
                 }
                 r = other => {
-                    let Ok((message, from)) = r else { break 'run RunEnd::Failed };
-                    let _ = self.pc.handle_read(TaggedBytesMut {
-                        now: Instant::now(),
-                        transport: TransportContext {
-                            local_addr: self.local,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message,
-                    });
+                    let Ok(others) = r else { break 'run RunEnd::Failed };
+                    for (message, from) in others {
+                        let _ = self.pc.handle_read(TaggedBytesMut {
+                            now: Instant::now(),
+                            transport: TransportContext {
+                                local_addr: self.local,
+                                peer_addr: from,
+                                ecn: None,
+                                transport_protocol: TransportProtocol::UDP,
+                            },
+                            message,
+                        });
+                    }
                 }
             }
         };
@@ -368,12 +394,89 @@ impl Viewer {
     }
 }
 
+/// Datagrams taken per receive: a frame's packets come in a burst.
+const BATCH: usize = 4;
+
+/// One `recvmmsg`'s buffers.
+struct Batch {
+    bufs: Vec<[u8; 2048]>,
+    /// Each received datagram's length and source.
+    got: [(usize, SocketAddr); BATCH],
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            bufs: vec![[0u8; 2048]; BATCH],
+            got: [(0, SocketAddr::from(([0, 0, 0, 0], 0))); BATCH],
+        }
+    }
+
+    /// Up to [`BATCH`] datagrams from `fd` without blocking; `WouldBlock` if none.
+    fn recv(&mut self, fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+        // SAFETY: all-zero is a valid value of these plain C structs.
+        let mut addrs: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for i in 0..BATCH {
+            iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
+            iovs[i].iov_len = self.bufs[i].len();
+            hdrs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_storage).cast();
+            hdrs[i].msg_hdr.msg_namelen =
+                std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every header points at this function's live arrays and `self.bufs`.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            let from = sockaddr(&addrs[i]).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "unknown address family")
+            })?;
+            self.got[i] = (hdrs[i].msg_len as usize, from);
+        }
+        Ok(n)
+    }
+}
+
+/// An IPv4 or IPv6 socket address from the kernel.
+fn sockaddr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match a.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a `sockaddr_in`.
+            let a = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a `sockaddr_in6`.
+            let a = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
 /// A decrypting viewer's media accounting ([`Viewer::run_decrypting`]).
 #[derive(Default)]
 struct MediaCount {
     /// The remote side's SRTP keys, once DTLS is done.
     srtp: Option<Srtp>,
-    streams: HashMap<u32, SeqCount>,
+    /// By SSRC: a viewer has two or three.
+    streams: Vec<(u32, SeqCount)>,
     /// Not yet added to the shared tally.
     packets: u64,
     bytes: u64,
@@ -387,7 +490,14 @@ impl MediaCount {
             return false;
         };
         let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        let st = self.streams.entry(ssrc).or_default();
+        let at = match self.streams.iter().position(|(s, _)| *s == ssrc) {
+            Some(at) => at,
+            None => {
+                self.streams.push((ssrc, SeqCount::default()));
+                self.streams.len() - 1
+            }
+        };
+        let st = &mut self.streams[at].1;
         let index = st.estimate.guess(seq);
         match s.unprotect_rtp(buf, n, index) {
             Ok((header, end)) => {
@@ -426,7 +536,7 @@ impl MediaCount {
     fn add_to(&self, tally: &RtpTally) {
         tally.packets.fetch_add(self.packets, Ordering::Relaxed);
         tally.bytes.fetch_add(self.bytes, Ordering::Relaxed);
-        for st in self.streams.values().filter(|s| s.received > 0) {
+        for (_, st) in self.streams.iter().filter(|(_, s)| s.received > 0) {
             let expected = st.highest - st.first + 1;
             tally.expected.fetch_add(expected, Ordering::Relaxed);
             tally
@@ -439,7 +549,6 @@ impl MediaCount {
 /// Sets the receive buffer of `socket` to `bytes` (past `net.core.rmem_max` where the process
 /// may: root).
 fn receive_buffer(socket: &UdpSocket, bytes: Option<usize>) {
-    use std::os::fd::AsRawFd;
     let Some(bytes) = bytes else { return };
     let size = bytes.min(i32::MAX as usize) as libc::c_int;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {

@@ -125,4 +125,45 @@ mod tests {
         let soon = tokio::time::Instant::now() + Duration::from_secs(1);
         assert!(rx.writable_by(soon).await);
     }
+
+    /// The event mask a runtime registered for `fd`, read from the process's epoll instances
+    /// (`/proc/self/fdinfo`).
+    fn registered_events(fd: RawFd) -> Option<u32> {
+        for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+            let is_epoll = std::fs::read_link(entry.path())
+                .is_ok_and(|t| t.to_str() == Some("anon_inode:[eventpoll]"));
+            if !is_epoll {
+                continue;
+            }
+            let name = entry.file_name();
+            let Ok(info) =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", name.to_string_lossy()))
+            else {
+                continue;
+            };
+            for line in info.lines() {
+                // "tfd:        7 events:       19 data: ..."
+                let words: Vec<&str> = line.split_whitespace().collect();
+                if let ["tfd:", target, "events:", mask, ..] = words[..] {
+                    if target.parse() == Ok(fd) {
+                        return u32::from_str_radix(mask, 16).ok();
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    #[tokio::test]
+    async fn registered_for_reading_only_unlike_tokios_socket() {
+        let media = MediaSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let plain = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let plain_events = registered_events(plain.as_raw_fd()).expect("tokio's socket");
+        // The control: tokio's own socket asks for write space, which wakes for every sent
+        // datagram the kernel frees.
+        assert_ne!(plain_events & libc::EPOLLOUT as u32, 0, "{plain_events:#x}");
+        let events = registered_events(media.as_raw_fd()).expect("the media socket");
+        assert_ne!(events & libc::EPOLLIN as u32, 0, "{events:#x}");
+        assert_eq!(events & libc::EPOLLOUT as u32, 0, "{events:#x}");
+    }
 }
