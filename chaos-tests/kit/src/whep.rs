@@ -231,16 +231,7 @@ impl Viewer {
                     if lose(&buf[..n]) {
                         continue;
                     }
-                    let _ = self.pc.handle_read(TaggedBytesMut {
-                        now: Instant::now(),
-                        transport: TransportContext {
-                            local_addr: self.local,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: BytesMut::from(&buf[..n]),
-                    });
+                    self.feed(from, BytesMut::from(&buf[..n]));
                 }
             }
         }
@@ -277,6 +268,20 @@ struct SeqCount {
 }
 
 impl Viewer {
+    /// Hands a datagram from `from` to the peer connection.
+    fn feed(&mut self, from: SocketAddr, message: BytesMut) {
+        let _ = self.pc.handle_read(TaggedBytesMut {
+            now: Instant::now(),
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message,
+        });
+    }
+
     /// Runs the connection until `stop` like [`Viewer::run_until`], but receives media as cheaply
     /// as the node sends it: once DTLS is done, RTP is authenticated and decrypted here with the
     /// negotiated keys (the peer connection keeps ICE, DTLS and RTCP), and every stream's
@@ -337,21 +342,20 @@ impl Viewer {
             let other = async {
                 loop {
                     socket.readable().await?;
+                    // Fewer than asked for: the queue was empty. Saying `WouldBlock` then clears
+                    // the readiness seen before the receive (a datagram that came in since keeps
+                    // its own), which saves the receive that would only say so.
+                    let mut n = 0;
                     let got = socket.try_io(tokio::io::Interest::READABLE, || {
-                        batch.recv(socket.as_raw_fd())
+                        n = batch.recv(socket.as_raw_fd())?;
+                        if n < BATCH {
+                            return Err(std::io::ErrorKind::WouldBlock.into());
+                        }
+                        Ok(())
                     });
-                    let n = match got {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e),
-                    };
-                    // Fewer than asked for: the queue is empty. Clearing the readiness here
-                    // saves the receive that would only say so (a datagram that came in
-                    // meanwhile is read with the next one's wake-up).
-                    if n < BATCH {
-                        let _ = socket.try_io(tokio::io::Interest::READABLE, || {
-                            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
-                        });
+                    match got {
+                        Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
+                        _ => {}
                     }
                     let mut others = Vec::new();
                     for i in 0..n {
@@ -364,6 +368,8 @@ impl Viewer {
                     if !others.is_empty() {
                         return Ok::<_, std::io::Error>(others);
                     }
+                    // A socket that stays full must not keep the runtime's thread.
+                    tokio::task::consume_budget().await;
                 }
             };
             tokio::select! {
@@ -375,16 +381,7 @@ impl Viewer {
                 r = other => {
                     let Ok(others) = r else { break 'run RunEnd::Failed };
                     for (message, from) in others {
-                        let _ = self.pc.handle_read(TaggedBytesMut {
-                            now: Instant::now(),
-                            transport: TransportContext {
-                                local_addr: self.local,
-                                peer_addr: from,
-                                ecn: None,
-                                transport_protocol: TransportProtocol::UDP,
-                            },
-                            message,
-                        });
+                        self.feed(from, message);
                     }
                 }
             }
@@ -464,7 +461,9 @@ fn sockaddr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
             // SAFETY: the family says the storage holds a `sockaddr_in6`.
             let a = unsafe { &*(a as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
-            Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+            let port = u16::from_be(a.sin6_port);
+            let v6 = std::net::SocketAddrV6::new(ip, port, a.sin6_flowinfo, a.sin6_scope_id);
+            Some(SocketAddr::V6(v6))
         }
         _ => None,
     }
